@@ -1,0 +1,200 @@
+package certs
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"time"
+
+	"go.step.sm/crypto/x509util"
+)
+
+// Issuer turns an accepted request into a certificate. Implementations must
+// be safe for concurrent use and must not return before the certificate is
+// final (a later call for the same request may issue another one: callers
+// that need idempotence record what they got).
+type Issuer interface {
+	Issue(ctx context.Context, req Request) (*x509.Certificate, error)
+}
+
+// Request asks for a certificate for PublicKey naming Identity.
+type Request struct {
+	Identity  Identity
+	PublicKey crypto.PublicKey
+	// NotAfter is the end of validity; zero means the issuer's default.
+	NotAfter time.Time
+	// DNSNames and IPs are added for server certificates.
+	DNSNames []string
+	IPs      []net.IP
+}
+
+// Errors of enrolment policy.
+var (
+	// ErrBadCSR: the CSR's signature does not verify, or its key is not P-256.
+	ErrBadCSR = errors.New("certs: bad certificate request")
+	// ErrCSRIdentity: the CSR names someone other than the requester.
+	ErrCSRIdentity = errors.New("certs: certificate request names another identity")
+)
+
+// CheckCSR applies the enrolment policy to a device's CSR: its signature
+// verifies, its key is ECDSA P-256, its common name is device and its SANs,
+// if any, are exactly the device's identity URI. It returns the public key.
+func CheckCSR(csr *x509.CertificateRequest, device string) (*ecdsa.PublicKey, error) {
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrBadCSR, err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("%w: key must be ECDSA P-256", ErrBadCSR)
+	}
+	if csr.Subject.CommonName != device {
+		return nil, fmt.Errorf("%w: common name %q, requester %q", ErrCSRIdentity, csr.Subject.CommonName, device)
+	}
+	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
+		return nil, fmt.Errorf("%w: unexpected DNS, IP or e-mail names", ErrCSRIdentity)
+	}
+	want := Identity{Role: RoleDevice, Name: device}.URI().String()
+	for _, u := range csr.URIs {
+		if u.String() != want {
+			return nil, fmt.Errorf("%w: URI %q, requester %q", ErrCSRIdentity, u.String(), want)
+		}
+	}
+	return pub, nil
+}
+
+// CAOptions configures the embedded CA. Zero values take the defaults.
+type CAOptions struct {
+	// Validity of issued certificates; 0 means 90 days.
+	Validity time.Duration
+	// Backdate is subtracted from NotBefore to tolerate clock skew; 0 means 1 minute.
+	Backdate time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// CA is keyfleet's embedded certificate authority: a certificate and the
+// crypto.Signer (usually an HSM key) that signs with it. Safe for concurrent
+// use if the signer is.
+type CA struct {
+	cert   *x509.Certificate
+	signer crypto.Signer
+	opts   CAOptions
+}
+
+var _ Issuer = (*CA)(nil)
+
+// NewCA returns a CA that signs with signer under cert. It checks that the
+// two belong together.
+func NewCA(cert *x509.Certificate, signer crypto.Signer, opts CAOptions) (*CA, error) {
+	pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.PublicKey) {
+		return nil, errors.New("certs: CA key does not match CA certificate")
+	}
+	if opts.Validity == 0 {
+		opts.Validity = 90 * 24 * time.Hour
+	}
+	if opts.Backdate == 0 {
+		opts.Backdate = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &CA{cert: cert, signer: signer, opts: opts}, nil
+}
+
+// Certificate returns the CA certificate.
+func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// Issue signs a leaf for req.Identity. Device and admin certificates get the
+// clientAuth usage; server certificates also get serverAuth and the request's
+// DNS names and IPs.
+func (ca *CA) Issue(ctx context.Context, req Request) (*x509.Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	now := ca.opts.Now()
+	notAfter := req.NotAfter
+	if notAfter.IsZero() {
+		notAfter = now.Add(ca.opts.Validity)
+	}
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: req.Identity.Name},
+		URIs:                  []*urlURL{req.Identity.URI()},
+		NotBefore:             now.Add(-ca.opts.Backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	if req.Identity.Role == RoleServer {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		tmpl.DNSNames = req.DNSNames
+		tmpl.IPAddresses = req.IPs
+	}
+	cert, err := x509util.CreateCertificate(tmpl, ca.cert, req.PublicKey, ca.signer)
+	if err != nil {
+		return nil, fmt.Errorf("certs: issue %s: %w", req.Identity, err)
+	}
+	return cert, nil
+}
+
+// NewRoot makes a self-signed CA certificate for signer.
+func NewRoot(signer crypto.Signer, name string, now time.Time, validity time.Duration) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"keyfleet"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            0,
+		MaxPathLenZero:        true,
+	}
+	cert, err := x509util.CreateCertificate(tmpl, tmpl, signer.Public(), signer)
+	if err != nil {
+		return nil, fmt.Errorf("certs: create root %q: %w", name, err)
+	}
+	return cert, nil
+}
+
+// VerifyLeaf checks that leaf chains to roots at time now for client
+// authentication and returns its identity.
+func VerifyLeaf(leaf *x509.Certificate, roots *x509.CertPool, now time.Time) (Identity, error) {
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:       roots,
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return Identity{}, fmt.Errorf("certs: verify %q: %w", leaf.Subject.CommonName, err)
+	}
+	return IdentityOf(leaf)
+}
+
+func randomSerial() (*big.Int, error) {
+	// 128 random bits, as CA/B Forum rules ask of public CAs (64 at least).
+	n, err := cryptoRandInt(new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, fmt.Errorf("certs: serial: %w", err)
+	}
+	return n.Add(n, big.NewInt(1)), nil
+}

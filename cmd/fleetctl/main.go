@@ -1,0 +1,274 @@
+// Command fleetctl is the keyfleet operator CLI. It talks to fleetd's admin
+// API over mutual TLS with an operator credential (the directory fleetd init
+// writes: admin.pem, admin.key, ca.pem).
+//
+//	fleetctl devices
+//	fleetctl device show ID
+//	fleetctl device add ID --out DIR
+//	fleetctl rotate ID... | --all
+//	fleetctl status
+//	fleetctl audit verify
+//
+// Output is a table for people, or JSON with -o json for scripts.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/server/admin"
+)
+
+func main() {
+	if err := newRoot(os.Stdout).Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "fleetctl:", err)
+		os.Exit(1)
+	}
+}
+
+type app struct {
+	out        io.Writer
+	addr, cred string
+	output     string
+}
+
+func (a *app) client() (*admin.Client, error) {
+	tc, err := admin.LoadCredential(a.cred)
+	if err != nil {
+		return nil, err
+	}
+	return admin.NewClient(a.addr, tc), nil
+}
+
+func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
+	switch a.output {
+	case "json":
+		enc := json.NewEncoder(a.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "table", "":
+		w := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+		table(w)
+		return w.Flush()
+	}
+	return fmt.Errorf("output format %q: want table or json", a.output)
+}
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func newRoot(out io.Writer) *cobra.Command {
+	a := &app{out: out}
+	root := &cobra.Command{Use: "fleetctl", Short: "keyfleet operator CLI", SilenceUsage: true, SilenceErrors: true}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.addr, "admin", env("KEYFLEET_ADMIN", "127.0.0.1:8443"), "fleetd admin API address (env KEYFLEET_ADMIN)")
+	pf.StringVar(&a.cred, "credential", env("KEYFLEET_CREDENTIAL", "var/fleetd/admin"), "operator credential directory (env KEYFLEET_CREDENTIAL)")
+	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
+
+	devices := &cobra.Command{Use: "devices", Short: "list devices", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ds, err := c.Devices(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.print(ds, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "DEVICE\tACTIVE\tDESIRED\tREPORTED\tLATEST STATE\tREVOKED")
+				for _, d := range ds {
+					fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%v\n", d.ID, d.Active, d.Desired, d.Reported, d.State, d.Revoked)
+				}
+			})
+		}}
+
+	deviceCmd := &cobra.Command{Use: "device", Short: "one device"}
+	show := &cobra.Command{Use: "show ID", Short: "show a device and its key versions", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			d, err := c.Device(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.print(d, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "device\t%s\nactive\t%d\ndesired\t%d\nreported\t%d\nrevoked\t%v\n\n", d.ID, d.Active, d.Desired, d.Reported, d.Revoked)
+				fmt.Fprintln(w, "SLOT\tVERSION\tSTATE\tROTATION\tSERIAL\tNOT AFTER\tGRACE UNTIL")
+				for _, v := range d.Versions {
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Slot, v.Version, v.State, v.RotationID, short(v.Serial),
+						stamp(v.NotAfter), stamp(v.GraceUntil))
+				}
+			})
+		}}
+	var outDir, broker string
+	add := &cobra.Command{Use: "add ID", Short: "register a device and write its first credential to --out", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if outDir == "" {
+				return errors.New("--out is required: the device's keystore directory")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			// The key is made here, on the provisioning station, and goes
+			// only into the device's keystore; fleetd sees the CSR.
+			key, err := device.NewKey()
+			if err != nil {
+				return err
+			}
+			csr, err := device.CSR(args[0], key)
+			if err != nil {
+				return err
+			}
+			resp, err := c.Provision(cmd.Context(), args[0], pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+			if err != nil {
+				return err
+			}
+			if broker == "" {
+				broker = resp.Broker
+			}
+			if err := device.Install(outDir, device.Identity{ID: resp.ID, Broker: broker}, key,
+				[]byte(resp.Cert), []byte(resp.CA), []byte(resp.UpdateKey)); err != nil {
+				return err
+			}
+			return a.print(map[string]string{"device": resp.ID, "keystore": outDir, "broker": broker}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "device %s provisioned; keystore %s; broker %s\n", resp.ID, outDir, broker)
+			})
+		}}
+	add.Flags().StringVar(&outDir, "out", "", "keystore directory to create for the device")
+	add.Flags().StringVar(&broker, "broker", "", "broker address to record for the device (default: fleetd's)")
+	deviceCmd.AddCommand(show, add)
+
+	var all bool
+	rotate := &cobra.Command{Use: "rotate ID... | --all", Short: "rotate device identities", Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return errors.New("name devices or --all, not both or neither")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.Rotate(cmd.Context(), admin.RotateRequest{Devices: args, All: all})
+			if err != nil {
+				return err
+			}
+			failed := 0
+			err = a.print(resp, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "DEVICE\tSLOT\tVERSION\tROTATION\tNOTE")
+				for _, r := range resp.Rotations {
+					note := "requested"
+					switch {
+					case r.Error != "":
+						note, failed = "error: "+r.Error, failed+1
+					case r.Existing:
+						note = "already in progress"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", r.Device, r.Slot, r.Version, r.RotationID, note)
+				}
+			})
+			if err == nil && failed > 0 {
+				err = fmt.Errorf("%d of %d rotations could not be requested", failed, len(resp.Rotations))
+			}
+			return err
+		}}
+	rotate.Flags().BoolVar(&all, "all", false, "rotate every device that is not revoked")
+
+	status := &cobra.Command{Use: "status", Short: "fleet and server counters", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.print(s, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "devices\t%d\nbroker\t%s\nconnected clients\t%d\nrotations requested\t%d\ncertificates issued\t%d\nrotations activated\t%d\nversions retired\t%d\nHSM operations\t%d\n",
+					s.Devices, s.Broker, s.ConnectedClient, s.Requested, s.Issued, s.Activated, s.Retired, s.HSMOps)
+				for _, k := range sortedKeys(s.ByState) {
+					fmt.Fprintf(w, "latest version %s\t%d\n", k, s.ByState[k])
+				}
+				for _, k := range sortedKeys(s.Rejected) {
+					fmt.Fprintf(w, "rejected: %s\t%d\n", k, s.Rejected[k])
+				}
+				for _, k := range sortedKeys(s.BrokerDenials) {
+					fmt.Fprintf(w, "broker denied: %s\t%d\n", k, s.BrokerDenials[k])
+				}
+			})
+		}}
+
+	audit := &cobra.Command{Use: "audit", Short: "audit log"}
+	verify := &cobra.Command{Use: "verify", Short: "verify the hash chain of the audit log", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.VerifyAudit(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := a.print(v, func(w *tabwriter.Writer) {
+				if v.OK {
+					fmt.Fprintf(w, "audit chain verified: %d records\n", v.Records)
+				} else {
+					fmt.Fprintf(w, "AUDIT CHAIN BROKEN after %d records: %s\n", v.Records, v.Error)
+				}
+			}); err != nil {
+				return err
+			}
+			if !v.OK {
+				return errors.New("audit chain does not verify")
+			}
+			return nil
+		}}
+	audit.AddCommand(verify)
+
+	root.AddCommand(devices, deviceCmd, rotate, status, audit)
+	root.SetContext(context.Background())
+	return root
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12] + "…"
+	}
+	return strings.ToLower(s)
+}

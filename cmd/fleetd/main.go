@@ -1,0 +1,133 @@
+// Command fleetd is the keyfleet fleet server: it holds the fleet's signing
+// keys in a PKCS#11 token and rotates device keys and certificates over MQTT.
+//
+//	fleetd init --data DIR [--create-token]   create keys, CA and operator credential
+//	fleetd run  --data DIR                     serve devices and operators
+//
+// The token PIN is read from --pin-file or KEYFLEET_HSM_PIN, never a flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyfleet/keyfleet/internal/logx"
+	"github.com/keyfleet/keyfleet/internal/softhsm"
+	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/hsm"
+)
+
+type flags struct {
+	data, module, token, pinFile, logLevel, logFormat string
+	insecureSoft, createToken                         bool
+	mqtt, admin, external                             string
+	grace, validity, ttl                              time.Duration
+}
+
+func main() {
+	if err := root().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "fleetd:", err)
+		os.Exit(1)
+	}
+}
+
+func root() *cobra.Command {
+	f := &flags{}
+	cmd := &cobra.Command{Use: "fleetd", Short: "keyfleet fleet server", SilenceUsage: true, SilenceErrors: true}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.data, "data", "var/fleetd", "data directory")
+	pf.StringVar(&f.module, "pkcs11-module", "", "PKCS#11 library (default: SoftHSM2 if installed)")
+	pf.StringVar(&f.token, "token", "keyfleet", "PKCS#11 token label")
+	pf.StringVar(&f.pinFile, "pin-file", "", "file holding the token user PIN (or set KEYFLEET_HSM_PIN)")
+	pf.BoolVar(&f.insecureSoft, "insecure-soft-keys", false, "keep CA and update keys in files instead of a token (INSECURE)")
+	pf.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	pf.StringVar(&f.logFormat, "log-format", "text", "text or json")
+
+	initCmd := &cobra.Command{Use: "init", Short: "create the fleet's keys, CA and operator credential", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			if f.createToken && !f.insecureSoft {
+				so := hsm.PIN(os.Getenv("KEYFLEET_HSM_SO_PIN"))
+				if so == "" {
+					so = cfg.HSM.PIN
+				}
+				if err := hsm.InitToken(cfg.HSM.Module, cfg.HSM.TokenLabel, so, cfg.HSM.PIN); err != nil &&
+					!strings.Contains(err.Error(), "already exists") {
+					return err
+				}
+			}
+			return server.Init(cmd.Context(), cfg)
+		}}
+	initCmd.Flags().BoolVar(&f.createToken, "create-token", false, "initialise the token first (SoftHSM2; needs KEYFLEET_HSM_SO_PIN or uses the user PIN)")
+
+	runCmd := &cobra.Command{Use: "run", Short: "serve devices and operators until interrupted", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker = f.mqtt, f.admin, f.external
+			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			srv, err := server.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			cfg.Logger.Info("fleetd stopping")
+			return srv.Close()
+		}}
+	rf := runCmd.Flags()
+	rf.StringVar(&f.mqtt, "mqtt-listen", "127.0.0.1:8883", "embedded broker TLS address")
+	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
+	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
+	rf.DurationVar(&f.grace, "grace", 7*24*time.Hour, "how long a superseded identity stays accepted")
+	rf.DurationVar(&f.validity, "cert-validity", 90*24*time.Hour, "validity of device certificates")
+	rf.DurationVar(&f.ttl, "command-ttl", 10*time.Minute, "expiry of commands and freshness window of uplinks")
+
+	cmd.AddCommand(initCmd, runCmd)
+	cmd.SetContext(context.Background())
+	return cmd
+}
+
+func (f *flags) config() (server.Config, error) {
+	log, err := logx.New(os.Stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return server.Config{}, err
+	}
+	cfg := server.Config{DataDir: f.data, InsecureSoftKeys: f.insecureSoft, Logger: log}
+	if f.insecureSoft {
+		return cfg, nil
+	}
+	module := f.module
+	if module == "" {
+		if module, err = softhsm.Module(); err != nil {
+			return cfg, fmt.Errorf("%w (or pass --pkcs11-module)", err)
+		}
+	}
+	pin := os.Getenv("KEYFLEET_HSM_PIN")
+	if f.pinFile != "" {
+		b, err := os.ReadFile(f.pinFile)
+		if err != nil {
+			return cfg, fmt.Errorf("pin file: %w", err)
+		}
+		pin = strings.TrimSpace(string(b))
+	}
+	if pin == "" {
+		return cfg, errors.New("no token PIN: use --pin-file or KEYFLEET_HSM_PIN")
+	}
+	cfg.HSM = hsm.Config{Module: module, TokenLabel: f.token, PIN: hsm.PIN(pin)}
+	return cfg, nil
+}

@@ -1,0 +1,448 @@
+package device
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// EventKind names what happened in an agent.
+type EventKind string
+
+// Event kinds reported to Options.OnEvent.
+const (
+	EventConnected    EventKind = "connected"    // session up (Version: the credential used)
+	EventRefused      EventKind = "refused"      // broker refused a credential (Version)
+	EventRotate       EventKind = "rotate"       // rotate received (Version: the new version)
+	EventEnrolled     EventKind = "enrolled"     // enroll sent
+	EventCertStored   EventKind = "cert-stored"  // certificate verified and stored
+	EventActivated    EventKind = "activated"    // new version active, confirmation sent
+	EventRetired      EventKind = "retired"      // previous version deleted
+	EventRejected     EventKind = "rejected"     // a downlink refused (Detail: reason)
+	EventDisconnected EventKind = "disconnected" // session lost
+)
+
+// Event is one observable step of an agent.
+type Event struct {
+	Kind    EventKind
+	Device  string
+	Version uint32
+	At      time.Time
+	Detail  string
+}
+
+// Options configures an Agent. Zero values take the defaults.
+type Options struct {
+	// Dir is the keystore directory. Required.
+	Dir string
+	// Broker overrides the address in the keystore's identity.
+	Broker string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// OnEvent, if set, is called for every Event, synchronously.
+	OnEvent func(Event)
+	// ReconnectMin and ReconnectMax bound the reconnect backoff; 0 means
+	// 200 ms and 30 s. Each wait is jittered so a fleet does not return in
+	// one instant.
+	ReconnectMin, ReconnectMax time.Duration
+	// Failpoint, if set, is called with a step name between steps; tests
+	// and the simulator use it to crash an agent at a precise point.
+	Failpoint func(step string)
+}
+
+// Agent is one device's agent.
+type Agent struct {
+	ks     *Keystore
+	codec  *protocol.Codec
+	topics protocol.Topics
+	opts   Options
+	log    *slog.Logger
+
+	inbox  chan inMsg
+	online atomic.Pointer[ecdsa.PublicKey]
+
+	mu      sync.Mutex
+	conn    *mqttc.Conn
+	seen    map[string]time.Time
+	bytesUp atomic.Uint64
+	bytesDn atomic.Uint64
+}
+
+type inMsg struct {
+	topic   string
+	payload []byte
+	lost    error
+	gen     uint64
+}
+
+// errReconnect tells the run loop to reconnect (with a new credential).
+var errReconnect = errors.New("device: reconnect")
+
+// New opens the keystore and prepares an agent.
+func New(opts Options) (*Agent, error) {
+	ks, err := OpenKeystore(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ReconnectMin == 0 {
+		opts.ReconnectMin = 200 * time.Millisecond
+	}
+	if opts.ReconnectMax == 0 {
+		opts.ReconnectMax = 30 * time.Second
+	}
+	if opts.Broker == "" {
+		opts.Broker = ks.ID().Broker
+	}
+	return &Agent{
+		ks: ks, codec: protocol.NewCodec(), opts: opts,
+		log:   opts.Logger.With("device", ks.ID().ID),
+		inbox: make(chan inMsg, 16),
+		seen:  map[string]time.Time{},
+	}, nil
+}
+
+// Keystore returns the agent's keystore.
+func (a *Agent) Keystore() *Keystore { return a.ks }
+
+// Bytes returns the application payload bytes sent and received so far.
+func (a *Agent) Bytes() (up, down uint64) { return a.bytesUp.Load(), a.bytesDn.Load() }
+
+func (a *Agent) emit(k EventKind, v uint32, detail string) {
+	if a.opts.OnEvent != nil {
+		a.opts.OnEvent(Event{Kind: k, Device: a.ks.ID().ID, Version: v, At: a.opts.Now(), Detail: detail})
+	}
+}
+
+func (a *Agent) fail(step string) {
+	if a.opts.Failpoint != nil {
+		a.opts.Failpoint(step)
+	}
+}
+
+// Run connects and serves until ctx ends. It reconnects by itself.
+func (a *Agent) Run(ctx context.Context) error {
+	backoff := a.opts.ReconnectMin
+	var gen uint64
+	for ctx.Err() == nil {
+		gen++
+		conn, ver, err := a.dial(ctx, gen)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			wait := backoff/2 + rand.N(backoff/2+1)
+			a.log.Debug("connect failed", "err", err, "retry_in", wait)
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			backoff = min(backoff*2, a.opts.ReconnectMax)
+			continue
+		}
+		backoff = a.opts.ReconnectMin
+		err = a.session(ctx, conn, ver, gen)
+		a.closeConn()
+		if err != nil && !errors.Is(err, errReconnect) && ctx.Err() == nil {
+			a.log.Warn("session ended", "err", err)
+		}
+	}
+	return ctx.Err()
+}
+
+func (a *Agent) closeConn() {
+	a.mu.Lock()
+	c := a.conn
+	a.conn = nil
+	a.mu.Unlock()
+	if c != nil {
+		up, dn := c.Bytes()
+		a.bytesUp.Add(up)
+		a.bytesDn.Add(dn)
+		c.Close()
+	}
+}
+
+// dial connects with the pending credential if it has a certificate, else
+// (or if the broker refuses it) with the active one. A pending credential
+// the broker accepts is promoted at once.
+func (a *Agent) dial(ctx context.Context, gen uint64) (*mqttc.Conn, uint32, error) {
+	st := a.ks.State()
+	var tries []uint32
+	if v, ok := a.ks.PendingReady(); ok {
+		tries = append(tries, v)
+	}
+	tries = append(tries, st.Active)
+	var lastErr error
+	for _, v := range tries {
+		conn, err := a.connect(ctx, v, gen)
+		if err != nil {
+			if errors.Is(err, mqttc.ErrRefused) {
+				a.emit(EventRefused, v, err.Error())
+			}
+			lastErr = err
+			continue
+		}
+		return conn, v, nil
+	}
+	return nil, 0, lastErr
+}
+
+func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn, error) {
+	cred, _, err := a.ks.TLSCredential(v)
+	if err != nil {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(a.opts.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("device: broker address %q: %w", a.opts.Broker, err)
+	}
+	id := a.ks.ID().ID
+	conn, err := mqttc.Dial(ctx, mqttc.Options{
+		Broker:   a.opts.Broker,
+		ClientID: id,
+		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: a.ks.Roots(), ServerName: host,
+			MinVersion: tls.VersionTLS12},
+		Subscriptions: []string{a.topics.Broadcast(), a.topics.Down(id)},
+		OnMessage: func(topic string, payload []byte) {
+			select {
+			case a.inbox <- inMsg{topic: topic, payload: append([]byte(nil), payload...), gen: gen}:
+			case <-ctx.Done():
+			}
+		},
+		OnLost: func(err error) {
+			select {
+			case a.inbox <- inMsg{lost: err, gen: gen}:
+			case <-ctx.Done():
+			}
+		},
+		KeepAlive: 5 * time.Minute,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.conn = conn
+	a.mu.Unlock()
+	return conn, nil
+}
+
+func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen uint64) error {
+	a.emit(EventConnected, ver, "")
+	st := a.ks.State()
+	if st.Pending == ver {
+		// The broker accepted the new credential: make it active, then confirm.
+		if err := a.ks.Promote(ver); err != nil {
+			return err
+		}
+		a.fail("after-promote")
+		act := protocol.Stamp(&protocol.Activated{Slot: protocol.SlotIdentity, Version: ver}, a.opts.Now(), 0)
+		act.RID = st.PendingRID
+		if err := a.send(ctx, act); err != nil {
+			return err
+		}
+		a.emit(EventActivated, ver, "")
+	}
+	if err := a.hello(ctx); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case m := <-a.inbox:
+			if m.gen != gen {
+				continue // from an earlier connection
+			}
+			if m.lost != nil {
+				a.emit(EventDisconnected, 0, m.lost.Error())
+				return fmt.Errorf("device: connection lost: %w", m.lost)
+			}
+			if err := a.handle(ctx, m.topic, m.payload); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (a *Agent) hello(ctx context.Context) error {
+	st := a.ks.State()
+	h := protocol.Stamp(&protocol.Hello{Slots: []protocol.SlotVersion{{
+		Slot: protocol.SlotIdentity, Active: st.Active, Pending: st.Pending, Previous: st.Previous,
+	}}}, a.opts.Now(), 0)
+	return a.send(ctx, h)
+}
+
+// send seals m with the active identity key and publishes it.
+func (a *Agent) send(ctx context.Context, m protocol.Message) error {
+	st := a.ks.State()
+	key, err := a.ks.Key(st.Active)
+	if err != nil {
+		return err
+	}
+	kid, err := protocol.KeyID(&key.PublicKey)
+	if err != nil {
+		return err
+	}
+	b, err := a.codec.Seal(m, key, kid)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	c := a.conn
+	a.mu.Unlock()
+	if c == nil {
+		return errors.New("device: not connected")
+	}
+	return c.Publish(ctx, a.topics.Up(a.ks.ID().ID), b)
+}
+
+func (a *Agent) reject(reason string, err error) error {
+	a.log.Warn("downlink rejected", "reason", reason, "err", err)
+	a.emit(EventRejected, 0, reason)
+	return nil // a bad downlink never ends the session
+}
+
+// handle processes one downlink. It returns errReconnect when the agent
+// must reconnect with another credential.
+func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error {
+	if topic == a.topics.Delegation() {
+		pub, _, err := a.codec.VerifyDelegation(payload, a.ks.UpdateKey(), a.opts.Now())
+		if err != nil {
+			return a.reject("delegation", err)
+		}
+		a.online.Store(pub)
+		return nil
+	}
+	env, err := a.codec.Open(payload)
+	if err != nil {
+		return a.reject("malformed", err)
+	}
+	if env.IsSigned() {
+		pub := a.online.Load()
+		if pub == nil {
+			return a.reject("no-delegation", errors.New("signed downlink before any delegation"))
+		}
+		if err := env.Verify(pub); err != nil {
+			return a.reject("bad-signature", err)
+		}
+	}
+	m, err := a.codec.Message(env)
+	if err != nil {
+		return a.reject("malformed", err)
+	}
+	now := a.opts.Now()
+	if err := protocol.CheckTime(m.Hdr(), now); err != nil {
+		return a.reject("expired", err)
+	}
+	if a.replayed(m.Hdr(), now) {
+		return a.reject("replay", fmt.Errorf("message %x seen before", m.Hdr().ID))
+	}
+	switch m := m.(type) {
+	case *protocol.Rotate:
+		return a.onRotate(ctx, m)
+	case *protocol.Cert:
+		return a.onCert(m)
+	case *protocol.Retire:
+		if m.Slot == protocol.SlotIdentity {
+			ok, err := a.ks.Retire(m.Version)
+			if err != nil {
+				return err
+			}
+			if ok {
+				a.emit(EventRetired, m.Version, "")
+			}
+		}
+		return nil
+	case *protocol.Error:
+		a.log.Warn("server reported an error", "code", m.Code, "detail", m.Detail)
+		return nil
+	}
+	return a.reject("unexpected-type", fmt.Errorf("%v on the down topic", protocol.TypeOf(m)))
+}
+
+// replayed remembers message ids until their expiry (or ten minutes).
+func (a *Agent) replayed(h *protocol.Header, now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, exp := range a.seen {
+		if now.After(exp) {
+			delete(a.seen, k)
+		}
+	}
+	k := string(h.ID)
+	if _, ok := a.seen[k]; ok {
+		return true
+	}
+	exp := now.Add(10 * time.Minute)
+	if h.Exp != 0 {
+		exp = time.Unix(int64(h.Exp), 0).Add(protocol.MaxClockSkew)
+	}
+	a.seen[k] = exp
+	return false
+}
+
+func (a *Agent) onRotate(ctx context.Context, m *protocol.Rotate) error {
+	if m.Slot != protocol.SlotIdentity {
+		return a.reject("unknown-slot", fmt.Errorf("slot %v", m.Slot))
+	}
+	st := a.ks.State()
+	if m.Version <= st.Active {
+		return a.reject("old-version", fmt.Errorf("rotate to %d, active %d", m.Version, st.Active))
+	}
+	a.emit(EventRotate, m.Version, "")
+	if st.Pending == m.Version && bytes.Equal(st.PendingRID, m.RID) {
+		if _, ok := a.ks.PendingReady(); ok {
+			return errReconnect // we already hold the certificate: switch to it
+		}
+	}
+	key, err := a.ks.BeginPending(m.Version, m.RID)
+	if err != nil {
+		return err
+	}
+	a.fail("after-pending-key")
+	csr, err := CSR(a.ks.ID().ID, key)
+	if err != nil {
+		return err
+	}
+	e := protocol.Stamp(&protocol.Enroll{Slot: protocol.SlotIdentity, Version: m.Version, CSR: csr}, a.opts.Now(), 0)
+	e.RID = m.RID
+	if err := a.send(ctx, e); err != nil {
+		return err
+	}
+	a.emit(EventEnrolled, m.Version, "")
+	a.fail("after-enroll")
+	return nil
+}
+
+func (a *Agent) onCert(m *protocol.Cert) error {
+	st := a.ks.State()
+	if m.Slot != protocol.SlotIdentity || m.Version != st.Pending || !bytes.Equal(m.RID, st.PendingRID) {
+		return a.reject("unexpected-cert", fmt.Errorf("cert for v%d, pending v%d", m.Version, st.Pending))
+	}
+	if _, err := a.ks.StorePendingCert(m.Version, m.Cert, a.opts.Now()); err != nil {
+		return a.reject("bad-cert", err)
+	}
+	a.emit(EventCertStored, m.Version, "")
+	a.fail("after-cert-stored")
+	return errReconnect
+}

@@ -1,0 +1,365 @@
+package device
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/internal/fsutil"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// Identity is the device's fixed configuration, written at provisioning.
+type Identity struct {
+	ID     string `json:"id"`
+	Broker string `json:"broker"`
+}
+
+// SlotState names the identity versions a device holds.
+type SlotState struct {
+	Active     uint32 `json:"active"`
+	Pending    uint32 `json:"pending,omitempty"`
+	PendingRID []byte `json:"pending_rid,omitempty"`
+	Previous   uint32 `json:"previous,omitempty"`
+}
+
+// Keystore is a device's key directory. It is safe for concurrent use.
+type Keystore struct {
+	dir    string
+	id     Identity
+	roots  *x509.CertPool
+	update any
+	mu     sync.Mutex
+	state  SlotState
+}
+
+// Paths inside the keystore directory.
+const (
+	fileIdentity = "device.json"
+	fileState    = "state.json"
+	fileCA       = "ca.pem"
+	fileUpdate   = "update.pub.pem"
+)
+
+// ErrNoCredential: the keystore has no usable credential of that version.
+var ErrNoCredential = errors.New("device: no such credential")
+
+// Install writes a new keystore: the provisioning credential as version 1,
+// the trust anchors and the identity. It refuses to overwrite one.
+func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
+	if err := protocol.ValidateDeviceID(id.ID); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, fileState)); err == nil {
+		return fmt.Errorf("device: %s already holds a keystore", dir)
+	}
+	if _, err := certs.ParsePEM(caPEM); err != nil {
+		return fmt.Errorf("device: CA: %w", err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return err
+	}
+	idJSON, err := json.Marshal(id)
+	if err != nil {
+		return err
+	}
+	vdir := versionDir(dir, 1)
+	for _, f := range []struct {
+		path string
+		data []byte
+		perm os.FileMode
+	}{
+		{filepath.Join(vdir, "key.pem"), keyPEM, 0o600},
+		{filepath.Join(vdir, "cert.pem"), certPEM, 0o644},
+		{filepath.Join(dir, fileCA), caPEM, 0o644},
+		{filepath.Join(dir, fileUpdate), updatePEM, 0o644},
+		{filepath.Join(dir, fileIdentity), idJSON, 0o644},
+	} {
+		if err := fsutil.WriteAtomic(f.path, f.data, f.perm); err != nil {
+			return fmt.Errorf("device: install: %w", err)
+		}
+	}
+	st, _ := json.Marshal(SlotState{Active: 1})
+	return fsutil.WriteAtomic(filepath.Join(dir, fileState), st, 0o600)
+}
+
+// NewKey makes a P-256 key, the only kind keyfleet identities use.
+func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+
+// CSR builds the certificate request naming device for key.
+func CSR(device string, key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkixName(device),
+		URIs:    []*urlURL{certs.Identity{Role: certs.RoleDevice, Name: device}.URI()},
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("device: CSR: %w", err)
+	}
+	return der, nil
+}
+
+func versionDir(dir string, v uint32) string {
+	return filepath.Join(dir, "identity", "v"+strconv.FormatUint(uint64(v), 10))
+}
+
+func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// OpenKeystore loads a keystore made by Install.
+func OpenKeystore(dir string) (*Keystore, error) {
+	ks := &Keystore{dir: dir}
+	b, err := os.ReadFile(filepath.Join(dir, fileIdentity))
+	if err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	}
+	if err := json.Unmarshal(b, &ks.id); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: identity: %w", dir, err)
+	}
+	if b, err = os.ReadFile(filepath.Join(dir, fileState)); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	}
+	if err := json.Unmarshal(b, &ks.state); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: state: %w", dir, err)
+	}
+	cas, err := certs.LoadPEM(filepath.Join(dir, fileCA))
+	if err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	}
+	ks.roots = x509.NewCertPool()
+	for _, c := range cas {
+		ks.roots.AddCert(c)
+	}
+	if b, err = os.ReadFile(filepath.Join(dir, fileUpdate)); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("device: keystore %s: no update key", dir)
+	}
+	if ks.update, err = x509.ParsePKIXPublicKey(blk.Bytes); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: update key: %w", dir, err)
+	}
+	return ks, nil
+}
+
+// ID returns the device id.
+func (ks *Keystore) ID() Identity { return ks.id }
+
+// State returns a copy of the slot state.
+func (ks *Keystore) State() SlotState {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	s := ks.state
+	s.PendingRID = append([]byte(nil), s.PendingRID...)
+	return s
+}
+
+func (ks *Keystore) saveState(s SlotState) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteAtomic(filepath.Join(ks.dir, fileState), b, 0o600); err != nil {
+		return fmt.Errorf("device: save state: %w", err)
+	}
+	ks.state = s
+	return nil
+}
+
+// Key loads the private key of version v.
+func (ks *Keystore) Key(v uint32) (*ecdsa.PrivateKey, error) {
+	b, err := os.ReadFile(filepath.Join(versionDir(ks.dir, v), "key.pem"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: key v%d", ErrNoCredential, v)
+	} else if err != nil {
+		return nil, fmt.Errorf("device: key v%d: %w", v, err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("device: key v%d: no PEM block", v)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("device: key v%d: %w", v, err)
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("device: key v%d is not ECDSA", v)
+	}
+	return ek, nil
+}
+
+// Cert loads the certificate of version v.
+func (ks *Keystore) Cert(v uint32) (*x509.Certificate, error) {
+	b, err := os.ReadFile(filepath.Join(versionDir(ks.dir, v), "cert.pem"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: certificate v%d", ErrNoCredential, v)
+	} else if err != nil {
+		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
+	}
+	cs, err := certs.ParsePEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
+	}
+	return cs[0], nil
+}
+
+// TLSCredential returns version v as a TLS client certificate.
+func (ks *Keystore) TLSCredential(v uint32) (tls.Certificate, *ecdsa.PrivateKey, error) {
+	k, err := ks.Key(v)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	c, err := ks.Cert(v)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}, k, nil
+}
+
+// BeginPending generates (or, for a repeated request, reloads) the key of
+// version v and records it as pending. The key is on disk before the state
+// names it, so the state never points at a missing key.
+func (ks *Keystore) BeginPending(v uint32, rid []byte) (*ecdsa.PrivateKey, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.state.Pending == v {
+		if k, err := ks.Key(v); err == nil {
+			if string(ks.state.PendingRID) != string(rid) {
+				s := ks.state
+				s.PendingRID = rid
+				if err := ks.saveState(s); err != nil {
+					return nil, err
+				}
+			}
+			return k, nil
+		}
+	}
+	if v <= ks.state.Active {
+		return nil, fmt.Errorf("device: version %d is not newer than active %d", v, ks.state.Active)
+	}
+	k, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	pemKey, err := encodeKey(k)
+	if err != nil {
+		return nil, err
+	}
+	vdir := versionDir(ks.dir, v)
+	_ = os.Remove(filepath.Join(vdir, "cert.pem")) // a stale certificate from an abandoned attempt
+	if err := fsutil.WriteAtomic(filepath.Join(vdir, "key.pem"), pemKey, 0o600); err != nil {
+		return nil, fmt.Errorf("device: pending key: %w", err)
+	}
+	s := ks.state
+	s.Pending, s.PendingRID = v, rid
+	if err := ks.saveState(s); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// StorePendingCert checks that der is a certificate from the fleet CA,
+// valid at now, naming this device, for the pending key of version v, and
+// stores it next to the key.
+func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509.Certificate, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.state.Pending != v {
+		return nil, fmt.Errorf("device: certificate for version %d, pending is %d", v, ks.state.Pending)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
+	}
+	id, err := certs.VerifyLeaf(c, ks.roots, now)
+	if err != nil {
+		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
+	}
+	if id.Role != certs.RoleDevice || id.Name != ks.id.ID {
+		return nil, fmt.Errorf("device: certificate v%d names %s", v, id)
+	}
+	k, err := ks.Key(v)
+	if err != nil {
+		return nil, err
+	}
+	if !k.PublicKey.Equal(c.PublicKey) {
+		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
+	}
+	if err := fsutil.WriteAtomic(filepath.Join(versionDir(ks.dir, v), "cert.pem"), certs.EncodePEM(c), 0o644); err != nil {
+		return nil, fmt.Errorf("device: store certificate v%d: %w", v, err)
+	}
+	return c, nil
+}
+
+// PendingReady reports whether the pending version has its certificate.
+func (ks *Keystore) PendingReady() (uint32, bool) {
+	st := ks.State()
+	if st.Pending == 0 {
+		return 0, false
+	}
+	_, err := ks.Cert(st.Pending)
+	return st.Pending, err == nil
+}
+
+// Promote makes the pending version active, after the broker accepted it.
+// The old active version becomes previous; an older previous is deleted.
+func (ks *Keystore) Promote(v uint32) error {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.state.Pending != v {
+		return fmt.Errorf("device: promote v%d, pending is %d", v, ks.state.Pending)
+	}
+	old := ks.state
+	s := SlotState{Active: v, Previous: old.Active}
+	if err := ks.saveState(s); err != nil {
+		return err
+	}
+	if old.Previous != 0 && old.Previous != v {
+		_ = os.RemoveAll(versionDir(ks.dir, old.Previous))
+	}
+	return nil
+}
+
+// Retire deletes the previous version if it is v.
+func (ks *Keystore) Retire(v uint32) (bool, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.state.Previous != v || v == ks.state.Active {
+		return false, nil
+	}
+	s := ks.state
+	s.Previous = 0
+	if err := ks.saveState(s); err != nil {
+		return false, err
+	}
+	if err := os.RemoveAll(versionDir(ks.dir, v)); err != nil {
+		return true, fmt.Errorf("device: remove v%d: %w", v, err)
+	}
+	return true, nil
+}
+
+// Roots returns the fleet CA pool.
+func (ks *Keystore) Roots() *x509.CertPool { return ks.roots }
+
+// UpdateKey returns the server's update-signing public key.
+func (ks *Keystore) UpdateKey() any { return ks.update }

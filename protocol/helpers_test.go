@@ -1,0 +1,230 @@
+package protocol
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"math/big"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Shared fixtures of the protocol tests.
+
+// testNow is the clock of every example message: fixed, so that encodings
+// and sizes do not drift from run to run.
+var testNow = time.Unix(1_700_000_000, 0)
+
+// testDevice is the device id of the examples.
+const testDevice = "dev-000042"
+
+// fixedKey derives a P-256 key from a label. The fuzz seeds and the corpus
+// files under testdata/fuzz are signed with such keys, so they must not
+// change between runs; tests that need a throwaway key generate one.
+func fixedKey(tb testing.TB, label string) *ecdsa.PrivateKey {
+	tb.Helper()
+	d := sha256.Sum256([]byte("keyfleet protocol test key: " + label))
+	k, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d[:])
+	if err != nil {
+		tb.Fatalf("fixed key %q: %v", label, err)
+	}
+	return k
+}
+
+func newKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatalf("generate key: %v", err)
+	}
+	return k
+}
+
+func keyID(tb testing.TB, k *ecdsa.PrivateKey) []byte {
+	tb.Helper()
+	kid, err := KeyID(&k.PublicKey)
+	if err != nil {
+		tb.Fatalf("KeyID: %v", err)
+	}
+	return kid
+}
+
+// unhex decodes hex written for people: spaces, newlines and comments
+// starting with '#' up to the end of the line are ignored.
+func unhex(tb testing.TB, s string) []byte {
+	tb.Helper()
+	var clean strings.Builder
+	for line := range strings.SplitSeq(s, "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		clean.WriteString(strings.Join(strings.Fields(line), ""))
+	}
+	b, err := hex.DecodeString(clean.String())
+	if err != nil {
+		tb.Fatalf("bad hex in test: %v", err)
+	}
+	return b
+}
+
+// id returns an 8-byte id whose bytes are b, b+1, ... so that ids are
+// recognisable in hex dumps.
+func id(b byte) []byte {
+	out := make([]byte, MessageIDSize)
+	for i := range out {
+		out[i] = b + byte(i)
+	}
+	return out
+}
+
+// realistic holds a CSR and a certificate as a device and the fleet CA
+// would produce them, built once per test binary.
+type realistic struct {
+	csr     []byte // PKCS#10, P-256, CN=device id, URI SAN
+	cert    []byte // DER leaf, P-256, issued by a P-256 CA
+	onlineK []byte // PKIX SubjectPublicKeyInfo of an online signing key
+}
+
+var (
+	realOnce sync.Once
+	realMat  realistic
+	realErr  error
+)
+
+func realisticMaterial(tb testing.TB) realistic {
+	tb.Helper()
+	realOnce.Do(func() { realMat, realErr = buildRealistic() })
+	if realErr != nil {
+		tb.Fatalf("realistic material: %v", realErr)
+	}
+	return realMat
+}
+
+func buildRealistic() (realistic, error) {
+	var r realistic
+	gen := func() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+	devKey, err := gen()
+	if err != nil {
+		return r, err
+	}
+	caKey, err := gen()
+	if err != nil {
+		return r, err
+	}
+	online, err := gen()
+	if err != nil {
+		return r, err
+	}
+	uri, err := url.Parse("urn:keyfleet:device:" + testDevice)
+	if err != nil {
+		return r, err
+	}
+	r.csr, err = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: testDevice},
+		URIs:    []*url.URL{uri},
+	}, devKey)
+	if err != nil {
+		return r, err
+	}
+	ca := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "keyfleet fleet CA"},
+		NotBefore:             testNow.Add(-time.Hour),
+		NotAfter:              testNow.Add(10 * 365 * 24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return r, err
+	}
+	if ca, err = x509.ParseCertificate(caDER); err != nil {
+		return r, err
+	}
+	// A leaf as a CA would issue it for the CSR: 128-bit serial, the
+	// subject and SAN of the request, client-auth usage.
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return r, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: testDevice},
+		URIs:         []*url.URL{uri},
+		NotBefore:    testNow,
+		NotAfter:     testNow.Add(90 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	r.cert, err = x509.CreateCertificate(rand.Reader, leaf, ca, &devKey.PublicKey, caKey)
+	if err != nil {
+		return r, err
+	}
+	r.onlineK, err = x509.MarshalPKIXPublicKey(&online.PublicKey)
+	return r, err
+}
+
+// examples returns one valid message of every type, with realistic content
+// and a fixed clock. Each call returns fresh values.
+func examples(tb testing.TB) []Message {
+	tb.Helper()
+	r := realisticMaterial(tb)
+	iat := uint64(testNow.Unix())
+	exp := uint64(testNow.Add(24 * time.Hour).Unix())
+	rid := id(0xa0)
+	return []Message{
+		&Hello{Header: Header{ID: id(0x10), IAT: iat},
+			Slots: []SlotVersion{{Slot: SlotIdentity, Active: 3, Pending: 4, Previous: 2}}},
+		&Rotate{Header: Header{ID: id(0x20), RID: rid, IAT: iat, Exp: exp}, Slot: SlotIdentity, Version: 4},
+		&Enroll{Header: Header{ID: id(0x30), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4, CSR: r.csr},
+		&Cert{Header: Header{ID: id(0x40), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4, Cert: r.cert},
+		&Activated{Header: Header{ID: id(0x50), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4},
+		&Retire{Header: Header{ID: id(0x60), RID: rid, IAT: iat, Exp: exp}, Slot: SlotIdentity, Version: 3},
+		&Error{Header: Header{ID: id(0x70), RID: rid, IAT: iat}, Code: CodeBadCSR, Ref: id(0x30),
+			Detail: "csr subject does not match device"},
+		&Delegation{Header: Header{ID: id(0x80), IAT: iat}, Key: r.onlineK,
+			NotBefore: iat, NotAfter: iat + 12*3600},
+	}
+}
+
+// encode returns the packet a sender would publish for m: sealed with key
+// for signed types, bare for Cert.
+func encode(tb testing.TB, c *Codec, m Message, key *ecdsa.PrivateKey) []byte {
+	tb.Helper()
+	var (
+		b   []byte
+		err error
+	)
+	if Signed(TypeOf(m)) {
+		b, err = c.Seal(m, key, keyID(tb, key))
+	} else {
+		b, err = c.Bare(m)
+	}
+	if err != nil {
+		tb.Fatalf("encode %v: %v", TypeOf(m), err)
+	}
+	return b
+}
+
+// receive runs the receiver's pipeline on a packet: Open, Verify with pub
+// when the envelope is signed, then Message.
+func receive(c *Codec, data []byte, pub *ecdsa.PublicKey) (Message, error) {
+	env, err := c.Open(data)
+	if err != nil {
+		return nil, err
+	}
+	if env.IsSigned() {
+		if err := env.Verify(pub); err != nil {
+			return nil, err
+		}
+	}
+	return c.Message(env)
+}

@@ -1,0 +1,88 @@
+package protocol
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultTopicPrefix is the topic root used when none is configured.
+const DefaultTopicPrefix = "kf"
+
+// Topics builds and parses the MQTT topic names of one deployment. The zero
+// value uses DefaultTopicPrefix.
+type Topics struct {
+	// Prefix is the first topic level; empty means DefaultTopicPrefix.
+	Prefix string
+}
+
+func (t Topics) prefix() string {
+	if t.Prefix == "" {
+		return DefaultTopicPrefix
+	}
+	return t.Prefix
+}
+
+// Root returns the first topic level in use.
+func (t Topics) Root() string { return t.prefix() }
+
+// Up is the topic a device publishes to: {prefix}/d/{device}/up.
+func (t Topics) Up(device string) string { return t.prefix() + "/d/" + device + "/up" }
+
+// Down is the topic the server publishes a device's commands to.
+func (t Topics) Down(device string) string { return t.prefix() + "/d/" + device + "/down" }
+
+// SharedUp is the shared subscription through which fleetd instances split
+// all devices' uplinks between them.
+func (t Topics) SharedUp(group string) string {
+	return "$share/" + group + "/" + t.prefix() + "/d/+/up"
+}
+
+// Broadcast is the filter of the retained fleet-wide topics every device may
+// read ({prefix}/b/#).
+func (t Topics) Broadcast() string { return t.prefix() + "/b/#" }
+
+// BroadcastTopic names one fleet-wide topic under {prefix}/b/.
+func (t Topics) BroadcastTopic(name string) string { return t.prefix() + "/b/" + name }
+
+// Delegation is the retained topic carrying the current online-key delegation.
+func (t Topics) Delegation() string { return t.BroadcastTopic("delegation") }
+
+// ParseUp returns the device id of an uplink topic, or an error when the
+// topic is not one.
+func (t Topics) ParseUp(topic string) (string, error) {
+	return t.parse(topic, "up")
+}
+
+// ParseDown returns the device id of a downlink topic.
+func (t Topics) ParseDown(topic string) (string, error) {
+	return t.parse(topic, "down")
+}
+
+func (t Topics) parse(topic, dir string) (string, error) {
+	parts := strings.Split(topic, "/")
+	if len(parts) != 4 || parts[0] != t.prefix() || parts[1] != "d" || parts[3] != dir {
+		return "", fmt.Errorf("protocol: %q is not a %s topic", topic, dir)
+	}
+	if err := ValidateDeviceID(parts[2]); err != nil {
+		return "", err
+	}
+	return parts[2], nil
+}
+
+// ValidateDeviceID checks that id can be used in topics, certificate names
+// and store keys: 1 to MaxDeviceIDLen characters from [A-Za-z0-9._-], not
+// starting with a dot.
+func ValidateDeviceID(id string) error {
+	if id == "" || len(id) > MaxDeviceIDLen || id[0] == '.' {
+		return fmt.Errorf("%w: %q", ErrBadDeviceID, id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("%w: %q", ErrBadDeviceID, id)
+		}
+	}
+	return nil
+}

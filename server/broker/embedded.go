@@ -1,0 +1,123 @@
+package broker
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// Options configures the embedded broker.
+type Options struct {
+	// Addr is the TLS listen address, e.g. 127.0.0.1:8883. Required.
+	Addr string
+	// TLS is the server side: its certificate and the client CA pool.
+	// Client certificates are required and verified.
+	TLS *tls.Config
+	// Checker accepts or refuses device credentials. Required.
+	Checker CredentialChecker
+	// Topics is the topic layout; zero means the default prefix.
+	Topics protocol.Topics
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// MaxSessionExpiry bounds how long a disconnected session is kept;
+	// 0 means 30 days, for devices that stay away long.
+	MaxSessionExpiry time.Duration
+}
+
+// Embedded is a running mochi-mqtt broker with keyfleet's hooks.
+type Embedded struct {
+	srv     *mqtt.Server
+	ln      *listeners.TCP
+	Denials *Denials
+	auth    *AuthHook
+	ids     *identities
+}
+
+// Start starts the broker and returns once it is listening.
+func Start(o Options) (*Embedded, error) {
+	if o.Addr == "" || o.TLS == nil || o.Checker == nil {
+		return nil, fmt.Errorf("broker: address, TLS config and credential checker are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxSessionExpiry == 0 {
+		o.MaxSessionExpiry = 30 * 24 * time.Hour
+	}
+	tlsConf := o.TLS.Clone()
+	tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
+	if tlsConf.MinVersion < tls.VersionTLS12 {
+		tlsConf.MinVersion = tls.VersionTLS12
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = protocol.MaxPacketSize + 256 // payload cap plus topic and header
+	caps.MaximumSessionExpiryInterval = uint32(o.MaxSessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = int64(o.MaxSessionExpiry / time.Second)
+	caps.Compatibilities.ObscureNotAuthorized = true
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       o.Logger.With("component", "mqtt"),
+	})
+	ids := &identities{}
+	den := &Denials{}
+	auth := &AuthHook{ids: ids, checker: o.Checker, denials: den, log: o.Logger}
+	if err := srv.AddHook(auth, nil); err != nil {
+		return nil, fmt.Errorf("broker: auth hook: %w", err)
+	}
+	if err := srv.AddHook(&ACLHook{ids: ids, topics: o.Topics, denials: den, log: o.Logger}, nil); err != nil {
+		return nil, fmt.Errorf("broker: acl hook: %w", err)
+	}
+	// Listen ourselves so that the address is bound (and errors surface)
+	// before Start returns.
+	l, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen %s: %w", o.Addr, err)
+	}
+	ln := listeners.NewTCP(listeners.Config{Type: "tcp", ID: "tls", Address: l.Addr().String(), TLSConfig: tlsConf})
+	l.Close()
+	if err := srv.AddListener(ln); err != nil {
+		return nil, fmt.Errorf("broker: listener %s: %w", o.Addr, err)
+	}
+	if err := srv.Serve(); err != nil {
+		return nil, fmt.Errorf("broker: serve: %w", err)
+	}
+	return &Embedded{srv: srv, ln: ln, Denials: den, auth: auth, ids: ids}, nil
+}
+
+// Addr returns the address the broker listens on.
+func (e *Embedded) Addr() string { return e.ln.Address() }
+
+// Close stops the broker and disconnects every client.
+func (e *Embedded) Close() error { return e.srv.Close() }
+
+// Disconnect drops every live session of the device at once (emergency
+// revocation, or a credential that just stopped being accepted).
+func (e *Embedded) Disconnect(device string) int {
+	n := 0
+	e.ids.m.Range(func(k, v any) bool {
+		cl := k.(*mqtt.Client)
+		if id := v.(certs.Identity); id.Role == certs.RoleDevice && id.Name == device {
+			_ = e.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+			n++
+		}
+		return true
+	})
+	return n
+}
+
+// Connected returns how many authenticated clients are connected.
+func (e *Embedded) Connected() int {
+	n := 0
+	e.ids.m.Range(func(_, _ any) bool { n++; return true })
+	return n
+}

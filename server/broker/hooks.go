@@ -1,0 +1,193 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// CredentialChecker decides whether a certificate may still log in. It is
+// implemented by the rotation engine, which knows every version's state.
+type CredentialChecker interface {
+	CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error
+}
+
+// Denials counts refusals by reason; the metrics layer reads it.
+type Denials struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (d *Denials) add(reason string) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string]uint64{}
+	}
+	d.m[reason]++
+	d.mu.Unlock()
+}
+
+// Snapshot returns the counts so far.
+func (d *Denials) Snapshot() map[string]uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]uint64, len(d.m))
+	for k, v := range d.m {
+		out[k] = v
+	}
+	return out
+}
+
+// identities maps live clients to the identity their certificate proved.
+type identities struct{ m sync.Map } // *mqtt.Client -> certs.Identity
+
+func (i *identities) get(cl *mqtt.Client) (certs.Identity, bool) {
+	v, ok := i.m.Load(cl)
+	if !ok {
+		return certs.Identity{}, false
+	}
+	return v.(certs.Identity), true
+}
+
+// AuthHook authenticates connections by their TLS client certificate.
+type AuthHook struct {
+	mqtt.HookBase
+	ids      *identities
+	checker  CredentialChecker
+	denials  *Denials
+	log      *slog.Logger
+	accepted atomic.Uint64
+}
+
+// ID names the hook.
+func (h *AuthHook) ID() string { return "keyfleet-auth" }
+
+// Provides lists the events the hook handles.
+func (h *AuthHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnConnectAuthenticate accepts a client whose verified certificate names
+// it and whose credential the checker accepts.
+func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		h.deny(cl, "no-tls", nil)
+		return false
+	}
+	state := tc.ConnectionState()
+	if len(state.PeerCertificates) == 0 || len(state.VerifiedChains) == 0 {
+		h.deny(cl, "no-client-cert", nil)
+		return false
+	}
+	leaf := state.PeerCertificates[0]
+	id, err := certs.IdentityOf(leaf)
+	if err != nil {
+		h.deny(cl, "no-identity", err)
+		return false
+	}
+	switch id.Role {
+	case certs.RoleDevice:
+		if cl.ID != id.Name {
+			h.deny(cl, "client-id-mismatch", nil)
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.checker.CheckCredential(ctx, id, leaf); err != nil {
+			h.deny(cl, "credential-refused", err)
+			return false
+		}
+	case certs.RoleServer:
+		if cl.ID != id.Name && !strings.HasPrefix(cl.ID, id.Name+"-") {
+			h.deny(cl, "client-id-mismatch", nil)
+			return false
+		}
+	default:
+		h.deny(cl, "role-not-allowed", nil)
+		return false
+	}
+	h.ids.m.Store(cl, id)
+	h.accepted.Add(1)
+	return true
+}
+
+// OnDisconnect forgets the client.
+func (h *AuthHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.ids.m.Delete(cl) }
+
+func (h *AuthHook) deny(cl *mqtt.Client, reason string, err error) {
+	h.denials.add("auth:" + reason)
+	attrs := []any{"client", cl.ID, "remote", cl.Net.Remote, "reason", reason}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	h.log.Warn("broker: connection refused", attrs...)
+}
+
+// ACLHook enforces the topic rules.
+type ACLHook struct {
+	mqtt.HookBase
+	ids     *identities
+	topics  protocol.Topics
+	denials *Denials
+	log     *slog.Logger
+}
+
+// ID names the hook.
+func (h *ACLHook) ID() string { return "keyfleet-acl" }
+
+// Provides lists the events the hook handles.
+func (h *ACLHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
+
+// OnACLCheck allows what the identity's role may do and nothing else.
+func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	id, ok := h.ids.get(cl)
+	if ok && Allowed(h.topics, id, topic, write) {
+		return true
+	}
+	dir := "read"
+	if write {
+		dir = "write"
+	}
+	h.denials.add("acl:" + dir)
+	h.log.Warn("broker: topic denied", "client", cl.ID, "topic", topic, "write", write)
+	return false
+}
+
+// Allowed is the access rule, kept pure so it can be table-tested and
+// reused to derive a Mosquitto ACL.
+func Allowed(t protocol.Topics, id certs.Identity, topic string, write bool) bool {
+	switch id.Role {
+	case certs.RoleDevice:
+		if write {
+			return topic == t.Up(id.Name)
+		}
+		if topic == t.Down(id.Name) || topic == t.Broadcast() {
+			return true
+		}
+		// A concrete broadcast topic, with no wildcard in it.
+		b := strings.TrimSuffix(t.Broadcast(), "#")
+		return strings.HasPrefix(topic, b) && len(topic) > len(b) && !strings.ContainsAny(topic, "+#")
+	case certs.RoleServer:
+		if !write && topic == t.SharedUp(ServerShareGroup) {
+			return true
+		}
+		return strings.HasPrefix(topic, t.Root()+"/")
+	}
+	return false
+}
+
+// ServerShareGroup is the shared-subscription group fleetd instances join.
+const ServerShareGroup = "fleetd"

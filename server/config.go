@@ -1,0 +1,104 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/rotation"
+)
+
+// Key labels in the token.
+const (
+	LabelCA     = "keyfleet-ca"
+	LabelUpdate = "keyfleet-update"
+)
+
+// Config configures fleetd. Zero values take the documented defaults.
+type Config struct {
+	// DataDir holds the store, certificates and fleetd's TLS key. Required.
+	DataDir string
+	// HSM selects the PKCS#11 token; required unless InsecureSoftKeys.
+	HSM hsm.Config
+	// InsecureSoftKeys keeps the CA and update keys in files under
+	// DataDir/keys instead of a token. For machines without any PKCS#11
+	// module only; fleetd logs a warning.
+	InsecureSoftKeys bool
+	// MQTTAddr is the embedded broker's TLS listener; default 127.0.0.1:8883.
+	// Port 0 picks a free port.
+	MQTTAddr string
+	// ExternalBroker, if set (host:port), is used instead of the embedded
+	// broker; it must authenticate devices by certificate and enforce the
+	// ACL itself.
+	ExternalBroker string
+	// AdminAddr is the admin API's mTLS listener; default 127.0.0.1:8443.
+	AdminAddr string
+	// Grace is how long a superseded identity stays accepted; default 7 days.
+	Grace time.Duration
+	// CertValidity of device certificates; default 90 days.
+	CertValidity time.Duration
+	// CommandTTL is the expiry of commands; default 10 minutes.
+	CommandTTL time.Duration
+	// OnlineKeyLifetime of the delegated downlink key; default 24 hours.
+	OnlineKeyLifetime time.Duration
+	// Workers for uplinks; default 64.
+	Workers int
+	// Topics layout; zero is the default prefix "kf".
+	Topics protocol.Topics
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// OnStateChange is called after every durable key state change.
+	OnStateChange func(rotation.StateChange)
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("server: data directory is required")
+	}
+	if !c.InsecureSoftKeys && (c.HSM.Module == "" || c.HSM.TokenLabel == "" || c.HSM.PIN == "") {
+		return errors.New("server: PKCS#11 module, token label and PIN are required (or --insecure-soft-keys)")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Grace, 7*24*time.Hour)
+	def(&c.CertValidity, 90*24*time.Hour)
+	def(&c.CommandTTL, 10*time.Minute)
+	def(&c.OnlineKeyLifetime, 24*time.Hour)
+	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {
+		return fmt.Errorf("server: durations out of range (grace %v, validity %v, command ttl %v, online key %v)",
+			c.Grace, c.CertValidity, c.CommandTTL, c.OnlineKeyLifetime)
+	}
+	if c.MQTTAddr == "" {
+		c.MQTTAddr = "127.0.0.1:8883"
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = "127.0.0.1:8443"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Paths of the files in DataDir.
+type Paths struct{ Dir string }
+
+func (p Paths) Store() string      { return filepath.Join(p.Dir, "fleet.db") }
+func (p Paths) CACert() string     { return filepath.Join(p.Dir, "pki", "ca.pem") }
+func (p Paths) UpdateKey() string  { return filepath.Join(p.Dir, "pki", "update.pub.pem") }
+func (p Paths) ServerCert() string { return filepath.Join(p.Dir, "pki", "fleetd.pem") }
+func (p Paths) ServerKey() string  { return filepath.Join(p.Dir, "pki", "fleetd.key") }
+func (p Paths) AdminDir() string   { return filepath.Join(p.Dir, "admin") }
+func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }

@@ -1,0 +1,33 @@
+package server
+
+import (
+	"crypto"
+	"io"
+	"log/slog"
+
+	"github.com/keyfleet/keyfleet/server/hsm"
+)
+
+// custody is what fleetd needs of a key store: a token or soft keys.
+type custody interface {
+	GenerateP256(label string) (crypto.Signer, error)
+	Signer(label string) (crypto.Signer, error)
+	URI(label string) string
+	Ops() uint64
+	io.Closer
+}
+
+var (
+	_ custody = (*hsm.Token)(nil)
+	_ custody = (*hsm.SoftKeys)(nil)
+)
+
+func openCustody(c *Config) (custody, error) {
+	if c.InsecureSoftKeys {
+		c.Logger.Warn("INSECURE: CA and update-signing keys are software keys in files; anyone who reads "+
+			Paths{c.DataDir}.SoftKeys()+" can impersonate the fleet. Use a PKCS#11 token in production.",
+			slog.Bool("insecure_soft_keys", true))
+		return hsm.OpenSoftKeys(Paths{c.DataDir}.SoftKeys())
+	}
+	return hsm.Open(c.HSM)
+}

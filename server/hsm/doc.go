@@ -1,0 +1,24 @@
+// Package hsm holds fleetd's key custody: the CA key, the update-signing key
+// and (later) the escrow KEK live in a PKCS#11 token and are used only
+// through crypto.Signer values, so that nothing above this package ever sees
+// a PKCS#11 handle or key bytes.
+//
+// # Basics
+//
+// Open a token with Open(Config); create keys once with GenerateP256 and
+// look them up afterwards with Signer. Keys are named by their CKA_LABEL and
+// presented to operators as RFC 7512 pkcs11: URIs. Private keys are created
+// CKA_SENSITIVE and not CKA_EXTRACTABLE: the token never lets them out.
+// Every signature made through a Signer from this package is counted, which
+// is how fleetd reports HSM operations per rotation.
+//
+// SoftKeys is the loudly named alternative for machines without a token:
+// software keys in a PEM file, used only behind fleetd's --insecure-soft-keys.
+//
+// # Caveats
+//
+// PKCS#11 libraries are process-global: crypto11 shares one initialised
+// module between the Tokens of a process, and SoftHSM2 reads SOFTHSM2_CONF
+// once, when the module is first loaded. InitToken uses the raw module and
+// must not race with another goroutine's first Open.
+package hsm

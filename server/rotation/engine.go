@@ -1,0 +1,236 @@
+package rotation
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/online"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// Store is what the engine needs of the store.
+type Store interface {
+	CreateDevice(ctx context.Context, d *store.Device, events ...store.Event) error
+	UpdateDevice(ctx context.Context, id string, fn func(d *store.Device) ([]store.Event, error)) (*store.Device, error)
+	GetDevice(ctx context.Context, id string) (*store.Device, error)
+	ForEachDevice(ctx context.Context, fn func(d *store.Device) error) error
+}
+
+// Publisher sends a downlink. It is satisfied by *mqttc.Conn.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+}
+
+// Signer seals downlinks; it is satisfied by *online.Keeper via keeperSigner.
+type Signer interface {
+	Current() *online.Key
+}
+
+// Options configures an Engine. Zero values take the defaults.
+type Options struct {
+	// Grace is how long a superseded version stays accepted; 0 means 7 days.
+	Grace time.Duration
+	// CommandTTL is the expiry given to commands and the freshness window
+	// for uplinks; 0 means 10 minutes.
+	CommandTTL time.Duration
+	// Workers is the number of uplink workers; 0 means 64 (enough for the
+	// HSM's sessions and for group commits to fill).
+	Workers int
+	// QueueLen is each worker's queue; 0 means 256.
+	QueueLen int
+	Topics   protocol.Topics
+	// Now is the clock; nil means time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// OnStateChange, if set, is called after each durable state change,
+	// for make run's readable lines and the simulator.
+	OnStateChange func(StateChange)
+}
+
+// StateChange describes one durable transition of a key version.
+type StateChange struct {
+	Device  string
+	Slot    protocol.Slot
+	Version uint32
+	State   store.KeyState
+	RID     []byte
+	// Latency is the time since the rotation was requested (activated only).
+	Latency time.Duration
+}
+
+// Engine runs rotations. Create it with New, then Start it.
+type Engine struct {
+	st     Store
+	issuer certs.Issuer
+	signer Signer
+	pub    Publisher
+	codec  *protocol.Codec
+	opts   Options
+	log    *slog.Logger
+
+	shards  []chan uplink
+	wg      sync.WaitGroup
+	replays *replayCache
+	grace   *graceQueue
+	stats   Stats
+}
+
+type uplink struct {
+	topic   string
+	payload []byte
+}
+
+// New returns an engine; pub may be set later with SetPublisher.
+func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, opts Options) *Engine {
+	if opts.Grace == 0 {
+		opts.Grace = 7 * 24 * time.Hour
+	}
+	if opts.CommandTTL == 0 {
+		opts.CommandTTL = 10 * time.Minute
+	}
+	if opts.Workers == 0 {
+		opts.Workers = 64
+	}
+	if opts.QueueLen == 0 {
+		opts.QueueLen = 256
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	e := &Engine{
+		st: st, issuer: issuer, signer: signer, codec: codec, opts: opts,
+		log:     opts.Logger,
+		replays: newReplayCache(2 * opts.CommandTTL),
+		grace:   newGraceQueue(),
+	}
+	e.stats.rejected = map[string]*atomic.Uint64{}
+	return e
+}
+
+// SetPublisher sets the downlink path (the engine's MQTT connection).
+func (e *Engine) SetPublisher(p Publisher) { e.pub = p }
+
+// Start launches the workers and the grace timer; they stop when ctx ends.
+// It first loads the superseded versions whose grace is running.
+func (e *Engine) Start(ctx context.Context) error {
+	if err := e.st.ForEachDevice(ctx, func(d *store.Device) error {
+		for slot, s := range d.Slots {
+			for _, k := range s.Versions {
+				if k.State == store.StateSuperseded {
+					e.grace.push(graceItem{device: d.ID, slot: slot, version: k.Version, at: k.GraceUntil})
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("rotation: load grace windows: %w", err)
+	}
+	e.shards = make([]chan uplink, e.opts.Workers)
+	for i := range e.shards {
+		ch := make(chan uplink, e.opts.QueueLen)
+		e.shards[i] = ch
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case u := <-ch:
+					_ = e.HandleUplink(ctx, u.topic, u.payload)
+				}
+			}
+		}()
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.runGrace(ctx)
+	}()
+	return nil
+}
+
+// Wait blocks until the workers have stopped.
+func (e *Engine) Wait() { e.wg.Wait() }
+
+// Submit queues an uplink for its device's worker. It blocks when that
+// worker is behind, which pushes back on the broker connection.
+func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
+	h := fnv.New32a()
+	h.Write([]byte(topic))
+	ch := e.shards[h.Sum32()%uint32(len(e.shards))]
+	p := append([]byte(nil), payload...)
+	select {
+	case ch <- uplink{topic, p}:
+	case <-ctx.Done():
+	}
+}
+
+// Rejection is an uplink refused for a reason that is counted.
+type Rejection struct {
+	Reason string
+	Err    error
+}
+
+func (r *Rejection) Error() string { return "rotation: rejected (" + r.Reason + "): " + r.Err.Error() }
+func (r *Rejection) Unwrap() error { return r.Err }
+
+func reject(reason string, format string, args ...any) error {
+	return &Rejection{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// ReasonOf returns the counted reason of a rejection, or "".
+func ReasonOf(err error) string {
+	var r *Rejection
+	if errors.As(err, &r) {
+		return r.Reason
+	}
+	return ""
+}
+
+// protocolReason maps a protocol error to its rejection reason.
+func protocolReason(err error) string {
+	switch {
+	case errors.Is(err, protocol.ErrTooLarge):
+		return "too-large"
+	case errors.Is(err, protocol.ErrBadSignature):
+		return "bad-signature"
+	case errors.Is(err, protocol.ErrUnsigned):
+		return "unsigned"
+	case errors.Is(err, protocol.ErrExpired):
+		return "expired"
+	case errors.Is(err, protocol.ErrBadDeviceID):
+		return "bad-topic"
+	}
+	return "malformed"
+}
+
+func (e *Engine) now() time.Time { return e.opts.Now() }
+
+func (e *Engine) emit(c StateChange) {
+	e.log.Info("key state", "device", c.Device, "slot", c.Slot.String(), "version", c.Version,
+		"state", c.State.String(), "rotation", fmt.Sprintf("%x", c.RID), "latency", c.Latency.Round(time.Millisecond))
+	if e.opts.OnStateChange != nil {
+		e.opts.OnStateChange(c)
+	}
+}
+
+func parsePub(k *store.KeyVersion) (any, error) {
+	c, err := x509.ParseCertificate(k.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: stored certificate of version %d: %w", k.Version, err)
+	}
+	return c.PublicKey, nil
+}

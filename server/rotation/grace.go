@@ -1,0 +1,122 @@
+package rotation
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+type graceItem struct {
+	device  string
+	slot    protocol.Slot
+	version uint32
+	at      time.Time
+}
+
+type graceHeap []graceItem
+
+func (h graceHeap) Len() int           { return len(h) }
+func (h graceHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h graceHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *graceHeap) Push(x any)        { *h = append(*h, x.(graceItem)) }
+func (h *graceHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// graceQueue orders superseded versions by the end of their grace.
+type graceQueue struct {
+	mu   sync.Mutex
+	h    graceHeap
+	wake chan struct{}
+}
+
+func newGraceQueue() *graceQueue { return &graceQueue{wake: make(chan struct{}, 1)} }
+
+func (q *graceQueue) push(it graceItem) {
+	q.mu.Lock()
+	heap.Push(&q.h, it)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// due pops the items whose time has come and returns the wait until the next.
+func (q *graceQueue) due(now time.Time) ([]graceItem, time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []graceItem
+	for len(q.h) > 0 && !q.h[0].at.After(now) {
+		out = append(out, heap.Pop(&q.h).(graceItem))
+	}
+	next := time.Second
+	if len(q.h) > 0 {
+		if d := q.h[0].at.Sub(now); d < next {
+			next = d
+		}
+	}
+	return out, next
+}
+
+// runGrace retires superseded versions when their grace ends. It polls at
+// least every second so that an injected clock that jumps is noticed.
+func (e *Engine) runGrace(ctx context.Context) {
+	for {
+		items, wait := e.grace.due(e.now())
+		for _, it := range items {
+			e.retire(ctx, it)
+		}
+		if wait < 10*time.Millisecond {
+			wait = 10 * time.Millisecond
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-e.grace.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (e *Engine) retire(ctx context.Context, it graceItem) {
+	now := e.now()
+	changed := false
+	_, err := e.st.UpdateDevice(ctx, it.device, func(d *store.Device) ([]store.Event, error) {
+		changed = false
+		v := d.Slot(it.slot).Version(it.version)
+		if v == nil || v.State != store.StateSuperseded || v.GraceUntil.After(now) {
+			return nil, store.ErrNoChange
+		}
+		v.State = store.StateRetired
+		v.RetiredAt = now
+		changed = true
+		return []store.Event{{Action: "retired", Device: d.ID, Slot: uint8(it.slot), Version: it.version, Actor: "grace"}}, nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Error("retire failed; retrying", "device", it.device, "version", it.version, "err", err)
+			it.at = now.Add(5 * time.Second)
+			e.grace.push(it)
+		}
+		return
+	}
+	if !changed {
+		return
+	}
+	e.stats.Retired.Add(1)
+	e.emit(StateChange{Device: it.device, Slot: it.slot, Version: it.version, State: store.StateRetired})
+	if err := e.sendRetire(ctx, it.device, it.version); err != nil {
+		e.log.Warn("retire not sent; the device gets it on its next hello", "device", it.device, "err", err)
+	}
+}

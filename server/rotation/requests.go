@@ -1,0 +1,137 @@
+package rotation
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// Errors of operator requests.
+var (
+	// ErrRevoked: the device is revoked; nothing may be done for it.
+	ErrRevoked = errors.New("rotation: device revoked")
+	// ErrRefused: a credential is not (or no longer) accepted.
+	ErrRefused = errors.New("rotation: credential not accepted")
+)
+
+// Rotation names a requested rotation.
+type Rotation struct {
+	Device  string
+	Slot    protocol.Slot
+	Version uint32
+	RID     []byte
+	// Existing is true when a rotation was already open and is returned
+	// instead of a new one.
+	Existing bool
+}
+
+// RequestRotation records that device should move to a new identity
+// version and tells the device if it is connected. It is idempotent: while a
+// rotation is open (pending or issued) it returns that one.
+func (e *Engine) RequestRotation(ctx context.Context, device, actor string) (Rotation, error) {
+	rid := protocol.NewID()
+	now := e.now()
+	var r Rotation
+	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
+		if d.Revoked {
+			return nil, fmt.Errorf("%w: %s", ErrRevoked, device)
+		}
+		s := d.Slot(protocol.SlotIdentity)
+		latest := s.Latest()
+		if latest != nil && (latest.State == store.StatePending || latest.State == store.StateIssued) {
+			r = Rotation{Device: device, Slot: protocol.SlotIdentity, Version: latest.Version, RID: latest.RID, Existing: true}
+			return nil, store.ErrNoChange
+		}
+		next := uint32(1)
+		if latest != nil {
+			next = latest.Version + 1
+		}
+		s.Versions = append(s.Versions, &store.KeyVersion{Version: next, State: store.StatePending, RID: rid, RequestedAt: now})
+		s.Desired = next
+		r = Rotation{Device: device, Slot: protocol.SlotIdentity, Version: next, RID: rid}
+		return []store.Event{{Action: "requested", Device: device, Slot: uint8(protocol.SlotIdentity), Version: next, RID: rid, Actor: actor}}, nil
+	})
+	if err != nil {
+		return Rotation{}, fmt.Errorf("rotation: request for %s: %w", device, err)
+	}
+	if !r.Existing {
+		e.stats.Requested.Add(1)
+		e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: r.Version, State: store.StatePending, RID: r.RID})
+	}
+	v := d.Slot(protocol.SlotIdentity).Version(r.Version)
+	if v != nil && v.State == store.StatePending {
+		if err := e.sendRotate(ctx, device, v); err != nil {
+			e.log.Warn("rotate not sent; the device gets it on its next hello", "device", device, "err", err)
+		}
+	}
+	return r, nil
+}
+
+// Provision registers a new device with its first credential, issued for
+// the public key in csr (the device made the key; it never leaves it).
+func (e *Engine) Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (*x509.Certificate, error) {
+	if err := protocol.ValidateDeviceID(device); err != nil {
+		return nil, err
+	}
+	pub, err := certs.CheckCSR(csr, device)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := e.st.GetDevice(ctx, device); err == nil {
+		return nil, fmt.Errorf("device %q: %w", device, store.ErrExists)
+	}
+	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: device}, PublicKey: pub})
+	if err != nil {
+		return nil, fmt.Errorf("rotation: provision %s: %w", device, err)
+	}
+	kid, err := protocol.KeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now()
+	d := &store.Device{ID: device, CreatedAt: now}
+	d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{
+		Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid, Serial: cert.SerialNumber.Text(16),
+		NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now,
+	}}
+	d.Slot(protocol.SlotIdentity).Desired = 1
+	d.Slot(protocol.SlotIdentity).Reported = 1
+	if err := e.st.CreateDevice(ctx, d, store.Event{Action: "provisioned", Device: device, Slot: uint8(protocol.SlotIdentity),
+		Version: 1, Actor: actor, Detail: "serial " + cert.SerialNumber.Text(16)}); err != nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// CheckCredential implements broker.CredentialChecker: a device certificate
+// is accepted while its version is issued, active or within grace, and the
+// device is not revoked.
+func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error {
+	if id.Role != certs.RoleDevice {
+		return fmt.Errorf("%w: role %s", ErrRefused, id.Role)
+	}
+	d, err := e.st.GetDevice(ctx, id.Name)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if d.Revoked {
+		return fmt.Errorf("%w: %s", ErrRevoked, id.Name)
+	}
+	kid, err := protocol.KeyID(leaf.PublicKey)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	kv := d.Slot(protocol.SlotIdentity).ByKeyID(kid)
+	if kv == nil || kv.Serial != leaf.SerialNumber.Text(16) {
+		return fmt.Errorf("%w: %s: unknown certificate", ErrRefused, id.Name)
+	}
+	if !kv.Accepted(e.now()) {
+		return fmt.Errorf("%w: %s: version %d is %v", ErrRefused, id.Name, kv.Version, kv.State)
+	}
+	return nil
+}

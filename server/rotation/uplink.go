@@ -1,0 +1,350 @@
+package rotation
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// HandleUplink processes one message from a device's up topic. A refused
+// message returns a *Rejection, is counted under its reason and changes
+// nothing; other errors are internal (store, HSM) and are logged.
+func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte) error {
+	err := e.handle(ctx, topic, payload)
+	if err == nil {
+		return nil
+	}
+	if r := ReasonOf(err); r != "" {
+		e.stats.reject(r)
+		e.log.Warn("uplink rejected", "topic", topic, "reason", r, "err", err)
+	} else {
+		e.stats.reject("internal")
+		e.log.Error("uplink failed", "topic", topic, "err", err)
+	}
+	return err
+}
+
+func (e *Engine) handle(ctx context.Context, topic string, payload []byte) error {
+	dev, err := e.opts.Topics.ParseUp(topic)
+	if err != nil {
+		return reject("bad-topic", "%w", err)
+	}
+	env, err := e.codec.Open(payload)
+	if err != nil {
+		return reject(protocolReason(err), "%w", err)
+	}
+	if !env.IsSigned() {
+		return reject("unsigned", "device %s sent an unsigned message", dev)
+	}
+	d, err := e.st.GetDevice(ctx, dev)
+	if errors.Is(err, store.ErrNotExist) {
+		return reject("unknown-device", "%s", dev)
+	} else if err != nil {
+		return err
+	}
+	if d.Revoked {
+		return reject("revoked", "device %s is revoked", dev)
+	}
+	now := e.now()
+	slot := d.Slot(protocol.SlotIdentity)
+	kv := slot.ByKeyID(env.KID)
+	if kv == nil || len(kv.Cert) == 0 {
+		return reject("unknown-key", "device %s: no key %x", dev, env.KID)
+	}
+	if !kv.Accepted(now) {
+		return reject("key-not-accepted", "device %s: version %d is %v", dev, kv.Version, kv.State)
+	}
+	pub, err := parsePub(kv)
+	if err != nil {
+		return err
+	}
+	if err := env.Verify(pub); err != nil {
+		return reject("bad-signature", "device %s: %w", dev, err)
+	}
+	m, err := e.codec.Message(env)
+	if err != nil {
+		return reject(protocolReason(err), "device %s: %w", dev, err)
+	}
+	h := m.Hdr()
+	if err := protocol.CheckTime(h, now); err != nil {
+		return reject("expired", "device %s: %w", dev, err)
+	}
+	if time.Unix(int64(h.IAT), 0).Add(e.opts.CommandTTL).Before(now) {
+		return reject("stale", "device %s: %v issued at %d", dev, protocol.TypeOf(m), h.IAT)
+	}
+	rkey := dev + "/" + string(h.ID)
+	if e.replays.seen(rkey, now) {
+		return reject("replay", "device %s: message %x seen before", dev, h.ID)
+	}
+	switch m := m.(type) {
+	case *protocol.Hello:
+		err = e.onHello(ctx, d, kv, m)
+	case *protocol.Enroll:
+		err = e.onEnroll(ctx, d, kv, m)
+	case *protocol.Activated:
+		err = e.onActivated(ctx, d, kv, m)
+	case *protocol.Error:
+		e.log.Warn("device reported error", "device", dev, "code", m.Code, "detail", m.Detail)
+		return nil
+	default:
+		return reject("unexpected-type", "device %s sent %v", dev, protocol.TypeOf(m))
+	}
+	if err != nil && ReasonOf(err) == "" {
+		e.replays.forget(rkey) // internal failure: let the device retry the same message
+	}
+	return err
+}
+
+func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Hello) error {
+	var rep protocol.SlotVersion
+	for _, s := range m.Slots {
+		if s.Slot == protocol.SlotIdentity {
+			rep = s
+		}
+	}
+	slot := d.Slot(protocol.SlotIdentity)
+	// A hello signed by an issued version's key, reporting it active, proves
+	// the device holds the new key and the broker accepted the new
+	// certificate: the same proof as an Activated whose delivery was lost.
+	if kv.State == store.StateIssued && rep.Active == kv.Version {
+		nd, err := e.activate(ctx, d.ID, kv.Version, kv.RID, nil)
+		if err != nil {
+			return err
+		}
+		d = nd
+		slot = d.Slot(protocol.SlotIdentity)
+	} else if rep.Active != slot.Reported && slot.Version(rep.Active) != nil {
+		nd, err := e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
+			s := d.Slot(protocol.SlotIdentity)
+			if s.Reported == rep.Active {
+				return nil, store.ErrNoChange
+			}
+			s.Reported = rep.Active
+			return nil, nil
+		})
+		if err != nil {
+			return fmt.Errorf("rotation: record report of %s: %w", d.ID, err)
+		}
+		d = nd
+	}
+	return e.reconcile(ctx, d, rep)
+}
+
+// reconcile sends what takes the device from rep to the desired state.
+func (e *Engine) reconcile(ctx context.Context, d *store.Device, rep protocol.SlotVersion) error {
+	slot := d.Slot(protocol.SlotIdentity)
+	if latest := slot.Latest(); latest != nil {
+		switch latest.State {
+		case store.StatePending:
+			if err := e.sendRotate(ctx, d.ID, latest); err != nil {
+				return err
+			}
+		case store.StateIssued:
+			if rep.Active != latest.Version {
+				if err := e.sendCert(ctx, d.ID, latest); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if rep.Previous != 0 {
+		if pv := slot.Version(rep.Previous); pv == nil || pv.State == store.StateRetired || pv.State == store.StateRevoked {
+			return e.sendRetire(ctx, d.ID, rep.Previous)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Enroll) error {
+	if m.Slot != protocol.SlotIdentity {
+		return reject("unknown-slot", "device %s: slot %v", d.ID, m.Slot)
+	}
+	if kv.State != store.StateActive {
+		return reject("not-current-key", "device %s: enroll signed by version %d (%v), not the active one", d.ID, kv.Version, kv.State)
+	}
+	slot := d.Slot(protocol.SlotIdentity)
+	sv := slot.Version(m.Version)
+	if sv == nil || !bytes.Equal(sv.RID, m.RID) {
+		return reject("no-rotation", "device %s: no rotation %x to version %d", d.ID, m.RID, m.Version)
+	}
+	if bytes.Equal(sv.EnrollID, m.ID) {
+		return reject("replay", "device %s: enroll %x already processed", d.ID, m.ID)
+	}
+	csr, err := x509.ParseCertificateRequest(m.CSR)
+	if err != nil {
+		return reject("bad-csr", "device %s: %w", d.ID, err)
+	}
+	pub, err := certs.CheckCSR(csr, d.ID)
+	if errors.Is(err, certs.ErrCSRIdentity) {
+		return reject("csr-identity", "device %s: %w", d.ID, err)
+	} else if err != nil {
+		return reject("bad-csr", "device %s: %w", d.ID, err)
+	}
+	kid, err := protocol.KeyID(pub)
+	if err != nil {
+		return reject("bad-csr", "device %s: %w", d.ID, err)
+	}
+	switch sv.State {
+	case store.StatePending:
+	case store.StateIssued:
+		if bytes.Equal(sv.KeyID, kid) {
+			// The device did not get its certificate: send it again.
+			e.stats.Resent.Add(1)
+			return e.sendCert(ctx, d.ID, sv)
+		}
+		return reject("already-issued", "device %s: version %d was issued for another key", d.ID, sv.Version)
+	default:
+		return reject("not-pending", "device %s: version %d is %v", d.ID, sv.Version, sv.State)
+	}
+
+	cert, err := e.issuer.Issue(ctx, certs.Request{
+		Identity:  certs.Identity{Role: certs.RoleDevice, Name: d.ID},
+		PublicKey: pub,
+	})
+	if err != nil {
+		return fmt.Errorf("rotation: issue %s v%d: %w", d.ID, sv.Version, err)
+	}
+	now := e.now()
+	var issued *store.KeyVersion
+	_, err = e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
+		v := d.Slot(protocol.SlotIdentity).Version(m.Version)
+		if v == nil || v.State != store.StatePending || !bytes.Equal(v.RID, m.RID) {
+			return nil, reject("not-pending", "device %s: version %d changed meanwhile", d.ID, m.Version)
+		}
+		v.State = store.StateIssued
+		v.Cert = cert.Raw
+		v.KeyID = kid
+		v.Serial = cert.SerialNumber.Text(16)
+		v.NotAfter = cert.NotAfter
+		v.EnrollID = m.ID
+		v.IssuedAt = now
+		issued = v
+		return []store.Event{{Action: "issued", Device: d.ID, Slot: uint8(m.Slot), Version: m.Version, RID: m.RID,
+			Actor: "device", Detail: "serial " + v.Serial}}, nil
+	})
+	if err != nil {
+		return err
+	}
+	e.stats.Issued.Add(1)
+	e.emit(StateChange{Device: d.ID, Slot: m.Slot, Version: m.Version, State: store.StateIssued, RID: m.RID})
+	return e.sendCert(ctx, d.ID, issued)
+}
+
+func (e *Engine) onActivated(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Activated) error {
+	if m.Slot != protocol.SlotIdentity {
+		return reject("unknown-slot", "device %s: slot %v", d.ID, m.Slot)
+	}
+	if kv.Version != m.Version || !bytes.Equal(kv.RID, m.RID) {
+		return reject("unknown-version", "device %s: activation of version %d signed by version %d's key", d.ID, m.Version, kv.Version)
+	}
+	switch kv.State {
+	case store.StateIssued:
+		_, err := e.activate(ctx, d.ID, m.Version, m.RID, m.ID)
+		return err
+	case store.StateActive:
+		if bytes.Equal(kv.ActivatedID, m.ID) {
+			return reject("replay", "device %s: activation %x already processed", d.ID, m.ID)
+		}
+		e.stats.Resent.Add(1)
+		return nil // a retried activation: already done
+	}
+	return reject("unknown-version", "device %s: version %d is %v", d.ID, m.Version, kv.State)
+}
+
+// activate makes version the active one and starts the previous active
+// version's grace window.
+func (e *Engine) activate(ctx context.Context, device string, version uint32, rid, msgID []byte) (*store.Device, error) {
+	now := e.now()
+	graceUntil := now.Add(e.opts.Grace)
+	var superseded []uint32
+	var latency time.Duration
+	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
+		superseded, latency = nil, 0
+		s := d.Slot(protocol.SlotIdentity)
+		v := s.Version(version)
+		if v == nil || v.State != store.StateIssued {
+			return nil, store.ErrNoChange
+		}
+		var events []store.Event
+		for _, o := range s.Versions {
+			if o.State == store.StateActive {
+				o.State = store.StateSuperseded
+				o.GraceUntil = graceUntil
+				superseded = append(superseded, o.Version)
+				events = append(events, store.Event{Action: "superseded", Device: device, Slot: uint8(protocol.SlotIdentity),
+					Version: o.Version, RID: rid, Actor: "device"})
+			}
+		}
+		v.State = store.StateActive
+		v.ActivatedAt = now
+		v.ActivatedID = msgID
+		s.Reported = version
+		latency = now.Sub(v.RequestedAt)
+		events = append(events, store.Event{Action: "activated", Device: device, Slot: uint8(protocol.SlotIdentity),
+			Version: version, RID: rid, Actor: "device"})
+		return events, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rotation: activate %s v%d: %w", device, version, err)
+	}
+	if latency == 0 && superseded == nil {
+		return d, nil // already active
+	}
+	e.stats.Activated.Add(1)
+	e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: version, State: store.StateActive, RID: rid, Latency: latency})
+	for _, v := range superseded {
+		e.grace.push(graceItem{device: device, slot: protocol.SlotIdentity, version: v, at: graceUntil})
+		e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: v, State: store.StateSuperseded, RID: rid})
+	}
+	return d, nil
+}
+
+func (e *Engine) seal(m protocol.Message) ([]byte, error) {
+	return e.signer.Current().Seal(e.codec, m)
+}
+
+func (e *Engine) send(ctx context.Context, device string, b []byte) error {
+	if e.pub == nil {
+		return nil // not connected yet: the device converges on its next hello
+	}
+	if err := e.pub.Publish(ctx, e.opts.Topics.Down(device), b); err != nil {
+		return fmt.Errorf("rotation: send to %s: %w", device, err)
+	}
+	return nil
+}
+
+func (e *Engine) sendRotate(ctx context.Context, device string, v *store.KeyVersion) error {
+	m := protocol.Stamp(&protocol.Rotate{Slot: protocol.SlotIdentity, Version: v.Version}, e.now(), e.opts.CommandTTL)
+	m.RID = v.RID
+	b, err := e.seal(m)
+	if err != nil {
+		return err
+	}
+	return e.send(ctx, device, b)
+}
+
+func (e *Engine) sendCert(ctx context.Context, device string, v *store.KeyVersion) error {
+	m := protocol.Stamp(&protocol.Cert{Slot: protocol.SlotIdentity, Version: v.Version, Cert: v.Cert}, e.now(), 0)
+	m.RID = v.RID
+	b, err := e.codec.Bare(m)
+	if err != nil {
+		return err
+	}
+	return e.send(ctx, device, b)
+}
+
+func (e *Engine) sendRetire(ctx context.Context, device string, version uint32) error {
+	m := protocol.Stamp(&protocol.Retire{Slot: protocol.SlotIdentity, Version: version}, e.now(), e.opts.CommandTTL)
+	b, err := e.seal(m)
+	if err != nil {
+		return err
+	}
+	return e.send(ctx, device, b)
+}

@@ -1,0 +1,341 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/online"
+	"github.com/keyfleet/keyfleet/server/rotation"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// Server is a running fleetd.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	st     *store.Bolt
+	keys   custody
+	ca     *certs.CA
+	root   *x509.Certificate
+	keeper *online.Keeper
+	codec  *protocol.Codec
+	engine *rotation.Engine
+	broker *broker.Embedded
+	admin  *http.Server
+	adminL net.Listener
+	tlsCrt tls.Certificate
+	pool   *x509.CertPool
+	update []byte
+
+	mu   sync.Mutex
+	conn *mqttc.Conn
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start opens the deployment Init made in cfg.DataDir and serves until ctx
+// ends or Close is called.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	p := Paths{cfg.DataDir}
+	s := &Server{cfg: cfg, log: cfg.Logger, codec: protocol.NewCodec()}
+	ctx, s.cancel = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	roots, err := certs.LoadPEM(p.CACert())
+	if err != nil {
+		return nil, fmt.Errorf("server: not initialised? %w", err)
+	}
+	s.root = roots[0]
+	s.pool = x509.NewCertPool()
+	s.pool.AddCert(s.root)
+	if s.update, err = os.ReadFile(p.UpdateKey()); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if s.tlsCrt, err = tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey()); err != nil {
+		return nil, fmt.Errorf("server: TLS credential: %w", err)
+	}
+	if s.keys, err = openCustody(&s.cfg); err != nil {
+		return nil, err
+	}
+	caKey, err := s.keys.Signer(LabelCA)
+	if err != nil {
+		return nil, err
+	}
+	updKey, err := s.keys.Signer(LabelUpdate)
+	if err != nil {
+		return nil, err
+	}
+	if s.ca, err = certs.NewCA(s.root, caKey, certs.CAOptions{Validity: cfg.CertValidity, Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	if s.keeper, err = online.NewKeeper(s.codec, updKey, cfg.Now(), cfg.OnlineKeyLifetime); err != nil {
+		return nil, err
+	}
+	if s.st, err = store.OpenBolt(p.Store(), store.BoltOptions{Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	s.engine = rotation.New(s.st, s.ca, s.keeper, s.codec, rotation.Options{
+		Grace: cfg.Grace, CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
+		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
+	})
+	if err := s.engine.Start(ctx); err != nil {
+		return nil, err
+	}
+	brokerAddr := cfg.ExternalBroker
+	if brokerAddr == "" {
+		s.broker, err = broker.Start(broker.Options{
+			Addr:    cfg.MQTTAddr,
+			TLS:     &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, ClientCAs: s.pool},
+			Checker: s.engine, Topics: cfg.Topics, Logger: cfg.Logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		brokerAddr = s.broker.Addr()
+	}
+	s.cfg.MQTTAddr = brokerAddr
+	if err := s.connect(ctx); err != nil {
+		return nil, err
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.supervise(ctx) }()
+	if err := s.serveAdmin(); err != nil {
+		return nil, err
+	}
+	s.log.Info("fleetd serving", "mqtt", brokerAddr, "admin", s.adminL.Addr().String(),
+		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
+	return s, nil
+}
+
+// connect opens the engine's MQTT session and publishes the delegation.
+func (s *Server) connect(ctx context.Context) error {
+	host, _, _ := net.SplitHostPort(s.cfg.MQTTAddr)
+	lost := make(chan struct{})
+	conn, err := mqttc.Dial(ctx, mqttc.Options{
+		Broker:   s.cfg.MQTTAddr,
+		ClientID: "fleetd-" + fmt.Sprintf("%x", protocol.NewID()[:4]),
+		TLS: &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, RootCAs: s.pool, ServerName: serverName(host),
+			MinVersion: tls.VersionTLS12},
+		Subscriptions: []string{s.cfg.Topics.SharedUp(broker.ServerShareGroup)},
+		OnMessage:     func(topic string, payload []byte) { s.engine.Submit(ctx, topic, payload) },
+		OnLost: func(err error) {
+			s.log.Warn("fleetd lost its broker connection; reconnecting", "err", err)
+			close(lost)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("server: connect to broker: %w", err)
+	}
+	if err := conn.PublishRetained(ctx, s.cfg.Topics.Delegation(), s.keeper.Current().Delegation); err != nil {
+		conn.Close()
+		return fmt.Errorf("server: publish delegation: %w", err)
+	}
+	s.mu.Lock()
+	s.conn = conn
+	s.mu.Unlock()
+	s.engine.SetPublisher(conn)
+	go func() {
+		select {
+		case <-lost:
+			s.mu.Lock()
+			if s.conn == conn {
+				s.conn = nil
+			}
+			s.mu.Unlock()
+		case <-ctx.Done():
+		}
+	}()
+	return nil
+}
+
+func serverName(host string) string {
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		return "localhost"
+	}
+	return host
+}
+
+// supervise reconnects the MQTT session and renews the online key.
+func (s *Server) supervise(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		conn := s.conn
+		s.mu.Unlock()
+		if conn == nil {
+			if err := s.connect(ctx); err != nil {
+				s.log.Warn("broker reconnect failed", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				backoff = min(backoff*2, 10*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+			conn = s.conn
+		}
+		if s.keeper.Due(s.cfg.Now()) {
+			k, err := s.keeper.Rotate(s.cfg.Now())
+			if err != nil {
+				s.log.Error("online key renewal failed", "err", err)
+				continue
+			}
+			if err := conn.PublishRetained(ctx, s.cfg.Topics.Delegation(), k.Delegation); err != nil {
+				s.log.Error("delegation publish failed", "err", err)
+			}
+			s.log.Info("online signing key renewed", "kid", fmt.Sprintf("%x", k.KID()), "not_after", k.NotAfter)
+		}
+	}
+}
+
+func (s *Server) serveAdmin() error {
+	l, err := net.Listen("tcp", s.cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("server: admin listen %s: %w", s.cfg.AdminAddr, err)
+	}
+	s.adminL = l
+	s.admin = &http.Server{
+		Handler: admin.Handler(s, s.log),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, ClientCAs: s.pool,
+			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.admin.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin API stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// MQTTAddr is where devices connect.
+func (s *Server) MQTTAddr() string { return s.cfg.MQTTAddr }
+
+// AdminAddr is the admin API's address.
+func (s *Server) AdminAddr() string { return s.adminL.Addr().String() }
+
+// Engine exposes the rotation engine (tests, the simulator's in-process mode).
+func (s *Server) Engine() *rotation.Engine { return s.engine }
+
+// Broker returns the embedded broker, or nil with an external one.
+func (s *Server) Broker() *broker.Embedded { return s.broker }
+
+// Store exposes the store for tests.
+func (s *Server) Store() store.Store { return s.st }
+
+// HSMOps counts private-key operations in the token so far.
+func (s *Server) HSMOps() uint64 {
+	if s.keys == nil {
+		return 0
+	}
+	return s.keys.Ops()
+}
+
+// Close stops serving and releases everything.
+func (s *Server) Close() error {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.admin.Shutdown(ctx)
+		cancel()
+	}
+	s.mu.Lock()
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	if s.engine != nil {
+		s.engine.Wait()
+	}
+	if s.broker != nil {
+		_ = s.broker.Close()
+	}
+	var errs []error
+	if s.st != nil {
+		errs = append(errs, s.st.Close())
+	}
+	if s.keys != nil {
+		errs = append(errs, s.keys.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Provision implements admin.Backend.
+func (s *Server) Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (admin.ProvisionResponse, error) {
+	cert, err := s.engine.Provision(ctx, device, csr, actor)
+	if err != nil {
+		return admin.ProvisionResponse{}, err
+	}
+	return admin.ProvisionResponse{ID: device, Cert: string(certs.EncodePEM(cert)), CA: string(certs.EncodePEM(s.root)),
+		UpdateKey: string(s.update), Broker: s.cfg.MQTTAddr}, nil
+}
+
+// RequestRotation implements admin.Backend.
+func (s *Server) RequestRotation(ctx context.Context, device, actor string) (rotation.Rotation, error) {
+	return s.engine.RequestRotation(ctx, device, actor)
+}
+
+// GetDevice implements admin.Backend.
+func (s *Server) GetDevice(ctx context.Context, id string) (*store.Device, error) {
+	return s.st.GetDevice(ctx, id)
+}
+
+// ForEachDevice implements admin.Backend.
+func (s *Server) ForEachDevice(ctx context.Context, fn func(*store.Device) error) error {
+	return s.st.ForEachDevice(ctx, fn)
+}
+
+// VerifyAudit implements admin.Backend.
+func (s *Server) VerifyAudit(ctx context.Context) (uint64, error) { return s.st.VerifyAudit(ctx) }
+
+// Status implements admin.Backend.
+func (s *Server) Status(ctx context.Context) (admin.Status, error) {
+	st := s.engine.Stats()
+	out := admin.Status{ByState: map[string]int{}, Requested: st.Requested, Issued: st.Issued, Activated: st.Activated,
+		Retired: st.Retired, Rejected: st.Rejected, HSMOps: s.HSMOps(), Broker: s.cfg.MQTTAddr}
+	if s.broker != nil {
+		out.BrokerDenials = s.broker.Denials.Snapshot()
+		out.ConnectedClient = s.broker.Connected()
+	}
+	err := s.st.ForEachDevice(ctx, func(d *store.Device) error {
+		out.Devices++
+		if l := d.Slot(protocol.SlotIdentity).Latest(); l != nil {
+			out.ByState[l.State.String()]++
+		}
+		return nil
+	})
+	return out, err
+}

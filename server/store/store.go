@@ -1,0 +1,45 @@
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// Errors of the store.
+var (
+	// ErrNotExist: no record under that key.
+	ErrNotExist = errors.New("store: does not exist")
+	// ErrExists: CreateDevice found a device with that id.
+	ErrExists = errors.New("store: already exists")
+	// ErrNoChange may be returned by an UpdateDevice function to say the
+	// record is already as wanted; nothing is written and UpdateDevice
+	// returns nil.
+	ErrNoChange = errors.New("store: no change")
+	// ErrAuditBroken: the audit chain does not verify.
+	ErrAuditBroken = errors.New("store: audit chain broken")
+)
+
+// Store is fleetd's durable state. Implementations are safe for concurrent
+// use, honour ctx cancellation before they start writing, and make every
+// successful write durable before returning.
+type Store interface {
+	// CreateDevice stores a new device and its audit events; ErrExists if
+	// the id is taken.
+	CreateDevice(ctx context.Context, d *Device, events ...Event) error
+	// UpdateDevice loads the device, applies fn and stores the result with
+	// the events fn returns, atomically. fn may run more than once and must
+	// only modify d. If fn returns ErrNoChange nothing is written and nil is
+	// returned; any other error is returned unchanged and nothing is written.
+	UpdateDevice(ctx context.Context, id string, fn func(d *Device) ([]Event, error)) (*Device, error)
+	// GetDevice returns a copy of the device, or ErrNotExist.
+	GetDevice(ctx context.Context, id string) (*Device, error)
+	// ForEachDevice calls fn for every device in id order, with copies.
+	ForEachDevice(ctx context.Context, fn func(d *Device) error) error
+	// Audit appends events that belong to no device change.
+	Audit(ctx context.Context, events ...Event) error
+	// ForEachAudit calls fn for the audit records from seq on, in order.
+	ForEachAudit(ctx context.Context, from uint64, fn func(r *AuditRecord) error) error
+	// VerifyAudit checks the whole chain and returns how many records it holds.
+	VerifyAudit(ctx context.Context) (uint64, error)
+	Close() error
+}
