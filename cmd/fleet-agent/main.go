@@ -20,10 +20,10 @@ import (
 func main() {
 	var dir, broker, level, format, crashAt string
 	cmd := &cobra.Command{
-		Use:          "fleet-agent",
-		Short:        "keyfleet device agent",
-		Args:         cobra.NoArgs,
-		SilenceUsage: true,
+		Use:           "fleet-agent",
+		Short:         "keyfleet device agent",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logx.New(os.Stderr, level, format)

@@ -15,7 +15,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +26,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/server/admin"
 )
 
@@ -131,25 +130,11 @@ func newRoot(out io.Writer) *cobra.Command {
 			}
 			// The key is made here, on the provisioning station, and goes
 			// only into the device's keystore; fleetd sees the CSR.
-			key, err := device.NewKey()
+			resp, err := provision.Device(cmd.Context(), c, args[0], outDir, broker)
 			if err != nil {
 				return err
 			}
-			csr, err := device.CSR(args[0], key)
-			if err != nil {
-				return err
-			}
-			resp, err := c.Provision(cmd.Context(), args[0], pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
-			if err != nil {
-				return err
-			}
-			if broker == "" {
-				broker = resp.Broker
-			}
-			if err := device.Install(outDir, device.Identity{ID: resp.ID, Broker: broker}, key,
-				[]byte(resp.Cert), []byte(resp.CA), []byte(resp.UpdateKey)); err != nil {
-				return err
-			}
+			broker = resp.Broker
 			return a.print(map[string]string{"device": resp.ID, "keystore": outDir, "broker": broker}, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "device %s provisioned; keystore %s; broker %s\n", resp.ID, outDir, broker)
 			})

@@ -44,4 +44,3 @@ func WriteAtomic(path string, data []byte, perm os.FileMode) error {
 	defer d.Close()
 	return d.Sync()
 }
-

@@ -62,7 +62,7 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 	}
 	conn := &Conn{timeout: o.Timeout}
 	po := paho.NewClientOptions().
-		AddBroker("tls://"+o.Broker).
+		AddBroker("tls://" + o.Broker).
 		SetClientID(o.ClientID).
 		SetTLSConfig(o.TLS).
 		SetCleanSession(true).

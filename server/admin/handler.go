@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
@@ -209,21 +210,41 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var resp RotateResponse
-	for _, id := range ids {
-		rot, err := h.b.RequestRotation(r.Context(), id, actor(r))
+	if len(ids) == 1 {
+		rot, err := h.b.RequestRotation(r.Context(), ids[0], actor(r))
 		if err != nil {
-			if len(ids) == 1 {
-				writeErr(w, statusOf(err), err)
-				return
-			}
-			resp.Rotations = append(resp.Rotations, Rotation{Device: id, Error: err.Error()})
-			continue
+			writeErr(w, statusOf(err), err)
+			return
 		}
-		resp.Rotations = append(resp.Rotations, Rotation{Device: id, Slot: rot.Slot.String(), Version: rot.Version,
-			RotationID: fmt.Sprintf("%x", rot.RID), Existing: rot.Existing})
+		writeJSON(w, http.StatusOK, RotateResponse{Rotations: []Rotation{toRotation(ids[0], rot, nil)}})
+		return
 	}
+	// Many devices: request in parallel so that the store's group commits
+	// fill; one fsync then serves many devices.
+	resp := RotateResponse{Rotations: make([]Rotation, len(ids))}
+	sem := make(chan struct{}, rotateParallelism)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rot, err := h.b.RequestRotation(r.Context(), id, actor(r))
+			resp.Rotations[i] = toRotation(id, rot, err)
+		}()
+	}
+	wg.Wait()
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// rotateParallelism bounds concurrent rotation requests of one API call.
+const rotateParallelism = 64
+
+func toRotation(id string, rot rotation.Rotation, err error) Rotation {
+	if err != nil {
+		return Rotation{Device: id, Error: err.Error()}
+	}
+	return Rotation{Device: id, Slot: rot.Slot.String(), Version: rot.Version, RotationID: fmt.Sprintf("%x", rot.RID), Existing: rot.Existing}
 }
 
 func (h *handler) auditVerify(w http.ResponseWriter, r *http.Request) {

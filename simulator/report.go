@@ -1,0 +1,71 @@
+package simulator
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is what a run measured. JSON field names are an interface:
+// operators' scripts read them; add fields, never rename.
+type Report struct {
+	Devices            int            `json:"devices"`
+	Rounds             int            `json:"rounds"`
+	RotationsCompleted int            `json:"rotations_completed"`
+	RotationsFailed    int            `json:"rotations_failed"`
+	RotationsPerSec    float64        `json:"rotations_per_s"`
+	DurationS          float64        `json:"duration_s"`
+	P50ms              float64        `json:"p50_ms"`
+	P95ms              float64        `json:"p95_ms"`
+	P99ms              float64        `json:"p99_ms"`
+	MaxMs              float64        `json:"max_ms"`
+	BytesUp            uint64         `json:"bytes_up"`
+	BytesDown          uint64         `json:"bytes_down"`
+	BytesPerRotation   float64        `json:"bytes_per_rotation"`
+	HSMOps             uint64         `json:"hsm_ops"`
+	HSMOpsPerRotation  float64        `json:"hsm_ops_per_rotation"`
+	ProvisionS         float64        `json:"provision_s"`
+	Server             string         `json:"server"`
+	NotConverged       []string       `json:"not_converged"`
+	FailuresByReason   map[string]int `json:"failures_by_reason"`
+}
+
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p*float64(len(sorted)-1) + 0.5)
+	return float64(sorted[i].Microseconds()) / 1000
+}
+
+func (r *Report) fillLatency(lat []time.Duration) {
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r.P50ms = percentile(lat, 0.50)
+	r.P95ms = percentile(lat, 0.95)
+	r.P99ms = percentile(lat, 0.99)
+	if len(lat) > 0 {
+		r.MaxMs = float64(lat[len(lat)-1].Microseconds()) / 1000
+	}
+}
+
+// WriteTable prints the report for people.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "devices\t%d\n", r.Devices)
+	fmt.Fprintf(tw, "rotations completed\t%d\n", r.RotationsCompleted)
+	fmt.Fprintf(tw, "rotations failed\t%d\n", r.RotationsFailed)
+	fmt.Fprintf(tw, "rotations/s\t%.1f\n", r.RotationsPerSec)
+	fmt.Fprintf(tw, "time-to-rotate p50 / p95 / p99 / max\t%.1f / %.1f / %.1f / %.1f ms\n", r.P50ms, r.P95ms, r.P99ms, r.MaxMs)
+	fmt.Fprintf(tw, "bytes up / down\t%d / %d (%.0f per rotation)\n", r.BytesUp, r.BytesDown, r.BytesPerRotation)
+	fmt.Fprintf(tw, "HSM operations\t%d (%.3f per rotation)\n", r.HSMOps, r.HSMOpsPerRotation)
+	fmt.Fprintf(tw, "provisioning\t%.1f s\n", r.ProvisionS)
+	for reason, n := range r.FailuresByReason {
+		fmt.Fprintf(tw, "failed: %s\t%d\n", reason, n)
+	}
+	if len(r.NotConverged) > 0 {
+		fmt.Fprintf(tw, "not converged\t%v\n", r.NotConverged)
+	}
+	return tw.Flush()
+}

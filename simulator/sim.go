@@ -1,0 +1,462 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/provision"
+	"github.com/keyfleet/keyfleet/internal/softhsm"
+	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/server/hsm"
+)
+
+// Config configures a run. Zero values take the defaults.
+type Config struct {
+	// Devices to simulate; required.
+	Devices int
+	// Rotations per device; 0 means 1.
+	Rotations int
+	// Server is the admin API address of a running fleetd; empty starts
+	// one in-process.
+	Server string
+	// Credential is the operator credential directory for Server.
+	Credential string
+	// Dir is the work directory (keystores, in-process fleetd); empty
+	// means a temporary directory removed at the end.
+	Dir string
+	// RoundTimeout bounds each round; 0 means 2 minutes plus 20 ms per device.
+	RoundTimeout time.Duration
+	// Progress receives a live progress bar; nil means none.
+	Progress io.Writer
+	// Logger for the agents and the in-process fleetd; nil discards.
+	Logger *slog.Logger
+	// ServerMod adjusts the in-process fleetd's config.
+	ServerMod func(*server.Config)
+}
+
+// fdsPerDevice: the agent's socket and, in-process, the broker's end.
+const fdsPerDevice = 2
+
+// Run runs the simulation and returns its report. A run in which some
+// rotation failed returns the report and no error; check RotationsFailed.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Devices <= 0 {
+		return nil, errors.New("simulator: --devices must be positive")
+	}
+	if cfg.Rotations == 0 {
+		cfg.Rotations = 1
+	}
+	if cfg.RoundTimeout == 0 {
+		cfg.RoundTimeout = 2*time.Minute + time.Duration(cfg.Devices)*20*time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := raiseFileLimit(cfg.Devices*fdsPerDevice + 256); err != nil {
+		return nil, err
+	}
+	if cfg.Dir == "" {
+		d, err := os.MkdirTemp("", "fleetsim-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		cfg.Dir = d
+	}
+	client, hsmOps, stop, addr, err := connectServer(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	rep := &Report{Devices: cfg.Devices, Rounds: cfg.Rotations, Server: addr, FailuresByReason: map[string]int{}, NotConverged: []string{}}
+	fl := newFleet(cfg)
+	t0 := time.Now()
+	if err := fl.provision(ctx, client); err != nil {
+		return nil, err
+	}
+	rep.ProvisionS = time.Since(t0).Seconds()
+	if err := fl.start(ctx); err != nil {
+		fl.stop()
+		return nil, err
+	}
+	defer fl.stop()
+
+	ops0 := hsmOps(ctx)
+	up0, down0 := fl.bytes()
+	start := time.Now()
+	var lat []time.Duration
+	failed := map[string]bool{}
+	for round := 1; round <= cfg.Rotations; round++ {
+		l, bad, reasons, err := fl.round(ctx, client, round)
+		if err != nil {
+			return nil, err
+		}
+		lat = append(lat, l...)
+		rep.RotationsCompleted += len(l)
+		rep.RotationsFailed += len(bad)
+		for _, id := range bad {
+			failed[id] = true
+		}
+		for k, v := range reasons {
+			rep.FailuresByReason[k] += v
+		}
+	}
+	dur := time.Since(start)
+	up1, down1 := fl.bytes()
+	rep.DurationS = dur.Seconds()
+	rep.RotationsPerSec = float64(rep.RotationsCompleted) / dur.Seconds()
+	rep.BytesUp, rep.BytesDown = up1-up0, down1-down0
+	rep.HSMOps = hsmOps(ctx) - ops0
+
+	if rep.RotationsCompleted > 0 {
+		rep.BytesPerRotation = float64(rep.BytesUp+rep.BytesDown) / float64(rep.RotationsCompleted)
+		rep.HSMOpsPerRotation = float64(rep.HSMOps) / float64(rep.RotationsCompleted)
+	}
+	rep.fillLatency(lat)
+	for id := range failed {
+		rep.NotConverged = append(rep.NotConverged, id)
+	}
+	sort.Strings(rep.NotConverged)
+	return rep, nil
+}
+
+// connectServer starts an in-process fleetd or connects to cfg.Server.
+func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(context.Context) uint64, func(), string, error) {
+	if cfg.Server != "" {
+		tc, err := admin.LoadCredential(cfg.Credential)
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		c := admin.NewClient(cfg.Server, tc)
+		ops := func(ctx context.Context) uint64 {
+			s, err := c.Status(ctx)
+			if err != nil {
+				return 0
+			}
+			return s.HSMOps
+		}
+		return c, ops, func() {}, cfg.Server, nil
+	}
+	hsmDir := filepath.Join(cfg.Dir, "softhsm")
+	if _, err := softhsm.Configure(hsmDir); err != nil {
+		return nil, nil, nil, "", err
+	}
+	module, err := softhsm.Module()
+	if err != nil {
+		return nil, nil, nil, "", err
+	}
+	pin := hsm.PIN(fmt.Sprintf("sim-%x", time.Now().UnixNano()))
+	label := fmt.Sprintf("fleetsim-%d", os.Getpid())
+	if err := hsm.InitToken(module, label, pin, pin); err != nil {
+		return nil, nil, nil, "", err
+	}
+	scfg := server.Config{
+		DataDir: filepath.Join(cfg.Dir, "fleetd"), HSM: hsm.Config{Module: module, TokenLabel: label, PIN: pin},
+		MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: cfg.Logger,
+	}
+	if cfg.ServerMod != nil {
+		cfg.ServerMod(&scfg)
+	}
+	if err := server.Init(ctx, scfg); err != nil {
+		return nil, nil, nil, "", err
+	}
+	srv, err := server.Start(ctx, scfg)
+	if err != nil {
+		return nil, nil, nil, "", err
+	}
+	tc, err := admin.LoadCredential(server.Paths{Dir: scfg.DataDir}.AdminDir())
+	if err != nil {
+		srv.Close()
+		return nil, nil, nil, "", err
+	}
+	return admin.NewClient(srv.AdminAddr(), tc), func(context.Context) uint64 { return srv.HSMOps() },
+		func() { _ = srv.Close() }, "in-process " + srv.MQTTAddr(), nil
+}
+
+// raiseFileLimit lifts the soft open-file limit to the hard one and
+// refuses a run that needs more than the hard limit allows.
+func raiseFileLimit(need int) error {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("simulator: open-file limit: %w", err)
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			return fmt.Errorf("simulator: raise open-file limit: %w", err)
+		}
+	}
+	if uint64(need) > rl.Cur {
+		return fmt.Errorf("simulator: this run needs about %d open files (%d per device) but the process may hold %d; "+
+			"run fleetd as a separate process (--server) or simulate fewer devices per process", need, fdsPerDevice, rl.Cur)
+	}
+	return nil
+}
+
+// fleet is the simulated devices.
+type fleet struct {
+	cfg    Config
+	ids    []string
+	agents []*device.Agent
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	rotateAt  map[string]time.Time // device -> when its current rotate arrived
+	activated map[string]mark      // device -> last activation
+	connected map[string]bool
+	wake      chan struct{}
+	events    map[device.EventKind]*atomic.Uint64
+}
+
+type mark struct {
+	version uint32
+	at      time.Time
+	took    time.Duration // since the rotate for this version arrived
+}
+
+func newFleet(cfg Config) *fleet {
+	f := &fleet{cfg: cfg, rotateAt: map[string]time.Time{}, activated: map[string]mark{}, connected: map[string]bool{},
+		wake: make(chan struct{}, 1), events: map[device.EventKind]*atomic.Uint64{}}
+	for i := 0; i < cfg.Devices; i++ {
+		f.ids = append(f.ids, fmt.Sprintf("sim-%06d", i))
+	}
+	for _, k := range []device.EventKind{device.EventConnected, device.EventRefused, device.EventRotate, device.EventEnrolled,
+		device.EventCertStored, device.EventActivated, device.EventRetired, device.EventRejected, device.EventDisconnected} {
+		f.events[k] = &atomic.Uint64{}
+	}
+	return f
+}
+
+func (f *fleet) bar(n int, desc string) *progressbar.ProgressBar {
+	if f.cfg.Progress == nil {
+		return nil
+	}
+	return progressbar.NewOptions(n, progressbar.OptionSetWriter(f.cfg.Progress), progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("dev"),
+		progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+}
+
+func (f *fleet) provision(ctx context.Context, c *admin.Client) error {
+	bar := f.bar(len(f.ids), "provisioning")
+	sem := make(chan struct{}, 32)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for _, id := range f.ids {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := provision.Device(ctx, c, id, filepath.Join(f.cfg.Dir, "devices", id), ""); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+				return
+			}
+			if bar != nil {
+				_ = bar.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("simulator: %w", err)
+	default:
+	}
+	return nil
+}
+
+func (f *fleet) onEvent(e device.Event) {
+	if c := f.events[e.Kind]; c != nil {
+		c.Add(1)
+	}
+	f.mu.Lock()
+	switch e.Kind {
+	case device.EventRotate:
+		f.rotateAt[e.Device] = e.At
+	case device.EventActivated:
+		m := mark{version: e.Version, at: e.At}
+		if r, ok := f.rotateAt[e.Device]; ok {
+			m.took = e.At.Sub(r)
+		}
+		f.activated[e.Device] = m
+	case device.EventConnected:
+		f.connected[e.Device] = true
+	default:
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until done() counts n or the round times out, showing
+// progress; it returns the final count.
+func (f *fleet) waitFor(ctx context.Context, n int, desc string, done func() int) (int, error) {
+	bar := f.bar(n, desc)
+	timeout := time.NewTimer(f.cfg.RoundTimeout)
+	defer timeout.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		f.mu.Lock()
+		got := done()
+		f.mu.Unlock()
+		if bar != nil {
+			_ = bar.Set(got)
+		}
+		if got >= n {
+			if bar != nil {
+				_ = bar.Finish()
+			}
+			return got, nil
+		}
+		select {
+		case <-f.wake:
+		case <-tick.C:
+		case <-timeout.C:
+			return got, nil
+		case <-ctx.Done():
+			return got, ctx.Err()
+		}
+	}
+}
+
+// start runs one agent per device and waits until all are connected.
+func (f *fleet) start(ctx context.Context) error {
+	ctx, f.cancel = context.WithCancel(ctx)
+	for _, id := range f.ids {
+		a, err := device.New(device.Options{Dir: filepath.Join(f.cfg.Dir, "devices", id), Logger: f.cfg.Logger, OnEvent: f.onEvent,
+			ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second})
+		if err != nil {
+			return err
+		}
+		f.agents = append(f.agents, a)
+		f.wg.Add(1)
+		go func() { defer f.wg.Done(); _ = a.Run(ctx) }()
+	}
+	got, err := f.waitFor(ctx, len(f.ids), "connecting", func() int { return len(f.connected) })
+	if err != nil {
+		return err
+	}
+	if got < len(f.ids) {
+		return fmt.Errorf("simulator: only %d of %d devices connected in %v", got, len(f.ids), f.cfg.RoundTimeout)
+	}
+	return nil
+}
+
+func (f *fleet) stop() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	f.wg.Wait()
+}
+
+func (f *fleet) bytes() (up, down uint64) {
+	for _, a := range f.agents {
+		u, d := a.Bytes()
+		up += u
+		down += d
+	}
+	return up, down
+}
+
+// round rotates every device once and waits for their activations.
+func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.Duration, []string, map[string]int, error) {
+	resp, err := c.Rotate(ctx, admin.RotateRequest{All: true})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
+	}
+	reasons := map[string]int{}
+	var failed []string
+	want := map[string]uint32{}
+	for _, r := range resp.Rotations {
+		if r.Error != "" {
+			reasons["request refused"]++
+			failed = append(failed, r.Device)
+			continue
+		}
+		want[r.Device] = r.Version
+	}
+	reached := func(id string) bool { return f.activated[id].version >= want[id] }
+	_, err = f.waitFor(ctx, len(want), fmt.Sprintf("round %d/%d", round, f.cfg.Rotations), func() int {
+		n := 0
+		for id := range want {
+			if reached(id) {
+				n++
+			}
+		}
+		return n
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// A rotation is complete when fleetd has recorded the activation too,
+	// not only when the agent sent it.
+	confirmed, err := f.confirm(ctx, c, want)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var lat []time.Duration
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id := range want {
+		if reached(id) && confirmed[id] {
+			lat = append(lat, f.activated[id].took)
+			continue
+		}
+		failed = append(failed, id)
+		if reached(id) {
+			reasons["activation not recorded by fleetd"]++
+		} else {
+			reasons["not activated in time"]++
+		}
+	}
+	return lat, failed, reasons, nil
+}
+
+// confirm polls fleetd until every device's active version reaches want,
+// for at most ten seconds.
+func (f *fleet) confirm(ctx context.Context, c *admin.Client, want map[string]uint32) (map[string]bool, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ds, err := c.Devices(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("simulator: confirm: %w", err)
+		}
+		ok := map[string]bool{}
+		for _, d := range ds {
+			if v, in := want[d.ID]; in && d.Active >= v {
+				ok[d.ID] = true
+			}
+		}
+		if len(ok) == len(want) || time.Now().After(deadline) {
+			return ok, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
