@@ -299,11 +299,7 @@ func (a *Agent) send(ctx context.Context, m protocol.Message) error {
 	if err != nil {
 		return err
 	}
-	kid, err := protocol.KeyID(&key.PublicKey)
-	if err != nil {
-		return err
-	}
-	b, err := a.codec.Seal(m, key, kid)
+	b, err := a.codec.Seal(m, key, a.ks.ID().ID)
 	if err != nil {
 		return err
 	}
@@ -342,7 +338,7 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 		if pub == nil {
 			return a.reject("no-delegation", errors.New("signed downlink before any delegation"))
 		}
-		if err := env.Verify(pub); err != nil {
+		if err := env.Verify(pub, a.ks.ID().ID); err != nil {
 			return a.reject("bad-signature", err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -26,7 +27,9 @@ type Codec struct {
 // NewCodec returns a codec with core deterministic encoding and the strict
 // decoding limits of DESIGN.md.
 func NewCodec() *Codec {
-	enc, err := cbor.CoreDetEncOptions().EncMode()
+	encOpts := cbor.CoreDetEncOptions()
+	encOpts.NilContainers = cbor.NilContainerAsEmpty // an empty slot list is [], as the CDDL says
+	enc, err := encOpts.EncMode()
 	if err != nil {
 		panic(fmt.Sprintf("protocol: cbor enc mode: %v", err)) // static options: cannot fail
 	}
@@ -118,16 +121,28 @@ func KeyID(pub crypto.PublicKey) ([]byte, error) {
 	return sum[:KeyIDSize], nil
 }
 
-// Seal encodes m and signs it into a tagged COSE_Sign1 with ES256. kid names
-// the signing key in the unprotected header so that the receiver can pick
-// the right verification key without trying several.
-func (c *Codec) Seal(m Message, key crypto.Signer, kid []byte) ([]byte, error) {
+// Seal encodes m and signs it into a tagged COSE_Sign1 with ES256 and a
+// P-256 key. The kid in the unprotected header names the key, so the
+// receiver can pick the right verification key without trying several.
+//
+// audience binds the signature to the device the message is for (downlinks)
+// or from (uplinks), as COSE external AAD: a message replayed onto another
+// device's topic does not verify there. Broadcast messages use "".
+func (c *Codec) Seal(m Message, key crypto.Signer, audience string) ([]byte, error) {
 	payload, err := c.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
 	if !Signed(TypeOf(m)) {
 		return nil, fmt.Errorf("protocol: seal %v: %w", TypeOf(m), ErrUnsigned)
+	}
+	pub, ok := key.Public().(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("protocol: seal %v: key must be ECDSA P-256", TypeOf(m))
+	}
+	kid, err := KeyID(pub)
+	if err != nil {
+		return nil, err
 	}
 	signer, err := cose.NewSigner(cose.AlgorithmES256, key)
 	if err != nil {
@@ -140,7 +155,7 @@ func (c *Codec) Seal(m Message, key crypto.Signer, kid []byte) ([]byte, error) {
 		},
 		Payload: payload,
 	}
-	if err := msg.Sign(rand.Reader, nil, signer); err != nil {
+	if err := msg.Sign(rand.Reader, externalAAD(audience), signer); err != nil {
 		return nil, fmt.Errorf("protocol: sign %v: %w", TypeOf(m), err)
 	}
 	out, err := msg.MarshalCBOR()
@@ -151,6 +166,15 @@ func (c *Codec) Seal(m Message, key crypto.Signer, kid []byte) ([]byte, error) {
 		return nil, fmt.Errorf("protocol: seal %v: %w: %d bytes", TypeOf(m), ErrTooLarge, len(out))
 	}
 	return out, nil
+}
+
+// externalAAD is the COSE external additional data binding a signature to
+// a device: nil for broadcasts.
+func externalAAD(audience string) []byte {
+	if audience == "" {
+		return nil
+	}
+	return []byte("keyfleet/d/" + audience)
 }
 
 // Bare encodes a message that travels without a signature (Cert).
@@ -199,6 +223,9 @@ func (c *Codec) Open(data []byte) (*Envelope, error) {
 	if err != nil || alg != cose.AlgorithmES256 {
 		return nil, fmt.Errorf("%w: cose algorithm %v", ErrBadSignature, alg)
 	}
+	if len(msg.Headers.Protected) != 1 || len(msg.Headers.Unprotected) != 1 {
+		return nil, fmt.Errorf("%w: cose headers must be exactly alg (protected) and kid (unprotected)", ErrMalformed)
+	}
 	kid, ok := msg.Headers.Unprotected[cose.HeaderLabelKeyID].([]byte)
 	if !ok || len(kid) != KeyIDSize {
 		return nil, fmt.Errorf("%w: cose kid", ErrMalformed)
@@ -210,13 +237,13 @@ func (c *Codec) Open(data []byte) (*Envelope, error) {
 }
 
 // Verify checks the envelope's signature with pub (an *ecdsa.PublicKey on
-// P-256) and that its kid names pub.
-func (e *Envelope) Verify(pub crypto.PublicKey) error {
+// P-256), that its kid names pub and that it was sealed for audience.
+func (e *Envelope) Verify(pub crypto.PublicKey, audience string) error {
 	if e.sign1 == nil {
 		return ErrUnsigned
 	}
 	ek, ok := pub.(*ecdsa.PublicKey)
-	if !ok {
+	if !ok || ek.Curve != elliptic.P256() {
 		return fmt.Errorf("%w: key type %T", ErrBadSignature, pub)
 	}
 	kid, err := KeyID(ek)
@@ -230,7 +257,7 @@ func (e *Envelope) Verify(pub crypto.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
-	if err := e.sign1.Verify(nil, v); err != nil {
+	if err := e.sign1.Verify(externalAAD(audience), v); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
 	return nil

@@ -16,7 +16,7 @@ func (c *Codec) VerifyDelegation(sealed []byte, update crypto.PublicKey, now tim
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := env.Verify(update); err != nil {
+	if err := env.Verify(update, ""); err != nil {
 		return nil, nil, err
 	}
 	m, err := c.Message(env)
@@ -25,19 +25,19 @@ func (c *Codec) VerifyDelegation(sealed []byte, update crypto.PublicKey, now tim
 	}
 	d, ok := m.(*Delegation)
 	if !ok {
-		return nil, nil, fmt.Errorf("protocol: %w: got %v, want delegation", ErrMalformed, TypeOf(m))
+		return nil, nil, fmt.Errorf("%w: got %v, want delegation", ErrMalformed, TypeOf(m))
 	}
 	t := uint64(now.Unix())
 	if t < d.NotBefore || t >= d.NotAfter {
-		return nil, nil, fmt.Errorf("protocol: %w: delegation valid %d..%d, now %d", ErrExpired, d.NotBefore, d.NotAfter, t)
+		return nil, nil, fmt.Errorf("%w: delegation valid %d..%d, now %d", ErrExpired, d.NotBefore, d.NotAfter, t)
 	}
 	pub, err := x509.ParsePKIXPublicKey(d.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("protocol: %w: delegated key: %v", ErrMalformed, err)
+		return nil, nil, fmt.Errorf("%w: delegated key: %v", ErrMalformed, err)
 	}
 	ek, ok := pub.(*ecdsa.PublicKey)
 	if !ok || ek.Curve != elliptic.P256() {
-		return nil, nil, fmt.Errorf("protocol: %w: delegated key is not P-256", ErrMalformed)
+		return nil, nil, fmt.Errorf("%w: delegated key is not P-256", ErrMalformed)
 	}
 	return ek, d, nil
 }

@@ -146,7 +146,7 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("bare envelope with kid %x, payload %x, want nil and the packet", env.KID, env.Payload)
 		}
 
-		verr := env.Verify(pub)
+		verr := env.Verify(pub, "")
 		if verr != nil {
 			checkRejected(t, "Verify", data, verr)
 		}

@@ -204,7 +204,7 @@ func encode(tb testing.TB, c *Codec, m Message, key *ecdsa.PrivateKey) []byte {
 		err error
 	)
 	if Signed(TypeOf(m)) {
-		b, err = c.Seal(m, key, keyID(tb, key))
+		b, err = c.Seal(m, key, "")
 	} else {
 		b, err = c.Bare(m)
 	}
@@ -222,7 +222,7 @@ func receive(c *Codec, data []byte, pub *ecdsa.PublicKey) (Message, error) {
 		return nil, err
 	}
 	if env.IsSigned() {
-		if err := env.Verify(pub); err != nil {
+		if err := env.Verify(pub, ""); err != nil {
 			return nil, err
 		}
 	}

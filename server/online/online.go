@@ -47,10 +47,6 @@ func New(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime ti
 	if err != nil {
 		return nil, err
 	}
-	updKID, err := protocol.KeyID(update.Public())
-	if err != nil {
-		return nil, err
-	}
 	// Backdate a little for devices whose clocks run behind.
 	nb := now.Add(-protocol.MaxClockSkew)
 	d := protocol.Stamp(&protocol.Delegation{
@@ -58,16 +54,16 @@ func New(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime ti
 		NotBefore: uint64(nb.Unix()),
 		NotAfter:  uint64(now.Add(lifetime).Unix()),
 	}, now, 0)
-	sealed, err := codec.Seal(d, update, updKID)
+	sealed, err := codec.Seal(d, update, "")
 	if err != nil {
 		return nil, fmt.Errorf("online: sign delegation: %w", err)
 	}
 	return &Key{priv: priv, kid: kid, Delegation: sealed, NotAfter: now.Add(lifetime)}, nil
 }
 
-// Seal signs a downlink with the online key.
-func (k *Key) Seal(codec *protocol.Codec, m protocol.Message) ([]byte, error) {
-	return codec.Seal(m, k.priv, k.kid)
+// Seal signs a downlink for device with the online key.
+func (k *Key) Seal(codec *protocol.Codec, m protocol.Message, device string) ([]byte, error) {
+	return codec.Seal(m, k.priv, device)
 }
 
 // KID returns the key id devices see in downlinks.

@@ -65,7 +65,7 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte) error
 	if err != nil {
 		return err
 	}
-	if err := env.Verify(pub); err != nil {
+	if err := env.Verify(pub, dev); err != nil {
 		return reject("bad-signature", "device %s: %w", dev, err)
 	}
 	m, err := e.codec.Message(env)
@@ -306,8 +306,8 @@ func (e *Engine) activate(ctx context.Context, device string, version uint32, ri
 	return d, nil
 }
 
-func (e *Engine) seal(m protocol.Message) ([]byte, error) {
-	return e.signer.Current().Seal(e.codec, m)
+func (e *Engine) seal(m protocol.Message, device string) ([]byte, error) {
+	return e.signer.Current().Seal(e.codec, m, device)
 }
 
 func (e *Engine) send(ctx context.Context, device string, b []byte) error {
@@ -323,7 +323,7 @@ func (e *Engine) send(ctx context.Context, device string, b []byte) error {
 func (e *Engine) sendRotate(ctx context.Context, device string, v *store.KeyVersion) error {
 	m := protocol.Stamp(&protocol.Rotate{Slot: protocol.SlotIdentity, Version: v.Version}, e.now(), e.opts.CommandTTL)
 	m.RID = v.RID
-	b, err := e.seal(m)
+	b, err := e.seal(m, device)
 	if err != nil {
 		return err
 	}
@@ -342,7 +342,7 @@ func (e *Engine) sendCert(ctx context.Context, device string, v *store.KeyVersio
 
 func (e *Engine) sendRetire(ctx context.Context, device string, version uint32) error {
 	m := protocol.Stamp(&protocol.Retire{Slot: protocol.SlotIdentity, Version: version}, e.now(), e.opts.CommandTTL)
-	b, err := e.seal(m)
+	b, err := e.seal(m, device)
 	if err != nil {
 		return err
 	}

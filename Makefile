@@ -1,0 +1,43 @@
+# keyfleet: `make run` and `make test` do all the set-up on a Debian machine with Go.
+GO       ?= go
+FUZZTIME ?= 30s
+PKGS     := ./...
+
+.PHONY: all build run test test-short bench fuzz lint deps clean
+
+all: build
+
+deps:
+	@scripts/deps.sh --with-mosquitto
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+## run: fleetd + embedded broker + SoftHSM2 + five agents rotating every 15 s
+run: build
+	@scripts/deps.sh
+	@scripts/run.sh
+
+## test: every test, with the race detector, on real SoftHSM2, brokers and bbolt
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test -race -timeout 15m $(PKGS)
+
+## bench: Go benchmarks of the hot paths
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+## fuzz: run every fuzz target for FUZZTIME each
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what keyfleet's run and tests need from Debian's packages, when
+# missing: softhsm2 (the PKCS#11 token) and mosquitto (the second broker).
+# Fails with a clear message when it cannot.
+set -euo pipefail
+
+need=()
+have_softhsm() {
+  for p in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+           /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
+    [ -e "$p" ] && return 0
+  done
+  return 1
+}
+have_softhsm || need+=(softhsm2)
+if [ "${1:-}" = "--with-mosquitto" ]; then
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "keyfleet: installing ${need[*]} from Debian's packages" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "keyfleet: need ${need[*]} but am not root and have no sudo; install them: apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "keyfleet: need ${need[*]} and this machine has no apt-get; install them with your package manager" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null; then
+    echo "keyfleet: apt-get could not install ${need[*]}; install them by hand and retry" >&2
+    exit 1
+  fi
+fi
+have_softhsm || { echo "keyfleet: softhsm2 installed but libsofthsm2.so not found" >&2; exit 1; }
