@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -66,7 +67,9 @@ func Start(o Options) (*Embedded, error) {
 	caps.Compatibilities.ObscureNotAuthorized = true
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       o.Logger.With("component", "mqtt"),
+		// mochi logs refused packets in full at warn; our hooks already log
+		// each refusal once, with its reason.
+		Logger: slog.New(minLevel{slog.LevelError, o.Logger.Handler()}).With("component", "mqtt"),
 	})
 	ids := &identities{}
 	den := &Denials{}
@@ -121,3 +124,18 @@ func (e *Embedded) Connected() int {
 	e.ids.m.Range(func(_, _ any) bool { n++; return true })
 	return n
 }
+
+// minLevel drops records below min.
+type minLevel struct {
+	min slog.Level
+	slog.Handler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.min, h.Handler.WithAttrs(a)}
+}
+func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.min, h.Handler.WithGroup(n)} }

@@ -41,6 +41,9 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte) error
 		return reject(protocolReason(err), "%w", err)
 	}
 	if !env.IsSigned() {
+		if _, err := e.codec.Decode(env.Payload); err != nil {
+			return reject(protocolReason(err), "device %s: %w", dev, err)
+		}
 		return reject("unsigned", "device %s sent an unsigned message", dev)
 	}
 	d, err := e.st.GetDevice(ctx, dev)

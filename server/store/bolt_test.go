@@ -1,0 +1,287 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/store"
+	"github.com/keyfleet/keyfleet/server/store/storetest"
+)
+
+// openBolt opens a Bolt store in a fresh directory and registers a cleanup
+// that closes it, re-opens the file and checks bbolt's page consistency
+// (bbolt's own btesting does the same after every test).
+func openBolt(t *testing.T) (*store.Bolt, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatalf("OpenBolt: got error %v, want nil", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: got error %v, want nil", err)
+		}
+		checkBoltFile(t, path)
+	})
+	return s, path
+}
+
+// checkBoltFile runs bbolt's consistency check on a closed store file.
+func checkBoltFile(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Errorf("re-open %s for check: got error %v, want nil", path, err)
+		return
+	}
+	defer db.Close()
+	if err := db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}); err != nil {
+		t.Errorf("bbolt consistency check of %s: got %v, want no errors", path, err)
+	}
+}
+
+func TestBoltConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, _ := openBolt(t)
+		return s
+	})
+}
+
+func TestBoltDurable(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatalf("OpenBolt: got error %v, want nil", err)
+	}
+	grace := time.Date(2030, 1, 2, 3, 4, 5, 6789, time.UTC)
+	d := &store.Device{ID: "dev-1", CreatedAt: grace.Add(-time.Hour)}
+	st := d.Slot(protocol.SlotIdentity)
+	st.Desired = 2
+	st.Versions = []*store.KeyVersion{
+		{Version: 1, State: store.StateSuperseded, KeyID: []byte("k1"), GraceUntil: grace, NotAfter: grace.Add(time.Hour)},
+		{Version: 2, State: store.StateActive, KeyID: []byte("k2"), NotAfter: grace.Add(48 * time.Hour)},
+	}
+	if err := s.CreateDevice(ctx, d, store.Event{Action: "create", Device: "dev-1"}); err != nil {
+		t.Fatalf("CreateDevice: got error %v, want nil", err)
+	}
+	if _, err := s.UpdateDevice(ctx, "dev-1", func(d *store.Device) ([]store.Event, error) {
+		d.Slot(protocol.SlotIdentity).Reported = 2
+		return []store.Event{{Action: "activate", Device: "dev-1", Version: 2}}, nil
+	}); err != nil {
+		t.Fatalf("UpdateDevice: got error %v, want nil", err)
+	}
+	if err := s.Audit(ctx, store.Event{Action: "operator"}); err != nil {
+		t.Fatalf("Audit: got error %v, want nil", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: got error %v, want nil", err)
+	}
+	checkBoltFile(t, path)
+
+	s, err = store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatalf("re-open: got error %v, want nil", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	got, err := s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatalf("GetDevice after re-open: got error %v, want nil", err)
+	}
+	gst := got.Slot(protocol.SlotIdentity)
+	if gst.Desired != 2 || gst.Reported != 2 || len(gst.Versions) != 2 {
+		t.Fatalf("slot after re-open: got desired %d reported %d %d versions, want 2, 2, 2", gst.Desired, gst.Reported, len(gst.Versions))
+	}
+	if g := gst.Version(1).GraceUntil; !g.Equal(grace) {
+		t.Errorf("GraceUntil after re-open: got %v, want %v (to the nanosecond)", g, grace)
+	}
+	if g := gst.Version(2).State; g != store.StateActive {
+		t.Errorf("version 2 state after re-open: got %v, want %v", g, store.StateActive)
+	}
+	n, err := s.VerifyAudit(ctx)
+	if err != nil || n != 3 {
+		t.Errorf("VerifyAudit after re-open: got %d, %v, want 3, nil", n, err)
+	}
+	// The chain continues where it stopped.
+	if err := s.Audit(ctx, store.Event{Action: "after-reopen"}); err != nil {
+		t.Fatalf("Audit after re-open: got error %v, want nil", err)
+	}
+	if n, err := s.VerifyAudit(ctx); err != nil || n != 4 {
+		t.Errorf("VerifyAudit after appending: got %d, %v, want 4, nil", n, err)
+	}
+}
+
+func TestBoltSecondOpenTimesOut(t *testing.T) {
+	s, path := openBolt(t)
+	_ = s
+	start := time.Now()
+	s2, err := store.OpenBolt(path, store.BoltOptions{Timeout: 50 * time.Millisecond})
+	if err == nil {
+		s2.Close()
+		t.Fatal("second OpenBolt of a file in use: got nil error, want a lock timeout")
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("second OpenBolt: took %v, want about the 50ms timeout", el)
+	}
+}
+
+// seqKey is the audit bucket's key for record n (big-endian, as the store
+// writes it; a different layout makes the tamper tests fail loudly).
+func seqKey(n uint64) []byte {
+	return []byte{byte(n >> 56), byte(n >> 48), byte(n >> 40), byte(n >> 32), byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+}
+
+func TestBoltAuditTamper(t *testing.T) {
+	const events = 5
+	for _, tc := range []struct {
+		name   string
+		tamper func(t *testing.T, b *bolt.Bucket)
+	}{
+		{"change a byte of a text field", func(t *testing.T, b *bolt.Bucket) {
+			// "detail-3" -> "detail-X": still valid CBOR, different content.
+			replaceOnce(t, b, 3, []byte("detail-3"), []byte("detail-X"))
+		}},
+		{"change the device of a record", func(t *testing.T, b *bolt.Bucket) {
+			replaceOnce(t, b, 2, []byte("dev-2"), []byte("dev-9"))
+		}},
+		{"change the first record", func(t *testing.T, b *bolt.Bucket) {
+			replaceOnce(t, b, 1, []byte("action-1"), []byte("action-7"))
+		}},
+		{"change the last record", func(t *testing.T, b *bolt.Bucket) {
+			replaceOnce(t, b, events, []byte("detail-5"), []byte("DETAIL-5"))
+		}},
+		{"flip the last byte of a record", func(t *testing.T, b *bolt.Bucket) {
+			v := append([]byte(nil), b.Get(seqKey(3))...)
+			v[len(v)-1] ^= 0x01
+			mustPut(t, b, seqKey(3), v)
+		}},
+		{"flip the first byte of a record", func(t *testing.T, b *bolt.Bucket) {
+			v := append([]byte(nil), b.Get(seqKey(3))...)
+			v[0] ^= 0x01
+			mustPut(t, b, seqKey(3), v)
+		}},
+		{"delete a middle record", func(t *testing.T, b *bolt.Bucket) {
+			mustDelete(t, b, seqKey(3))
+		}},
+		{"delete the first record", func(t *testing.T, b *bolt.Bucket) {
+			mustDelete(t, b, seqKey(1))
+		}},
+		{"delete the last record", func(t *testing.T, b *bolt.Bucket) {
+			mustDelete(t, b, seqKey(events))
+		}},
+		{"swap two records", func(t *testing.T, b *bolt.Bucket) {
+			v2 := append([]byte(nil), b.Get(seqKey(2))...)
+			v4 := append([]byte(nil), b.Get(seqKey(4))...)
+			mustPut(t, b, seqKey(2), v4)
+			mustPut(t, b, seqKey(4), v2)
+		}},
+		{"duplicate a record under the next number", func(t *testing.T, b *bolt.Bucket) {
+			mustPut(t, b, seqKey(events+1), append([]byte(nil), b.Get(seqKey(events))...))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "fleet.db")
+			s, err := store.OpenBolt(path, store.BoltOptions{})
+			if err != nil {
+				t.Fatalf("OpenBolt: got error %v, want nil", err)
+			}
+			for i := 1; i <= events; i++ {
+				e := store.Event{Action: fmt.Sprintf("action-%d", i), Device: fmt.Sprintf("dev-%d", i), Detail: fmt.Sprintf("detail-%d", i)}
+				if err := s.Audit(ctx, e); err != nil {
+					t.Fatalf("Audit %d: got error %v, want nil", i, err)
+				}
+			}
+			if n, err := s.VerifyAudit(ctx); err != nil || n != events {
+				t.Fatalf("VerifyAudit before tampering: got %d, %v, want %d, nil", n, err, events)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: got error %v, want nil", err)
+			}
+
+			db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+			if err != nil {
+				t.Fatalf("bolt.Open: got error %v, want nil", err)
+			}
+			if err := db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("audit"))
+				if b == nil {
+					t.Fatal(`bucket "audit": got none, want the audit records`)
+				}
+				tc.tamper(t, b)
+				return nil
+			}); err != nil {
+				t.Fatalf("tamper: got error %v, want nil", err)
+			}
+			if err := db.Close(); err != nil {
+				t.Fatalf("bolt Close: got error %v, want nil", err)
+			}
+
+			s, err = store.OpenBolt(path, store.BoltOptions{})
+			if err != nil {
+				t.Fatalf("re-open: got error %v, want nil", err)
+			}
+			defer s.Close()
+			n, err := s.VerifyAudit(ctx)
+			if !errors.Is(err, store.ErrAuditBroken) {
+				t.Errorf("VerifyAudit after tampering: got %d, %v, want error %v", n, err, store.ErrAuditBroken)
+			}
+		})
+	}
+}
+
+// replaceOnce replaces the single occurrence of old in record seq.
+func replaceOnce(t *testing.T, b *bolt.Bucket, seq uint64, old, new []byte) {
+	t.Helper()
+	v := b.Get(seqKey(seq))
+	if v == nil {
+		t.Fatalf("audit record %d: got none, want one", seq)
+	}
+	i := indexOf(v, old)
+	if i < 0 || indexOf(v[i+1:], old) >= 0 || len(old) != len(new) {
+		t.Fatalf("audit record %d: got %q occurring other than once in %x, want exactly one", seq, old, v)
+	}
+	c := append([]byte(nil), v...)
+	copy(c[i:], new)
+	mustPut(t, b, seqKey(seq), c)
+}
+
+func indexOf(v, sub []byte) int {
+	for i := 0; i+len(sub) <= len(v); i++ {
+		if string(v[i:i+len(sub)]) == string(sub) {
+			return i
+		}
+	}
+	return -1
+}
+
+func mustPut(t *testing.T, b *bolt.Bucket, k, v []byte) {
+	t.Helper()
+	if err := b.Put(k, v); err != nil {
+		t.Fatalf("put %x: got error %v, want nil", k, err)
+	}
+}
+
+func mustDelete(t *testing.T, b *bolt.Bucket, k []byte) {
+	t.Helper()
+	if b.Get(k) == nil {
+		t.Fatalf("delete %x: got no record, want one", k)
+	}
+	if err := b.Delete(k); err != nil {
+		t.Fatalf("delete %x: got error %v, want nil", k, err)
+	}
+}
