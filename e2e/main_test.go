@@ -88,12 +88,12 @@ func activeVersions(t *testing.T, c *admin.Client) map[string]uint32 {
 
 func allAt(t *testing.T, c *admin.Client, n int, v uint32) func() bool {
 	return func() bool {
-		got := activeVersions(t, c)
-		if len(got) != n {
-			return false
+		ds, err := c.Devices(context.Background())
+		if err != nil || len(ds) != n {
+			return false // fleetd may be restarting
 		}
-		for _, a := range got {
-			if a != v {
+		for _, d := range ds {
+			if d.Active != v {
 				return false
 			}
 		}

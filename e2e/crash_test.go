@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/internal/provision"
+	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds fleetd and fleet-agent once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "keyfleet-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "../cmd/fleetd", "../cmd/fleet-agent")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is a child process whose output goes to the test log on failure.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *lockedWriter
+	done chan error
+}
+
+func start(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(name, args...), out: &lockedWriter{}, done: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		p.done <- nil
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", filepath.Base(name), p.out.String())
+		}
+	})
+	return p
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// wait returns the process's exit error, or fails after timeout.
+func (p *proc) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("process %s still running after %v", p.cmd.Path, timeout)
+		return nil
+	}
+}
+
+func killedBySIGKILL(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// fleetd is SIGKILLed while twenty rotations are in flight (half the
+// devices hold a certificate they have not confirmed, half have enrolled and
+// not yet received one) and restarted: every rotation completes and no
+// version is issued twice.
+func TestFleetdKilledMidRotation(t *testing.T) {
+	const n = 20
+	bin := binaries(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "fleetd")
+	token := fmt.Sprintf("crash-%d", os.Getpid())
+	env := []string{"KEYFLEET_HSM_PIN=crash-test-pin"}
+	common := []string{"--data", data, "--token", token, "--log-level", "warn"}
+	initCmd := exec.Command(filepath.Join(bin, "fleetd"), append([]string{"init", "--create-token"}, common...)...)
+	initCmd.Env = append(os.Environ(), env...)
+	if out, err := initCmd.CombinedOutput(); err != nil {
+		t.Fatalf("fleetd init: %v\n%s", err, out)
+	}
+	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
+	run := func() *proc {
+		return start(t, env, filepath.Join(bin, "fleetd"), append([]string{"run", "--mqtt-listen", mqttAddr,
+			"--admin-listen", adminAddr, "--grace", "1h"}, common...)...)
+	}
+	fleetd := run()
+	tc, err := admin.LoadCredential(server.Paths{Dir: data}.AdminDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := admin.NewClient(adminAddr, tc)
+	ctx := context.Background()
+	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := c.Status(ctx); return err == nil })
+
+	var dirs []string
+	for i := 0; i < n; i++ {
+		d := filepath.Join(dir, "devices", fmt.Sprintf("dev-%02d", i))
+		if _, err := provision.Device(ctx, c, filepath.Base(d), d, ""); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, d)
+	}
+	gate := make(chan struct{})
+	var held atomic.Int32
+	// Even devices stop after storing their certificate, odd ones after
+	// enrolling, until the gate opens: every rotation is in flight when
+	// fleetd dies.
+	runAgents(t, dirs, func(o *device.Options) {
+		step := "after-enroll"
+		var idx int
+		fmt.Sscanf(filepath.Base(o.Dir), "dev-%d", &idx)
+		if idx%2 == 0 {
+			step = "after-cert-stored"
+		}
+		var once sync.Once
+		o.Failpoint = func(s string) {
+			if s == step {
+				once.Do(func() { held.Add(1); <-gate })
+			}
+		}
+	})
+	eventually(t, 20*time.Second, "all agents connected", func() bool {
+		s, err := c.Status(ctx)
+		return err == nil && s.ConnectedClient >= n+1
+	})
+	if _, err := c.Rotate(ctx, admin.RotateRequest{All: true}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every agent in mid-rotation", func() bool { return held.Load() == n })
+
+	if err := fleetd.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := fleetd.wait(t, 10*time.Second); !killedBySIGKILL(err) {
+		t.Fatalf("fleetd exit: got %v, want killed by SIGKILL", err)
+	}
+	fleetd = run()
+	close(gate)
+	eventually(t, 60*time.Second, "all rotations complete after the restart", allAt(t, c, n, 2))
+
+	// Stop fleetd cleanly and read its store: each version issued once.
+	_ = fleetd.cmd.Process.Signal(syscall.SIGTERM)
+	if err := fleetd.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("fleetd did not stop cleanly: %v", err)
+	}
+	st, err := store.OpenBolt(server.Paths{Dir: data}.Store(), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := issuedOnce(t, st); got != n {
+		t.Errorf("certificates issued: got %d, want %d (one per device)", got, n)
+	}
+	for _, d := range dirs {
+		ks, err := device.OpenKeystore(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := ks.State(); s.Active != 2 || s.Pending != 0 {
+			t.Errorf("%s: keystore state %+v, want active 2", d, s)
+		}
+	}
+}
+
+// A real fleet-agent process is SIGKILLed at each step of a rotation and
+// started again: it comes back with a credential the broker accepts and
+// completes the rotation.
+func TestAgentKilledAtEachStep(t *testing.T) {
+	bin := binaries(t)
+	f := fleettest.StartFleet(t, func(c *server.Config) { c.Grace = time.Hour })
+	ctx := context.Background()
+	for _, step := range []string{"after-pending-key", "after-enroll", "after-cert-stored", "after-promote"} {
+		t.Run(step, func(t *testing.T) {
+			id := "crash-" + step
+			dir := f.AddDevice(t, id)
+			agent := filepath.Join(bin, "fleet-agent")
+			a := start(t, nil, agent, "--dir", dir, "--crash-at", step, "--log-level", "debug")
+			eventually(t, 10*time.Second, "agent connected", func() bool {
+				d, err := f.Admin.Device(ctx, id)
+				return err == nil && d.Reported == 1 && f.Broker().Connected() >= 2
+			})
+			if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{id}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.wait(t, 20*time.Second); !killedBySIGKILL(err) {
+				t.Fatalf("agent exit: got %v, want killed by SIGKILL at %s", err, step)
+			}
+			start(t, nil, agent, "--dir", dir, "--log-level", "debug")
+			eventually(t, 30*time.Second, "rotation complete after the restart", func() bool {
+				return activeVersions(t, f.Admin)[id] == 2
+			})
+			ks, err := device.OpenKeystore(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := ks.State(); s.Active != 2 || s.Pending != 0 || s.Previous != 1 {
+				t.Errorf("keystore state: got %+v, want active 2, previous 1", s)
+			}
+		})
+	}
+	if got := issuedOnce(t, f.Store()); got != 4 {
+		t.Errorf("certificates issued: got %d, want 4", got)
+	}
+}
