@@ -38,6 +38,7 @@ cleanup() {
   echo; echo "== stopping"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  echo "== stopped; state is in $VAR (run again to continue)"
 }
 trap cleanup INT TERM EXIT
 
@@ -62,6 +63,6 @@ echo "== $DEVICES agents running; rotating every device every ${EVERY}s (Ctrl-C 
 sleep 2
 while true; do
   "$BIN/fleetctl" rotate --all >/dev/null || echo "rotate request failed"
-  sleep "$EVERY"
+  sleep "$EVERY" & wait $!   # wait, unlike sleep, returns at once on Ctrl-C
   "$BIN/fleetctl" devices
 done

@@ -63,7 +63,8 @@ type StateChange struct {
 	Version uint32
 	State   store.KeyState
 	RID     []byte
-	// Latency is the time since the rotation was requested (activated only).
+	// Latency is the time since the rotation was requested (issued and
+	// activated only; zero otherwise).
 	Latency time.Duration
 }
 
@@ -220,8 +221,12 @@ func protocolReason(err error) string {
 func (e *Engine) now() time.Time { return e.opts.Now() }
 
 func (e *Engine) emit(c StateChange) {
+	latency := "-"
+	if c.Latency > 0 {
+		latency = c.Latency.Round(100 * time.Microsecond).String()
+	}
 	e.log.Info("key state", "device", c.Device, "slot", c.Slot.String(), "version", c.Version,
-		"state", c.State.String(), "rotation", fmt.Sprintf("%x", c.RID), "latency", c.Latency.Round(time.Millisecond))
+		"state", c.State.String(), "rotation", fmt.Sprintf("%x", c.RID), "latency", latency)
 	if e.opts.OnStateChange != nil {
 		e.opts.OnStateChange(c)
 	}

@@ -236,7 +236,8 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 		return err
 	}
 	e.stats.Issued.Add(1)
-	e.emit(StateChange{Device: d.ID, Slot: m.Slot, Version: m.Version, State: store.StateIssued, RID: m.RID})
+	e.emit(StateChange{Device: d.ID, Slot: m.Slot, Version: m.Version, State: store.StateIssued, RID: m.RID,
+		Latency: now.Sub(issued.RequestedAt)})
 	return e.sendCert(ctx, d.ID, issued)
 }
 
