@@ -15,8 +15,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,7 +33,7 @@ func main() {
 
 func root() *cobra.Command {
 	var cfg simulator.Config
-	var report, logLevel, logFile string
+	var report, logLevel, logFile, cpuProfile string
 	var progress bool
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
@@ -51,6 +51,17 @@ func root() *cobra.Command {
 			}
 			if progress {
 				cfg.Progress = os.Stderr
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -88,7 +99,7 @@ func root() *cobra.Command {
 	f.BoolVar(&progress, "progress", true, "show a progress bar on stderr")
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run)
-	_ = time.Second
 	return cmd
 }

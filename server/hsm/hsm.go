@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ThalesGroup/crypto11"
@@ -32,6 +33,12 @@ func (PIN) String() string { return "[redacted]" }
 // LogValue hides the PIN from slog.
 func (PIN) LogValue() slog.Value { return slog.StringValue("[redacted]") }
 
+// GoString hides the PIN from %#v.
+func (PIN) GoString() string { return "hsm.PIN([redacted])" }
+
+// MarshalText hides the PIN from JSON and other text encoders.
+func (PIN) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
 // Config selects a PKCS#11 token. All fields are required.
 type Config struct {
 	// Module is the path of the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
@@ -49,6 +56,7 @@ type Token struct {
 	ctx   *crypto11.Context
 	label string
 	ops   atomic.Uint64
+	genMu sync.Mutex // makes look-up-then-generate atomic within the process
 }
 
 // Open logs in to the token cfg names.
@@ -85,6 +93,8 @@ func (t *Token) URI(label string) string { return KeyURI(t.label, label) }
 // The private key is sensitive and non-extractable (crypto11's template); its
 // CKA_ID is the label, so that both halves can be found by either attribute.
 func (t *Token) GenerateP256(label string) (crypto.Signer, error) {
+	t.genMu.Lock()
+	defer t.genMu.Unlock()
 	if existing, err := t.ctx.FindKeyPairs(nil, []byte(label)); err != nil {
 		return nil, fmt.Errorf("hsm: look up %s: %w", t.URI(label), err)
 	} else if len(existing) > 0 {

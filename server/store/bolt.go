@@ -104,9 +104,6 @@ func (s *Bolt) getDevice(tx *bolt.Tx, id string) (*Device, error) {
 }
 
 func (s *Bolt) putDevice(tx *bolt.Tx, d *Device) error {
-	for _, st := range d.Slots {
-		st.Prune()
-	}
 	b, err := s.enc.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("store: encode device %q: %w", d.ID, err)
@@ -178,6 +175,9 @@ func (s *Bolt) UpdateDevice(ctx context.Context, id string, fn func(d *Device) (
 			// The record changed since the dry run; report, write nothing.
 			fnErr = err
 			return nil
+		}
+		for _, st := range d.Slots {
+			st.Prune()
 		}
 		if err := s.putDevice(tx, d); err != nil {
 			return err
@@ -295,7 +295,7 @@ func (s *Bolt) ForEachAudit(ctx context.Context, from uint64, fn func(r *AuditRe
 			}
 			var r AuditRecord
 			if err := s.dec.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("store: decode audit record %x: %w", k, err)
+				return fmt.Errorf("%w: decode audit record %x: %v", ErrAuditBroken, k, err)
 			}
 			if err := fn(&r); err != nil {
 				return err
@@ -332,7 +332,9 @@ func (s *Bolt) VerifyAudit(ctx context.Context) (uint64, error) {
 	var head auditHead
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyAuditHead); v != nil {
-			return s.dec.Unmarshal(v, &head)
+			if err := s.dec.Unmarshal(v, &head); err != nil {
+				return fmt.Errorf("%w: decode audit head: %v", ErrAuditBroken, err)
+			}
 		}
 		return nil
 	}); err != nil {

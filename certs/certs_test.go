@@ -1,0 +1,664 @@
+package certs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+)
+
+// now is the tests' fixed clock, on a whole second (X.509 times have
+// second precision).
+var now = time.Date(2030, 5, 17, 10, 0, 0, 0, time.UTC)
+
+func newP256(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatalf("url.Parse(%q): %v", s, err)
+	}
+	return u
+}
+
+// testCA is a root valid from now-1h for rootValidity, with an in-memory
+// key, and a CA on it.
+type testCA struct {
+	key  *ecdsa.PrivateKey
+	root *x509.Certificate
+	ca   *certs.CA
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T, rootValidity time.Duration, opts certs.CAOptions) *testCA {
+	t.Helper()
+	key := newP256(t)
+	root, err := certs.NewRoot(key, "test fleet CA", now, rootValidity)
+	if err != nil {
+		t.Fatalf("NewRoot: got error %v, want nil", err)
+	}
+	if opts.Now == nil {
+		opts.Now = func() time.Time { return now }
+	}
+	ca, err := certs.NewCA(root, key, opts)
+	if err != nil {
+		t.Fatalf("NewCA: got error %v, want nil", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &testCA{key: key, root: root, ca: ca, pool: pool}
+}
+
+// csrFor makes a CSR signed by key with the given template fields.
+func csrFor(t *testing.T, key crypto.Signer, tmpl x509.CertificateRequest) *x509.CertificateRequest {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &tmpl, key)
+	if err != nil {
+		t.Fatalf("CreateCertificateRequest: %v", err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatalf("ParseCertificateRequest: %v", err)
+	}
+	return csr
+}
+
+func TestCheckCSR(t *testing.T) {
+	const dev = "dev-42"
+	own := certs.Identity{Role: certs.RoleDevice, Name: dev}.URI()
+	p256 := newP256(t)
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := pkix.Name{CommonName: dev}
+
+	for _, tc := range []struct {
+		name    string
+		csr     func(t *testing.T) *x509.CertificateRequest
+		wantErr error // nil: accepted
+	}{
+		{"good, CN only", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj})
+		}, nil},
+		{"good, CN and own URI", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{own}})
+		}, nil},
+		{"CN of another device", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-43"}, URIs: []*url.URL{own}})
+		}, certs.ErrCSRIdentity},
+		{"CN prefix of device", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-4"}})
+		}, certs.ErrCSRIdentity},
+		{"empty CN", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{URIs: []*url.URL{own}})
+		}, certs.ErrCSRIdentity},
+		{"URI SAN of another device", func(t *testing.T) *x509.CertificateRequest {
+			other := certs.Identity{Role: certs.RoleDevice, Name: "dev-43"}.URI()
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{other}})
+		}, certs.ErrCSRIdentity},
+		{"own URI plus another device's", func(t *testing.T) *x509.CertificateRequest {
+			other := certs.Identity{Role: certs.RoleDevice, Name: "dev-43"}.URI()
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{own, other}})
+		}, certs.ErrCSRIdentity},
+		{"URI SAN claiming server role", func(t *testing.T) *x509.CertificateRequest {
+			srv := certs.Identity{Role: certs.RoleServer, Name: dev}.URI()
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{srv}})
+		}, certs.ErrCSRIdentity},
+		{"URI SAN claiming admin role", func(t *testing.T) *x509.CertificateRequest {
+			adm := certs.Identity{Role: certs.RoleAdmin, Name: dev}.URI()
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{adm}})
+		}, certs.ErrCSRIdentity},
+		{"foreign URI SAN", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{mustURL(t, "https://example.com/dev-42")}})
+		}, certs.ErrCSRIdentity},
+		{"DNS SAN", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, DNSNames: []string{"fleetd.example.com"}})
+		}, certs.ErrCSRIdentity},
+		{"DNS SAN equal to the device id", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, DNSNames: []string{dev}, URIs: []*url.URL{own}})
+		}, certs.ErrCSRIdentity},
+		{"IP SAN", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+		}, certs.ErrCSRIdentity},
+		{"e-mail SAN", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, EmailAddresses: []string{"dev-42@example.com"}})
+		}, certs.ErrCSRIdentity},
+		{"RSA key", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, rsaKey, x509.CertificateRequest{Subject: subj})
+		}, certs.ErrBadCSR},
+		{"P-384 key", func(t *testing.T) *x509.CertificateRequest {
+			return csrFor(t, p384, x509.CertificateRequest{Subject: subj})
+		}, certs.ErrBadCSR},
+		{"tampered signature", func(t *testing.T) *x509.CertificateRequest {
+			csr := csrFor(t, p256, x509.CertificateRequest{Subject: subj})
+			csr.Signature = bytes.Clone(csr.Signature)
+			csr.Signature[len(csr.Signature)-1] ^= 0x01
+			return csr
+		}, certs.ErrBadCSR},
+		{"tampered request body", func(t *testing.T) *x509.CertificateRequest {
+			// Signed for dev-43, then relabelled dev-42 in the signed bytes.
+			csr := csrFor(t, p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-43"}})
+			raw := bytes.Clone(csr.RawTBSCertificateRequest)
+			i := bytes.Index(raw, []byte("dev-43"))
+			if i < 0 {
+				t.Fatal("CN not found in the TBS bytes")
+			}
+			copy(raw[i:], "dev-42")
+			csr.RawTBSCertificateRequest = raw
+			csr.Subject.CommonName = dev
+			return csr
+		}, certs.ErrBadCSR},
+		{"signed by another key", func(t *testing.T) *x509.CertificateRequest {
+			// The CSR carries p256's public key but the signature of another.
+			a := csrFor(t, p256, x509.CertificateRequest{Subject: subj})
+			b := csrFor(t, newP256(t), x509.CertificateRequest{Subject: subj})
+			a.Signature = b.Signature
+			return a
+		}, certs.ErrBadCSR},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			csr := tc.csr(t)
+			pub, err := certs.CheckCSR(csr, dev)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("CheckCSR: got error %v, want nil", err)
+				}
+				if !pub.Equal(csr.PublicKey) {
+					t.Errorf("CheckCSR: got key %v, want the CSR's key %v", pub, csr.PublicKey)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("CheckCSR: got error %v, want %v", err, tc.wantErr)
+			}
+			if pub != nil {
+				t.Errorf("CheckCSR: got key %v with error, want nil", pub)
+			}
+		})
+	}
+}
+
+func hasEKU(c *x509.Certificate, u x509.ExtKeyUsage) bool { return slices.Contains(c.ExtKeyUsage, u) }
+
+func TestCAIssue(t *testing.T) {
+	const validity = 30 * 24 * time.Hour
+	const backdate = 5 * time.Minute
+	tca := newTestCA(t, 365*24*time.Hour, certs.CAOptions{Validity: validity, Backdate: backdate})
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		name         string
+		req          certs.Request
+		wantNotAfter time.Time
+		wantServer   bool
+	}{
+		{
+			name:         "device, default validity",
+			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
+			wantNotAfter: now.Add(validity),
+		},
+		{
+			name:         "device, requested NotAfter",
+			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-2"}, NotAfter: now.Add(48 * time.Hour)},
+			wantNotAfter: now.Add(48 * time.Hour),
+		},
+		{
+			name:         "device, NotAfter beyond the CA clamped",
+			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-3"}, NotAfter: now.Add(10 * 365 * 24 * time.Hour)},
+			wantNotAfter: now.Add(365 * 24 * time.Hour),
+		},
+		{
+			name: "device, DNS names ignored",
+			req: certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-4"},
+				DNSNames: []string{"evil.example.com"}, IPs: []net.IP{net.IPv4(10, 0, 0, 1)}},
+			wantNotAfter: now.Add(validity),
+		},
+		{
+			name:         "admin",
+			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: "alice"}},
+			wantNotAfter: now.Add(validity),
+		},
+		{
+			name: "server with DNS and IPs",
+			req: certs.Request{Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"},
+				DNSNames: []string{"localhost", "fleetd.example.com"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}},
+			wantNotAfter: now.Add(validity),
+			wantServer:   true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := newP256(t)
+			tc.req.PublicKey = key.Public()
+			leaf, err := tca.ca.Issue(ctx, tc.req)
+			if err != nil {
+				t.Fatalf("Issue: got error %v, want nil", err)
+			}
+			id, err := certs.VerifyLeaf(leaf, tca.pool, now)
+			if err != nil {
+				t.Fatalf("VerifyLeaf: got error %v, want nil", err)
+			}
+			if id != tc.req.Identity {
+				t.Errorf("VerifyLeaf identity: got %v, want %v", id, tc.req.Identity)
+			}
+			if err := leaf.CheckSignatureFrom(tca.root); err != nil {
+				t.Errorf("CheckSignatureFrom(root): got error %v, want nil", err)
+			}
+			if !key.PublicKey.Equal(leaf.PublicKey) {
+				t.Errorf("public key: got %v, want the requested key", leaf.PublicKey)
+			}
+			if got, want := leaf.Subject.CommonName, tc.req.Identity.Name; got != want {
+				t.Errorf("CN: got %q, want %q", got, want)
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != tc.req.Identity.URI().String() {
+				t.Errorf("URI SANs: got %v, want [%v]", leaf.URIs, tc.req.Identity.URI())
+			}
+			if !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
+				t.Errorf("EKU: got %v, want clientAuth", leaf.ExtKeyUsage)
+			}
+			if got := hasEKU(leaf, x509.ExtKeyUsageServerAuth); got != tc.wantServer {
+				t.Errorf("serverAuth EKU: got %v, want %v", got, tc.wantServer)
+			}
+			if tc.wantServer {
+				if !slices.Equal(leaf.DNSNames, tc.req.DNSNames) {
+					t.Errorf("DNS names: got %q, want %q", leaf.DNSNames, tc.req.DNSNames)
+				}
+				if len(leaf.IPAddresses) != len(tc.req.IPs) {
+					t.Errorf("IPs: got %v, want %v", leaf.IPAddresses, tc.req.IPs)
+				} else {
+					for i, ip := range tc.req.IPs {
+						if !leaf.IPAddresses[i].Equal(ip) {
+							t.Errorf("IP %d: got %v, want %v", i, leaf.IPAddresses[i], ip)
+						}
+					}
+				}
+				if err := leaf.VerifyHostname("localhost"); err != nil {
+					t.Errorf("VerifyHostname(localhost): got %v, want nil", err)
+				}
+				if _, err := leaf.Verify(x509.VerifyOptions{Roots: tca.pool, CurrentTime: now, DNSName: "fleetd.example.com"}); err != nil {
+					t.Errorf("Verify as TLS server: got %v, want nil", err)
+				}
+			} else if len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 {
+				t.Errorf("SANs of a %s certificate: got DNS %q IP %v e-mail %q, want none",
+					tc.req.Identity.Role, leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
+			}
+			if leaf.IsCA {
+				t.Error("IsCA: got true, want false")
+			}
+			if !leaf.BasicConstraintsValid {
+				t.Error("BasicConstraintsValid: got false, want true (an explicit CA:FALSE)")
+			}
+			if leaf.KeyUsage&x509.KeyUsageCertSign != 0 {
+				t.Errorf("KeyUsage: got %v including certSign, want no certSign", leaf.KeyUsage)
+			}
+			if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+				t.Errorf("KeyUsage: got %v, want digitalSignature", leaf.KeyUsage)
+			}
+			if want := now.Add(-backdate); !leaf.NotBefore.Equal(want) {
+				t.Errorf("NotBefore: got %v, want %v (now - Backdate)", leaf.NotBefore, want)
+			}
+			if !leaf.NotAfter.Equal(tc.wantNotAfter) {
+				t.Errorf("NotAfter: got %v, want %v", leaf.NotAfter, tc.wantNotAfter)
+			}
+			if leaf.NotAfter.After(tca.root.NotAfter) {
+				t.Errorf("NotAfter %v: got after the CA's %v, want clamped", leaf.NotAfter, tca.root.NotAfter)
+			}
+			if leaf.SerialNumber.Sign() <= 0 {
+				t.Errorf("serial: got %v, want positive", leaf.SerialNumber)
+			}
+			if leaf.SerialNumber.BitLen() > 159 {
+				t.Errorf("serial: got %d bits, want at most 159 (20 octets, RFC 5280)", leaf.SerialNumber.BitLen())
+			}
+			if !bytes.Equal(leaf.RawIssuer, tca.root.RawSubject) {
+				t.Errorf("issuer: got %q, want the root's subject %q", leaf.Issuer, tca.root.Subject)
+			}
+			// Outside its validity it no longer verifies.
+			if _, err := certs.VerifyLeaf(leaf, tca.pool, leaf.NotAfter.Add(time.Second)); err == nil {
+				t.Error("VerifyLeaf after NotAfter: got nil error, want expired")
+			}
+			if _, err := certs.VerifyLeaf(leaf, tca.pool, leaf.NotBefore.Add(-time.Second)); err == nil {
+				t.Error("VerifyLeaf before NotBefore: got nil error, want not yet valid")
+			}
+		})
+	}
+
+	t.Run("serials unique", func(t *testing.T) {
+		seen := map[string]bool{}
+		for i := 0; i < 20; i++ {
+			leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+			if err != nil {
+				t.Fatalf("Issue: got error %v, want nil", err)
+			}
+			s := leaf.SerialNumber.String()
+			if seen[s] {
+				t.Fatalf("serial %s: got it twice, want unique serials", s)
+			}
+			seen[s] = true
+		}
+	})
+
+	t.Run("cancelled context", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		leaf, err := tca.ca.Issue(cctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Issue with cancelled context: got %v, %v, want error %v", leaf, err, context.Canceled)
+		}
+	})
+
+	t.Run("not chaining to another root", func(t *testing.T) {
+		other := newTestCA(t, 365*24*time.Hour, certs.CAOptions{})
+		leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+		if err != nil {
+			t.Fatalf("Issue: got error %v, want nil", err)
+		}
+		if id, err := certs.VerifyLeaf(leaf, other.pool, now); err == nil {
+			t.Errorf("VerifyLeaf against another root: got %v, nil, want an error", id)
+		}
+	})
+
+	t.Run("clientAuth required", func(t *testing.T) {
+		// VerifyLeaf requires clientAuth: a leaf without it (made here by
+		// hand, signed by the same CA) must fail.
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "dev-1"},
+			URIs:      []*url.URL{certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}.URI()},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tca.root, newP256(t).Public(), tca.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, err := certs.VerifyLeaf(leaf, tca.pool, now); err == nil {
+			t.Errorf("VerifyLeaf of a serverAuth-only leaf: got %v, nil, want an error", id)
+		}
+	})
+}
+
+func TestCAOptionsDefaults(t *testing.T) {
+	// Zero options: 90 days validity, 1 minute backdate; Now injected.
+	tca := newTestCA(t, 10*365*24*time.Hour, certs.CAOptions{})
+	leaf, err := tca.ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
+	if err != nil {
+		t.Fatalf("Issue: got error %v, want nil", err)
+	}
+	if want := now.Add(90 * 24 * time.Hour); !leaf.NotAfter.Equal(want) {
+		t.Errorf("default NotAfter: got %v, want %v", leaf.NotAfter, want)
+	}
+	if want := now.Add(-time.Minute); !leaf.NotBefore.Equal(want) {
+		t.Errorf("default NotBefore: got %v, want %v", leaf.NotBefore, want)
+	}
+}
+
+func TestCAClockInjected(t *testing.T) {
+	// The CA reads its clock at every Issue, not once.
+	key := newP256(t)
+	root, err := certs.NewRoot(key, "ca", now, 365*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := now
+	ca, err := certs.NewCA(root, key, certs.CAOptions{Validity: time.Hour, Backdate: time.Second, Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []time.Duration{0, 24 * time.Hour, 100 * 24 * time.Hour} {
+		clock = now.Add(step)
+		leaf, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
+		if err != nil {
+			t.Fatalf("Issue at %v: got error %v, want nil", clock, err)
+		}
+		if want := clock.Add(-time.Second); !leaf.NotBefore.Equal(want) {
+			t.Errorf("at +%v NotBefore: got %v, want %v", step, leaf.NotBefore, want)
+		}
+		if want := clock.Add(time.Hour); !leaf.NotAfter.Equal(want) {
+			t.Errorf("at +%v NotAfter: got %v, want %v", step, leaf.NotAfter, want)
+		}
+	}
+}
+
+func TestNewRoot(t *testing.T) {
+	key := newP256(t)
+	root, err := certs.NewRoot(key, "fleet", now, 24*time.Hour)
+	if err != nil {
+		t.Fatalf("NewRoot: got error %v, want nil", err)
+	}
+	if !root.IsCA || !root.BasicConstraintsValid {
+		t.Errorf("root: got IsCA %v BasicConstraintsValid %v, want true true", root.IsCA, root.BasicConstraintsValid)
+	}
+	if root.MaxPathLen != 0 || !root.MaxPathLenZero {
+		t.Errorf("root path length: got %d (zero %v), want 0 (no intermediates)", root.MaxPathLen, root.MaxPathLenZero)
+	}
+	if root.KeyUsage&x509.KeyUsageCertSign == 0 {
+		t.Errorf("root KeyUsage: got %v, want certSign", root.KeyUsage)
+	}
+	if err := root.CheckSignatureFrom(root); err != nil {
+		t.Errorf("self-signature: got %v, want nil", err)
+	}
+	if !key.PublicKey.Equal(root.PublicKey) {
+		t.Error("root public key: got another key, want the signer's")
+	}
+	if want := now.Add(24 * time.Hour); !root.NotAfter.Equal(want) {
+		t.Errorf("root NotAfter: got %v, want %v", root.NotAfter, want)
+	}
+	if !root.NotBefore.Before(now) {
+		t.Errorf("root NotBefore: got %v, want before %v", root.NotBefore, now)
+	}
+}
+
+func TestNewCAMismatchedKey(t *testing.T) {
+	key := newP256(t)
+	root, err := certs.NewRoot(key, "fleet", now, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		signer crypto.Signer
+		ok     bool
+	}{
+		{"matching key", key, true},
+		{"other P-256 key", newP256(t), false},
+		{"RSA key", rsaKey, false},
+		{"signer without Equal", noEqualSigner{key}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca, err := certs.NewCA(root, tc.signer, certs.CAOptions{})
+			if tc.ok {
+				if err != nil || ca == nil {
+					t.Fatalf("NewCA: got %v, %v, want a CA and nil", ca, err)
+				}
+				if ca.Certificate() != root {
+					t.Errorf("Certificate(): got %v, want the root", ca.Certificate().Subject)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("NewCA: got nil error, want a key mismatch")
+			}
+			if ca != nil {
+				t.Errorf("NewCA: got a CA with the error, want nil")
+			}
+		})
+	}
+}
+
+// noEqualSigner hides the key's Equal method behind an anonymous public key.
+type noEqualSigner struct{ k *ecdsa.PrivateKey }
+
+type opaquePub struct{}
+
+func (s noEqualSigner) Public() crypto.PublicKey { return opaquePub{} }
+func (s noEqualSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	return s.k.Sign(r, d, o)
+}
+
+// certWith makes a real certificate (signed by a throwaway key) carrying cn
+// and uris, parsed back from DER as a peer's would be.
+func certWith(t *testing.T, cn string, uris ...string) *x509.Certificate {
+	t.Helper()
+	key := newP256(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+	}
+	for _, u := range uris {
+		tmpl.URIs = append(tmpl.URIs, mustURL(t, u))
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatalf("CreateCertificate: %v", err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("ParseCertificate: %v", err)
+	}
+	return c
+}
+
+func TestIdentityOf(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cert *x509.Certificate
+		want certs.Identity // zero: ErrNoIdentity
+	}{
+		{"device", certWith(t, "dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
+		{"server", certWith(t, "fleetd", "urn:keyfleet:server:fleetd"), certs.Identity{Role: certs.RoleServer, Name: "fleetd"}},
+		{"admin", certWith(t, "alice", "urn:keyfleet:admin:alice"), certs.Identity{Role: certs.RoleAdmin, Name: "alice"}},
+		{"foreign URIs ignored", certWith(t, "dev-1", "https://example.com/x", "urn:keyfleet:device:dev-1", "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66"), certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
+		{"no URI", certWith(t, "dev-1"), certs.Identity{}},
+		{"only foreign URIs", certWith(t, "dev-1", "https://example.com/dev-1", "urn:other:device:dev-1"), certs.Identity{}},
+		{"two identity URIs", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:device:dev-2"), certs.Identity{}},
+		{"same identity URI twice", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{}},
+		{"two roles", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:server:dev-1"), certs.Identity{}},
+		{"CN mismatch", certWith(t, "dev-2", "urn:keyfleet:device:dev-1"), certs.Identity{}},
+		{"empty CN", certWith(t, "", "urn:keyfleet:device:dev-1"), certs.Identity{}},
+		{"unknown role", certWith(t, "dev-1", "urn:keyfleet:robot:dev-1"), certs.Identity{}},
+		{"unknown role beside a valid one", certWith(t, "dev-1", "urn:keyfleet:robot:dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{}},
+		{"empty name", certWith(t, "", "urn:keyfleet:device:"), certs.Identity{}},
+		{"no name", certWith(t, "device", "urn:keyfleet:device"), certs.Identity{}},
+		{"role case differs", certWith(t, "dev-1", "urn:keyfleet:Device:dev-1"), certs.Identity{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := certs.IdentityOf(tc.cert)
+			if tc.want == (certs.Identity{}) {
+				if !errors.Is(err, certs.ErrNoIdentity) {
+					t.Fatalf("IdentityOf: got %v, %v, want error %v", got, err, certs.ErrNoIdentity)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("IdentityOf: got error %v, want %v", err, tc.want)
+			}
+			if got != tc.want {
+				t.Errorf("IdentityOf: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestIdentityURIRoundTrip(t *testing.T) {
+	for _, id := range []certs.Identity{
+		{Role: certs.RoleDevice, Name: "dev-1"},
+		{Role: certs.RoleServer, Name: "fleetd"},
+		{Role: certs.RoleAdmin, Name: "a.b_c-d"},
+	} {
+		t.Run(id.String(), func(t *testing.T) {
+			u := id.URI()
+			if want := "urn:keyfleet:" + string(id.Role) + ":" + id.Name; u.String() != want {
+				t.Errorf("URI: got %q, want %q", u.String(), want)
+			}
+			reparsed := mustURL(t, u.String())
+			got, err := certs.ParseIdentityURI(reparsed)
+			if err != nil || got != id {
+				t.Errorf("ParseIdentityURI(%q): got %v, %v, want %v, nil", u, got, err, id)
+			}
+		})
+	}
+	if _, err := certs.ParseIdentityURI(nil); !errors.Is(err, certs.ErrNoIdentity) {
+		t.Errorf("ParseIdentityURI(nil): got %v, want %v", err, certs.ErrNoIdentity)
+	}
+}
+
+func TestPEMRoundTrip(t *testing.T) {
+	a := certWith(t, "a", "urn:keyfleet:device:a")
+	b := certWith(t, "b", "urn:keyfleet:device:b")
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte{1, 2, 3}})
+
+	for _, tc := range []struct {
+		name    string
+		data    []byte
+		want    []*x509.Certificate
+		wantErr bool
+	}{
+		{"one", certs.EncodePEM(a), []*x509.Certificate{a}, false},
+		{"two in order", certs.EncodePEM(a, b), []*x509.Certificate{a, b}, false},
+		{"other blocks skipped", slices.Concat(keyPEM, certs.EncodePEM(b), []byte("junk between\n"), certs.EncodePEM(a)), []*x509.Certificate{b, a}, false},
+		{"empty", nil, nil, true},
+		{"no PEM", []byte("not pem"), nil, true},
+		{"only a key", keyPEM, nil, true},
+		{"bad DER", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 1, 2, 3}}), nil, true},
+		{"bad DER after a good one", slices.Concat(certs.EncodePEM(a), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0}})), nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := certs.ParsePEM(tc.data)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("ParsePEM: got %d certificates and nil error, want an error", len(got))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParsePEM: got error %v, want nil", err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("ParsePEM: got %d certificates, want %d", len(got), len(tc.want))
+			}
+			for i := range got {
+				if !got[i].Equal(tc.want[i]) {
+					t.Errorf("certificate %d: got %q, want %q", i, got[i].Subject.CommonName, tc.want[i].Subject.CommonName)
+				}
+			}
+		})
+	}
+	if got := certs.EncodePEM(); len(got) != 0 {
+		t.Errorf("EncodePEM(): got %q, want empty", got)
+	}
+}

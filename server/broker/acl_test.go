@@ -1,0 +1,205 @@
+package broker_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/broker"
+)
+
+type aclCase struct {
+	id    certs.Identity
+	topic string
+	write bool
+	want  bool
+}
+
+func (c aclCase) name() string {
+	op := "read"
+	if c.write {
+		op = "write"
+	}
+	return fmt.Sprintf("%s %s %s", c.id, op, c.topic)
+}
+
+func runACL(t *testing.T, topics protocol.Topics, cases []aclCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name(), func(t *testing.T) {
+			if got := broker.Allowed(topics, tc.id, tc.topic, tc.write); got != tc.want {
+				t.Errorf("Allowed(%+v, %v, %q, write=%v): got %v, want %v", topics, tc.id, tc.topic, tc.write, got, tc.want)
+			}
+		})
+	}
+}
+
+var (
+	dev1   = certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}
+	dev2   = certs.Identity{Role: certs.RoleDevice, Name: "dev-2"}
+	fleetd = certs.Identity{Role: certs.RoleServer, Name: "fleetd"}
+	admin  = certs.Identity{Role: certs.RoleAdmin, Name: "alice"}
+	nobody = certs.Identity{Role: certs.Role("robot"), Name: "dev-1"}
+	zero   = certs.Identity{}
+)
+
+const (
+	read  = false
+	write = true
+)
+
+func TestAllowedDevice(t *testing.T) {
+	runACL(t, protocol.Topics{}, []aclCase{
+		// Publishing: its own up topic only.
+		{dev1, "kf/d/dev-1/up", write, true},
+		{dev1, "kf/d/dev-2/up", write, false},
+		{dev1, "kf/d/dev-1/down", write, false},
+		{dev1, "kf/d/dev-2/down", write, false},
+		{dev1, "kf/d/+/up", write, false},
+		{dev1, "kf/d/#", write, false},
+		{dev1, "kf/#", write, false},
+		{dev1, "#", write, false},
+		{dev1, "kf/d/dev-1/up/x", write, false},
+		{dev1, "kf/d/dev-1", write, false},
+		{dev1, "kf/d/dev-10/up", write, false},
+		{dev1, "kf/b/delegation", write, false},
+		{dev1, "kf/b/#", write, false},
+		{dev1, "acme/d/dev-1/up", write, false},
+		{dev1, "/kf/d/dev-1/up", write, false},
+		{dev1, "kf/d/dev-1/up/", write, false},
+		{dev1, "$share/g/kf/d/dev-1/up", write, false},
+		{dev1, "$SYS/broker/clients", write, false},
+		{dev2, "kf/d/dev-2/up", write, true},
+		{dev2, "kf/d/dev-1/up", write, false},
+
+		// Reading: its own down topic and the broadcast topics.
+		{dev1, "kf/d/dev-1/down", read, true},
+		{dev1, "kf/b/#", read, true},
+		{dev1, "kf/b/delegation", read, true},
+		{dev1, "kf/b/firmware", read, true},
+		{dev1, "kf/b/a/b", read, true},
+		{dev1, "kf/d/dev-2/down", read, false},
+		{dev1, "kf/d/dev-10/down", read, false},
+		{dev1, "kf/d/dev-1/up", read, false},
+		{dev1, "kf/d/dev-2/up", read, false},
+		{dev1, "kf/d/+/down", read, false},
+		{dev1, "kf/d/+/up", read, false},
+		{dev1, "kf/d/dev-1/#", read, false},
+		{dev1, "kf/d/dev-1/+", read, false},
+		{dev1, "kf/d/#", read, false},
+		{dev1, "kf/#", read, false},
+		{dev1, "kf/+/dev-1/down", read, false},
+		{dev1, "#", read, false},
+		{dev1, "+/d/dev-1/down", read, false},
+		{dev1, "kf/b/+", read, false},
+		{dev1, "kf/b/+/x", read, false},
+		{dev1, "kf/b/x/#", read, false},
+		{dev1, "kf/b/", read, false},
+		{dev1, "kf/b", read, false},
+		{dev1, "kf/bx/delegation", read, false},
+		{dev1, "kf/d/dev-1/down/", read, false},
+		{dev1, "$share/g/kf/d/dev-1/down", read, false},
+		{dev1, "$share/fleetd/kf/d/+/up", read, false},
+		{dev1, "$SYS/#", read, false},
+		{dev1, "acme/d/dev-1/down", read, false},
+		{dev1, "acme/b/delegation", read, false},
+		{dev2, "kf/d/dev-2/down", read, true},
+		{dev2, "kf/d/dev-1/down", read, false},
+	})
+}
+
+func TestAllowedServer(t *testing.T) {
+	runACL(t, protocol.Topics{}, []aclCase{
+		{fleetd, "$share/fleetd/kf/d/+/up", read, true},
+		{fleetd, "$share/fleetd/kf/d/+/up", write, false},
+		{fleetd, "$share/other/kf/d/+/up", read, false},
+		{fleetd, "$share/fleetd/kf/#", read, false},
+		{fleetd, "kf/d/dev-1/down", write, true},
+		{fleetd, "kf/d/dev-2/down", write, true},
+		{fleetd, "kf/b/delegation", write, true},
+		{fleetd, "kf/b/firmware", write, true},
+		{fleetd, "kf/d/dev-1/up", read, true},
+		{fleetd, "kf/d/+/up", read, true},
+		{fleetd, "kf/b/#", read, true},
+		{fleetd, "kf/anything/at/all", write, true},
+		{fleetd, "kf", write, false},
+		{fleetd, "kf", read, false},
+		{fleetd, "kfx/d/dev-1/down", write, false},
+		{fleetd, "kf-other/b/delegation", write, false},
+		{fleetd, "acme/d/dev-1/down", write, false},
+		{fleetd, "/kf/d/dev-1/down", write, false},
+		{fleetd, "#", read, false},
+		{fleetd, "+/d/+/up", read, false},
+		{fleetd, "$SYS/#", read, false},
+		{fleetd, "$SYS/broker/load", write, false},
+		{fleetd, "other/topic", write, false},
+		{fleetd, "", write, false},
+		{fleetd, "", read, false},
+	})
+}
+
+func TestAllowedOtherRoles(t *testing.T) {
+	var cases []aclCase
+	for _, id := range []certs.Identity{admin, nobody, zero} {
+		for _, topic := range []string{
+			"kf/d/dev-1/up", "kf/d/dev-1/down", "kf/d/alice/up", "kf/d/alice/down",
+			"kf/b/#", "kf/b/delegation", "kf/#", "#", "$share/fleetd/kf/d/+/up", "",
+		} {
+			cases = append(cases, aclCase{id, topic, read, false}, aclCase{id, topic, write, false})
+		}
+	}
+	runACL(t, protocol.Topics{}, cases)
+}
+
+func TestAllowedCustomPrefix(t *testing.T) {
+	acme := protocol.Topics{Prefix: "acme"}
+	runACL(t, acme, []aclCase{
+		{dev1, "acme/d/dev-1/up", write, true},
+		{dev1, "kf/d/dev-1/up", write, false},
+		{dev1, "acme/d/dev-2/up", write, false},
+		{dev1, "acme/d/dev-1/down", read, true},
+		{dev1, "kf/d/dev-1/down", read, false},
+		{dev1, "acme/d/dev-2/down", read, false},
+		{dev1, "acme/b/#", read, true},
+		{dev1, "acme/b/delegation", read, true},
+		{dev1, "kf/b/#", read, false},
+		{dev1, "kf/b/delegation", read, false},
+		{dev1, "acme/b/+", read, false},
+		{dev1, "acme/#", read, false},
+		{fleetd, "$share/fleetd/acme/d/+/up", read, true},
+		{fleetd, "$share/fleetd/kf/d/+/up", read, false},
+		{fleetd, "acme/d/dev-1/down", write, true},
+		{fleetd, "acme/b/delegation", write, true},
+		{fleetd, "kf/d/dev-1/down", write, false},
+		{fleetd, "kf/b/delegation", write, false},
+		{fleetd, "acmex/d/dev-1/down", write, false},
+		{admin, "acme/d/dev-1/up", read, false},
+	})
+}
+
+// TestAllowedMatchesTopics ties the table to protocol.Topics: whatever the
+// topic builders produce for a device is what the ACL lets that device use,
+// for several prefixes.
+func TestAllowedMatchesTopics(t *testing.T) {
+	for _, tp := range []protocol.Topics{{}, {Prefix: "kf"}, {Prefix: "acme"}, {Prefix: "a/b"}} {
+		t.Run(fmt.Sprintf("prefix %q", tp.Root()), func(t *testing.T) {
+			runACL(t, tp, []aclCase{
+				{dev1, tp.Up("dev-1"), write, true},
+				{dev1, tp.Down("dev-1"), read, true},
+				{dev1, tp.Broadcast(), read, true},
+				{dev1, tp.Delegation(), read, true},
+				{dev1, tp.BroadcastTopic("x"), read, true},
+				{dev1, tp.Up("dev-2"), write, false},
+				{dev1, tp.Down("dev-2"), read, false},
+				{dev1, tp.Down("dev-1"), write, false},
+				{dev1, tp.Up("dev-1"), read, false},
+				{dev1, tp.SharedUp(broker.ServerShareGroup), read, false},
+				{fleetd, tp.SharedUp(broker.ServerShareGroup), read, true},
+				{fleetd, tp.Down("dev-1"), write, true},
+				{fleetd, tp.Delegation(), write, true},
+				{fleetd, tp.Up("dev-1"), read, true},
+			})
+		})
+	}
+}
