@@ -62,6 +62,9 @@ type Options struct {
 	// Failpoint, if set, is called with a step name between steps; tests
 	// and the simulator use it to crash an agent at a precise point.
 	Failpoint func(step string)
+	// NoSync skips fsync in keystore writes (see Keystore.SetSync). For the
+	// simulator only.
+	NoSync bool
 }
 
 // Agent is one device's agent.
@@ -89,6 +92,12 @@ type inMsg struct {
 	gen     uint64
 }
 
+// deviceCurves are the key exchanges a device offers: X25519 first, P-256
+// for brokers without it. The hybrid post-quantum X25519MLKEM768 that Go
+// offers by default costs a constrained device a 1.2 KB key share and an
+// ML-KEM key generation on every reconnect, which a rotation causes.
+var deviceCurves = []tls.CurveID{tls.X25519, tls.CurveP256}
+
 // errReconnect tells the run loop to reconnect (with a new credential).
 var errReconnect = errors.New("device: reconnect")
 
@@ -98,6 +107,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	ks.SetSync(!opts.NoSync)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -221,7 +231,7 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 		Broker:   a.opts.Broker,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: a.ks.Roots(), ServerName: host,
-			MinVersion: tls.VersionTLS12},
+			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves},
 		Subscriptions: []string{a.topics.Broadcast(), a.topics.Down(id)},
 		OnMessage: func(topic string, payload []byte) {
 			select {

@@ -39,6 +39,7 @@ type SlotState struct {
 // Keystore is a device's key directory. It is safe for concurrent use.
 type Keystore struct {
 	dir    string
+	noSync bool
 	id     Identity
 	roots  *x509.CertPool
 	update any
@@ -161,6 +162,15 @@ func OpenKeystore(dir string) (*Keystore, error) {
 	return ks, nil
 }
 
+// SetSync chooses whether writes are fsynced (the default). Turning it off
+// keeps writes atomic against a process crash but not a power loss; only
+// the simulator, whose devices share one disk, does that.
+func (ks *Keystore) SetSync(on bool) { ks.noSync = !on }
+
+func (ks *Keystore) write(path string, data []byte, perm os.FileMode) error {
+	return fsutil.Write(path, data, perm, !ks.noSync)
+}
+
 // ID returns the device id.
 func (ks *Keystore) ID() Identity { return ks.id }
 
@@ -178,7 +188,7 @@ func (ks *Keystore) saveState(s SlotState) error {
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteAtomic(filepath.Join(ks.dir, fileState), b, 0o600); err != nil {
+	if err := ks.write(filepath.Join(ks.dir, fileState), b, 0o600); err != nil {
 		return fmt.Errorf("device: save state: %w", err)
 	}
 	ks.state = s
@@ -267,7 +277,7 @@ func (ks *Keystore) BeginPending(v uint32, rid []byte) (*ecdsa.PrivateKey, error
 	}
 	vdir := versionDir(ks.dir, v)
 	_ = os.Remove(filepath.Join(vdir, "cert.pem")) // a stale certificate from an abandoned attempt
-	if err := fsutil.WriteAtomic(filepath.Join(vdir, "key.pem"), pemKey, 0o600); err != nil {
+	if err := ks.write(filepath.Join(vdir, "key.pem"), pemKey, 0o600); err != nil {
 		return nil, fmt.Errorf("device: pending key: %w", err)
 	}
 	s := ks.state
@@ -305,7 +315,7 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if !k.PublicKey.Equal(c.PublicKey) {
 		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
 	}
-	if err := fsutil.WriteAtomic(filepath.Join(versionDir(ks.dir, v), "cert.pem"), certs.EncodePEM(c), 0o644); err != nil {
+	if err := ks.write(filepath.Join(versionDir(ks.dir, v), "cert.pem"), certs.EncodePEM(c), 0o644); err != nil {
 		return nil, fmt.Errorf("device: store certificate v%d: %w", v, err)
 	}
 	return c, nil

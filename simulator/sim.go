@@ -38,6 +38,12 @@ type Config struct {
 	// Dir is the work directory (keystores, in-process fleetd); empty
 	// means a temporary directory removed at the end.
 	Dir string
+	// DeviceDir holds the simulated devices' keystores; empty means a
+	// temporary directory in /dev/shm when there is one, else under Dir.
+	// Real devices each write their own flash; thousands of simulated ones
+	// writing small files to one disk would measure the disk, not keyfleet.
+	// fleetd's store always stays in Dir, on disk.
+	DeviceDir string
 	// RoundTimeout bounds each round; 0 means 2 minutes plus 20 ms per device.
 	RoundTimeout time.Duration
 	// Progress receives a live progress bar; nil means none.
@@ -76,6 +82,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		defer os.RemoveAll(d)
 		cfg.Dir = d
+	}
+	if cfg.DeviceDir == "" {
+		cfg.DeviceDir = filepath.Join(cfg.Dir, "devices")
+		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+			if d, err := os.MkdirTemp("/dev/shm", "fleetsim-devices-"); err == nil {
+				defer os.RemoveAll(d)
+				cfg.DeviceDir = d
+			}
+		}
 	}
 	client, hsmOps, stop, addr, err := connectServer(ctx, &cfg)
 	if err != nil {
@@ -262,7 +277,7 @@ func (f *fleet) provision(ctx context.Context, c *admin.Client) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if _, err := provision.Device(ctx, c, id, filepath.Join(f.cfg.Dir, "devices", id), ""); err != nil {
+			if _, err := provision.Device(ctx, c, id, filepath.Join(f.cfg.DeviceDir, id), ""); err != nil {
 				select {
 				case errc <- err:
 				default:
@@ -346,8 +361,12 @@ func (f *fleet) waitFor(ctx context.Context, n int, desc string, done func() int
 func (f *fleet) start(ctx context.Context) error {
 	ctx, f.cancel = context.WithCancel(ctx)
 	for _, id := range f.ids {
-		a, err := device.New(device.Options{Dir: filepath.Join(f.cfg.Dir, "devices", id), Logger: f.cfg.Logger, OnEvent: f.onEvent,
-			ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second})
+		// Simulated devices share this machine's one disk where real ones
+		// each have their own flash: their keystores skip fsync (writes stay
+		// atomic against a crash of the process, which is what the
+		// simulator's faults are).
+		a, err := device.New(device.Options{Dir: filepath.Join(f.cfg.DeviceDir, id), Logger: f.cfg.Logger, OnEvent: f.onEvent,
+			ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second, NoSync: true})
 		if err != nil {
 			return err
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyfleet/keyfleet/internal/logx"
+	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/simulator"
 )
 
@@ -34,6 +35,7 @@ func main() {
 func root() *cobra.Command {
 	var cfg simulator.Config
 	var report, logLevel, logFile, cpuProfile string
+	var workers int
 	var progress bool
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
@@ -48,6 +50,9 @@ func root() *cobra.Command {
 				if cfg.Logger, err = logx.New(f, logLevel, "text"); err != nil {
 					return err
 				}
+			}
+			if workers > 0 {
+				cfg.ServerMod = func(c *server.Config) { c.Workers = workers }
 			}
 			if progress {
 				cfg.Progress = os.Stderr
@@ -99,6 +104,7 @@ func root() *cobra.Command {
 	f.BoolVar(&progress, "progress", true, "show a progress bar on stderr")
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
+	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run)
 	return cmd
