@@ -27,7 +27,7 @@ import (
 // second precision).
 var now = time.Date(2030, 5, 17, 10, 0, 0, 0, time.UTC)
 
-func newP256(t *testing.T) *ecdsa.PrivateKey {
+func newP256(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
