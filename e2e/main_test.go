@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net/url"
 	"os"
@@ -136,4 +137,18 @@ func mustHex(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func csrPEM(t *testing.T, name string) []byte {
+	t.Helper()
+	key, err := device.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := device.CSR(name, key)
+	if err != nil {
+		// A name the CSR cannot carry: send something CSR-shaped anyway.
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{0x30, 0x00}})
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
