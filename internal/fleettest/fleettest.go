@@ -86,6 +86,15 @@ func (w testWriter) Write(p []byte) (int, error) {
 // mod may adjust the config (grace, clock, ...) before Init.
 func StartFleet(t testing.TB, mod func(*server.Config)) *Fleet {
 	t.Helper()
+	f := InitFleet(t, mod)
+	f.Restart(t)
+	return f
+}
+
+// InitFleet runs fleetd init with a fresh token but does not start it, for
+// tests that must set up something (an external broker) with its files.
+func InitFleet(t testing.TB, mod func(*server.Config)) *Fleet {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := server.Config{
 		DataDir: filepath.Join(dir, "fleetd"), HSM: NewToken(t),
@@ -99,9 +108,7 @@ func StartFleet(t testing.TB, mod func(*server.Config)) *Fleet {
 	if err := server.Init(ctx, cfg); err != nil {
 		t.Fatalf("fleetd init: %v", err)
 	}
-	f := &Fleet{Config: cfg, Dir: dir}
-	f.Restart(t)
-	return f
+	return &Fleet{Config: cfg, Dir: dir}
 }
 
 // Restart starts fleetd again on the same data (after Close or a crash).
