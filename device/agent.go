@@ -75,8 +75,14 @@ type Agent struct {
 	opts   Options
 	log    *slog.Logger
 
-	inbox  chan inMsg
-	online atomic.Pointer[ecdsa.PublicKey]
+	inbox     chan inMsg
+	online    atomic.Pointer[onlineKey]
+	updateKID []byte
+	lastSync  time.Time
+	// missed is set when a downlink was refused for want of the delegation
+	// that signs it; when that delegation arrives, a hello asks the server
+	// to send the refused steps again.
+	missed bool
 
 	mu      sync.Mutex
 	conn    *mqttc.Conn
@@ -97,6 +103,13 @@ type inMsg struct {
 // offers by default costs a constrained device a 1.2 KB key share and an
 // ML-KEM key generation on every reconnect, which a rotation causes.
 var deviceCurves = []tls.CurveID{tls.X25519, tls.CurveP256}
+
+// onlineKey is the server's delegated downlink key, as last verified.
+type onlineKey struct {
+	pub      *ecdsa.PublicKey
+	kid      []byte
+	notAfter uint64
+}
 
 // errReconnect tells the run loop to reconnect (with a new credential).
 var errReconnect = errors.New("device: reconnect")
@@ -123,19 +136,59 @@ func New(opts Options) (*Agent, error) {
 	if opts.Broker == "" {
 		opts.Broker = ks.ID().Broker
 	}
-	return &Agent{
+	a := &Agent{
 		ks: ks, codec: protocol.NewCodec(), opts: opts,
 		log:   opts.Logger.With("device", ks.ID().ID),
-		inbox: make(chan inMsg, 16),
+		inbox: make(chan inMsg, 64),
 		seen:  map[string]time.Time{},
-	}, nil
+	}
+	if a.updateKID, err = protocol.KeyID(ks.UpdateKey()); err != nil {
+		return nil, fmt.Errorf("device: update key: %w", err)
+	}
+	if b := ks.Delegation(); b != nil {
+		// A stored delegation that no longer verifies (expired) is simply
+		// not used: the next hello asks for the current one.
+		_ = a.acceptDelegation(b, false)
+	}
+	return a, nil
+}
+
+// acceptDelegation verifies a delegation and makes its key current unless
+// the one held lasts longer (an older delegation replayed is ignored).
+func (a *Agent) acceptDelegation(b []byte, persist bool) error {
+	pub, d, err := a.codec.VerifyDelegation(b, a.ks.UpdateKey(), a.opts.Now())
+	if err != nil {
+		return err
+	}
+	if cur := a.online.Load(); cur != nil && cur.notAfter > d.NotAfter {
+		return nil
+	}
+	kid, err := protocol.KeyID(pub)
+	if err != nil {
+		return err
+	}
+	a.online.Store(&onlineKey{pub: pub, kid: kid, notAfter: d.NotAfter})
+	if persist {
+		return a.ks.SaveDelegation(b)
+	}
+	return nil
 }
 
 // Keystore returns the agent's keystore.
 func (a *Agent) Keystore() *Keystore { return a.ks }
 
-// Bytes returns the application payload bytes sent and received so far.
-func (a *Agent) Bytes() (up, down uint64) { return a.bytesUp.Load(), a.bytesDn.Load() }
+// Bytes returns the application payload bytes sent and received so far,
+// including the current connection's.
+func (a *Agent) Bytes() (up, down uint64) {
+	up, down = a.bytesUp.Load(), a.bytesDn.Load()
+	a.mu.Lock()
+	if a.conn != nil {
+		u, d := a.conn.Bytes()
+		up, down = up+u, down+d
+	}
+	a.mu.Unlock()
+	return up, down
+}
 
 func (a *Agent) emit(k EventKind, v uint32, detail string) {
 	if a.opts.OnEvent != nil {
@@ -260,7 +313,9 @@ func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen u
 	a.emit(EventConnected, ver, "")
 	st := a.ks.State()
 	if st.Pending == ver {
-		// The broker accepted the new credential: make it active, then confirm.
+		// The broker accepted the new credential: make it active, then
+		// confirm. The confirmation is the report the server needs after
+		// a rotation, so no hello follows it.
 		if err := a.ks.Promote(ver); err != nil {
 			return err
 		}
@@ -271,8 +326,7 @@ func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen u
 			return err
 		}
 		a.emit(EventActivated, ver, "")
-	}
-	if err := a.hello(ctx); err != nil {
+	} else if err := a.hello(ctx); err != nil {
 		return err
 	}
 	for {
@@ -299,6 +353,10 @@ func (a *Agent) hello(ctx context.Context) error {
 	h := protocol.Stamp(&protocol.Hello{Slots: []protocol.SlotVersion{{
 		Slot: protocol.SlotIdentity, Active: st.Active, Pending: st.Pending, Previous: st.Previous,
 	}}}, a.opts.Now(), 0)
+	if k := a.online.Load(); k != nil {
+		h.Delegation = k.kid
+	}
+	a.lastSync = a.opts.Now()
 	return a.send(ctx, h)
 }
 
@@ -331,24 +389,36 @@ func (a *Agent) reject(reason string, err error) error {
 // handle processes one downlink. It returns errReconnect when the agent
 // must reconnect with another credential.
 func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error {
-	if topic == a.topics.Delegation() {
-		pub, _, err := a.codec.VerifyDelegation(payload, a.ks.UpdateKey(), a.opts.Now())
-		if err != nil {
-			return a.reject("delegation", err)
-		}
-		a.online.Store(pub)
-		return nil
-	}
 	env, err := a.codec.Open(payload)
 	if err != nil {
 		return a.reject("malformed", err)
 	}
-	if env.IsSigned() {
-		pub := a.online.Load()
-		if pub == nil {
-			return a.reject("no-delegation", errors.New("signed downlink before any delegation"))
+	if env.IsSigned() && bytes.Equal(env.KID, a.updateKID) {
+		// Signed by the update key itself: only a delegation may be.
+		if err := a.acceptDelegation(payload, true); err != nil {
+			return a.reject("delegation", err)
 		}
-		if err := env.Verify(pub, a.ks.ID().ID); err != nil {
+		if a.missed {
+			a.missed = false
+			return a.hello(ctx)
+		}
+		return nil
+	}
+	if env.IsSigned() {
+		k := a.online.Load()
+		if k == nil || !bytes.Equal(env.KID, k.kid) {
+			// Signed by an online key we do not know yet (it was renewed
+			// while we were away, or its delegation is still on its way):
+			// ask for the current delegation.
+			a.missed = true
+			if a.opts.Now().Sub(a.lastSync) > 5*time.Second {
+				if err := a.hello(ctx); err != nil {
+					return err
+				}
+			}
+			return a.reject("unknown-signer", fmt.Errorf("downlink signed by unknown key %x", env.KID))
+		}
+		if err := env.Verify(k.pub, a.ks.ID().ID); err != nil {
 			return a.reject("bad-signature", err)
 		}
 	}

@@ -236,6 +236,10 @@ func TestHostileInputIsRefusedAndChangesNothing(t *testing.T) {
 		e := &protocol.Enroll{Slot: protocol.SlotIdentity, Version: 3, CSR: csrFor(t, "mallory", k3)}
 		e.RID = mustHex(t, rot3.Rotations[0].RotationID)
 		refused(t, f, "mallory", "not-current-key", func() { m.publish(m.seal(e, v1)) })
+		// Signed by the right key, but asking to certify that same key again.
+		e2 := &protocol.Enroll{Slot: protocol.SlotIdentity, Version: 3, CSR: csrFor(t, "mallory", k2)}
+		e2.RID = e.RID
+		refused(t, f, "mallory", "key-reuse", func() { m.publish(m.seal(e2, k2)) })
 	})
 	_ = cert
 

@@ -105,6 +105,9 @@ type SlotVersion struct {
 type Hello struct {
 	Header
 	Slots []SlotVersion `cbor:"10,keyasint"`
+	// Delegation is the key id of the online-key delegation the device
+	// holds; the server sends its current one when they differ.
+	Delegation []byte `cbor:"11,keyasint,omitempty"`
 }
 
 // Rotate asks a device to generate a new key for Slot, to become Version.
@@ -212,6 +215,9 @@ func needCommand(h *Header) error {
 func (m *Hello) validate() error {
 	if err := needID(&m.Header); err != nil {
 		return err
+	}
+	if len(m.Delegation) != 0 && len(m.Delegation) != KeyIDSize {
+		return fmt.Errorf("%w: delegation key id length %d", ErrMalformed, len(m.Delegation))
 	}
 	seen := map[Slot]bool{}
 	for _, s := range m.Slots {

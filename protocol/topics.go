@@ -37,14 +37,15 @@ func (t Topics) SharedUp(group string) string {
 	return "$share/" + group + "/" + t.prefix() + "/d/+/up"
 }
 
-// Broadcast is the filter of the retained fleet-wide topics every device may
+// Broadcast is the filter of the fleet-wide topics every device may
 // read ({prefix}/b/#).
 func (t Topics) Broadcast() string { return t.prefix() + "/b/#" }
 
 // BroadcastTopic names one fleet-wide topic under {prefix}/b/.
 func (t Topics) BroadcastTopic(name string) string { return t.prefix() + "/b/" + name }
 
-// Delegation is the retained topic carrying the current online-key delegation.
+// Delegation is the broadcast topic on which fleetd announces a new
+// online-key delegation to the devices connected at that moment.
 func (t Topics) Delegation() string { return t.BroadcastTopic("delegation") }
 
 // ParseUp returns the device id of an uplink topic, or an error when the

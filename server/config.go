@@ -37,6 +37,14 @@ type Config struct {
 	ExternalBroker string
 	// AdminAddr is the admin API's mTLS listener; default 127.0.0.1:8443.
 	AdminAddr string
+	// AdvertiseMQTT is the broker address devices are given at
+	// provisioning; empty means the address fleetd itself uses (MQTTAddr or
+	// ExternalBroker). Set it when devices reach the broker by another name.
+	AdvertiseMQTT string
+	// ServerNames are DNS names and IP addresses put in fleetd's TLS
+	// certificate at Init, besides localhost, 127.0.0.1 and ::1: the names
+	// devices and operators use to reach it.
+	ServerNames []string
 	// Grace is how long a superseded identity stays accepted; default 7 days.
 	Grace time.Duration
 	// CertValidity of device certificates; default 90 days.

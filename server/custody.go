@@ -27,7 +27,15 @@ func openCustody(c *Config) (custody, error) {
 		c.Logger.Warn("INSECURE: CA and update-signing keys are software keys in files; anyone who reads "+
 			Paths{c.DataDir}.SoftKeys()+" can impersonate the fleet. Use a PKCS#11 token in production.",
 			slog.Bool("insecure_soft_keys", true))
-		return hsm.OpenSoftKeys(Paths{c.DataDir}.SoftKeys())
+		k, err := hsm.OpenSoftKeys(Paths{c.DataDir}.SoftKeys())
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return k, nil
 	}
-	return hsm.Open(c.HSM)
+	t, err := hsm.Open(c.HSM)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
 }

@@ -63,9 +63,17 @@ func Init(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	dns, ips := []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, n := range cfg.ServerNames {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else if n != "" {
+			dns = append(dns, n)
+		}
+	}
 	srvCert, err := ca.Issue(ctx, certs.Request{
 		Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"}, PublicKey: srvKey.Public(),
-		DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames: dns, IPs: ips,
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
@@ -41,8 +42,9 @@ type Server struct {
 	pool   *x509.CertPool
 	update []byte
 
-	mu   sync.Mutex
-	conn *mqttc.Conn
+	mu       sync.Mutex
+	conn     *mqttc.Conn
+	renewals atomic.Uint64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -128,7 +130,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	return s, nil
 }
 
-// connect opens the engine's MQTT session and publishes the delegation.
+// connect opens the engine's MQTT session.
 func (s *Server) connect(ctx context.Context) error {
 	host, _, _ := net.SplitHostPort(s.cfg.MQTTAddr)
 	lost := make(chan struct{})
@@ -146,10 +148,6 @@ func (s *Server) connect(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("server: connect to broker: %w", err)
-	}
-	if err := conn.PublishRetained(ctx, s.cfg.Topics.Delegation(), s.keeper.Current().Delegation); err != nil {
-		conn.Close()
-		return fmt.Errorf("server: publish delegation: %w", err)
 	}
 	s.mu.Lock()
 	s.conn = conn
@@ -206,9 +204,12 @@ func (s *Server) supervise(ctx context.Context) {
 				s.log.Error("online key renewal failed", "err", err)
 				continue
 			}
-			if err := conn.PublishRetained(ctx, s.cfg.Topics.Delegation(), k.Delegation); err != nil {
-				s.log.Error("delegation publish failed", "err", err)
+			// Devices connected now learn it at once; the others get it
+			// in answer to their next hello, which names the one they hold.
+			if err := conn.Publish(ctx, s.cfg.Topics.Delegation(), k.Delegation); err != nil {
+				s.log.Error("delegation broadcast failed", "err", err)
 			}
+			s.renewals.Add(1)
 			s.log.Info("online signing key renewed", "kid", fmt.Sprintf("%x", k.KID()), "not_after", k.NotAfter)
 		}
 	}
@@ -236,6 +237,9 @@ func (s *Server) serveAdmin() error {
 	}()
 	return nil
 }
+
+// OnlineKeyRenewals counts online signing keys made since start, after the first.
+func (s *Server) OnlineKeyRenewals() uint64 { return s.renewals.Load() }
 
 // MQTTAddr is where devices connect.
 func (s *Server) MQTTAddr() string { return s.cfg.MQTTAddr }
@@ -299,8 +303,12 @@ func (s *Server) Provision(ctx context.Context, device string, csr *x509.Certifi
 	if err != nil {
 		return admin.ProvisionResponse{}, err
 	}
+	broker := s.cfg.AdvertiseMQTT
+	if broker == "" {
+		broker = s.cfg.MQTTAddr
+	}
 	return admin.ProvisionResponse{ID: device, Cert: string(certs.EncodePEM(cert)), CA: string(certs.EncodePEM(s.root)),
-		UpdateKey: string(s.update), Broker: s.cfg.MQTTAddr}, nil
+		UpdateKey: string(s.update), Broker: broker}, nil
 }
 
 // RequestRotation implements admin.Backend.

@@ -19,6 +19,7 @@ import (
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
+	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/hsm"
@@ -248,8 +249,11 @@ type mark struct {
 func newFleet(cfg Config) *fleet {
 	f := &fleet{cfg: cfg, rotateAt: map[string]time.Time{}, activated: map[string]mark{}, connected: map[string]bool{},
 		wake: make(chan struct{}, 1), events: map[device.EventKind]*atomic.Uint64{}}
+	// A run's own prefix: against a shared fleetd (--server) a second run
+	// must not collide with the devices of the first.
+	run := protocol.NewID()[:3]
 	for i := 0; i < cfg.Devices; i++ {
-		f.ids = append(f.ids, fmt.Sprintf("sim-%06d", i))
+		f.ids = append(f.ids, fmt.Sprintf("sim-%x-%06d", run, i))
 	}
 	for _, k := range []device.EventKind{device.EventConnected, device.EventRefused, device.EventRotate, device.EventEnrolled,
 		device.EventCertStored, device.EventActivated, device.EventRetired, device.EventRejected, device.EventDisconnected} {
@@ -400,11 +404,19 @@ func (f *fleet) bytes() (up, down uint64) {
 	return up, down
 }
 
+// rotateChunk is how many devices one rotation request names.
+const rotateChunk = 1000
+
 // round rotates every device once and waits for their activations.
 func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.Duration, []string, map[string]int, error) {
-	resp, err := c.Rotate(ctx, admin.RotateRequest{All: true})
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
+	// Rotate this run's devices only, in chunks the API takes in one call.
+	var resp admin.RotateResponse
+	for i := 0; i < len(f.ids); i += rotateChunk {
+		r, err := c.Rotate(ctx, admin.RotateRequest{Devices: f.ids[i:min(i+rotateChunk, len(f.ids))]})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
+		}
+		resp.Rotations = append(resp.Rotations, r.Rotations...)
 	}
 	reasons := map[string]int{}
 	var failed []string
@@ -418,7 +430,7 @@ func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.D
 		want[r.Device] = r.Version
 	}
 	reached := func(id string) bool { return f.activated[id].version >= want[id] }
-	_, err = f.waitFor(ctx, len(want), fmt.Sprintf("round %d/%d", round, f.cfg.Rotations), func() int {
+	_, err := f.waitFor(ctx, len(want), fmt.Sprintf("round %d/%d", round, f.cfg.Rotations), func() int {
 		n := 0
 		for id := range want {
 			if reached(id) {

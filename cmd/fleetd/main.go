@@ -28,7 +28,8 @@ import (
 type flags struct {
 	data, module, token, pinFile, logLevel, logFormat string
 	insecureSoft, createToken                         bool
-	mqtt, admin, external                             string
+	mqtt, admin, external, advertise                  string
+	names                                             []string
 	grace, validity, ttl                              time.Duration
 }
 
@@ -67,8 +68,10 @@ func root() *cobra.Command {
 					return err
 				}
 			}
+			cfg.ServerNames = f.names
 			return server.Init(cmd.Context(), cfg)
 		}}
+	initCmd.Flags().StringSliceVar(&f.names, "san", nil, "DNS name or IP address to add to fleetd's TLS certificate (repeatable)")
 	initCmd.Flags().BoolVar(&f.createToken, "create-token", false, "initialise the token first (SoftHSM2; needs KEYFLEET_HSM_SO_PIN or uses the user PIN)")
 
 	runCmd := &cobra.Command{Use: "run", Short: "serve devices and operators until interrupted", Args: cobra.NoArgs,
@@ -77,7 +80,7 @@ func root() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker = f.mqtt, f.admin, f.external
+			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -92,6 +95,7 @@ func root() *cobra.Command {
 	rf := runCmd.Flags()
 	rf.StringVar(&f.mqtt, "mqtt-listen", "127.0.0.1:8883", "embedded broker TLS address")
 	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
+	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
 	rf.DurationVar(&f.grace, "grace", 7*24*time.Hour, "how long a superseded identity stays accepted")
 	rf.DurationVar(&f.validity, "cert-validity", 90*24*time.Hour, "validity of device certificates")

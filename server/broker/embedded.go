@@ -100,8 +100,26 @@ func Start(o Options) (*Embedded, error) {
 // Addr returns the address the broker listens on.
 func (e *Embedded) Addr() string { return e.ln.Address() }
 
-// Close stops the broker and disconnects every client.
-func (e *Embedded) Close() error { return e.srv.Close() }
+// Close stops the broker and disconnects every client. It gives up waiting
+// after closeTimeout: a connection mochi lost track of (seen after a session
+// takeover) must not keep fleetd from stopping.
+func (e *Embedded) Close() error {
+	e.ids.m.Range(func(k, _ any) bool {
+		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown)
+		return true
+	})
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(closeTimeout):
+		return fmt.Errorf("broker: close: connections still open after %v", closeTimeout)
+	}
+}
+
+// closeTimeout bounds how long Close waits for mochi to finish.
+const closeTimeout = 5 * time.Second
 
 // Disconnect drops every live session of the device at once (emergency
 // revocation, or a credential that just stopped being accepted).

@@ -17,21 +17,61 @@ import (
 // message returns a *Rejection, is counted under its reason and changes
 // nothing; other errors are internal (store, HSM) and are logged.
 func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte) error {
-	err := e.handle(ctx, topic, payload)
+	var au authenticated
+	err := e.handle(ctx, topic, payload, &au)
 	if err == nil {
 		return nil
 	}
-	if r := ReasonOf(err); r != "" {
-		e.stats.reject(r)
-		e.log.Warn("uplink rejected", "topic", topic, "reason", r, "err", err)
+	reason := ReasonOf(err)
+	if reason != "" {
+		e.log.Warn("uplink rejected", "topic", topic, "reason", reason, "err", err)
 	} else {
-		e.stats.reject("internal")
+		reason = "internal"
 		e.log.Error("uplink failed", "topic", topic, "err", err)
+	}
+	e.stats.reject(reason)
+	if au.device != "" {
+		// The sender proved who it is: tell it why, so its log shows it.
+		// Unauthenticated input gets no answer.
+		e.sendError(ctx, au.device, au.ref, reason)
 	}
 	return err
 }
 
-func (e *Engine) handle(ctx context.Context, topic string, payload []byte) error {
+// authenticated records, for a message whose signature verified, who sent
+// it and its id.
+type authenticated struct {
+	device string
+	ref    []byte
+}
+
+// errorCodes maps rejection reasons to the wire's error codes.
+var errorCodes = map[string]protocol.ErrorCode{
+	"malformed": protocol.CodeMalformed, "unsigned": protocol.CodeMalformed, "unexpected-type": protocol.CodeMalformed,
+	"unknown-slot": protocol.CodeMalformed,
+	"replay":       protocol.CodeReplay, "expired": protocol.CodeExpired, "stale": protocol.CodeExpired,
+	"unknown-version": protocol.CodeUnknownVersion, "not-pending": protocol.CodeUnknownVersion,
+	"already-issued": protocol.CodeUnknownVersion, "no-rotation": protocol.CodeNoRotation,
+	"bad-csr": protocol.CodeBadCSR, "csr-identity": protocol.CodeBadCSR, "key-reuse": protocol.CodeBadCSR,
+	"not-current-key": protocol.CodeBadSignature, "revoked": protocol.CodeRevoked, "internal": protocol.CodeInternal,
+}
+
+func (e *Engine) sendError(ctx context.Context, device string, ref []byte, reason string) {
+	code, ok := errorCodes[reason]
+	if !ok {
+		code = protocol.CodeInternal
+	}
+	m := protocol.Stamp(&protocol.Error{Code: code, Ref: ref, Detail: reason}, e.now(), e.opts.CommandTTL)
+	b, err := e.seal(m, device)
+	if err == nil {
+		err = e.send(ctx, device, b)
+	}
+	if err != nil {
+		e.log.Warn("error reply not sent", "device", device, "err", err)
+	}
+}
+
+func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *authenticated) error {
 	dev, err := e.opts.Topics.ParseUp(topic)
 	if err != nil {
 		return reject("bad-topic", "%w", err)
@@ -76,6 +116,9 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte) error
 		return reject(protocolReason(err), "device %s: %w", dev, err)
 	}
 	h := m.Hdr()
+	if _, isErr := m.(*protocol.Error); !isErr {
+		au.device, au.ref = dev, h.ID // never answer an error with an error
+	}
 	if err := protocol.CheckTime(h, now); err != nil {
 		return reject("expired", "device %s: %w", dev, err)
 	}
@@ -110,6 +153,13 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 	for _, s := range m.Slots {
 		if s.Slot == protocol.SlotIdentity {
 			rep = s
+		}
+	}
+	if cur := e.signer.Current(); !bytes.Equal(m.Delegation, cur.KID()) {
+		// The device cannot check our downlinks without the current
+		// delegation: send it before anything else.
+		if err := e.send(ctx, d.ID, cur.Delegation); err != nil {
+			return err
 		}
 	}
 	slot := d.Slot(protocol.SlotIdentity)
@@ -194,6 +244,9 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	if err != nil {
 		return reject("bad-csr", "device %s: %w", d.ID, err)
 	}
+	if old := slot.ByKeyID(kid); old != nil && old.Version != sv.Version {
+		return reject("key-reuse", "device %s: the CSR's key is version %d's", d.ID, old.Version)
+	}
 	switch sv.State {
 	case store.StatePending:
 	case store.StateIssued:
@@ -250,8 +303,13 @@ func (e *Engine) onActivated(ctx context.Context, d *store.Device, kv *store.Key
 	}
 	switch kv.State {
 	case store.StateIssued:
-		_, err := e.activate(ctx, d.ID, m.Version, m.RID, m.ID)
-		return err
+		nd, err := e.activate(ctx, d.ID, m.Version, m.RID, m.ID)
+		if err != nil {
+			return err
+		}
+		// The activation is the device's report after a rotation (it sends
+		// no hello then): anything else pending goes out now.
+		return e.reconcile(ctx, nd, protocol.SlotVersion{Slot: protocol.SlotIdentity, Active: m.Version})
 	case store.StateActive:
 		if bytes.Equal(kv.ActivatedID, m.ID) {
 			return reject("replay", "device %s: activation %x already processed", d.ID, m.ID)
