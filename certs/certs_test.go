@@ -313,8 +313,16 @@ func TestCAIssue(t *testing.T) {
 			if leaf.IsCA {
 				t.Error("IsCA: got true, want false")
 			}
-			if !leaf.BasicConstraintsValid {
-				t.Error("BasicConstraintsValid: got false, want true (an explicit CA:FALSE)")
+			// Compact leaves: no basic constraints (CA:FALSE is the
+			// default) and no subject key id; the authority key id stays.
+			if leaf.BasicConstraintsValid {
+				t.Error("BasicConstraintsValid: got true, want the extension left out")
+			}
+			if len(leaf.SubjectKeyId) != 0 {
+				t.Errorf("SubjectKeyId: got %x, want none", leaf.SubjectKeyId)
+			}
+			if len(leaf.AuthorityKeyId) == 0 {
+				t.Error("AuthorityKeyId: got none, want the CA's key id")
 			}
 			if leaf.KeyUsage&x509.KeyUsageCertSign != 0 {
 				t.Errorf("KeyUsage: got %v including certSign, want no certSign", leaf.KeyUsage)

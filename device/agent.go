@@ -32,6 +32,7 @@ const (
 	EventRetired      EventKind = "retired"      // previous version deleted
 	EventRejected     EventKind = "rejected"     // a downlink refused (Detail: reason)
 	EventDisconnected EventKind = "disconnected" // session lost
+	EventDelegation   EventKind = "delegation"   // a new online-key delegation accepted
 )
 
 // Event is one observable step of an agent.
@@ -169,6 +170,7 @@ func (a *Agent) acceptDelegation(b []byte, persist bool) error {
 	}
 	a.online.Store(&onlineKey{pub: pub, kid: kid, notAfter: d.NotAfter})
 	if persist {
+		a.emit(EventDelegation, 0, fmt.Sprintf("%x", kid))
 		return a.ks.SaveDelegation(b)
 	}
 	return nil
@@ -433,6 +435,7 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 	if a.replayed(m.Hdr(), now) {
 		return a.reject("replay", fmt.Errorf("message %x seen before", m.Hdr().ID))
 	}
+	a.log.Debug("downlink", "type", protocol.TypeOf(m).String(), "id", fmt.Sprintf("%x", m.Hdr().ID))
 	switch m := m.(type) {
 	case *protocol.Rotate:
 		return a.onRotate(ctx, m)

@@ -102,11 +102,12 @@ func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, upd
 // NewKey makes a P-256 key, the only kind keyfleet identities use.
 func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
-// CSR builds the certificate request naming device for key.
+// CSR builds the certificate request naming device for key. It carries the
+// device id as common name only: the CA adds the identity URI itself, and
+// the 45 bytes of a requested SAN would travel in every enroll.
 func CSR(device string, key *ecdsa.PrivateKey) ([]byte, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject: pkixName(device),
-		URIs:    []*urlURL{certs.Identity{Role: certs.RoleDevice, Name: device}.URI()},
 	}, key)
 	if err != nil {
 		return nil, fmt.Errorf("device: CSR: %w", err)

@@ -1,10 +1,5 @@
 package device
 
-import (
-	"crypto/x509/pkix"
-	"net/url"
-)
-
-type urlURL = url.URL
+import "crypto/x509/pkix"
 
 func pkixName(cn string) pkix.Name { return pkix.Name{CommonName: cn} }

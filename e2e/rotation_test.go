@@ -150,17 +150,22 @@ func TestTwentyDevicesRotateTwice(t *testing.T) {
 		}
 	}
 	// The devices dropped their previous version when told to retire it.
+	var holding []string
 	eventually(t, 30*time.Second, "previous versions deleted on devices", func() bool {
+		holding = holding[:0]
 		for _, d := range dirs {
 			ks, err := device.OpenKeystore(d)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ks.State().Previous != 0 {
-				return false
+			if st := ks.State(); st.Previous != 0 {
+				holding = append(holding, fmt.Sprintf("%s %+v", filepath.Base(d), st))
 			}
 		}
-		return true
+		if len(holding) > 0 {
+			t.Logf("still holding a previous version: %v", holding)
+		}
+		return len(holding) == 0
 	})
 	if got := issuedOnce(t, f.Store()); got != 2*n {
 		t.Errorf("issued certificates: got %d, want %d", got, 2*n)

@@ -348,14 +348,17 @@ func NewID() []byte {
 	return b
 }
 
-// Stamp fills the header fields a sender owns: a new message id, the
-// issued-at time and, when ttl > 0, an expiry. It returns m for chaining.
+// Stamp fills the header fields a sender owns: a new message id and either
+// an expiry (commands, ttl > 0) or the issued-at time (reports, ttl == 0).
+// A command's expiry already bounds its life, so it carries no issued-at:
+// five bytes less in every downlink. It returns m for chaining.
 func Stamp[M Message](m M, now time.Time, ttl time.Duration) M {
 	h := m.Hdr()
 	h.ID = NewID()
-	h.IAT = uint64(now.Unix())
 	if ttl > 0 {
 		h.Exp = uint64(now.Add(ttl).Unix())
+	} else {
+		h.IAT = uint64(now.Unix())
 	}
 	return m
 }

@@ -53,8 +53,13 @@ func TestStamp(t *testing.T) {
 			if got := len(m.ID); got != MessageIDSize {
 				t.Errorf("len(ID) = %d, want %d", got, MessageIDSize)
 			}
-			if got, want := m.IAT, uint64(testNow.Unix()); got != want {
-				t.Errorf("IAT = %d, want %d", got, want)
+			// Commands (ttl > 0) carry an expiry instead of an issued-at.
+			wantIAT := uint64(testNow.Unix())
+			if tt.ttl > 0 {
+				wantIAT = 0
+			}
+			if got := m.IAT; got != wantIAT {
+				t.Errorf("IAT = %d, want %d", got, wantIAT)
 			}
 			if m.Exp != tt.wantExp {
 				t.Errorf("Exp = %d, want %d", m.Exp, tt.wantExp)

@@ -46,7 +46,7 @@ func Init(ctx context.Context, cfg Config) error {
 		return err
 	}
 	now := cfg.Now()
-	root, err := certs.NewRoot(caKey, "keyfleet fleet CA", now, 10*365*24*time.Hour)
+	root, err := certs.NewRoot(caKey, "keyfleet CA", now, 10*365*24*time.Hour)
 	if err != nil {
 		return err
 	}

@@ -236,6 +236,7 @@ type fleet struct {
 	rotateAt  map[string]time.Time // device -> when its current rotate arrived
 	activated map[string]mark      // device -> last activation
 	connected map[string]bool
+	delegated map[string]bool
 	wake      chan struct{}
 	events    map[device.EventKind]*atomic.Uint64
 }
@@ -247,16 +248,17 @@ type mark struct {
 }
 
 func newFleet(cfg Config) *fleet {
-	f := &fleet{cfg: cfg, rotateAt: map[string]time.Time{}, activated: map[string]mark{}, connected: map[string]bool{},
+	f := &fleet{cfg: cfg, rotateAt: map[string]time.Time{}, activated: map[string]mark{}, connected: map[string]bool{}, delegated: map[string]bool{},
 		wake: make(chan struct{}, 1), events: map[device.EventKind]*atomic.Uint64{}}
 	// A run's own prefix: against a shared fleetd (--server) a second run
 	// must not collide with the devices of the first.
-	run := protocol.NewID()[:3]
+	run := protocol.NewID()[:2]
 	for i := 0; i < cfg.Devices; i++ {
-		f.ids = append(f.ids, fmt.Sprintf("sim-%x-%06d", run, i))
+		f.ids = append(f.ids, fmt.Sprintf("s%x-%07d", run, i))
 	}
 	for _, k := range []device.EventKind{device.EventConnected, device.EventRefused, device.EventRotate, device.EventEnrolled,
-		device.EventCertStored, device.EventActivated, device.EventRetired, device.EventRejected, device.EventDisconnected} {
+		device.EventCertStored, device.EventActivated, device.EventRetired, device.EventRejected, device.EventDisconnected,
+		device.EventDelegation} {
 		f.events[k] = &atomic.Uint64{}
 	}
 	return f
@@ -318,6 +320,8 @@ func (f *fleet) onEvent(e device.Event) {
 		f.activated[e.Device] = m
 	case device.EventConnected:
 		f.connected[e.Device] = true
+	case device.EventDelegation:
+		f.delegated[e.Device] = true
 	default:
 		f.mu.Unlock()
 		return
@@ -378,7 +382,17 @@ func (f *fleet) start(ctx context.Context) error {
 		f.wg.Add(1)
 		go func() { defer f.wg.Done(); _ = a.Run(ctx) }()
 	}
-	got, err := f.waitFor(ctx, len(f.ids), "connecting", func() int { return len(f.connected) })
+	// Connected and holding fleetd's delegation: the first hello has been
+	// answered, so what is measured next is rotations only.
+	got, err := f.waitFor(ctx, len(f.ids), "connecting", func() int {
+		n := 0
+		for id := range f.connected {
+			if f.delegated[id] {
+				n++
+			}
+		}
+		return n
+	})
 	if err != nil {
 		return err
 	}

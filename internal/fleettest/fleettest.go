@@ -71,8 +71,13 @@ type Fleet struct {
 
 // Logger returns a logger that writes to the test log at warn level, so
 // failures show what fleetd complained about without drowning the output.
+// KEYFLEET_TEST_LOG=debug (or info) shows more when chasing a failure.
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if v := os.Getenv("KEYFLEET_TEST_LOG"); v != "" {
+		_ = level.UnmarshalText([]byte(v))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
 }
 
 type testWriter struct{ t testing.TB }

@@ -73,7 +73,7 @@ func Start(o Options) (*Embedded, error) {
 	})
 	ids := &identities{}
 	den := &Denials{}
-	auth := &AuthHook{ids: ids, checker: o.Checker, denials: den, log: o.Logger}
+	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, denials: den, log: o.Logger}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}

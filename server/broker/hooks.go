@@ -64,6 +64,7 @@ func (i *identities) get(cl *mqtt.Client) (certs.Identity, bool) {
 // AuthHook authenticates connections by their TLS client certificate.
 type AuthHook struct {
 	mqtt.HookBase
+	srv      *mqtt.Server
 	ids      *identities
 	checker  CredentialChecker
 	denials  *Denials
@@ -119,10 +120,42 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.deny(cl, "role-not-allowed", nil)
 		return false
 	}
+	h.settleTakeover(cl)
 	h.ids.m.Store(cl, id)
 	h.accepted.Add(1)
 	return true
 }
+
+// settleTakeover ends an existing session with the same client id before
+// mochi's own takeover runs. mochi 2.7.9 races there for clean sessions: the
+// old connection's clean-up can run after the new client is registered and
+// delete it from the client map, leaving a connected, subscribed device
+// that never receives another message (seen when a device reconnects before
+// the broker noticed its old connection died). Waiting, for at most
+// takeoverWait, until the old session is gone closes that window; only
+// reconnects with a live predecessor pay it.
+func (h *AuthHook) settleTakeover(cl *mqtt.Client) {
+	if h.srv == nil {
+		return
+	}
+	old, ok := h.srv.Clients.Get(cl.ID)
+	if !ok || old == cl || !old.Properties.Clean {
+		return
+	}
+	_ = h.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	deadline := time.Now().Add(takeoverWait)
+	for time.Now().Before(deadline) {
+		if cur, ok := h.srv.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	h.log.Warn("broker: previous session of a client id did not end in time", "client", cl.ID)
+}
+
+// takeoverWait bounds how long a connection waits for the session it takes
+// over to end.
+const takeoverWait = 2 * time.Second
 
 // OnDisconnect forgets the client.
 func (h *AuthHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.ids.m.Delete(cl) }

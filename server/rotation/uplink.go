@@ -395,6 +395,7 @@ func (e *Engine) sendRotate(ctx context.Context, device string, v *store.KeyVers
 func (e *Engine) sendCert(ctx context.Context, device string, v *store.KeyVersion) error {
 	m := protocol.Stamp(&protocol.Cert{Slot: protocol.SlotIdentity, Version: v.Version, Cert: v.Cert}, e.now(), 0)
 	m.RID = v.RID
+	m.IAT = 0 // the certificate's own validity dates it
 	b, err := e.codec.Bare(m)
 	if err != nil {
 		return err
