@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
@@ -333,7 +334,8 @@ func (s *Server) VerifyAudit(ctx context.Context) (uint64, error) { return s.st.
 func (s *Server) Status(ctx context.Context) (admin.Status, error) {
 	st := s.engine.Stats()
 	out := admin.Status{ByState: map[string]int{}, Requested: st.Requested, Issued: st.Issued, Activated: st.Activated,
-		Retired: st.Retired, Rejected: st.Rejected, HSMOps: s.HSMOps(), Broker: s.cfg.MQTTAddr}
+		Retired: st.Retired, Rejected: st.Rejected, HSMOps: s.HSMOps(), Broker: s.cfg.MQTTAddr,
+		RSSBytes: procstat.RSS(), Goroutines: procstat.Goroutines()}
 	if s.broker != nil {
 		out.BrokerDenials = s.broker.Denials.Snapshot()
 		out.ConnectedClient = s.broker.Connected()

@@ -30,6 +30,26 @@ type Report struct {
 	Server             string         `json:"server"`
 	NotConverged       []string       `json:"not_converged"`
 	FailuresByReason   map[string]int `json:"failures_by_reason"`
+	// Bytes per rotation in each direction, application payload.
+	BytesUpPerRotation   float64 `json:"bytes_up_per_rotation"`
+	BytesDownPerRotation float64 `json:"bytes_down_per_rotation"`
+
+	// Cost of fleetd, sampled at the end with every device connected.
+	ConnectedDevices int    `json:"connected_devices"`
+	FleetdRSSBytes   uint64 `json:"fleetd_rss_bytes"`
+	FleetdGoroutines int    `json:"fleetd_goroutines"`
+	// Per 1,000 connected devices.
+	FleetdRSSPer1kBytes   float64 `json:"fleetd_rss_per_1k_devices_bytes"`
+	FleetdGoroutinesPer1k float64 `json:"fleetd_goroutines_per_1k_devices"`
+	SimulatorRSSBytes     uint64  `json:"simulator_rss_bytes"`
+	// SameProcess: fleetd ran inside the simulator, so its RSS and
+	// goroutines include the simulated devices'. Use --server for fleetd's own.
+	SameProcess bool `json:"same_process"`
+
+	// Baseline measured in this run, and the rotation rate as ratios of it.
+	Baseline            *Baseline `json:"baseline,omitempty"`
+	RotationsPerHSMSign float64   `json:"rotations_per_hsm_sign_rate,omitempty"`
+	RotationsPerHSMCert float64   `json:"rotations_per_hsm_cert_rate,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -61,6 +81,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "bytes up / down\t%d / %d (%.0f per rotation)\n", r.BytesUp, r.BytesDown, r.BytesPerRotation)
 	fmt.Fprintf(tw, "HSM operations\t%d (%.3f per rotation)\n", r.HSMOps, r.HSMOpsPerRotation)
 	fmt.Fprintf(tw, "provisioning\t%.1f s\n", r.ProvisionS)
+	note := ""
+	if r.SameProcess {
+		note = " (shared with the simulator: use --server for fleetd alone)"
+	}
+	fmt.Fprintf(tw, "fleetd RSS\t%.1f MiB, %.0f KiB per 1k connected devices%s\n", float64(r.FleetdRSSBytes)/(1<<20), r.FleetdRSSPer1kBytes/1024, note)
+	fmt.Fprintf(tw, "fleetd goroutines\t%d, %.0f per 1k connected devices\n", r.FleetdGoroutines, r.FleetdGoroutinesPer1k)
+	fmt.Fprintf(tw, "simulator RSS\t%.1f MiB\n", float64(r.SimulatorRSSBytes)/(1<<20))
+	if r.Baseline != nil {
+		fmt.Fprintf(tw, "HSM baseline (same run)\t%.0f signs/s, %.0f certificates/s\n", r.Baseline.SignsPerSec, r.Baseline.CertsPerSec)
+		fmt.Fprintf(tw, "rotations/s as a ratio\t%.3f of the sign rate, %.3f of the certificate rate\n", r.RotationsPerHSMSign, r.RotationsPerHSMCert)
+	}
 	for reason, n := range r.FailuresByReason {
 		fmt.Fprintf(tw, "failed: %s\t%d\n", reason, n)
 	}

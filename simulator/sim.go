@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/protocol"
@@ -53,6 +54,9 @@ type Config struct {
 	Logger *slog.Logger
 	// ServerMod adjusts the in-process fleetd's config.
 	ServerMod func(*server.Config)
+	// Baseline, if positive, measures the raw HSM rates for this long
+	// before the run, so that the report gives ratios of the same run.
+	Baseline time.Duration
 }
 
 // fdsPerDevice: the agent's socket and, in-process, the broker's end.
@@ -98,6 +102,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer stop()
+	var base *Baseline
+	if cfg.Baseline > 0 {
+		if base, err = measureBaseline(ctx, cfg.Baseline); err != nil {
+			return nil, err
+		}
+	}
 
 	rep := &Report{Devices: cfg.Devices, Rounds: cfg.Rotations, Server: addr, FailuresByReason: map[string]int{}, NotConverged: []string{}}
 	fl := newFleet(cfg)
@@ -144,6 +154,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.HSMOpsPerRotation = float64(rep.HSMOps) / float64(rep.RotationsCompleted)
 	}
 	rep.fillLatency(lat)
+	if rep.RotationsCompleted > 0 {
+		rep.BytesUpPerRotation = float64(rep.BytesUp) / float64(rep.RotationsCompleted)
+		rep.BytesDownPerRotation = float64(rep.BytesDown) / float64(rep.RotationsCompleted)
+	}
+	if st, err := client.Status(ctx); err == nil {
+		rep.ConnectedDevices = st.ConnectedClient - 1 // fleetd's own session
+		rep.FleetdRSSBytes, rep.FleetdGoroutines = st.RSSBytes, st.Goroutines
+		if rep.ConnectedDevices > 0 {
+			k := float64(rep.ConnectedDevices) / 1000
+			rep.FleetdRSSPer1kBytes = float64(st.RSSBytes) / k
+			rep.FleetdGoroutinesPer1k = float64(st.Goroutines) / k
+		}
+	}
+	rep.SimulatorRSSBytes = procstat.RSS()
+	rep.SameProcess = cfg.Server == ""
+	if base != nil {
+		rep.Baseline = base
+		rep.RotationsPerHSMSign = rep.RotationsPerSec / base.SignsPerSec
+		rep.RotationsPerHSMCert = rep.RotationsPerSec / base.CertsPerSec
+	}
 	for id := range failed {
 		rep.NotConverged = append(rep.NotConverged, id)
 	}
@@ -154,6 +184,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // connectServer starts an in-process fleetd or connects to cfg.Server.
 func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(context.Context) uint64, func(), string, error) {
 	if cfg.Server != "" {
+		// A token directory of our own, for the baseline measurement.
+		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
+			return nil, nil, nil, "", err
+		}
 		tc, err := admin.LoadCredential(cfg.Credential)
 		if err != nil {
 			return nil, nil, nil, "", err

@@ -189,8 +189,9 @@ func newRoot(out io.Writer) *cobra.Command {
 				return err
 			}
 			return a.print(s, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "devices\t%d\nbroker\t%s\nconnected clients\t%d\nrotations requested\t%d\ncertificates issued\t%d\nrotations activated\t%d\nversions retired\t%d\nHSM operations\t%d\n",
-					s.Devices, s.Broker, s.ConnectedClient, s.Requested, s.Issued, s.Activated, s.Retired, s.HSMOps)
+				fmt.Fprintf(w, "devices\t%d\nbroker\t%s\nconnected clients\t%d\nrotations requested\t%d\ncertificates issued\t%d\nrotations activated\t%d\nversions retired\t%d\nHSM operations\t%d\nfleetd memory (RSS)\t%.1f MiB\nfleetd goroutines\t%d\n",
+					s.Devices, s.Broker, s.ConnectedClient, s.Requested, s.Issued, s.Activated, s.Retired, s.HSMOps,
+					float64(s.RSSBytes)/(1<<20), s.Goroutines)
 				for _, k := range sortedKeys(s.ByState) {
 					fmt.Fprintf(w, "latest version %s\t%d\n", k, s.ByState[k])
 				}

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -105,6 +106,7 @@ func root() *cobra.Command {
 	f.BoolVar(&progress, "progress", true, "show a progress bar on stderr")
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
+	f.DurationVar(&cfg.Baseline, "baseline", 2*time.Second, "measure the raw HSM sign and certificate rates this long first, for ratios (0: skip)")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run)

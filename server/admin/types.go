@@ -83,6 +83,8 @@ type Status struct {
 	HSMOps          uint64            `json:"hsm_ops"`
 	ConnectedClient int               `json:"connected_clients"`
 	Broker          string            `json:"broker"`
+	RSSBytes        uint64            `json:"rss_bytes"`
+	Goroutines      int               `json:"goroutines"`
 }
 
 // AuditVerify is the result of verifying the audit chain.
