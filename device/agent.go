@@ -66,6 +66,10 @@ type Options struct {
 	// NoSync skips fsync in keystore writes (see Keystore.SetSync). For the
 	// simulator only.
 	NoSync bool
+	// StepTimeout is how long the agent waits for the server's answer to an
+	// enroll before it says hello again, which makes the server resend
+	// what is missing (a message can be lost at a broker); 0 means 30 s.
+	StepTimeout time.Duration
 }
 
 // Agent is one device's agent.
@@ -77,6 +81,7 @@ type Agent struct {
 	log    *slog.Logger
 
 	inbox     chan inMsg
+	waiting   bool // an enroll is out and its certificate has not come
 	online    atomic.Pointer[onlineKey]
 	updateKID []byte
 	lastSync  time.Time
@@ -136,6 +141,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Broker == "" {
 		opts.Broker = ks.ID().Broker
+	}
+	if opts.StepTimeout == 0 {
+		opts.StepTimeout = 30 * time.Second
 	}
 	a := &Agent{
 		ks: ks, codec: protocol.NewCodec(), opts: opts,
@@ -331,13 +339,26 @@ func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen u
 	} else if err := a.hello(ctx); err != nil {
 		return err
 	}
+	step := time.NewTimer(a.opts.StepTimeout)
+	defer step.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-step.C:
+			if a.waiting {
+				a.log.Info("no answer to enroll; asking the server again")
+				if err := a.hello(ctx); err != nil {
+					return err
+				}
+			}
+			step.Reset(a.opts.StepTimeout)
 		case m := <-a.inbox:
 			if m.gen != gen {
 				continue // from an earlier connection
+			}
+			if a.waiting {
+				step.Reset(a.opts.StepTimeout)
 			}
 			if m.lost != nil {
 				a.emit(EventDisconnected, 0, m.lost.Error())
@@ -509,6 +530,7 @@ func (a *Agent) onRotate(ctx context.Context, m *protocol.Rotate) error {
 		return err
 	}
 	a.emit(EventEnrolled, m.Version, "")
+	a.waiting = true
 	a.fail("after-enroll")
 	return nil
 }
@@ -521,6 +543,7 @@ func (a *Agent) onCert(m *protocol.Cert) error {
 	if _, err := a.ks.StorePendingCert(m.Version, m.Cert, a.opts.Now()); err != nil {
 		return a.reject("bad-cert", err)
 	}
+	a.waiting = false
 	a.emit(EventCertStored, m.Version, "")
 	a.fail("after-cert-stored")
 	return errReconnect

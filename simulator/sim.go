@@ -11,7 +11,6 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -77,7 +76,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if err := raiseFileLimit(cfg.Devices*fdsPerDevice + 256); err != nil {
+	perDevice := fdsPerDevice
+	if cfg.Server != "" {
+		perDevice = 1 // fleetd holds the other end in its own process
+	}
+	if err := raiseFileLimit(cfg.Devices*perDevice + 256); err != nil {
 		return nil, err
 	}
 	if cfg.Dir == "" {
@@ -241,19 +244,13 @@ func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(contex
 // raiseFileLimit lifts the soft open-file limit to the hard one and
 // refuses a run that needs more than the hard limit allows.
 func raiseFileLimit(need int) error {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+	limit, err := procstat.RaiseFileLimit()
+	if err != nil {
 		return fmt.Errorf("simulator: open-file limit: %w", err)
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return fmt.Errorf("simulator: raise open-file limit: %w", err)
-		}
-	}
-	if uint64(need) > rl.Cur {
+	if uint64(need) > limit {
 		return fmt.Errorf("simulator: this run needs about %d open files (%d per device) but the process may hold %d; "+
-			"run fleetd as a separate process (--server) or simulate fewer devices per process", need, fdsPerDevice, rl.Cur)
+			"run fleetd as a separate process (--server) or simulate fewer devices per process", need, fdsPerDevice, limit)
 	}
 	return nil
 }

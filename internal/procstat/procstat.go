@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // RSS returns the process's resident set size in bytes, from
@@ -36,3 +37,19 @@ func RSS() uint64 {
 
 // Goroutines returns the number of goroutines.
 func Goroutines() int { return runtime.NumGoroutine() }
+
+// RaiseFileLimit lifts the soft open-file limit to the hard one (each MQTT
+// connection is a descriptor) and returns the limit now in force.
+func RaiseFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, err
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			return 0, err
+		}
+	}
+	return rl.Cur, nil
+}

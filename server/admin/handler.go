@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 
 	"github.com/keyfleet/keyfleet/certs"
@@ -43,6 +44,11 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/devices", h.provision)
 	mux.HandleFunc("POST /v1/rotations", h.rotate)
 	mux.HandleFunc("GET /v1/audit/verify", h.auditVerify)
+	// Profiles for operators chasing time or memory (docs/benchmarks.md),
+	// behind the same operator authentication as everything else.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return h.authenticate(mux)
 }
 

@@ -65,6 +65,13 @@ func Start(o Options) (*Embedded, error) {
 	caps.MaximumSessionExpiryInterval = uint32(o.MaxSessionExpiry / time.Second)
 	caps.MaximumMessageExpiryInterval = int64(o.MaxSessionExpiry / time.Second)
 	caps.Compatibilities.ObscureNotAuthorized = true
+	// mochi's default queue of 8,192 pending writes per client is a channel
+	// of pointers allocated at connect: 64 KiB for every idle device. A
+	// device gets a handful of messages at a time; fleetd's own session,
+	// which takes every uplink, drains over loopback. A write that finds the
+	// queue full is dropped and counted (broker:dropped); the agent's step
+	// timeout recovers it.
+	caps.MaximumClientWritesPending = maxWritesPending
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		// mochi logs refused packets in full at warn; our hooks already log
@@ -79,6 +86,9 @@ func Start(o Options) (*Embedded, error) {
 	}
 	if err := srv.AddHook(&ACLHook{ids: ids, topics: o.Topics, denials: den, log: o.Logger}, nil); err != nil {
 		return nil, fmt.Errorf("broker: acl hook: %w", err)
+	}
+	if err := srv.AddHook(&dropHook{denials: den, log: o.Logger}, nil); err != nil {
+		return nil, fmt.Errorf("broker: drop hook: %w", err)
 	}
 	// Listen ourselves so that the address is bound (and errors surface)
 	// before Start returns.
@@ -117,6 +127,9 @@ func (e *Embedded) Close() error {
 		return fmt.Errorf("broker: close: connections still open after %v", closeTimeout)
 	}
 }
+
+// maxWritesPending is the per-client outbound queue of the embedded broker.
+const maxWritesPending = 1024
 
 // closeTimeout bounds how long Close waits for mochi to finish.
 const closeTimeout = 5 * time.Second
@@ -157,3 +170,20 @@ func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
 	return minLevel{h.min, h.Handler.WithAttrs(a)}
 }
 func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.min, h.Handler.WithGroup(n)} }
+
+// dropHook counts messages the broker dropped because a client's queue was
+// full, so that the operator sees them without reading mochi's logs.
+type dropHook struct {
+	mqtt.HookBase
+	denials *Denials
+	log     *slog.Logger
+}
+
+func (h *dropHook) ID() string { return "keyfleet-drops" }
+
+func (h *dropHook) Provides(b byte) bool { return b == mqtt.OnPublishDropped }
+
+func (h *dropHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.denials.add("broker:dropped")
+	h.log.Warn("broker: message dropped, client queue full", "client", cl.ID, "topic", pk.TopicName)
+}
