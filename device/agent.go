@@ -81,7 +81,8 @@ type Agent struct {
 	log    *slog.Logger
 
 	inbox     chan inMsg
-	waiting   bool // an enroll is out and its certificate has not come
+	gen       atomic.Uint64 // current connection generation
+	waiting   bool          // an enroll is out and its certificate has not come
 	online    atomic.Pointer[onlineKey]
 	updateKID []byte
 	lastSync  time.Time
@@ -218,6 +219,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var gen uint64
 	for ctx.Err() == nil {
 		gen++
+		a.gen.Store(gen)
 		conn, ver, err := a.dial(ctx, gen)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -241,6 +243,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
+
+// errFlap is the connection loss Flap injects.
+var errFlap = errors.New("device: connection dropped (injected)")
+
+// Flap makes the agent lose its connection and reconnect, as a flaky link
+// would. The simulator injects it.
+func (a *Agent) Flap() {
+	select {
+	case a.inbox <- inMsg{lost: errFlap, gen: a.gen.Load()}:
+	default:
+	}
+}
+
+// Abort closes the agent's connection without another step, as the death
+// of its process would. The simulator calls it for an agent that a crash
+// failpoint has stopped; a new Agent on the same directory restarts it.
+func (a *Agent) Abort() { a.closeConn() }
 
 func (a *Agent) closeConn() {
 	a.mu.Lock()

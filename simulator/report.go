@@ -46,6 +46,9 @@ type Report struct {
 	// goroutines include the simulated devices'. Use --server for fleetd's own.
 	SameProcess bool `json:"same_process"`
 
+	// Faults injected, by kind.
+	Faults FaultCounts `json:"faults"`
+
 	// Baseline measured in this run, and the rotation rate as ratios of it.
 	Baseline            *Baseline `json:"baseline,omitempty"`
 	RotationsPerHSMSign float64   `json:"rotations_per_hsm_sign_rate,omitempty"`
@@ -92,6 +95,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "HSM baseline (same run)\t%.0f signs/s, %.0f certificates/s\n", r.Baseline.SignsPerSec, r.Baseline.CertsPerSec)
 		fmt.Fprintf(tw, "rotations/s as a ratio\t%.3f of the sign rate, %.3f of the certificate rate\n", r.RotationsPerHSMSign, r.RotationsPerHSMCert)
 	}
+	fmt.Fprintf(tw, "faults injected\t%d crashes, %d offline, %d flaps\n", r.Faults.Crashes, r.Faults.Offline, r.Faults.Flaps)
 	for reason, n := range r.FailuresByReason {
 		fmt.Fprintf(tw, "failed: %s\t%d\n", reason, n)
 	}

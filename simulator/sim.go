@@ -53,6 +53,8 @@ type Config struct {
 	Logger *slog.Logger
 	// ServerMod adjusts the in-process fleetd's config.
 	ServerMod func(*server.Config)
+	// Faults to inject; the zero value injects none.
+	Faults Faults
 	// Baseline, if positive, measures the raw HSM rates for this long
 	// before the run, so that the report gives ratios of the same run.
 	Baseline time.Duration
@@ -66,6 +68,9 @@ const fdsPerDevice = 2
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Devices <= 0 {
 		return nil, errors.New("simulator: --devices must be positive")
+	}
+	if err := cfg.Faults.Validate(); err != nil {
+		return nil, fmt.Errorf("simulator: %w", err)
 	}
 	if cfg.Rotations == 0 {
 		cfg.Rotations = 1
@@ -114,6 +119,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	rep := &Report{Devices: cfg.Devices, Rounds: cfg.Rotations, Server: addr, FailuresByReason: map[string]int{}, NotConverged: []string{}}
 	fl := newFleet(cfg)
+	fl.faults = planFaults(cfg.Faults, fl.ids)
 	t0 := time.Now()
 	if err := fl.provision(ctx, client); err != nil {
 		return nil, err
@@ -171,6 +177,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	rep.SimulatorRSSBytes = procstat.RSS()
+	rep.Faults = fl.faults.counts()
 	rep.SameProcess = cfg.Server == ""
 	if base != nil {
 		rep.Baseline = base
@@ -259,9 +266,15 @@ func raiseFileLimit(need int) error {
 type fleet struct {
 	cfg    Config
 	ids    []string
-	agents []*device.Agent
 	cancel context.CancelFunc
+	ctx    context.Context
 	wg     sync.WaitGroup
+
+	agentsMu sync.Mutex
+	agents   map[string]*running
+	pastUp   uint64 // bytes of agents that were replaced (crash, offline)
+	pastDown uint64
+	faults   *faultPlan
 
 	mu        sync.Mutex
 	rotateAt  map[string]time.Time // device -> when its current rotate arrived
@@ -351,6 +364,12 @@ func (f *fleet) onEvent(e device.Event) {
 		f.activated[e.Device] = m
 	case device.EventConnected:
 		f.connected[e.Device] = true
+		// An agent that died after promoting its new version, before its
+		// activated went out, comes back connected with it: the rotation
+		// is done (its hello tells fleetd).
+		if r, ok := f.rotateAt[e.Device]; ok && e.Version > f.activated[e.Device].version {
+			f.activated[e.Device] = mark{version: e.Version, at: e.At, took: e.At.Sub(r)}
+		}
 	case device.EventDelegation:
 		f.delegated[e.Device] = true
 	default:
@@ -398,20 +417,16 @@ func (f *fleet) waitFor(ctx context.Context, n int, desc string, done func() int
 
 // start runs one agent per device and waits until all are connected.
 func (f *fleet) start(ctx context.Context) error {
-	ctx, f.cancel = context.WithCancel(ctx)
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	f.agents = map[string]*running{}
 	for _, id := range f.ids {
-		// Simulated devices share this machine's one disk where real ones
-		// each have their own flash: their keystores skip fsync (writes stay
-		// atomic against a crash of the process, which is what the
-		// simulator's faults are).
-		a, err := device.New(device.Options{Dir: filepath.Join(f.cfg.DeviceDir, id), Logger: f.cfg.Logger, OnEvent: f.onEvent,
-			ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second, NoSync: true})
-		if err != nil {
+		if err := f.startAgent(id, true); err != nil {
 			return err
 		}
-		f.agents = append(f.agents, a)
+	}
+	if f.faults.flap != nil {
 		f.wg.Add(1)
-		go func() { defer f.wg.Done(); _ = a.Run(ctx) }()
+		go func() { defer f.wg.Done(); f.flapLoop() }()
 	}
 	// Connected and holding fleetd's delegation: the first hello has been
 	// answered, so what is measured next is rotations only.
@@ -441,8 +456,11 @@ func (f *fleet) stop() {
 }
 
 func (f *fleet) bytes() (up, down uint64) {
-	for _, a := range f.agents {
-		u, d := a.Bytes()
+	f.agentsMu.Lock()
+	defer f.agentsMu.Unlock()
+	up, down = f.pastUp, f.pastDown
+	for _, r := range f.agents {
+		u, d := r.agent.Bytes()
 		up += u
 		down += d
 	}
@@ -454,6 +472,7 @@ const rotateChunk = 1000
 
 // round rotates every device once and waits for their activations.
 func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.Duration, []string, map[string]int, error) {
+	f.goOffline()
 	// Rotate this run's devices only, in chunks the API takes in one call.
 	var resp admin.RotateResponse
 	for i := 0; i < len(f.ids); i += rotateChunk {

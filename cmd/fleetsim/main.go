@@ -37,6 +37,7 @@ func root() *cobra.Command {
 	var cfg simulator.Config
 	var report, logLevel, logFile, cpuProfile string
 	var workers int
+	var scenario string
 	var progress bool
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
@@ -51,6 +52,13 @@ func root() *cobra.Command {
 				if cfg.Logger, err = logx.New(f, logLevel, "text"); err != nil {
 					return err
 				}
+			}
+			if scenario != "" {
+				sc, err := simulator.LoadScenario(scenario)
+				if err != nil {
+					return err
+				}
+				sc.Apply(&cfg)
 			}
 			if workers > 0 {
 				cfg.ServerMod = func(c *server.Config) { c.Workers = workers }
@@ -107,6 +115,13 @@ func root() *cobra.Command {
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
 	f.DurationVar(&cfg.Baseline, "baseline", 2*time.Second, "measure the raw HSM sign and certificate rates this long first, for ratios (0: skip)")
+	f.Float64Var(&cfg.Faults.CrashFraction, "crash", 0, "fraction of devices whose agent crashes once mid-rotation and restarts from its keystore")
+	f.Float64Var(&cfg.Faults.OfflineFraction, "offline", 0, "fraction of devices offline when rotations are requested")
+	f.DurationVar(&cfg.Faults.OfflineFor, "offline-for", 5*time.Second, "how long offline devices stay away")
+	f.Float64Var(&cfg.Faults.FlapFraction, "flap", 0, "fraction of devices whose connection drops every --flap-every")
+	f.DurationVar(&cfg.Faults.FlapEvery, "flap-every", time.Second, "interval between connection drops of flapping devices")
+	f.Uint64Var(&cfg.Faults.Seed, "seed", 0, "seed for choosing faulty devices (0: random)")
+	f.StringVar(&scenario, "scenario", "", "YAML scenario file with devices, rotations and faults (see simulator.Scenario)")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run)

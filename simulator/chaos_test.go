@@ -1,0 +1,110 @@
+package simulator
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// The small chaos run of make test: 300 devices rotate while some crash at
+// a random step and restart, some are offline when the rotation is asked
+// for and return later, and some keep losing their connection. Every device
+// converges, each keeps a credential fleetd accepts, no version is issued
+// twice and the audit chain verifies.
+func TestChaos(t *testing.T) {
+	const devices, rotations = 300, 2
+	var dataDir string
+	deviceDir := t.TempDir()
+	rep, err := Run(context.Background(), Config{
+		Devices: devices, Rotations: rotations, DeviceDir: deviceDir, Dir: t.TempDir(),
+		RoundTimeout: 90 * time.Second,
+		Faults: Faults{CrashFraction: 0.05, OfflineFraction: 0.3, OfflineFor: 3 * time.Second,
+			FlapFraction: 0.05, FlapEvery: 700 * time.Millisecond, Seed: 42},
+		ServerMod: func(c *server.Config) { dataDir = c.DataDir; c.Grace = time.Hour },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.RotationsCompleted != devices*rotations || rep.RotationsFailed != 0 {
+		t.Fatalf("rotations: %d completed, %d failed (%v), not converged %v; want %d, 0",
+			rep.RotationsCompleted, rep.RotationsFailed, rep.FailuresByReason, rep.NotConverged, devices*rotations)
+	}
+	if rep.Faults.Crashes != 15 || rep.Faults.Offline != 90*rotations || rep.Faults.Flaps == 0 {
+		t.Errorf("faults injected: %+v, want 15 crashes, %d offline, some flaps", rep.Faults, 90*rotations)
+	}
+
+	// fleetd has stopped; read what it left.
+	st, err := store.OpenBolt(server.Paths{Dir: dataDir}.Store(), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.VerifyAudit(ctx); err != nil {
+		t.Fatalf("audit chain: %v", err)
+	}
+	issued := map[string]int{}
+	if err := st.ForEachAudit(ctx, 0, func(r *store.AuditRecord) error {
+		if r.Action == "issued" {
+			issued[fmt.Sprintf("%s/%d", r.Device, r.Version)]++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for k, n := range issued {
+		if n != 1 {
+			t.Errorf("%s issued %d times", k, n)
+		}
+	}
+	if len(issued) != devices*rotations {
+		t.Errorf("versions issued: got %d, want %d", len(issued), devices*rotations)
+	}
+	// Every device holds, as its active credential, the certificate fleetd
+	// records as active and accepts.
+	n := 0
+	if err := st.ForEachDevice(ctx, func(d *store.Device) error {
+		n++
+		ks, err := device.OpenKeystore(filepath.Join(deviceDir, d.ID))
+		if err != nil {
+			return err
+		}
+		active := d.Slot(protocol.SlotIdentity).Active()
+		if active == nil || active.Version != rotations+1 {
+			t.Errorf("%s: fleetd's active version %v, want %d", d.ID, active, rotations+1)
+			return nil
+		}
+		if !active.Accepted(time.Now()) {
+			t.Errorf("%s: active version not accepted", d.ID)
+		}
+		if s := ks.State(); s.Active != active.Version || s.Pending != 0 {
+			t.Errorf("%s: keystore %+v, fleetd active %d", d.ID, s, active.Version)
+			return nil
+		}
+		c, err := ks.Cert(active.Version)
+		if err != nil {
+			return err
+		}
+		want, err := x509.ParseCertificate(active.Cert)
+		if err != nil {
+			return err
+		}
+		if !c.Equal(want) {
+			t.Errorf("%s: the device's certificate is not the one fleetd issued", d.ID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != devices {
+		t.Errorf("devices in the store: got %d, want %d", n, devices)
+	}
+}

@@ -1,0 +1,62 @@
+package simulator
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Scenario is a YAML file that combines faults (and the run's size) for
+// fleetsim run --scenario:
+//
+//	devices: 300
+//	rotations: 1
+//	faults:
+//	  crash_fraction: 0.05
+//	  offline_fraction: 0.3
+//	  offline_for: 10s
+//	  flap_fraction: 0.05
+//	  flap_every: 2s
+//	  seed: 7
+//
+// Fields left out keep the command line's values.
+type Scenario struct {
+	Devices   int    `yaml:"devices"`
+	Rotations int    `yaml:"rotations"`
+	Faults    Faults `yaml:"faults"`
+}
+
+// LoadScenario reads and checks a scenario file; unknown keys are errors,
+// so a misspelt fault is not silently ignored.
+func LoadScenario(path string) (*Scenario, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var sc Scenario
+	if err := dec.Decode(&sc); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", path, err)
+	}
+	if err := sc.Faults.Validate(); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", path, err)
+	}
+	if sc.Devices < 0 || sc.Rotations < 0 {
+		return nil, fmt.Errorf("scenario %s: devices and rotations must not be negative", path)
+	}
+	return &sc, nil
+}
+
+// Apply puts the scenario's values into cfg.
+func (sc *Scenario) Apply(cfg *Config) {
+	if sc.Devices > 0 {
+		cfg.Devices = sc.Devices
+	}
+	if sc.Rotations > 0 {
+		cfg.Rotations = sc.Rotations
+	}
+	cfg.Faults = sc.Faults
+}
