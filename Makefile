@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 30s
 PKGS     := ./...
 
-.PHONY: all build run test test-short bench fuzz lint deps clean
+.PHONY: all build run test bench chaos fuzz lint deps clean
 
 all: build
 
@@ -23,9 +23,13 @@ test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -timeout 15m $(PKGS)
 
-## bench: Go benchmarks of the hot paths
+## bench: Go benchmarks, raw HSM rates and 10k-device rotations in one run (bench/results/)
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	@scripts/bench.sh
+
+## chaos: a 10k-device rotation with crashes, offline devices and flapping links
+chaos: deps build
+	@scripts/chaos.sh
 
 ## fuzz: run every fuzz target for FUZZTIME each
 fuzz:

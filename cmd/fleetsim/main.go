@@ -37,7 +37,7 @@ func root() *cobra.Command {
 	var cfg simulator.Config
 	var report, logLevel, logFile, cpuProfile string
 	var workers int
-	var scenario string
+	var scenario, jsonOut string
 	var progress bool
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
@@ -83,6 +83,15 @@ func root() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if jsonOut != "" {
+				b, err := json.MarshalIndent(rep, "", "  ")
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
+			}
 			switch report {
 			case "json":
 				enc := json.NewEncoder(os.Stdout)
@@ -111,6 +120,7 @@ func root() *cobra.Command {
 	f.StringVar(&cfg.DeviceDir, "device-dir", "", "directory for the simulated devices' keystores (default: a temporary one in /dev/shm, else under --dir)")
 	f.DurationVar(&cfg.RoundTimeout, "round-timeout", 0, "time allowed per rotation round (default: 2m + 20ms per device)")
 	f.StringVar(&report, "report", "table", "json or table")
+	f.StringVar(&jsonOut, "json-out", "", "also write the JSON report to this file")
 	f.BoolVar(&progress, "progress", true, "show a progress bar on stderr")
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
