@@ -226,7 +226,13 @@ func (a *Agent) Run(ctx context.Context) error {
 				break
 			}
 			wait := backoff/2 + rand.N(backoff/2+1)
-			a.log.Debug("connect failed", "err", err, "retry_in", wait)
+			// The first failure in a row is worth an operator's attention;
+			// the retries that follow it are not.
+			if backoff == a.opts.ReconnectMin {
+				a.log.Warn("connect failed; retrying", "err", err, "retry_in", wait)
+			} else {
+				a.log.Debug("connect failed", "err", err, "retry_in", wait)
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):

@@ -84,7 +84,7 @@ func InitToken(module, label string, soPIN, userPIN PIN) error {
 
 // KeyAttributes reads the security attributes of the private key labelled
 // object in token: whether it is sensitive and extractable. It exists so that
-// tests and `fleetd check` can prove the keys cannot leave the token.
+// tests (and operators auditing a token) can prove the keys cannot leave it.
 func KeyAttributes(module, token string, pin PIN, object string) (sensitive, extractable bool, err error) {
 	p := pkcs11.New(module)
 	if p == nil {
