@@ -46,6 +46,8 @@ type Report struct {
 	// goroutines include the simulated devices'. Use --server for fleetd's own.
 	SameProcess bool `json:"same_process"`
 
+	// OfferedRate is --rate (0: every device at once).
+	OfferedRate float64 `json:"offered_rate_per_s"`
 	// Faults injected, by kind.
 	Faults FaultCounts `json:"faults"`
 

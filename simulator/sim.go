@@ -53,6 +53,9 @@ type Config struct {
 	Logger *slog.Logger
 	// ServerMod adjusts the in-process fleetd's config.
 	ServerMod func(*server.Config)
+	// Rate, if positive, offers rotations at this many per second instead
+	// of asking for every device at once: latency under a steady load.
+	Rate float64
 	// Faults to inject; the zero value injects none.
 	Faults Faults
 	// Baseline, if positive, measures the raw HSM rates for this long
@@ -178,6 +181,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.SimulatorRSSBytes = procstat.RSS()
 	rep.Faults = fl.faults.counts()
+	rep.OfferedRate = cfg.Rate
 	rep.SameProcess = cfg.Server == ""
 	if base != nil {
 		rep.Baseline = base
@@ -473,10 +477,21 @@ const rotateChunk = 1000
 // round rotates every device once and waits for their activations.
 func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.Duration, []string, map[string]int, error) {
 	f.goOffline()
-	// Rotate this run's devices only, in chunks the API takes in one call.
+	// Rotate this run's devices only, in chunks the API takes in one call,
+	// all at once or paced at --rate.
+	chunk, tick := rotateChunk, time.Duration(0)
+	if f.cfg.Rate > 0 {
+		tick = 50 * time.Millisecond
+		chunk = max(1, int(f.cfg.Rate*tick.Seconds()+0.5))
+	}
 	var resp admin.RotateResponse
-	for i := 0; i < len(f.ids); i += rotateChunk {
-		r, err := c.Rotate(ctx, admin.RotateRequest{Devices: f.ids[i:min(i+rotateChunk, len(f.ids))]})
+	next := time.Now()
+	for i := 0; i < len(f.ids); i += chunk {
+		if tick > 0 {
+			time.Sleep(time.Until(next))
+			next = next.Add(tick)
+		}
+		r, err := c.Rotate(ctx, admin.RotateRequest{Devices: f.ids[i:min(i+chunk, len(f.ids))]})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
 		}
