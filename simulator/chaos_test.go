@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -41,8 +42,16 @@ func TestChaos(t *testing.T) {
 		t.Errorf("faults injected: %+v, want 15 crashes, %d offline, some flaps", rep.Faults, 90*rotations)
 	}
 
-	// fleetd has stopped; read what it left.
-	st, err := store.OpenBolt(server.Paths{Dir: dataDir}.Store(), store.BoltOptions{})
+	checkAftermath(t, server.Paths{Dir: dataDir}.Store(), deviceDir, devices, rotations)
+}
+
+// checkAftermath reads the store fleetd left and the devices' keystores:
+// the audit chain verifies, no version was issued twice, and every device
+// holds, as its active credential, the certificate fleetd records as active
+// and accepts.
+func checkAftermath(t *testing.T, storePath, deviceDir string, devices, rotations int) {
+	t.Helper()
+	st, err := store.OpenBolt(storePath, store.BoltOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +77,6 @@ func TestChaos(t *testing.T) {
 	if len(issued) != devices*rotations {
 		t.Errorf("versions issued: got %d, want %d", len(issued), devices*rotations)
 	}
-	// Every device holds, as its active credential, the certificate fleetd
-	// records as active and accepts.
 	n := 0
 	if err := st.ForEachDevice(ctx, func(d *store.Device) error {
 		n++
@@ -78,7 +85,7 @@ func TestChaos(t *testing.T) {
 			return err
 		}
 		active := d.Slot(protocol.SlotIdentity).Active()
-		if active == nil || active.Version != rotations+1 {
+		if active == nil || active.Version != uint32(rotations+1) {
 			t.Errorf("%s: fleetd's active version %v, want %d", d.ID, active, rotations+1)
 			return nil
 		}
@@ -107,4 +114,33 @@ func TestChaos(t *testing.T) {
 	if n != devices {
 		t.Errorf("devices in the store: got %d, want %d", n, devices)
 	}
+}
+
+// The same campaign with fleetd as a separate process that is SIGKILLed
+// twice and restarted once (its embedded broker with it) while the devices
+// rotate: the make test version of make chaos.
+func TestChaosWithFleetdKills(t *testing.T) {
+	const devices, rotations = 300, 1
+	bin := filepath.Join(t.TempDir(), "fleetd")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/fleetd").CombinedOutput(); err != nil {
+		t.Fatalf("go build fleetd: %v\n%s", err, out)
+	}
+	dir, deviceDir := t.TempDir(), t.TempDir()
+	rep, err := Run(context.Background(), Config{
+		Devices: devices, Rotations: rotations, Dir: dir, DeviceDir: deviceDir, FleetdBin: bin,
+		RoundTimeout: 100 * time.Second,
+		Faults: Faults{CrashFraction: 0.05, OfflineFraction: 0.3, OfflineFor: 3 * time.Second,
+			FleetdKills: 2, BrokerRestarts: 1, Seed: 7},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.RotationsCompleted != devices*rotations || rep.RotationsFailed != 0 {
+		t.Fatalf("rotations: %d completed, %d failed (%v), not converged %v", rep.RotationsCompleted,
+			rep.RotationsFailed, rep.FailuresByReason, rep.NotConverged)
+	}
+	if rep.Faults.FleetdKills != 2 || rep.Faults.BrokerRestarts != 1 {
+		t.Errorf("faults: %+v, want 2 fleetd kills and 1 broker restart", rep.Faults)
+	}
+	checkAftermath(t, server.Paths{Dir: filepath.Join(dir, "fleetd")}.Store(), deviceDir, devices, rotations)
 }

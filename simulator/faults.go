@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/keyfleet/keyfleet/device"
@@ -30,6 +31,12 @@ type Faults struct {
 	// (default 1 s) for the whole run.
 	FlapFraction float64       `yaml:"flap_fraction" json:"flap_fraction"`
 	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`
+	// FleetdKills SIGKILLs fleetd this many times during the first round,
+	// spread over its progress, and starts it again (needs --fleetd-bin).
+	FleetdKills int `yaml:"fleetd_kills" json:"fleetd_kills"`
+	// BrokerRestarts restarts fleetd in order (SIGTERM), and with it the
+	// embedded broker, this many times during the first round.
+	BrokerRestarts int `yaml:"broker_restarts" json:"broker_restarts"`
 	// Seed for the random choices; 0 picks one.
 	Seed uint64 `yaml:"seed" json:"seed"`
 }
@@ -48,6 +55,9 @@ func (f Faults) Validate() error {
 	if sum > 1 {
 		return fmt.Errorf("faults: fractions add up to %v, more than the whole fleet", sum)
 	}
+	if f.FleetdKills < 0 || f.BrokerRestarts < 0 {
+		return fmt.Errorf("faults: fleetd_kills and broker_restarts must not be negative")
+	}
 	if f.CrashRestart < 0 || f.OfflineFor < 0 || f.FlapEvery < 0 {
 		return fmt.Errorf("faults: durations must not be negative")
 	}
@@ -56,9 +66,11 @@ func (f Faults) Validate() error {
 
 // FaultCounts is what was injected.
 type FaultCounts struct {
-	Crashes uint64 `json:"crashes"`
-	Offline uint64 `json:"offline"`
-	Flaps   uint64 `json:"flaps"`
+	Crashes        uint64 `json:"crashes"`
+	Offline        uint64 `json:"offline"`
+	Flaps          uint64 `json:"flaps"`
+	FleetdKills    uint64 `json:"fleetd_kills"`
+	BrokerRestarts uint64 `json:"broker_restarts"`
 }
 
 // crashSteps are the agent's failpoints.
@@ -70,6 +82,7 @@ type faultPlan struct {
 	offline                  []string
 	flap                     []string
 	crashes, offlines, flaps atomic.Uint64
+	kills, restarts          atomic.Uint64
 }
 
 func planFaults(f Faults, ids []string) *faultPlan {
@@ -105,7 +118,8 @@ func planFaults(f Faults, ids []string) *faultPlan {
 }
 
 func (p *faultPlan) counts() FaultCounts {
-	return FaultCounts{Crashes: p.crashes.Load(), Offline: p.offlines.Load(), Flaps: p.flaps.Load()}
+	return FaultCounts{Crashes: p.crashes.Load(), Offline: p.offlines.Load(), Flaps: p.flaps.Load(),
+		FleetdKills: p.kills.Load(), BrokerRestarts: p.restarts.Load()}
 }
 
 // running is one live agent.
@@ -236,5 +250,50 @@ func (f *fleet) flapLoop() {
 				f.faults.flaps.Add(1)
 			}
 		}
+	}
+}
+
+// disruptions returns the hook that, as a round progresses, SIGKILLs or
+// restarts fleetd at evenly spaced points of its progress (kills first).
+// Each runs in the background; the round goes on waiting meanwhile.
+func (f *fleet) disruptions(ctx context.Context, total int) func(done int) {
+	sp := f.cfg.spawned
+	if sp == nil {
+		return nil
+	}
+	var events []syscall.Signal
+	for i := 0; i < f.faults.f.FleetdKills; i++ {
+		events = append(events, syscall.SIGKILL)
+	}
+	for i := 0; i < f.faults.f.BrokerRestarts; i++ {
+		events = append(events, syscall.SIGTERM)
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	var mu sync.Mutex
+	next, busy := 0, false
+	return func(done int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if busy || next >= len(events) || done < (next+1)*total/(len(events)+1) {
+			return
+		}
+		sig := events[next]
+		next++
+		busy = true
+		go func() {
+			if err := sp.restart(ctx, sig); err != nil {
+				f.cfg.Logger.Error("fleetd restart failed", "err", err)
+			}
+			if sig == syscall.SIGKILL {
+				f.faults.kills.Add(1)
+			} else {
+				f.faults.restarts.Add(1)
+			}
+			mu.Lock()
+			busy = false
+			mu.Unlock()
+		}()
 	}
 }

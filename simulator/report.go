@@ -97,7 +97,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "HSM baseline (same run)\t%.0f signs/s, %.0f certificates/s\n", r.Baseline.SignsPerSec, r.Baseline.CertsPerSec)
 		fmt.Fprintf(tw, "rotations/s as a ratio\t%.3f of the sign rate, %.3f of the certificate rate\n", r.RotationsPerHSMSign, r.RotationsPerHSMCert)
 	}
-	fmt.Fprintf(tw, "faults injected\t%d crashes, %d offline, %d flaps\n", r.Faults.Crashes, r.Faults.Offline, r.Faults.Flaps)
+	fmt.Fprintf(tw, "faults injected\t%d crashes, %d offline, %d flaps, %d fleetd kills, %d broker restarts\n",
+		r.Faults.Crashes, r.Faults.Offline, r.Faults.Flaps, r.Faults.FleetdKills, r.Faults.BrokerRestarts)
 	for reason, n := range r.FailuresByReason {
 		fmt.Fprintf(tw, "failed: %s\t%d\n", reason, n)
 	}

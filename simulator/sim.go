@@ -53,6 +53,10 @@ type Config struct {
 	Logger *slog.Logger
 	// ServerMod adjusts the in-process fleetd's config.
 	ServerMod func(*server.Config)
+	// FleetdBin, if set, runs fleetd from this binary as a child process,
+	// which the faults FleetdKills and BrokerRestarts need.
+	FleetdBin string
+	spawned   *spawned
 	// Rate, if positive, offers rotations at this many per second instead
 	// of asking for every device at once: latency under a steady load.
 	Rate float64
@@ -75,6 +79,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.Faults.Validate(); err != nil {
 		return nil, fmt.Errorf("simulator: %w", err)
 	}
+	if (cfg.Faults.FleetdKills > 0 || cfg.Faults.BrokerRestarts > 0) && cfg.FleetdBin == "" {
+		return nil, errors.New("simulator: killing or restarting fleetd needs --fleetd-bin")
+	}
 	if cfg.Rotations == 0 {
 		cfg.Rotations = 1
 	}
@@ -85,7 +92,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	perDevice := fdsPerDevice
-	if cfg.Server != "" {
+	if cfg.Server != "" || cfg.FleetdBin != "" {
 		perDevice = 1 // fleetd holds the other end in its own process
 	}
 	if err := raiseFileLimit(cfg.Devices*perDevice + 256); err != nil {
@@ -182,7 +189,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.SimulatorRSSBytes = procstat.RSS()
 	rep.Faults = fl.faults.counts()
 	rep.OfferedRate = cfg.Rate
-	rep.SameProcess = cfg.Server == ""
+	rep.SameProcess = cfg.Server == "" && cfg.FleetdBin == ""
 	if base != nil {
 		rep.Baseline = base
 		rep.RotationsPerHSMSign = rep.RotationsPerSec / base.SignsPerSec
@@ -197,6 +204,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // connectServer starts an in-process fleetd or connects to cfg.Server.
 func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(context.Context) uint64, func(), string, error) {
+	if cfg.FleetdBin != "" {
+		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
+			return nil, nil, nil, "", err
+		}
+		sp, err := spawnFleetd(ctx, cfg.FleetdBin, cfg.Dir)
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		cfg.spawned = sp
+		return sp.client, sp.ops, sp.stop, "spawned " + cfg.FleetdBin, nil
+	}
 	if cfg.Server != "" {
 		// A token directory of our own, for the baseline measurement.
 		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
@@ -509,12 +527,19 @@ func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.D
 		want[r.Device] = r.Version
 	}
 	reached := func(id string) bool { return f.activated[id].version >= want[id] }
+	var disrupt func(int)
+	if round == 1 {
+		disrupt = f.disruptions(ctx, len(want))
+	}
 	_, err := f.waitFor(ctx, len(want), fmt.Sprintf("round %d/%d", round, f.cfg.Rotations), func() int {
 		n := 0
 		for id := range want {
 			if reached(id) {
 				n++
 			}
+		}
+		if disrupt != nil {
+			disrupt(n)
 		}
 		return n
 	})
@@ -548,11 +573,15 @@ func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.D
 // confirm polls fleetd until every device's active version reaches want,
 // for at most ten seconds.
 func (f *fleet) confirm(ctx context.Context, c *admin.Client, want map[string]uint32) (map[string]bool, error) {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ds, err := c.Devices(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("simulator: confirm: %w", err)
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("simulator: confirm: %w", err)
+			}
+			time.Sleep(100 * time.Millisecond) // fleetd may be restarting
+			continue
 		}
 		ok := map[string]bool{}
 		for _, d := range ds {
