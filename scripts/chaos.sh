@@ -17,4 +17,3 @@ bin/fleetsim run --fleetd-bin bin/fleetd --dir "$WORK" --devices "$DEVICES" --ro
   --crash 0.05 --offline 0.3 --offline-for 20s --flap 0.05 --flap-every 5s \
   --kill-fleetd 2 --restart-broker 1 --baseline 0 \
   --report table --json-out "$OUT/chaos-$DEVICES.json"
-echo "== audit chain and fleet state after the run"
