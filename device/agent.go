@@ -46,8 +46,11 @@ type Event struct {
 
 // Options configures an Agent. Zero values take the defaults.
 type Options struct {
-	// Dir is the keystore directory. Required.
+	// Dir is the keystore directory. Required unless Storage is set.
 	Dir string
+	// Storage, if set, holds the keystore instead of Dir (the simulator's
+	// in-memory devices).
+	Storage Storage
 	// Broker overrides the address in the keystore's identity.
 	Broker string
 	// Now is the clock; nil means time.Now.
@@ -123,7 +126,11 @@ var errReconnect = errors.New("device: reconnect")
 
 // New opens the keystore and prepares an agent.
 func New(opts Options) (*Agent, error) {
-	ks, err := OpenKeystore(opts.Dir)
+	st := opts.Storage
+	if st == nil {
+		st = &DirStorage{Dir: opts.Dir}
+	}
+	ks, err := Open(st)
 	if err != nil {
 		return nil, err
 	}

@@ -12,13 +12,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
-	"github.com/keyfleet/keyfleet/internal/fsutil"
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
@@ -38,8 +36,7 @@ type SlotState struct {
 
 // Keystore is a device's key directory. It is safe for concurrent use.
 type Keystore struct {
-	dir    string
-	noSync bool
+	st     Storage
 	id     Identity
 	roots  *x509.CertPool
 	update any
@@ -59,14 +56,19 @@ const (
 // ErrNoCredential: the keystore has no usable credential of that version.
 var ErrNoCredential = errors.New("device: no such credential")
 
-// Install writes a new keystore: the provisioning credential as version 1,
-// the trust anchors and the identity. It refuses to overwrite one.
+// Install writes a new keystore into dir: the provisioning credential as
+// version 1, the trust anchors and the identity. It refuses to overwrite one.
 func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
+	return InstallTo(&DirStorage{Dir: dir}, id, key, certPEM, caPEM, updatePEM)
+}
+
+// InstallTo is Install into any Storage.
+func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
 	if err := protocol.ValidateDeviceID(id.ID); err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, fileState)); err == nil {
-		return fmt.Errorf("device: %s already holds a keystore", dir)
+	if _, err := st.ReadFile(fileState); err == nil {
+		return fmt.Errorf("device: %s already has a keystore", id.ID)
 	}
 	if _, err := certs.ParsePEM(caPEM); err != nil {
 		return fmt.Errorf("device: CA: %w", err)
@@ -79,24 +81,24 @@ func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, upd
 	if err != nil {
 		return err
 	}
-	vdir := versionDir(dir, 1)
+	vdir := versionDir(1)
 	for _, f := range []struct {
-		path string
+		name string
 		data []byte
 		perm os.FileMode
 	}{
-		{filepath.Join(vdir, "key.pem"), keyPEM, 0o600},
-		{filepath.Join(vdir, "cert.pem"), certPEM, 0o644},
-		{filepath.Join(dir, fileCA), caPEM, 0o644},
-		{filepath.Join(dir, fileUpdate), updatePEM, 0o644},
-		{filepath.Join(dir, fileIdentity), idJSON, 0o644},
+		{vdir + "/key.pem", keyPEM, 0o600},
+		{vdir + "/cert.pem", certPEM, 0o644},
+		{fileCA, caPEM, 0o644},
+		{fileUpdate, updatePEM, 0o644},
+		{fileIdentity, idJSON, 0o644},
 	} {
-		if err := fsutil.WriteAtomic(f.path, f.data, f.perm); err != nil {
+		if err := st.WriteFile(f.name, f.data, f.perm); err != nil {
 			return fmt.Errorf("device: install: %w", err)
 		}
 	}
-	st, _ := json.Marshal(SlotState{Active: 1})
-	return fsutil.WriteAtomic(filepath.Join(dir, fileState), st, 0o600)
+	stJSON, _ := json.Marshal(SlotState{Active: 1})
+	return st.WriteFile(fileState, stJSON, 0o600)
 }
 
 // NewKey makes a P-256 key, the only kind keyfleet identities use.
@@ -115,9 +117,7 @@ func CSR(device string, key *ecdsa.PrivateKey) ([]byte, error) {
 	return der, nil
 }
 
-func versionDir(dir string, v uint32) string {
-	return filepath.Join(dir, "identity", "v"+strconv.FormatUint(uint64(v), 10))
-}
+func versionDir(v uint32) string { return "identity/v" + strconv.FormatUint(uint64(v), 10) }
 
 func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
@@ -128,49 +128,60 @@ func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
 }
 
 // OpenKeystore loads a keystore made by Install.
-func OpenKeystore(dir string) (*Keystore, error) {
-	ks := &Keystore{dir: dir}
-	b, err := os.ReadFile(filepath.Join(dir, fileIdentity))
+func OpenKeystore(dir string) (*Keystore, error) { return Open(&DirStorage{Dir: dir}) }
+
+// Open loads a keystore from any Storage.
+func Open(st Storage) (*Keystore, error) {
+	ks := &Keystore{st: st}
+	b, err := st.ReadFile(fileIdentity)
 	if err != nil {
-		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+		return nil, fmt.Errorf("device: keystore: %w", err)
 	}
 	if err := json.Unmarshal(b, &ks.id); err != nil {
-		return nil, fmt.Errorf("device: keystore %s: identity: %w", dir, err)
+		return nil, fmt.Errorf("device: keystore: identity: %w", err)
 	}
-	if b, err = os.ReadFile(filepath.Join(dir, fileState)); err != nil {
-		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	if b, err = st.ReadFile(fileState); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
 	if err := json.Unmarshal(b, &ks.state); err != nil {
-		return nil, fmt.Errorf("device: keystore %s: state: %w", dir, err)
+		return nil, fmt.Errorf("device: keystore %s: state: %w", ks.id.ID, err)
 	}
-	cas, err := certs.LoadPEM(filepath.Join(dir, fileCA))
+	if b, err = st.ReadFile(fileCA); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
+	}
+	cas, err := certs.ParsePEM(b)
 	if err != nil {
-		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
 	ks.roots = x509.NewCertPool()
 	for _, c := range cas {
 		ks.roots.AddCert(c)
 	}
-	if b, err = os.ReadFile(filepath.Join(dir, fileUpdate)); err != nil {
-		return nil, fmt.Errorf("device: keystore %s: %w", dir, err)
+	if b, err = st.ReadFile(fileUpdate); err != nil {
+		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil {
-		return nil, fmt.Errorf("device: keystore %s: no update key", dir)
+		return nil, fmt.Errorf("device: keystore %s: no update key", ks.id.ID)
 	}
 	if ks.update, err = x509.ParsePKIXPublicKey(blk.Bytes); err != nil {
-		return nil, fmt.Errorf("device: keystore %s: update key: %w", dir, err)
+		return nil, fmt.Errorf("device: keystore %s: update key: %w", ks.id.ID, err)
 	}
 	return ks, nil
 }
 
-// SetSync chooses whether writes are fsynced (the default). Turning it off
-// keeps writes atomic against a process crash but not a power loss; only
-// the simulator, whose devices share one disk, does that.
-func (ks *Keystore) SetSync(on bool) { ks.noSync = !on }
+// SetSync chooses whether a directory keystore's writes are fsynced (the
+// default). Turning it off keeps writes atomic against a process crash but
+// not a power loss; only the simulator, whose devices share one disk, does
+// that.
+func (ks *Keystore) SetSync(on bool) {
+	if d, ok := ks.st.(*DirStorage); ok {
+		d.NoSync = !on
+	}
+}
 
-func (ks *Keystore) write(path string, data []byte, perm os.FileMode) error {
-	return fsutil.Write(path, data, perm, !ks.noSync)
+func (ks *Keystore) write(name string, data []byte, perm os.FileMode) error {
+	return ks.st.WriteFile(name, data, perm)
 }
 
 // ID returns the device id.
@@ -190,7 +201,7 @@ func (ks *Keystore) saveState(s SlotState) error {
 	if err != nil {
 		return err
 	}
-	if err := ks.write(filepath.Join(ks.dir, fileState), b, 0o600); err != nil {
+	if err := ks.write(fileState, b, 0o600); err != nil {
 		return fmt.Errorf("device: save state: %w", err)
 	}
 	ks.state = s
@@ -199,7 +210,7 @@ func (ks *Keystore) saveState(s SlotState) error {
 
 // Key loads the private key of version v.
 func (ks *Keystore) Key(v uint32) (*ecdsa.PrivateKey, error) {
-	b, err := os.ReadFile(filepath.Join(versionDir(ks.dir, v), "key.pem"))
+	b, err := ks.st.ReadFile(versionDir(v) + "/key.pem")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: key v%d", ErrNoCredential, v)
 	} else if err != nil {
@@ -222,7 +233,7 @@ func (ks *Keystore) Key(v uint32) (*ecdsa.PrivateKey, error) {
 
 // Cert loads the certificate of version v.
 func (ks *Keystore) Cert(v uint32) (*x509.Certificate, error) {
-	b, err := os.ReadFile(filepath.Join(versionDir(ks.dir, v), "cert.pem"))
+	b, err := ks.st.ReadFile(versionDir(v) + "/cert.pem")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: certificate v%d", ErrNoCredential, v)
 	} else if err != nil {
@@ -277,9 +288,9 @@ func (ks *Keystore) BeginPending(v uint32, rid []byte) (*ecdsa.PrivateKey, error
 	if err != nil {
 		return nil, err
 	}
-	vdir := versionDir(ks.dir, v)
-	_ = os.Remove(filepath.Join(vdir, "cert.pem")) // a stale certificate from an abandoned attempt
-	if err := ks.write(filepath.Join(vdir, "key.pem"), pemKey, 0o600); err != nil {
+	vdir := versionDir(v)
+	_ = ks.st.RemoveAll(vdir + "/cert.pem") // a stale certificate from an abandoned attempt
+	if err := ks.write(vdir+"/key.pem", pemKey, 0o600); err != nil {
 		return nil, fmt.Errorf("device: pending key: %w", err)
 	}
 	s := ks.state
@@ -317,7 +328,7 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if !k.PublicKey.Equal(c.PublicKey) {
 		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
 	}
-	if err := ks.write(filepath.Join(versionDir(ks.dir, v), "cert.pem"), certs.EncodePEM(c), 0o644); err != nil {
+	if err := ks.write(versionDir(v)+"/cert.pem", certs.EncodePEM(c), 0o644); err != nil {
 		return nil, fmt.Errorf("device: store certificate v%d: %w", v, err)
 	}
 	return c, nil
@@ -347,7 +358,7 @@ func (ks *Keystore) Promote(v uint32) error {
 		return err
 	}
 	if old.Previous != 0 && old.Previous != v {
-		_ = os.RemoveAll(versionDir(ks.dir, old.Previous))
+		_ = ks.st.RemoveAll(versionDir(old.Previous))
 	}
 	return nil
 }
@@ -364,7 +375,7 @@ func (ks *Keystore) Retire(v uint32) (bool, error) {
 	if err := ks.saveState(s); err != nil {
 		return false, err
 	}
-	if err := os.RemoveAll(versionDir(ks.dir, v)); err != nil {
+	if err := ks.st.RemoveAll(versionDir(v)); err != nil {
 		return true, fmt.Errorf("device: remove v%d: %w", v, err)
 	}
 	return true, nil
@@ -372,7 +383,7 @@ func (ks *Keystore) Retire(v uint32) (bool, error) {
 
 // Delegation returns the stored online-key delegation, or nil.
 func (ks *Keystore) Delegation() []byte {
-	b, err := os.ReadFile(filepath.Join(ks.dir, fileDeleg))
+	b, err := ks.st.ReadFile(fileDeleg)
 	if err != nil {
 		return nil
 	}
@@ -382,7 +393,7 @@ func (ks *Keystore) Delegation() []byte {
 // SaveDelegation stores a verified delegation, so a restarted agent can
 // check downlinks before the server resends it.
 func (ks *Keystore) SaveDelegation(b []byte) error {
-	if err := ks.write(filepath.Join(ks.dir, fileDeleg), b, 0o644); err != nil {
+	if err := ks.write(fileDeleg, b, 0o644); err != nil {
 		return fmt.Errorf("device: save delegation: %w", err)
 	}
 	return nil
