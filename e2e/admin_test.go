@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,5 +136,52 @@ func TestAdminAPIBadRequests(t *testing.T) {
 	}
 	if got := activeVersions(t, f.Admin); len(got) != 1 {
 		t.Errorf("devices: got %v, want only dev-1", got)
+	}
+}
+
+// A batch registration answers each device on its own: good ones are
+// stored (in one transaction), bad ones refused with a reason, nothing else
+// changes.
+func TestAdminBatchProvision(t *testing.T) {
+	f := fleettest.StartFleet(t, nil)
+	f.AddDevice(t, "taken")
+	ctx := context.Background()
+	csr := func(name string) []byte {
+		k, _ := device.NewKey()
+		der, err := device.CSR(name, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	before, _ := f.Store().VerifyAudit(ctx)
+	resp, err := f.Admin.ProvisionBatch(ctx, admin.BatchProvisionRequest{Devices: []admin.BatchDevice{
+		{ID: "b-1", CSR: csr("b-1")},
+		{ID: "taken", CSR: csr("taken")},
+		{ID: "b-2", CSR: csr("someone-else")},
+		{ID: "b-3", CSR: []byte{0x30, 0x00}},
+		{ID: "b-4", CSR: csr("b-4")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"", "already exists", "another identity", "csr", ""} {
+		r := resp.Results[i]
+		switch {
+		case want == "" && (r.Error != "" || len(r.Cert) == 0):
+			t.Errorf("%s: got error %q, want a certificate", r.ID, r.Error)
+		case want != "" && !strings.Contains(r.Error, want):
+			t.Errorf("%s: got error %q, want one containing %q", r.ID, r.Error, want)
+		}
+	}
+	after, _ := f.Store().VerifyAudit(ctx)
+	if after != before+2 {
+		t.Errorf("audit records: %d before, %d after; want 2 more (b-1, b-4)", before, after)
+	}
+	if got := activeVersions(t, f.Admin); len(got) != 3 {
+		t.Errorf("devices: %v, want taken, b-1, b-4", got)
+	}
+	if _, err := f.Admin.ProvisionBatch(ctx, admin.BatchProvisionRequest{}); err == nil {
+		t.Error("empty batch: got nil error")
 	}
 }

@@ -304,12 +304,31 @@ func (s *Server) Provision(ctx context.Context, device string, csr *x509.Certifi
 	if err != nil {
 		return admin.ProvisionResponse{}, err
 	}
-	broker := s.cfg.AdvertiseMQTT
-	if broker == "" {
-		broker = s.cfg.MQTTAddr
-	}
 	return admin.ProvisionResponse{ID: device, Cert: string(certs.EncodePEM(cert)), CA: string(certs.EncodePEM(s.root)),
-		UpdateKey: string(s.update), Broker: broker}, nil
+		UpdateKey: string(s.update), Broker: s.advertised()}, nil
+}
+
+// ProvisionBatch implements admin.Backend.
+func (s *Server) ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) (admin.BatchProvisionResponse, error) {
+	res := s.engine.ProvisionBatch(ctx, items, actor)
+	out := admin.BatchProvisionResponse{CA: string(certs.EncodePEM(s.root)), UpdateKey: string(s.update), Broker: s.advertised()}
+	for i, r := range res {
+		br := admin.BatchResult{ID: items[i].ID}
+		if r.Err != nil {
+			br.Error = r.Err.Error()
+		} else {
+			br.Cert = r.Cert.Raw
+		}
+		out.Results = append(out.Results, br)
+	}
+	return out, nil
+}
+
+func (s *Server) advertised() string {
+	if s.cfg.AdvertiseMQTT != "" {
+		return s.cfg.AdvertiseMQTT
+	}
+	return s.cfg.MQTTAddr
 }
 
 // RequestRotation implements admin.Backend.

@@ -46,6 +46,11 @@ type Report struct {
 	// goroutines include the simulated devices'. Use --server for fleetd's own.
 	SameProcess bool `json:"same_process"`
 
+	// Fleet model (--fleet): fleet size, connection budget, and the memory
+	// a sleeping device costs the simulator (its keystore bytes).
+	FleetSize              int     `json:"fleet_size,omitempty"`
+	MaxConnected           int     `json:"max_connected,omitempty"`
+	SleepingBytesPerDevice float64 `json:"sleeping_bytes_per_device,omitempty"`
 	// OfferedRate is --rate (0: every device at once).
 	OfferedRate float64 `json:"offered_rate_per_s"`
 	// Faults injected, by kind.
@@ -79,6 +84,10 @@ func (r *Report) fillLatency(lat []time.Duration) {
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "devices\t%d\n", r.Devices)
+	if r.FleetSize > 0 {
+		fmt.Fprintf(tw, "fleet model\t%d devices, at most %d awake, %.0f bytes per sleeping device\n",
+			r.FleetSize, r.MaxConnected, r.SleepingBytesPerDevice)
+	}
 	fmt.Fprintf(tw, "rotations completed\t%d\n", r.RotationsCompleted)
 	fmt.Fprintf(tw, "rotations failed\t%d\n", r.RotationsFailed)
 	fmt.Fprintf(tw, "rotations/s\t%.1f\n", r.RotationsPerSec)

@@ -57,6 +57,10 @@ type Config struct {
 	// which the faults FleetdKills and BrokerRestarts need.
 	FleetdBin string
 	spawned   *spawned
+	// Fleet, if positive, runs the fleet model: this many devices, at most
+	// MaxConnected awake at a time (default 1,000); Devices is ignored.
+	Fleet        int
+	MaxConnected int
 	// Rate, if positive, offers rotations at this many per second instead
 	// of asking for every device at once: latency under a steady load.
 	Rate float64
@@ -73,6 +77,12 @@ const fdsPerDevice = 2
 // Run runs the simulation and returns its report. A run in which some
 // rotation failed returns the report and no error; check RotationsFailed.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Fleet > 0 {
+		if cfg.MaxConnected <= 0 {
+			cfg.MaxConnected = 1000
+		}
+		cfg.Devices = cfg.MaxConnected // what the file budget must fit
+	}
 	if cfg.Devices <= 0 {
 		return nil, errors.New("simulator: --devices must be positive")
 	}
@@ -128,6 +138,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	rep := &Report{Devices: cfg.Devices, Rounds: cfg.Rotations, Server: addr, FailuresByReason: map[string]int{}, NotConverged: []string{}}
+	if cfg.Fleet > 0 {
+		if err := runFleet(ctx, cfg, client, hsmOps, rep); err != nil {
+			return nil, err
+		}
+		rep.SameProcess = cfg.Server == "" && cfg.FleetdBin == ""
+		if base != nil {
+			rep.Baseline = base
+			rep.RotationsPerHSMSign = rep.RotationsPerSec / base.SignsPerSec
+			rep.RotationsPerHSMCert = rep.RotationsPerSec / base.CertsPerSec
+		}
+		return rep, nil
+	}
 	fl := newFleet(cfg)
 	fl.faults = planFaults(cfg.Faults, fl.ids)
 	t0 := time.Now()

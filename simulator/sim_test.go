@@ -32,3 +32,21 @@ func TestRunRotatesEveryDevice(t *testing.T) {
 		t.Errorf("latency percentiles out of order: p50 %.1f p99 %.1f max %.1f", rep.P50ms, rep.P99ms, rep.MaxMs)
 	}
 }
+
+// The fleet model: more devices than may be connected at once, sleeping as
+// keystores in memory; each wakes, rotates and sleeps again.
+func TestFleetModel(t *testing.T) {
+	rep, err := Run(context.Background(), Config{Fleet: 400, MaxConnected: 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.FleetSize != 400 || rep.RotationsCompleted != 400 || rep.RotationsFailed != 0 {
+		t.Fatalf("fleet: size %d, %d completed, %d failed (%v)", rep.FleetSize, rep.RotationsCompleted, rep.RotationsFailed, rep.NotConverged)
+	}
+	if rep.HSMOps != 400 {
+		t.Errorf("HSM operations: got %d, want 400 (registration excluded)", rep.HSMOps)
+	}
+	if rep.SleepingBytesPerDevice <= 0 || rep.SleepingBytesPerDevice > 8192 {
+		t.Errorf("sleeping device: %.0f bytes, want a few KiB at most", rep.SleepingBytesPerDevice)
+	}
+}

@@ -129,3 +129,9 @@ func (c *Client) VerifyAudit(ctx context.Context) (AuditVerify, error) {
 	var out AuditVerify
 	return out, c.do(ctx, http.MethodGet, "/v1/audit/verify", nil, &out)
 }
+
+// ProvisionBatch registers up to MaxBatch devices at once.
+func (c *Client) ProvisionBatch(ctx context.Context, req BatchProvisionRequest) (BatchProvisionResponse, error) {
+	var out BatchProvisionResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/devices/batch", req, &out)
+}

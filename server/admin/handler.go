@@ -22,6 +22,7 @@ import (
 // Backend is what the API needs of fleetd.
 type Backend interface {
 	Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (ProvisionResponse, error)
+	ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) (BatchProvisionResponse, error)
 	RequestRotation(ctx context.Context, device, actor string) (rotation.Rotation, error)
 	GetDevice(ctx context.Context, id string) (*store.Device, error)
 	ForEachDevice(ctx context.Context, fn func(*store.Device) error) error
@@ -42,6 +43,7 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/devices", h.devices)
 	mux.HandleFunc("GET /v1/devices/{id}", h.device)
 	mux.HandleFunc("POST /v1/devices", h.provision)
+	mux.HandleFunc("POST /v1/devices/batch", h.provisionBatch)
 	mux.HandleFunc("POST /v1/rotations", h.rotate)
 	mux.HandleFunc("GET /v1/audit/verify", h.auditVerify)
 	// Profiles for operators chasing time or memory (docs/benchmarks.md),
@@ -102,8 +104,13 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+func decode(r *http.Request, v any) error { return decodeLimit(r, v, maxBody) }
+
+// maxBatchBody fits MaxBatch CSRs of a few hundred bytes, base64-encoded.
+const maxBatchBody = 2 << 20
+
+func decodeLimit(r *http.Request, v any, limit int64) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("admin: bad request body: %w", err)
@@ -192,6 +199,55 @@ func (h *handler) provision(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("device provisioned", "device", req.ID, "actor", actor(r))
 	writeJSON(w, http.StatusCreated, resp)
+}
+
+func (h *handler) provisionBatch(w http.ResponseWriter, r *http.Request) {
+	var req BatchProvisionRequest
+	if err := decodeLimit(r, &req, maxBatchBody); err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	if len(req.Devices) == 0 || len(req.Devices) > MaxBatch {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("admin: a batch holds 1 to %d devices, not %d", MaxBatch, len(req.Devices)))
+		return
+	}
+	items := make([]rotation.ProvisionItem, 0, len(req.Devices))
+	bad := map[int]error{}
+	for i, d := range req.Devices {
+		csr, err := x509.ParseCertificateRequest(d.CSR)
+		if err != nil {
+			bad[i] = fmt.Errorf("admin: csr: %w", err)
+			csr = nil
+		}
+		items = append(items, rotation.ProvisionItem{ID: d.ID, CSR: csr})
+	}
+	// Items with unparseable CSRs are answered here, the rest by fleetd.
+	var good []rotation.ProvisionItem
+	var goodIdx []int
+	for i, it := range items {
+		if bad[i] == nil {
+			good = append(good, it)
+			goodIdx = append(goodIdx, i)
+		}
+	}
+	resp, err := h.b.ProvisionBatch(r.Context(), good, actor(r))
+	if err != nil {
+		writeErr(w, statusOf(err), err)
+		return
+	}
+	results := make([]BatchResult, len(items))
+	for i, d := range req.Devices {
+		results[i] = BatchResult{ID: d.ID}
+		if bad[i] != nil {
+			results[i].Error = bad[i].Error()
+		}
+	}
+	for k, i := range goodIdx {
+		results[i] = resp.Results[k]
+	}
+	resp.Results = results
+	h.log.Info("devices provisioned in a batch", "count", len(items), "actor", actor(r))
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {

@@ -93,3 +93,34 @@ type AuditVerify struct {
 	OK      bool   `json:"ok"`
 	Error   string `json:"error,omitempty"`
 }
+
+// BatchProvisionRequest registers up to MaxBatch devices in one call: how a
+// factory line, or the simulator, registers a large fleet. CSRs are DER.
+type BatchProvisionRequest struct {
+	Devices []BatchDevice `json:"devices"`
+}
+
+// BatchDevice is one device of a batch.
+type BatchDevice struct {
+	ID  string `json:"id"`
+	CSR []byte `json:"csr"` // DER, base64 in JSON
+}
+
+// BatchProvisionResponse carries the trust material once and a result per
+// device, in request order.
+type BatchProvisionResponse struct {
+	CA        string        `json:"ca"`
+	UpdateKey string        `json:"update_key"`
+	Broker    string        `json:"broker"`
+	Results   []BatchResult `json:"results"`
+}
+
+// BatchResult is one device's certificate (DER) or error.
+type BatchResult struct {
+	ID    string `json:"id"`
+	Cert  []byte `json:"cert,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// MaxBatch bounds a batch registration.
+const MaxBatch = 1000

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
@@ -106,6 +107,98 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 		return nil, err
 	}
 	return cert, nil
+}
+
+// ProvisionItem is one device of a batch registration.
+type ProvisionItem struct {
+	ID  string
+	CSR *x509.CertificateRequest
+}
+
+// ProvisionResult is the outcome for one item.
+type ProvisionResult struct {
+	Cert *x509.Certificate
+	Err  error
+}
+
+// provisionWorkers bounds concurrent certificate issuance in a batch: the
+// token's sessions and the cores, not the batch size, set the pace.
+const provisionWorkers = 4
+
+// ProvisionBatch registers many devices at once: certificates are issued in
+// parallel and the devices stored in one transaction where the store can
+// (store.BatchCreator). Each item succeeds or fails on its own.
+func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, actor string) []ProvisionResult {
+	res := make([]ProvisionResult, len(items))
+	devs := make([]*store.Device, len(items))
+	now := e.now()
+	sem := make(chan struct{}, provisionWorkers)
+	var wg sync.WaitGroup
+	for i, it := range items {
+		if err := protocol.ValidateDeviceID(it.ID); err != nil {
+			res[i].Err = err
+			continue
+		}
+		pub, err := certs.CheckCSR(it.CSR, it.ID)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: it.ID}, PublicKey: pub})
+			if err != nil {
+				res[i].Err = fmt.Errorf("rotation: provision %s: %w", it.ID, err)
+				return
+			}
+			kid, err := protocol.KeyID(pub)
+			if err != nil {
+				res[i].Err = err
+				return
+			}
+			d := &store.Device{ID: it.ID, CreatedAt: now}
+			s := d.Slot(protocol.SlotIdentity)
+			s.Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid,
+				Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now}}
+			s.Desired, s.Reported = 1, 1
+			res[i].Cert, devs[i] = cert, d
+		}()
+	}
+	wg.Wait()
+	var batch []*store.Device
+	var idx []int
+	var events []store.Event
+	for i, d := range devs {
+		if d != nil && res[i].Err == nil {
+			batch = append(batch, d)
+			idx = append(idx, i)
+			events = append(events, store.Event{Action: "provisioned", Device: d.ID, Slot: uint8(protocol.SlotIdentity),
+				Version: 1, Actor: actor, Detail: "serial " + res[i].Cert.SerialNumber.Text(16)})
+		}
+	}
+	if len(batch) == 0 {
+		return res
+	}
+	if bc, ok := e.st.(store.BatchCreator); ok {
+		errs, err := bc.CreateDevices(ctx, batch, events)
+		for k, i := range idx {
+			switch {
+			case err != nil:
+				res[i] = ProvisionResult{Err: err}
+			case errs[k] != nil:
+				res[i] = ProvisionResult{Err: errs[k]}
+			}
+		}
+		return res
+	}
+	for k, i := range idx {
+		if err := e.st.CreateDevice(ctx, batch[k], events[k]); err != nil {
+			res[i] = ProvisionResult{Err: err}
+		}
+	}
+	return res
 }
 
 // CheckCredential implements broker.CredentialChecker: a device certificate

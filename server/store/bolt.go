@@ -137,6 +137,42 @@ func (s *Bolt) CreateDevice(ctx context.Context, d *Device, events ...Event) err
 	return nil
 }
 
+var _ BatchCreator = (*Bolt)(nil)
+
+// CreateDevices implements BatchCreator: one transaction, one fsync.
+func (s *Bolt) CreateDevices(ctx context.Context, devs []*Device, events []Event) ([]error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(devs))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		created := map[string]bool{}
+		for i, d := range devs {
+			errs[i] = nil
+			if b.Get([]byte(d.ID)) != nil {
+				errs[i] = fmt.Errorf("device %q: %w", d.ID, ErrExists)
+				continue
+			}
+			if err := s.putDevice(tx, d); err != nil {
+				return err
+			}
+			created[d.ID] = true
+		}
+		var evs []Event
+		for _, ev := range events {
+			if ev.Device == "" || created[ev.Device] {
+				evs = append(evs, ev)
+			}
+		}
+		return s.appendAudit(tx, evs)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: create devices: %w", err)
+	}
+	return errs, nil
+}
+
 // UpdateDevice implements Store.
 func (s *Bolt) UpdateDevice(ctx context.Context, id string, fn func(d *Device) ([]Event, error)) (*Device, error) {
 	if err := ctx.Err(); err != nil {

@@ -43,3 +43,14 @@ type Store interface {
 	VerifyAudit(ctx context.Context) (uint64, error)
 	Close() error
 }
+
+// BatchCreator is the optional capability of creating many devices in one
+// durable transaction, which registering a large fleet needs (one fsync per
+// device would take an hour for a million). Callers type-assert it and fall
+// back to CreateDevice.
+type BatchCreator interface {
+	// CreateDevices stores the devices and all events atomically, skipping
+	// the ids that exist; the returned slice has one entry per device: nil
+	// or an error wrapping ErrExists.
+	CreateDevices(ctx context.Context, devs []*Device, events []Event) ([]error, error)
+}
