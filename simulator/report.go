@@ -51,6 +51,8 @@ type Report struct {
 	FleetSize              int     `json:"fleet_size,omitempty"`
 	MaxConnected           int     `json:"max_connected,omitempty"`
 	SleepingBytesPerDevice float64 `json:"sleeping_bytes_per_device,omitempty"`
+	// Soak is the long-run record (--soak), if any.
+	Soak *Soak `json:"soak,omitempty"`
 	// OfferedRate is --rate (0: every device at once).
 	OfferedRate float64 `json:"offered_rate_per_s"`
 	// Faults injected, by kind.
@@ -102,6 +104,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "fleetd RSS\t%.1f MiB, %.0f KiB per 1k connected devices%s\n", float64(r.FleetdRSSBytes)/(1<<20), r.FleetdRSSPer1kBytes/1024, note)
 	fmt.Fprintf(tw, "fleetd goroutines\t%d, %.0f per 1k connected devices\n", r.FleetdGoroutines, r.FleetdGoroutinesPer1k)
 	fmt.Fprintf(tw, "simulator RSS\t%.1f MiB\n", float64(r.SimulatorRSSBytes)/(1<<20))
+	if r.Soak != nil && len(r.Soak.Samples) > 0 {
+		fmt.Fprintf(tw, "soak\t%.0f s, %d reconnects, %d samples; after %.0f s warm-up: RSS mean %.1f MiB, max deviation %.1f%%, goroutines %d..%d\n",
+			r.Soak.Samples[len(r.Soak.Samples)-1].AtS, r.Soak.Reconnects, len(r.Soak.Samples), r.Soak.WarmupS,
+			r.Soak.RSSMeanBytes/(1<<20), r.Soak.RSSMaxDeviationPct, r.Soak.GoroutinesMin, r.Soak.GoroutinesMax)
+	}
 	if r.Baseline != nil {
 		fmt.Fprintf(tw, "HSM baseline (same run)\t%.0f signs/s, %.0f certificates/s\n", r.Baseline.SignsPerSec, r.Baseline.CertsPerSec)
 		fmt.Fprintf(tw, "rotations/s as a ratio\t%.3f of the sign rate, %.3f of the certificate rate\n", r.RotationsPerHSMSign, r.RotationsPerHSMCert)

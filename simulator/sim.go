@@ -61,6 +61,11 @@ type Config struct {
 	// MaxConnected awake at a time (default 1,000); Devices is ignored.
 	Fleet        int
 	MaxConnected int
+	// Soak, if positive, keeps every device connected this long before the
+	// rotations (if any), SoakChurn of them (default 0.05) reconnecting per
+	// minute, and samples fleetd's memory and goroutines.
+	Soak      time.Duration
+	SoakChurn float64
 	// Rate, if positive, offers rotations at this many per second instead
 	// of asking for every device at once: latency under a steady load.
 	Rate float64
@@ -92,7 +97,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if (cfg.Faults.FleetdKills > 0 || cfg.Faults.BrokerRestarts > 0) && cfg.FleetdBin == "" {
 		return nil, errors.New("simulator: killing or restarting fleetd needs --fleetd-bin")
 	}
-	if cfg.Rotations == 0 {
+	if cfg.Rotations == 0 && cfg.Soak == 0 {
 		cfg.Rotations = 1
 	}
 	if cfg.RoundTimeout == 0 {
@@ -163,6 +168,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer fl.stop()
 
+	if cfg.Soak > 0 {
+		churn := cfg.SoakChurn
+		if churn == 0 {
+			churn = 0.05
+		}
+		rep.Soak = fl.soak(ctx, client, cfg.Soak, churn, 15*time.Second)
+	}
 	ops0 := hsmOps(ctx)
 	up0, down0 := fl.bytes()
 	start := time.Now()

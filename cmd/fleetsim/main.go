@@ -125,6 +125,8 @@ func root() *cobra.Command {
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
 	f.DurationVar(&cfg.Baseline, "baseline", 2*time.Second, "measure the raw HSM sign and certificate rates this long first, for ratios (0: skip)")
+	f.DurationVar(&cfg.Soak, "soak", 0, "keep every device connected this long first, some reconnecting, and sample fleetd's memory and goroutines")
+	f.Float64Var(&cfg.SoakChurn, "soak-churn", 0.05, "fraction of devices reconnecting per minute during --soak")
 	f.IntVar(&cfg.Fleet, "fleet", 0, "fleet model: this many devices that wake, converge and sleep, at most --max-connected at once")
 	f.IntVar(&cfg.MaxConnected, "max-connected", 1000, "fleet model: devices awake (connected) at once")
 	f.Float64Var(&cfg.Rate, "rate", 0, "offer rotations at this many per second (default: every device at once)")
