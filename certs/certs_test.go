@@ -417,7 +417,7 @@ func TestCAIssue(t *testing.T) {
 }
 
 func TestCAOptionsDefaults(t *testing.T) {
-	// Zero options: 90 days validity, 1 minute backdate; Now injected.
+	// Zero options: 90 days validity, 1 hour backdate; Now injected.
 	tca := newTestCA(t, 10*365*24*time.Hour, certs.CAOptions{})
 	leaf, err := tca.ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
 	if err != nil {
@@ -426,7 +426,7 @@ func TestCAOptionsDefaults(t *testing.T) {
 	if want := now.Add(90 * 24 * time.Hour); !leaf.NotAfter.Equal(want) {
 		t.Errorf("default NotAfter: got %v, want %v", leaf.NotAfter, want)
 	}
-	if want := now.Add(-time.Minute); !leaf.NotBefore.Equal(want) {
+	if want := now.Add(-time.Hour); !leaf.NotBefore.Equal(want) {
 		t.Errorf("default NotBefore: got %v, want %v", leaf.NotBefore, want)
 	}
 }

@@ -73,7 +73,10 @@ func CheckCSR(csr *x509.CertificateRequest, device string) (*ecdsa.PublicKey, er
 type CAOptions struct {
 	// Validity of issued certificates; 0 means 90 days.
 	Validity time.Duration
-	// Backdate is subtracted from NotBefore to tolerate clock skew; 0 means 1 minute.
+	// Backdate is subtracted from NotBefore to tolerate clock skew; 0 means
+	// 1 hour. Devices have cheap clocks: one running a few minutes behind
+	// must not find its brand-new certificate "not yet valid" (the
+	// simulator's skew fault showed rotations stalling on exactly that).
 	Backdate time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -101,7 +104,7 @@ func NewCA(cert *x509.Certificate, signer crypto.Signer, opts CAOptions) (*CA, e
 		opts.Validity = 90 * 24 * time.Hour
 	}
 	if opts.Backdate == 0 {
-		opts.Backdate = time.Minute
+		opts.Backdate = time.Hour
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

@@ -69,6 +69,14 @@ type Options struct {
 	// NoSync skips fsync in keystore writes (see Keystore.SetSync). For the
 	// simulator only.
 	NoSync bool
+	// ReportEvery is how often a connected agent says hello again, so the
+	// server can resend a step whose message was lost; 0 means 1 hour.
+	ReportEvery time.Duration
+	// Link, if set, stands between the agent and its connection: it is
+	// given every payload sent ("up") or received ("down") and returns the
+	// payloads to pass on (none: dropped; two: duplicated), and may sleep
+	// (delayed). The simulator's message faults; nil passes everything.
+	Link func(dir string, payload []byte) [][]byte
 	// StepTimeout is how long the agent waits for the server's answer to an
 	// enroll before it says hello again, which makes the server resend
 	// what is missing (a message can be lost at a broker); 0 means 30 s.
@@ -152,6 +160,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.StepTimeout == 0 {
 		opts.StepTimeout = 30 * time.Second
+	}
+	if opts.ReportEvery == 0 {
+		opts.ReportEvery = time.Hour
 	}
 	a := &Agent{
 		ks: ks, codec: protocol.NewCodec(), opts: opts,
@@ -329,9 +340,15 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves},
 		Subscriptions: []string{a.topics.Broadcast(), a.topics.Down(id)},
 		OnMessage: func(topic string, payload []byte) {
-			select {
-			case a.inbox <- inMsg{topic: topic, payload: append([]byte(nil), payload...), gen: gen}:
-			case <-ctx.Done():
+			payloads := [][]byte{append([]byte(nil), payload...)}
+			if a.opts.Link != nil {
+				payloads = a.opts.Link("down", payloads[0])
+			}
+			for _, p := range payloads {
+				select {
+				case a.inbox <- inMsg{topic: topic, payload: p, gen: gen}:
+				case <-ctx.Done():
+				}
 			}
 		},
 		OnLost: func(err error) {
@@ -373,10 +390,16 @@ func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen u
 	}
 	step := time.NewTimer(a.opts.StepTimeout)
 	defer step.Stop()
+	report := time.NewTicker(a.opts.ReportEvery)
+	defer report.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-report.C:
+			if err := a.hello(ctx); err != nil {
+				return err
+			}
 		case <-step.C:
 			if a.waiting {
 				a.log.Info("no answer to enroll; asking the server again")
@@ -432,7 +455,16 @@ func (a *Agent) send(ctx context.Context, m protocol.Message) error {
 	if c == nil {
 		return errors.New("device: not connected")
 	}
-	return c.Publish(ctx, a.topics.Up(a.ks.ID().ID), b)
+	payloads := [][]byte{b}
+	if a.opts.Link != nil {
+		payloads = a.opts.Link("up", b)
+	}
+	for _, p := range payloads {
+		if err := c.Publish(ctx, a.topics.Up(a.ks.ID().ID), p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *Agent) reject(reason string, err error) error {

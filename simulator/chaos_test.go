@@ -144,3 +144,29 @@ func TestChaosWithFleetdKills(t *testing.T) {
 	}
 	checkAftermath(t, server.Paths{Dir: filepath.Join(dir, "fleetd")}.Store(), deviceDir, devices, rotations)
 }
+
+// Messages lost, duplicated and delayed on every link, and skewed device
+// clocks: every rotation still completes (periodic reports let fleetd
+// resend what was lost), and nothing is issued twice.
+func TestMessageFaults(t *testing.T) {
+	const devices = 100
+	var dataDir string
+	deviceDir := t.TempDir()
+	rep, err := Run(context.Background(), Config{
+		Devices: devices, Rotations: 1, Dir: t.TempDir(), DeviceDir: deviceDir, RoundTimeout: 150 * time.Second,
+		Faults: Faults{DropRate: 0.03, DupRate: 0.03, DelayRate: 0.03, Delay: 500 * time.Millisecond,
+			SkewFraction: 0.2, Skew: 3 * time.Minute, ReportEvery: 2 * time.Second, Seed: 3},
+		ServerMod: func(c *server.Config) { dataDir = c.DataDir },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.RotationsCompleted != devices || rep.RotationsFailed != 0 {
+		t.Fatalf("rotations: %d completed, %d failed (%v)", rep.RotationsCompleted, rep.RotationsFailed, rep.NotConverged)
+	}
+	t.Logf("provision %.1f s, rotation phase %.1f s, p99 %.0f ms", rep.ProvisionS, rep.DurationS, rep.P99ms)
+	if f := rep.Faults; f.Dropped == 0 || f.Duplicated == 0 || f.Delayed == 0 || f.Skewed != 20 {
+		t.Errorf("faults: %+v, want some of each and 20 skewed clocks", f)
+	}
+	checkAftermath(t, server.Paths{Dir: dataDir}.Store(), deviceDir, devices, 1)
+}

@@ -31,6 +31,20 @@ type Faults struct {
 	// (default 1 s) for the whole run.
 	FlapFraction float64       `yaml:"flap_fraction" json:"flap_fraction"`
 	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`
+	// DropRate, DupRate and DelayRate are per-message probabilities, on
+	// every device's link in both directions, of losing a message,
+	// delivering it twice, or holding it for Delay (default 2 s). With any
+	// of them set, agents report every ReportEvery (default 10 s) so that
+	// fleetd can resend what was lost.
+	DropRate    float64       `yaml:"drop_rate" json:"drop_rate"`
+	ReportEvery time.Duration `yaml:"report_every" json:"report_every"`
+	DupRate     float64       `yaml:"dup_rate" json:"dup_rate"`
+	DelayRate   float64       `yaml:"delay_rate" json:"delay_rate"`
+	Delay       time.Duration `yaml:"delay" json:"delay"`
+	// SkewFraction of the devices run a clock off by up to ±Skew (default 2
+	// minutes), uniformly.
+	SkewFraction float64       `yaml:"skew_fraction" json:"skew_fraction"`
+	Skew         time.Duration `yaml:"skew" json:"skew"`
 	// FleetdKills SIGKILLs fleetd this many times during the first round,
 	// spread over its progress, and starts it again (needs --fleetd-bin).
 	FleetdKills int `yaml:"fleetd_kills" json:"fleetd_kills"`
@@ -52,6 +66,15 @@ func (f Faults) Validate() error {
 		}
 		sum += v
 	}
+	for name, v := range map[string]float64{"drop_rate": f.DropRate, "dup_rate": f.DupRate, "delay_rate": f.DelayRate,
+		"skew_fraction": f.SkewFraction} {
+		if v < 0 || v > 1 {
+			return fmt.Errorf("faults: %s %v is not between 0 and 1", name, v)
+		}
+	}
+	if f.DropRate+f.DupRate+f.DelayRate > 1 {
+		return fmt.Errorf("faults: message fault rates add up to more than 1")
+	}
 	if sum > 1 {
 		return fmt.Errorf("faults: fractions add up to %v, more than the whole fleet", sum)
 	}
@@ -66,6 +89,10 @@ func (f Faults) Validate() error {
 
 // FaultCounts is what was injected.
 type FaultCounts struct {
+	Dropped        uint64 `json:"messages_dropped"`
+	Duplicated     uint64 `json:"messages_duplicated"`
+	Delayed        uint64 `json:"messages_delayed"`
+	Skewed         uint64 `json:"skewed_clocks"`
 	Crashes        uint64 `json:"crashes"`
 	Offline        uint64 `json:"offline"`
 	Flaps          uint64 `json:"flaps"`
@@ -83,6 +110,10 @@ type faultPlan struct {
 	flap                     []string
 	crashes, offlines, flaps atomic.Uint64
 	kills, restarts          atomic.Uint64
+	dropped, duped, delayed  atomic.Uint64
+	skew                     map[string]time.Duration
+	rmu                      sync.Mutex
+	r                        *rand.Rand
 }
 
 func planFaults(f Faults, ids []string) *faultPlan {
@@ -95,12 +126,22 @@ func planFaults(f Faults, ids []string) *faultPlan {
 	if f.FlapEvery == 0 {
 		f.FlapEvery = time.Second
 	}
+	if f.Delay == 0 {
+		f.Delay = 2 * time.Second
+	}
+	if f.ReportEvery == 0 {
+		f.ReportEvery = 10 * time.Second
+	}
+	if f.Skew == 0 {
+		f.Skew = 2 * time.Minute
+	}
 	seed := f.Seed
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	p := &faultPlan{f: f, crashAt: map[string]string{}}
+	p := &faultPlan{f: f, crashAt: map[string]string{}, skew: map[string]time.Duration{},
+		r: rand.New(rand.NewPCG(seed+1, seed^0x51))}
 	// Disjoint sets, so each device shows one kind of fault.
 	perm := r.Perm(len(ids))
 	n := func(frac float64) int { return int(frac*float64(len(ids)) + 0.5) }
@@ -114,11 +155,42 @@ func planFaults(f Faults, ids []string) *faultPlan {
 	for k := 0; k < n(f.FlapFraction) && i < len(perm); k, i = k+1, i+1 {
 		p.flap = append(p.flap, ids[perm[i]])
 	}
+	// Skewed clocks may coincide with the other faults: a device with a
+	// bad clock can crash too.
+	for _, j := range r.Perm(len(ids))[:n(f.SkewFraction)] {
+		p.skew[ids[j]] = time.Duration((r.Float64()*2 - 1) * float64(f.Skew))
+	}
 	return p
 }
 
+// linky reports whether any message fault is on.
+func (p *faultPlan) linky() bool { return p.f.DropRate+p.f.DupRate+p.f.DelayRate > 0 }
+
+func (p *faultPlan) roll() float64 {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	return p.r.Float64()
+}
+
+// link is the agents' Link when message faults are on.
+func (p *faultPlan) link(_ string, b []byte) [][]byte {
+	switch x := p.roll(); {
+	case x < p.f.DropRate:
+		p.dropped.Add(1)
+		return nil
+	case x < p.f.DropRate+p.f.DupRate:
+		p.duped.Add(1)
+		return [][]byte{b, b}
+	case x < p.f.DropRate+p.f.DupRate+p.f.DelayRate:
+		p.delayed.Add(1)
+		time.Sleep(p.f.Delay)
+	}
+	return [][]byte{b}
+}
+
 func (p *faultPlan) counts() FaultCounts {
-	return FaultCounts{Crashes: p.crashes.Load(), Offline: p.offlines.Load(), Flaps: p.flaps.Load(),
+	return FaultCounts{Dropped: p.dropped.Load(), Duplicated: p.duped.Load(), Delayed: p.delayed.Load(),
+		Skewed: uint64(len(p.skew)), Crashes: p.crashes.Load(), Offline: p.offlines.Load(), Flaps: p.flaps.Load(),
 		FleetdKills: p.kills.Load(), BrokerRestarts: p.restarts.Load()}
 }
 
@@ -138,6 +210,14 @@ func (f *fleet) startAgent(id string, withFaults bool) error {
 		// atomic against a crash of the process, which is what the
 		// simulator's faults are).
 		ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second, NoSync: true}
+	if f.faults.linky() {
+		opts.Link = f.faults.link
+		opts.ReportEvery = f.faults.f.ReportEvery
+		opts.StepTimeout = f.faults.f.ReportEvery
+	}
+	if off, ok := f.faults.skew[id]; ok {
+		opts.Now = func() time.Time { return time.Now().Add(off) }
+	}
 	if step, ok := f.faults.crashAt[id]; ok && withFaults {
 		var once sync.Once
 		opts.Failpoint = func(s string) {

@@ -115,6 +115,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "faults injected\t%d crashes, %d offline, %d flaps, %d fleetd kills, %d broker restarts\n",
 		r.Faults.Crashes, r.Faults.Offline, r.Faults.Flaps, r.Faults.FleetdKills, r.Faults.BrokerRestarts)
+	fmt.Fprintf(tw, "message faults\t%d dropped, %d duplicated, %d delayed; %d skewed clocks\n",
+		r.Faults.Dropped, r.Faults.Duplicated, r.Faults.Delayed, r.Faults.Skewed)
 	for reason, n := range r.FailuresByReason {
 		fmt.Fprintf(tw, "failed: %s\t%d\n", reason, n)
 	}
