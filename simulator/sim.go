@@ -56,7 +56,10 @@ type Config struct {
 	// FleetdBin, if set, runs fleetd from this binary as a child process,
 	// which the faults FleetdKills and BrokerRestarts need.
 	FleetdBin string
-	spawned   *spawned
+	// FleetdArgs are added to the spawned fleetd's run command line
+	// (e.g. --grace=10s).
+	FleetdArgs []string
+	spawned    *spawned
 	// Fleet, if positive, runs the fleet model: this many devices, at most
 	// MaxConnected awake at a time (default 1,000); Devices is ignored.
 	Fleet        int
@@ -242,7 +245,7 @@ func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(contex
 		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
 			return nil, nil, nil, "", err
 		}
-		sp, err := spawnFleetd(ctx, cfg.FleetdBin, cfg.Dir)
+		sp, err := spawnFleetd(ctx, cfg.FleetdBin, cfg.Dir, cfg.FleetdArgs)
 		if err != nil {
 			return nil, nil, nil, "", err
 		}

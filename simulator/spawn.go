@@ -44,7 +44,7 @@ func freeAddr() (string, error) {
 // spawnFleetd initialises a deployment in dir (SoftHSM2 token included) and
 // starts fleetd from bin. SOFTHSM2_CONF must already point at dir's token
 // directory (softhsm.Configure), which the child inherits.
-func spawnFleetd(ctx context.Context, bin, dir string) (*spawned, error) {
+func spawnFleetd(ctx context.Context, bin, dir string, extra []string) (*spawned, error) {
 	s := &spawned{bin: bin, data: filepath.Join(dir, "fleetd"),
 		env: append(os.Environ(), fmt.Sprintf("KEYFLEET_HSM_PIN=sim-%d", os.Getpid()))}
 	token := fmt.Sprintf("fleetsim-%d", os.Getpid())
@@ -61,7 +61,7 @@ func spawnFleetd(ctx context.Context, bin, dir string) (*spawned, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.args = []string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--log-level", "warn"}
+	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--log-level", "warn"}, extra...)
 	if s.log, err = os.Create(filepath.Join(dir, "fleetd.log")); err != nil {
 		return nil, err
 	}

@@ -142,6 +142,7 @@ func root() *cobra.Command {
 	f.Float64Var(&cfg.Faults.SkewFraction, "skew", 0, "fraction of devices with a skewed clock")
 	f.DurationVar(&cfg.Faults.Skew, "skew-max", 2*time.Minute, "largest clock skew, either way")
 	f.StringVar(&cfg.FleetdBin, "fleetd-bin", "", "run fleetd from this binary as a child process (needed to kill or restart it)")
+	f.StringArrayVar(&cfg.FleetdArgs, "fleetd-arg", nil, "extra argument for the spawned fleetd run, e.g. --fleetd-arg=--grace=10s (repeatable)")
 	f.IntVar(&cfg.Faults.FleetdKills, "kill-fleetd", 0, "SIGKILL fleetd this many times during the first round (needs --fleetd-bin)")
 	f.IntVar(&cfg.Faults.BrokerRestarts, "restart-broker", 0, "restart fleetd and its embedded broker this many times during the first round (needs --fleetd-bin)")
 	f.Uint64Var(&cfg.Faults.Seed, "seed", 0, "seed for choosing faulty devices (0: random)")
