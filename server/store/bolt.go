@@ -17,7 +17,10 @@ var (
 	bucketDevices = []byte("devices")
 	bucketAudit   = []byte("audit")
 	bucketMeta    = []byte("meta")
-	keyAuditHead  = []byte("audit-head")
+	// bucketGrace indexes superseded versions by the end of their grace:
+	// key = deadline (Unix ns, big-endian) | device | 0 | slot | version.
+	bucketGrace  = []byte("grace")
+	keyAuditHead = []byte("audit-head")
 )
 
 // BoltOptions configures a Bolt store. Zero values take the defaults.
@@ -54,6 +57,10 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	dec0, err := cbor.DecOptions{MaxArrayElements: 1 << 20, MaxMapPairs: 1 << 20}.DecMode()
+	if err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
@@ -65,7 +72,26 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 				return err
 			}
 		}
-		return nil
+		if tx.Bucket(bucketGrace) != nil {
+			return nil
+		}
+		// A store from before the index: build it once.
+		gb, err := tx.CreateBucket(bucketGrace)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d Device
+			if err := dec0.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("decode device %q: %w", k, err)
+			}
+			for _, gk := range graceKeys(&d) {
+				if err := gb.Put([]byte(gk), nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
@@ -103,12 +129,76 @@ func (s *Bolt) getDevice(tx *bolt.Tx, id string) (*Device, error) {
 	return &d, nil
 }
 
-func (s *Bolt) putDevice(tx *bolt.Tx, d *Device) error {
+// putDevice stores d and keeps the grace index in step with it; old are
+// the index keys of the record it replaces.
+func (s *Bolt) putDevice(tx *bolt.Tx, d *Device, old []string) error {
 	b, err := s.enc.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("store: encode device %q: %w", d.ID, err)
 	}
-	return tx.Bucket(bucketDevices).Put([]byte(d.ID), b)
+	if err := tx.Bucket(bucketDevices).Put([]byte(d.ID), b); err != nil {
+		return err
+	}
+	gb := tx.Bucket(bucketGrace)
+	now := graceKeys(d)
+	keep := map[string]bool{}
+	for _, k := range now {
+		keep[k] = true
+	}
+	for _, k := range old {
+		if !keep[k] {
+			if err := gb.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range now {
+		if err := gb.Put([]byte(k), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// graceKeys are the grace-index keys of d's superseded versions.
+func graceKeys(d *Device) []string {
+	var out []string
+	for slot, st := range d.Slots {
+		for _, k := range st.Versions {
+			if k.State != StateSuperseded {
+				continue
+			}
+			b := make([]byte, 0, 8+len(d.ID)+6)
+			b = binary.BigEndian.AppendUint64(b, uint64(k.GraceUntil.UnixNano()))
+			b = append(b, d.ID...)
+			b = append(b, 0, byte(slot))
+			b = binary.BigEndian.AppendUint32(b, k.Version)
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
+var _ GraceIndex = (*Bolt)(nil)
+
+// ForEachGrace implements GraceIndex.
+func (s *Bolt) ForEachGrace(ctx context.Context, fn func(device string, slot uint8, version uint32, until time.Time) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGrace).ForEach(func(k, _ []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if len(k) < 8+1+1+4 {
+				return fmt.Errorf("store: bad grace index key %x", k)
+			}
+			until := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+			rest := k[8:]
+			dev := string(rest[:len(rest)-6])
+			slot := rest[len(rest)-5]
+			version := binary.BigEndian.Uint32(rest[len(rest)-4:])
+			return fn(dev, slot, version, until)
+		})
+	})
 }
 
 // CreateDevice implements Store.
@@ -123,7 +213,7 @@ func (s *Bolt) CreateDevice(ctx context.Context, d *Device, events ...Event) err
 			exists = true
 			return nil
 		}
-		if err := s.putDevice(tx, d); err != nil {
+		if err := s.putDevice(tx, d, nil); err != nil {
 			return err
 		}
 		return s.appendAudit(tx, events)
@@ -154,7 +244,7 @@ func (s *Bolt) CreateDevices(ctx context.Context, devs []*Device, events []Event
 				errs[i] = fmt.Errorf("device %q: %w", d.ID, ErrExists)
 				continue
 			}
-			if err := s.putDevice(tx, d); err != nil {
+			if err := s.putDevice(tx, d, nil); err != nil {
 				return err
 			}
 			created[d.ID] = true
@@ -206,6 +296,7 @@ func (s *Bolt) UpdateDevice(ctx context.Context, id string, fn func(d *Device) (
 			fnErr = err
 			return nil
 		}
+		old := graceKeys(d)
 		events, err := fn(d)
 		if err != nil {
 			// The record changed since the dry run; report, write nothing.
@@ -215,7 +306,7 @@ func (s *Bolt) UpdateDevice(ctx context.Context, id string, fn func(d *Device) (
 		for _, st := range d.Slots {
 			st.Prune()
 		}
-		if err := s.putDevice(tx, d); err != nil {
+		if err := s.putDevice(tx, d, old); err != nil {
 			return err
 		}
 		out = d

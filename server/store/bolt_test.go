@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -285,5 +286,79 @@ func mustDelete(t *testing.T, b *bolt.Bucket, k []byte) {
 	}
 	if err := b.Delete(k); err != nil {
 		t.Fatalf("delete %x: got error %v, want nil", k, err)
+	}
+}
+
+// The grace index follows the records: a version becoming superseded is
+// listed with its deadline, earliest first; retired, it is gone; and a store
+// made before the index gets it built when opened.
+func TestBoltGraceIndex(t *testing.T) {
+	s, path := openBolt(t)
+	ctx := context.Background()
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(id string) *store.Device {
+		d := &store.Device{ID: id}
+		d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive}}
+		return d
+	}
+	for _, id := range []string{"a", "b"} {
+		if err := s.CreateDevice(ctx, mk(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	supersede := func(id string, until time.Time) {
+		if _, err := s.UpdateDevice(ctx, id, func(d *store.Device) ([]store.Event, error) {
+			st := d.Slot(protocol.SlotIdentity)
+			st.Versions[0].State, st.Versions[0].GraceUntil = store.StateSuperseded, until
+			st.Versions = append(st.Versions, &store.KeyVersion{Version: 2, State: store.StateActive})
+			return nil, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(s *store.Bolt) []string {
+		var out []string
+		if err := s.ForEachGrace(ctx, func(dev string, slot uint8, v uint32, until time.Time) error {
+			out = append(out, fmt.Sprintf("%s/%d/v%d@%s", dev, slot, v, until.UTC().Format(time.RFC3339)))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	supersede("b", t0.Add(time.Hour))
+	supersede("a", t0.Add(2*time.Hour))
+	want := []string{"b/1/v1@2030-01-01T01:00:00Z", "a/1/v1@2030-01-01T02:00:00Z"}
+	if got := list(s); !reflect.DeepEqual(got, want) {
+		t.Fatalf("grace index: got %v, want %v", got, want)
+	}
+	if _, err := s.UpdateDevice(ctx, "b", func(d *store.Device) ([]store.Event, error) {
+		d.Slot(protocol.SlotIdentity).Versions[0].State = store.StateRetired
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(s); !reflect.DeepEqual(got, want[1:]) {
+		t.Fatalf("after retiring b/v1: got %v, want %v", got, want[1:])
+	}
+	// A store without the index (as made before it existed) rebuilds it.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("grace")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s2, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got := list(s2); !reflect.DeepEqual(got, want[1:]) {
+		t.Fatalf("rebuilt index: got %v, want %v", got, want[1:])
 	}
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Errors of the store.
@@ -53,4 +54,13 @@ type BatchCreator interface {
 	// the ids that exist; the returned slice has one entry per device: nil
 	// or an error wrapping ErrExists.
 	CreateDevices(ctx context.Context, devs []*Device, events []Event) ([]error, error)
+}
+
+// GraceIndex is the optional capability of listing the superseded versions
+// whose grace window is running, without reading every device: what fleetd
+// needs at start to resume its grace timers, fast with a million devices.
+type GraceIndex interface {
+	// ForEachGrace calls fn for every superseded version, earliest
+	// deadline first.
+	ForEachGrace(ctx context.Context, fn func(device string, slot uint8, version uint32, until time.Time) error) error
 }
