@@ -51,6 +51,8 @@ type Options struct {
 	// Storage, if set, holds the keystore instead of Dir (the simulator's
 	// in-memory devices).
 	Storage Storage
+	// Topics is the deployment's topic layout; zero is the default "kf".
+	Topics protocol.Topics
 	// Broker overrides the address in the keystore's identity.
 	Broker string
 	// Now is the clock; nil means time.Now.
@@ -165,7 +167,7 @@ func New(opts Options) (*Agent, error) {
 		opts.ReportEvery = time.Hour
 	}
 	a := &Agent{
-		ks: ks, codec: protocol.NewCodec(), opts: opts,
+		ks: ks, codec: protocol.NewCodec(), opts: opts, topics: opts.Topics,
 		log:   opts.Logger.With("device", ks.ID().ID),
 		inbox: make(chan inMsg, 64),
 		seen:  map[string]time.Time{},
@@ -493,6 +495,11 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 	}
 	if env.IsSigned() {
 		k := a.online.Load()
+		if k != nil && uint64(a.opts.Now().Unix()) >= k.notAfter {
+			// The delegated key's lifetime is over: it signs nothing more.
+			a.online.CompareAndSwap(k, nil)
+			k = nil
+		}
 		if k == nil || !bytes.Equal(env.KID, k.kid) {
 			// Signed by an online key we do not know yet (it was renewed
 			// while we were away, or its delegation is still on its way):

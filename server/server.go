@@ -116,6 +116,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 		brokerAddr = s.broker.Addr()
+		s.engine.SetSessionCloser(s.broker)
 	}
 	s.cfg.MQTTAddr = brokerAddr
 	if err := s.connect(ctx); err != nil {
@@ -151,6 +152,11 @@ func (s *Server) connect(ctx context.Context) error {
 		return fmt.Errorf("server: connect to broker: %w", err)
 	}
 	s.mu.Lock()
+	if ctx.Err() != nil { // Close ran meanwhile: do not leave this one open
+		s.mu.Unlock()
+		conn.Close()
+		return ctx.Err()
+	}
 	s.conn = conn
 	s.mu.Unlock()
 	s.engine.SetPublisher(conn)
@@ -192,12 +198,21 @@ func (s *Server) supervise(ctx context.Context) {
 		if conn == nil {
 			if err := s.connect(ctx); err != nil {
 				s.log.Warn("broker reconnect failed", "err", err, "retry_in", backoff)
-				time.Sleep(backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
 				backoff = min(backoff*2, 10*time.Second)
 				continue
 			}
 			backoff = 100 * time.Millisecond
+			s.mu.Lock()
 			conn = s.conn
+			s.mu.Unlock()
+			if conn == nil {
+				continue
+			}
 		}
 		if s.keeper.Due(s.cfg.Now()) {
 			k, err := s.keeper.Rotate(s.cfg.Now())

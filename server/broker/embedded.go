@@ -140,8 +140,23 @@ func (e *Embedded) Disconnect(device string) int {
 	n := 0
 	e.ids.m.Range(func(k, v any) bool {
 		cl := k.(*mqtt.Client)
-		if id := v.(certs.Identity); id.Role == certs.RoleDevice && id.Name == device {
+		if s := v.(session); s.id.Role == certs.RoleDevice && s.id.Name == device {
 			_ = e.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+			n++
+		}
+		return true
+	})
+	return n
+}
+
+// DisconnectCredential drops the live sessions of device that logged in
+// with the certificate of the given serial (hex): when a version's grace
+// ends, a session opened with it before then must not live on.
+func (e *Embedded) DisconnectCredential(device, serial string) int {
+	n := 0
+	e.ids.m.Range(func(k, v any) bool {
+		if s := v.(session); s.id.Role == certs.RoleDevice && s.id.Name == device && s.serial == serial {
+			_ = e.srv.DisconnectClient(k.(*mqtt.Client), packets.ErrNotAuthorized)
 			n++
 		}
 		return true

@@ -50,15 +50,21 @@ func (d *Denials) Snapshot() map[string]uint64 {
 	return out
 }
 
-// identities maps live clients to the identity their certificate proved.
-type identities struct{ m sync.Map } // *mqtt.Client -> certs.Identity
+// identities maps live clients to the identity their certificate proved
+// and that certificate's serial.
+type identities struct{ m sync.Map } // *mqtt.Client -> session
+
+type session struct {
+	id     certs.Identity
+	serial string // hex, as the store records it
+}
 
 func (i *identities) get(cl *mqtt.Client) (certs.Identity, bool) {
 	v, ok := i.m.Load(cl)
 	if !ok {
 		return certs.Identity{}, false
 	}
-	return v.(certs.Identity), true
+	return v.(session).id, true
 }
 
 // AuthHook authenticates connections by their TLS client certificate.
@@ -121,7 +127,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	h.settleTakeover(cl)
-	h.ids.m.Store(cl, id)
+	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16)})
 	h.accepted.Add(1)
 	return true
 }

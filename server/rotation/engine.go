@@ -45,7 +45,7 @@ type Options struct {
 	// Workers is the number of uplink workers; 0 means 64 (enough for the
 	// HSM's sessions and for group commits to fill).
 	Workers int
-	// QueueLen is each worker's queue; 0 means 256.
+	// QueueLen is each worker's queue; 0 means 1024.
 	QueueLen int
 	Topics   protocol.Topics
 	// Now is the clock; nil means time.Now.
@@ -73,11 +73,12 @@ type Engine struct {
 	st     Store
 	issuer certs.Issuer
 	signer Signer
-	pub    Publisher
+	pub    atomic.Pointer[publisherBox]
 	codec  *protocol.Codec
 	opts   Options
 	log    *slog.Logger
 
+	closer  SessionCloser
 	shards  []chan uplink
 	wg      sync.WaitGroup
 	replays *replayCache
@@ -102,7 +103,7 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		opts.Workers = 64
 	}
 	if opts.QueueLen == 0 {
-		opts.QueueLen = 256
+		opts.QueueLen = 1024
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -120,8 +121,22 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 	return e
 }
 
-// SetPublisher sets the downlink path (the engine's MQTT connection).
-func (e *Engine) SetPublisher(p Publisher) { e.pub = p }
+// SessionCloser drops live sessions that use a credential no longer
+// accepted; the embedded broker implements it. An external broker must be
+// told another way (its own checks, a CRL).
+type SessionCloser interface {
+	DisconnectCredential(device, serial string) int
+}
+
+// SetSessionCloser sets who drops sessions of retired credentials.
+func (e *Engine) SetSessionCloser(c SessionCloser) { e.closer = c }
+
+// publisherBox lets the publisher be swapped atomically on reconnect.
+type publisherBox struct{ Publisher }
+
+// SetPublisher sets the downlink path (the engine's MQTT connection). It
+// may be called again, concurrently with the workers, after a reconnect.
+func (e *Engine) SetPublisher(p Publisher) { e.pub.Store(&publisherBox{p}) }
 
 // Start launches the workers and the grace timer; they stop when ctx ends.
 // It first loads the superseded versions whose grace is running.
@@ -174,8 +189,11 @@ func (e *Engine) Start(ctx context.Context) error {
 // Wait blocks until the workers have stopped.
 func (e *Engine) Wait() { e.wg.Wait() }
 
-// Submit queues an uplink for its device's worker. It blocks when that
-// worker is behind, which pushes back on the broker connection.
+// Submit queues an uplink for its device's worker. It never blocks: it
+// runs on the MQTT client's one reading goroutine, which also carries the
+// acknowledgements the workers wait for, so blocking it would stall them
+// all. A message that finds its worker's queue full is dropped and counted
+// ("queue-full"); the device says hello again and gets what it missed.
 func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
 	h := fnv.New32a()
 	h.Write([]byte(topic))
@@ -183,7 +201,8 @@ func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
 	p := append([]byte(nil), payload...)
 	select {
 	case ch <- uplink{topic, p}:
-	case <-ctx.Done():
+	default:
+		e.stats.reject("queue-full")
 	}
 }
 

@@ -92,15 +92,16 @@ func (e *Engine) runGrace(ctx context.Context) {
 func (e *Engine) retire(ctx context.Context, it graceItem) {
 	now := e.now()
 	changed := false
+	serial := ""
 	_, err := e.st.UpdateDevice(ctx, it.device, func(d *store.Device) ([]store.Event, error) {
-		changed = false
+		changed, serial = false, ""
 		v := d.Slot(it.slot).Version(it.version)
 		if v == nil || v.State != store.StateSuperseded || v.GraceUntil.After(now) {
 			return nil, store.ErrNoChange
 		}
 		v.State = store.StateRetired
 		v.RetiredAt = now
-		changed = true
+		changed, serial = true, v.Serial
 		return []store.Event{{Action: "retired", Device: d.ID, Slot: uint8(it.slot), Version: it.version, Actor: "grace"}}, nil
 	})
 	if err != nil {
@@ -116,6 +117,11 @@ func (e *Engine) retire(ctx context.Context, it graceItem) {
 	}
 	e.stats.Retired.Add(1)
 	e.emit(StateChange{Device: it.device, Slot: it.slot, Version: it.version, State: store.StateRetired})
+	if e.closer != nil {
+		if n := e.closer.DisconnectCredential(it.device, serial); n > 0 {
+			e.log.Info("dropped sessions of a retired credential", "device", it.device, "version", it.version, "sessions", n)
+		}
+	}
 	if err := e.sendRetire(ctx, it.device, it.version); err != nil {
 		e.log.Warn("retire not sent; the device gets it on its next hello", "device", it.device, "err", err)
 	}

@@ -30,9 +30,10 @@ func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte)
 		e.log.Error("uplink failed", "topic", topic, "err", err)
 	}
 	e.stats.reject(reason)
-	if au.device != "" {
+	if au.device != "" && reason != "internal" {
 		// The sender proved who it is: tell it why, so its log shows it.
-		// Unauthenticated input gets no answer.
+		// Unauthenticated input gets no answer, and an internal failure
+		// (often the very publish that would carry the answer) none either.
 		e.sendError(ctx, au.device, au.ref, reason)
 	}
 	return err
@@ -373,10 +374,11 @@ func (e *Engine) seal(m protocol.Message, device string) ([]byte, error) {
 }
 
 func (e *Engine) send(ctx context.Context, device string, b []byte) error {
-	if e.pub == nil {
+	pb := e.pub.Load()
+	if pb == nil {
 		return nil // not connected yet: the device converges on its next hello
 	}
-	if err := e.pub.Publish(ctx, e.opts.Topics.Down(device), b); err != nil {
+	if err := pb.Publish(ctx, e.opts.Topics.Down(device), b); err != nil {
 		return fmt.Errorf("rotation: send to %s: %w", device, err)
 	}
 	return nil

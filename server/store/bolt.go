@@ -237,7 +237,7 @@ func (s *Bolt) CreateDevices(ctx context.Context, devs []*Device, events []Event
 	errs := make([]error, len(devs))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDevices)
-		created := map[string]bool{}
+		var evs []Event
 		for i, d := range devs {
 			errs[i] = nil
 			if b.Get([]byte(d.ID)) != nil {
@@ -247,12 +247,8 @@ func (s *Bolt) CreateDevices(ctx context.Context, devs []*Device, events []Event
 			if err := s.putDevice(tx, d, nil); err != nil {
 				return err
 			}
-			created[d.ID] = true
-		}
-		var evs []Event
-		for _, ev := range events {
-			if ev.Device == "" || created[ev.Device] {
-				evs = append(evs, ev)
+			if i < len(events) {
+				evs = append(evs, events[i]) // only the created devices' events
 			}
 		}
 		return s.appendAudit(tx, evs)

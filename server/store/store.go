@@ -50,9 +50,9 @@ type Store interface {
 // device would take an hour for a million). Callers type-assert it and fall
 // back to CreateDevice.
 type BatchCreator interface {
-	// CreateDevices stores the devices and all events atomically, skipping
-	// the ids that exist; the returned slice has one entry per device: nil
-	// or an error wrapping ErrExists.
+	// CreateDevices stores the devices atomically, with events[i] for each
+	// device i it creates, skipping the ids that exist; the returned slice
+	// has one entry per device: nil or an error wrapping ErrExists.
 	CreateDevices(ctx context.Context, devs []*Device, events []Event) ([]error, error)
 }
 
