@@ -5,13 +5,8 @@
 # fleetd's memory is its own.
 set -euo pipefail
 WORK=${WORK:?}
-mkdir -p "$WORK/softhsm/tokens"
-cat > "$WORK/softhsm/softhsm2.conf" <<CONF
-directories.tokendir = $WORK/softhsm/tokens
-objectstore.backend = file
-log.level = ERROR
-CONF
-export SOFTHSM2_CONF="$WORK/softhsm/softhsm2.conf"
+source "$(dirname "${BASH_SOURCE[0]}")/softhsm-env.sh"
+softhsm_env "$WORK"
 export KEYFLEET_HSM_PIN="bench-$$"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
 MQTT_ADDR=127.0.0.1:$(free_port)

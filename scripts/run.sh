@@ -9,15 +9,10 @@ VAR=${VAR:-var}
 DEVICES=${DEVICES:-5}
 EVERY=${EVERY:-15}
 BIN=bin
-mkdir -p "$VAR/softhsm/tokens" "$VAR/log" "$VAR/devices"
+mkdir -p "$VAR/log" "$VAR/devices"
 VAR=$(cd "$VAR" && pwd)
-
-cat > "$VAR/softhsm/softhsm2.conf" <<CONF
-directories.tokendir = $VAR/softhsm/tokens
-objectstore.backend = file
-log.level = ERROR
-CONF
-export SOFTHSM2_CONF="$VAR/softhsm/softhsm2.conf"
+source scripts/softhsm-env.sh
+softhsm_env "$VAR"
 if [ ! -s "$VAR/hsm.pin" ]; then
   umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$VAR/hsm.pin"
 fi
