@@ -467,8 +467,8 @@ func TestNewRoot(t *testing.T) {
 	if !root.IsCA || !root.BasicConstraintsValid {
 		t.Errorf("root: got IsCA %v BasicConstraintsValid %v, want true true", root.IsCA, root.BasicConstraintsValid)
 	}
-	if root.MaxPathLen != 0 || !root.MaxPathLenZero {
-		t.Errorf("root path length: got %d (zero %v), want 0 (no intermediates)", root.MaxPathLen, root.MaxPathLenZero)
+	if root.MaxPathLen != -1 {
+		t.Errorf("root path length: got %d (zero %v), want unlimited (-1), for chains of cross certificates", root.MaxPathLen, root.MaxPathLenZero)
 	}
 	if root.KeyUsage&x509.KeyUsageCertSign == 0 {
 		t.Errorf("root KeyUsage: got %v, want certSign", root.KeyUsage)
@@ -668,5 +668,64 @@ func TestPEMRoundTrip(t *testing.T) {
 	}
 	if got := certs.EncodePEM(); len(got) != 0 {
 		t.Errorf("EncodePEM(): got %q, want empty", got)
+	}
+}
+
+// TestCrossSignChain checks what an anchor rotation relies on: a device that
+// trusts only the first root accepts a leaf of the third through the chain
+// of cross certificates, and one that trusts the third accepts it directly.
+func TestCrossSignChain(t *testing.T) {
+	now := time.Now()
+	k1, k2, k3 := newP256(t), newP256(t), newP256(t)
+	r1, err := certs.NewRoot(k1, "keyfleet CA", now, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := certs.NewRoot(k2, "keyfleet CA 2", now, 48*time.Hour)
+	r3, _ := certs.NewRoot(k3, "keyfleet CA 3", now, 48*time.Hour)
+	x2, err := certs.CrossSign(r2, r1, k1)
+	if err != nil {
+		t.Fatalf("CrossSign: %v", err)
+	}
+	x3, err := certs.CrossSign(r3, r2, k2)
+	if err != nil {
+		t.Fatalf("CrossSign: %v", err)
+	}
+	if x2.NotAfter.After(r1.NotAfter) {
+		t.Errorf("cross certificate outlives its issuer: %v > %v", x2.NotAfter, r1.NotAfter)
+	}
+	ca, err := certs.NewCA(r3, k3, certs.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey := newP256(t)
+	leaf, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: leafKey.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(x3)
+	inter.AddCert(x2)
+	for _, tc := range []struct {
+		name  string
+		roots []*x509.Certificate
+		inter *x509.CertPool
+		ok    bool
+	}{
+		{"first root through two crosses", []*x509.Certificate{r1}, inter, true},
+		{"second root through one cross", []*x509.Certificate{r2}, inter, true},
+		{"third root directly", []*x509.Certificate{r3}, nil, true},
+		{"first root without the crosses", []*x509.Certificate{r1}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := x509.NewCertPool()
+			for _, r := range tc.roots {
+				pool.AddCert(r)
+			}
+			_, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: tc.inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+			if (err == nil) != tc.ok {
+				t.Errorf("verify: got err %v, want ok=%v", err, tc.ok)
+			}
+		})
 	}
 }

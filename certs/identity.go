@@ -16,6 +16,10 @@ const (
 	RoleDevice Role = "device" // a device's identity (LDevID)
 	RoleServer Role = "server" // fleetd: its MQTT client and TLS endpoints
 	RoleAdmin  Role = "admin"  // an operator using fleetctl
+	// RoleIDevID is a device's birth credential: long-lived, issued by the
+	// manufacturer CA, good only for re-enrolment after the device was away
+	// past every window. Never rotated.
+	RoleIDevID Role = "idevid"
 )
 
 // ErrNoIdentity: a certificate carries no keyfleet identity, or two.
@@ -48,7 +52,7 @@ func ParseIdentityURI(u *url.URL) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: %q", ErrNoIdentity, u.String())
 	}
 	switch Role(role) {
-	case RoleDevice, RoleServer, RoleAdmin:
+	case RoleDevice, RoleServer, RoleAdmin, RoleIDevID:
 	default:
 		return Identity{}, fmt.Errorf("%w: unknown role %q", ErrNoIdentity, role)
 	}

@@ -176,8 +176,11 @@ func NewRoot(signer crypto.Signer, name string, now time.Time, validity time.Dur
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
+		// No path length limit: when the anchors rotate, a device that
+		// trusts only this root reaches the new one through a chain of
+		// cross certificates (CrossSign), and Go enforces a root's limit
+		// on that chain.
+		MaxPathLen: -1,
 	}
 	cert, err := x509util.CreateCertificate(tmpl, tmpl, signer.Public(), signer)
 	if err != nil {
@@ -207,4 +210,36 @@ func randomSerial() (*big.Int, error) {
 		return nil, fmt.Errorf("certs: serial: %w", err)
 	}
 	return n.Add(n, big.NewInt(1)), nil
+}
+
+// CrossSign certifies root's key and subject under issuer (the previous
+// root, whose key is signer): a device that trusts only the previous root
+// still accepts chains that end in root, so a root rotation never strands a
+// device that has not updated its anchors yet. The cross certificate's
+// validity is capped by the issuer's.
+func CrossSign(root, issuer *x509.Certificate, signer crypto.Signer) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	notAfter := root.NotAfter
+	if issuer.NotAfter.Before(notAfter) {
+		notAfter = issuer.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               root.Subject,
+		NotBefore:             root.NotBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            -1, // chains of crosses: see NewRoot
+		SubjectKeyId:          root.SubjectKeyId,
+	}
+	cert, err := x509util.CreateCertificate(tmpl, issuer, root.PublicKey, signer)
+	if err != nil {
+		return nil, fmt.Errorf("certs: cross-sign %q by %q: %w", root.Subject.CommonName, issuer.Subject.CommonName, err)
+	}
+	return cert, nil
 }

@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfleet/keyfleet/anchors"
+	"github.com/keyfleet/keyfleet/datakey"
+	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 )
@@ -83,6 +86,11 @@ type Options struct {
 	// enroll before it says hello again, which makes the server resend
 	// what is missing (a message can be lost at a broker); 0 means 30 s.
 	StepTimeout time.Duration
+	// AnchorSteps bounds how many anchor sets one message may take the
+	// agent through; 0 means protocol.MaxChainSets.
+	AnchorSteps int
+	// Firmware, if set, turns on firmware updates.
+	Firmware *FirmwareOptions
 }
 
 // Agent is one device's agent.
@@ -97,7 +105,12 @@ type Agent struct {
 	gen       atomic.Uint64 // current connection generation
 	waiting   bool          // an enroll is out and its certificate has not come
 	online    atomic.Pointer[onlineKey]
-	updateKID []byte
+	updateKID atomic.Pointer[[]byte]
+	anchors   atomic.Pointer[anchors.Signed]
+	keyMu     sync.Mutex
+	keys      *datakey.Keyset
+	fw        *firmware.Slots
+	refused   int // dial rounds in a row in which every credential was refused
 	lastSync  time.Time
 	// missed is set when a downlink was refused for want of the delegation
 	// that signs it; when that delegation arrives, a hello asks the server
@@ -166,14 +179,22 @@ func New(opts Options) (*Agent, error) {
 	if opts.ReportEvery == 0 {
 		opts.ReportEvery = time.Hour
 	}
+	if opts.AnchorSteps == 0 {
+		opts.AnchorSteps = protocol.MaxChainSets
+	}
 	a := &Agent{
 		ks: ks, codec: protocol.NewCodec(), opts: opts, topics: opts.Topics,
 		log:   opts.Logger.With("device", ks.ID().ID),
 		inbox: make(chan inMsg, 64),
 		seen:  map[string]time.Time{},
 	}
-	if a.updateKID, err = protocol.KeyID(ks.UpdateKey()); err != nil {
+	kid, err := protocol.KeyID(ks.UpdateKey())
+	if err != nil {
 		return nil, fmt.Errorf("device: update key: %w", err)
+	}
+	a.updateKID.Store(&kid)
+	if err := a.initOffline(); err != nil {
+		return nil, err
 	}
 	if b := ks.Delegation(); b != nil {
 		// A stored delegation that no longer verifies (expired) is simply
@@ -241,6 +262,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		gen++
 		a.gen.Store(gen)
 		conn, ver, err := a.dial(ctx, gen)
+		if err != nil && a.refused >= 2 {
+			// Every credential refused, twice over: away past every
+			// window. The birth credential asks for a new identity.
+			if _, _, berr := a.ks.BirthCredential(); berr == nil {
+				gen++
+				a.gen.Store(gen)
+				rerr := a.reenroll(ctx, gen)
+				if errors.Is(rerr, errReconnect) {
+					a.refused = 0
+					backoff = a.opts.ReconnectMin
+					continue
+				}
+				err = fmt.Errorf("%w; re-enrolment: %v", err, rerr)
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -311,16 +347,24 @@ func (a *Agent) dial(ctx context.Context, gen uint64) (*mqttc.Conn, uint32, erro
 	}
 	tries = append(tries, st.Active)
 	var lastErr error
+	refused := 0
 	for _, v := range tries {
 		conn, err := a.connect(ctx, v, gen)
 		if err != nil {
 			if errors.Is(err, mqttc.ErrRefused) {
 				a.emit(EventRefused, v, err.Error())
+				refused++
 			}
 			lastErr = err
 			continue
 		}
+		a.refused = 0
 		return conn, v, nil
+	}
+	if refused == len(tries) {
+		a.refused++
+	} else {
+		a.refused = 0
 	}
 	return nil, 0, lastErr
 }
@@ -339,7 +383,7 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 		Broker:   a.opts.Broker,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: a.ks.Roots(), ServerName: host,
-			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves},
+			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves, Time: a.opts.Now},
 		Subscriptions: []string{a.topics.Broadcast(), a.topics.Down(id)},
 		OnMessage: func(topic string, payload []byte) {
 			payloads := [][]byte{append([]byte(nil), payload...)}
@@ -436,6 +480,9 @@ func (a *Agent) hello(ctx context.Context) error {
 	if k := a.online.Load(); k != nil {
 		h.Delegation = k.kid
 	}
+	h.Anchors = a.AnchorVersion()
+	h.DataKeys = a.heldKeys()
+	h.Firmware = a.FirmwareVersion()
 	a.lastSync = a.opts.Now()
 	return a.send(ctx, h)
 }
@@ -482,7 +529,7 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 	if err != nil {
 		return a.reject("malformed", err)
 	}
-	if env.IsSigned() && bytes.Equal(env.KID, a.updateKID) {
+	if env.IsSigned() && bytes.Equal(env.KID, *a.updateKID.Load()) {
 		// Signed by the update key itself: only a delegation may be.
 		if err := a.acceptDelegation(payload, true); err != nil {
 			return a.reject("delegation", err)
@@ -533,7 +580,16 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 		return a.onRotate(ctx, m)
 	case *protocol.Cert:
 		return a.onCert(m)
+	case *protocol.Anchors:
+		return a.onAnchors(ctx, m, true)
+	case *protocol.Key:
+		return a.onKey(m)
+	case *protocol.Firmware:
+		return a.onFirmware(ctx, m)
 	case *protocol.Retire:
+		if m.Slot == protocol.SlotData {
+			return a.retireDataKey(m.Version)
+		}
 		if m.Slot == protocol.SlotIdentity {
 			ok, err := a.ks.Retire(m.Version)
 			if err != nil {

@@ -36,12 +36,14 @@ type SlotState struct {
 
 // Keystore is a device's key directory. It is safe for concurrent use.
 type Keystore struct {
-	st     Storage
-	id     Identity
-	roots  *x509.CertPool
-	update any
-	mu     sync.Mutex
-	state  SlotState
+	st       Storage
+	id       Identity
+	roots    *x509.CertPool
+	rootList []*x509.Certificate // newest first
+	update   any
+	anchors  anchorState
+	mu       sync.Mutex
+	state    SlotState
 }
 
 // Paths inside the keystore directory.
@@ -157,6 +159,7 @@ func Open(st Storage) (*Keystore, error) {
 	for _, c := range cas {
 		ks.roots.AddCert(c)
 	}
+	ks.rootList = cas
 	if b, err = st.ReadFile(fileUpdate); err != nil {
 		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
@@ -167,7 +170,28 @@ func Open(st Storage) (*Keystore, error) {
 	if ks.update, err = x509.ParsePKIXPublicKey(blk.Bytes); err != nil {
 		return nil, fmt.Errorf("device: keystore %s: update key: %w", ks.id.ID, err)
 	}
+	if b, err = st.ReadFile(fileAnchors); err == nil {
+		if err := json.Unmarshal(b, &ks.anchors); err != nil {
+			return nil, fmt.Errorf("device: keystore %s: anchors: %w", ks.id.ID, err)
+		}
+	}
 	return ks, nil
+}
+
+func decodeKey(b []byte) (*ecdsa.PrivateKey, error) {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("device: no PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("device: key: %w", err)
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, errors.New("device: key is not ECDSA")
+	}
+	return ek, nil
 }
 
 // SetSync chooses whether a directory keystore's writes are fsynced (the
@@ -400,7 +424,15 @@ func (ks *Keystore) SaveDelegation(b []byte) error {
 }
 
 // Roots returns the fleet CA pool.
-func (ks *Keystore) Roots() *x509.CertPool { return ks.roots }
+func (ks *Keystore) Roots() *x509.CertPool {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.roots
+}
 
 // UpdateKey returns the server's update-signing public key.
-func (ks *Keystore) UpdateKey() any { return ks.update }
+func (ks *Keystore) UpdateKey() any {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.update
+}

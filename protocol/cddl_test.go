@@ -241,7 +241,17 @@ func goKind(f reflect.StructField) string {
 		if typ.Elem().Kind() == reflect.Uint8 {
 			return "bstr"
 		}
-		return "array of " + typ.Elem().Name()
+		switch el := typ.Elem(); el.Kind() {
+		case reflect.Struct:
+			return "array of " + el.Name()
+		case reflect.Slice:
+			if el.Elem().Kind() == reflect.Uint8 {
+				return "array of bstr"
+			}
+		case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			return "array of uint"
+		}
+		return "unsupported Go element kind " + typ.Elem().Kind().String()
 	default:
 		return "unsupported Go kind " + typ.Kind().String()
 	}
@@ -342,6 +352,8 @@ func compareRule(t reporter, rules map[string]*cddlRule, name string, entries []
 			// Compare the element rule with its Go struct by name.
 			if et, known := structRule[elem]; known {
 				ck = "array of " + et.Name()
+			} else {
+				ck = "array of " + kindOf(t, rules, elem, 0)
 			}
 		}
 		if gk != ck {

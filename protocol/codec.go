@@ -281,7 +281,7 @@ func (c *Codec) Message(e *Envelope) (Message, error) {
 // (as opposed to an internal failure).
 func IsRejection(err error) bool {
 	for _, e := range []error{ErrTooLarge, ErrMalformed, ErrUnsupportedVersion, ErrUnknownType,
-		ErrMissingField, ErrBadSignature, ErrUnsigned, ErrExpired, ErrBadDeviceID} {
+		ErrMissingField, ErrBadSignature, ErrUnsigned, ErrExpired, ErrBadDeviceID, ErrDecrypt} {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -13,19 +13,24 @@ type Type uint8
 // Message types. Values are wire constants: never renumber, only add.
 const (
 	TypeUnknown    Type = 0
-	TypeHello      Type = 1 // device -> server: versions of every slot
-	TypeRotate     Type = 2 // server -> device: make a new key for a slot
-	TypeEnroll     Type = 3 // device -> server: CSR for the new key
-	TypeCert       Type = 4 // server -> device: the issued certificate
-	TypeActivated  Type = 5 // device -> server: the new key is in use
-	TypeRetire     Type = 6 // server -> device: drop an old version
-	TypeError      Type = 7 // either way: a request was refused
-	TypeDelegation Type = 8 // server -> devices: online signing key, certified by the update key
+	TypeHello      Type = 1  // device -> server: versions of every slot
+	TypeRotate     Type = 2  // server -> device: make a new key for a slot
+	TypeEnroll     Type = 3  // device -> server: CSR for the new key
+	TypeCert       Type = 4  // server -> device: the issued certificate
+	TypeActivated  Type = 5  // device -> server: the new key is in use
+	TypeRetire     Type = 6  // server -> device: drop an old version
+	TypeError      Type = 7  // either way: a request was refused
+	TypeDelegation Type = 8  // server -> devices: online signing key, certified by the update key
+	TypeKey        Type = 9  // server -> device: a data key, sealed to the device's identity key
+	TypeReenroll   Type = 10 // device -> server: CSR signed with the birth credential (IDevID)
+	TypeAnchors    Type = 11 // server -> device: trust-anchor sets, each signed by its predecessor
+	TypeFirmware   Type = 12 // server -> device: a signed firmware manifest
 )
 
 var typeNames = map[Type]string{
 	TypeHello: "hello", TypeRotate: "rotate", TypeEnroll: "enroll", TypeCert: "cert",
 	TypeActivated: "activated", TypeRetire: "retire", TypeError: "error", TypeDelegation: "delegation",
+	TypeKey: "key", TypeReenroll: "reenroll", TypeAnchors: "anchors", TypeFirmware: "firmware",
 }
 
 func (t Type) String() string {
@@ -42,12 +47,15 @@ type Slot uint8
 const (
 	SlotUnknown  Slot = 0
 	SlotIdentity Slot = 1 // the LDevID: P-256 key + certificate for mTLS and uplink signatures
+	SlotData     Slot = 2 // data keys: symmetric, made in the HSM, escrowed by the server
 )
 
 func (s Slot) String() string {
 	switch s {
 	case SlotIdentity:
 		return "identity"
+	case SlotData:
+		return "data"
 	default:
 		return fmt.Sprintf("slot(%d)", uint8(s))
 	}
@@ -68,6 +76,7 @@ const (
 	CodeRevoked        ErrorCode = 7
 	CodeInternal       ErrorCode = 8
 	CodeNoRotation     ErrorCode = 9
+	CodeUnknownDevice  ErrorCode = 10
 )
 
 // Header is the common part of every message (CBOR keys 1-6).
@@ -108,6 +117,14 @@ type Hello struct {
 	// Delegation is the key id of the online-key delegation the device
 	// holds; the server sends its current one when they differ.
 	Delegation []byte `cbor:"11,keyasint,omitempty"`
+	// Anchors is the version of the trust-anchor set the device holds; the
+	// server sends the sets that follow it when it is behind.
+	Anchors uint32 `cbor:"12,keyasint,omitempty"`
+	// DataKeys lists the data-key versions the device holds, so the server
+	// can send those it still needs and retire those it must drop.
+	DataKeys []uint32 `cbor:"13,keyasint,omitempty"`
+	// Firmware is the version of the firmware the device runs.
+	Firmware uint32 `cbor:"14,keyasint,omitempty"`
 }
 
 // Rotate asks a device to generate a new key for Slot, to become Version.
@@ -166,6 +183,61 @@ type Delegation struct {
 	Key       []byte `cbor:"17,keyasint"` // PKIX SubjectPublicKeyInfo (DER) of the online key
 	NotBefore uint64 `cbor:"18,keyasint"` // Unix seconds
 	NotAfter  uint64 `cbor:"19,keyasint"` // Unix seconds
+}
+
+// KeyStatus says what a device may do with a data key version.
+type KeyStatus uint8
+
+// Data-key statuses. Wire constants; zero is invalid.
+const (
+	KeyStatusUnknown     KeyStatus = 0
+	KeyStatusPrimary     KeyStatus = 1 // encrypt and decrypt
+	KeyStatusDecryptOnly KeyStatus = 2 // decrypt what older versions wrote
+)
+
+// Key delivers one data-key version, sealed with HPKE to the device's
+// current identity key (COSE_Encrypt0, see SealEncrypt0), so that neither
+// the broker nor anyone but the device reads it.
+type Key struct {
+	Header
+	Slot    Slot      `cbor:"10,keyasint"`
+	Version uint32    `cbor:"11,keyasint"`
+	Status  KeyStatus `cbor:"20,keyasint"`
+	Sealed  []byte    `cbor:"21,keyasint"`
+}
+
+// Reenroll is sent on the re-enrolment topic by a device that holds no
+// accepted identity any more (it was away past every window). It is signed
+// with the device's birth credential (IDevID) and carries a CSR for a new
+// identity key; the server picks the version.
+type Reenroll struct {
+	Header
+	CSR []byte `cbor:"12,keyasint"`
+	// Anchors is the trust-anchor version the device holds, so the answer
+	// can bring it up to date before the certificate, which it verifies
+	// against the newest root.
+	Anchors uint32 `cbor:"22,keyasint,omitempty"`
+}
+
+// Anchors carries consecutive signed trust-anchor sets, oldest first, each
+// signed by the keys of the one before (package anchors). It travels bare:
+// every set carries its own signatures.
+type Anchors struct {
+	Header
+	Sets [][]byte `cbor:"23,keyasint"`
+}
+
+// MaxChainSets bounds the sets one Anchors message carries, and so the
+// steps a device takes on one message: a device further behind reports the
+// version it reached and gets the next sets. It keeps the message under
+// MaxPacketSize (a set is about 800 bytes).
+const MaxChainSets = 4
+
+// Firmware offers a signed firmware manifest (package firmware). It travels
+// bare: the manifest is signed by the firmware-signing key of the anchors.
+type Firmware struct {
+	Header
+	Manifest []byte `cbor:"24,keyasint"`
 }
 
 // MaxDetailLen bounds Error.Detail.
@@ -278,6 +350,42 @@ func (m *Delegation) validate() error {
 	return needID(&m.Header)
 }
 
+func (m *Key) validate() error {
+	if m.Status != KeyStatusPrimary && m.Status != KeyStatusDecryptOnly {
+		return fmt.Errorf("%w: key status %d", ErrMalformed, m.Status)
+	}
+	if len(m.Sealed) == 0 {
+		return fmt.Errorf("%w: sealed key", ErrMissingField)
+	}
+	return first(needID(&m.Header), needCommand(&m.Header), needSlotVersion(m.Slot, m.Version))
+}
+
+func (m *Reenroll) validate() error {
+	if len(m.CSR) == 0 {
+		return fmt.Errorf("%w: csr", ErrMissingField)
+	}
+	return first(needID(&m.Header), needRID(&m.Header), needUplink(&m.Header))
+}
+
+func (m *Anchors) validate() error {
+	if len(m.Sets) == 0 {
+		return fmt.Errorf("%w: anchor sets", ErrMissingField)
+	}
+	for _, s := range m.Sets {
+		if len(s) == 0 {
+			return fmt.Errorf("%w: empty anchor set", ErrMalformed)
+		}
+	}
+	return needID(&m.Header)
+}
+
+func (m *Firmware) validate() error {
+	if len(m.Manifest) == 0 {
+		return fmt.Errorf("%w: manifest", ErrMissingField)
+	}
+	return needID(&m.Header)
+}
+
 func first(errs ...error) error {
 	for _, err := range errs {
 		if err != nil {
@@ -306,6 +414,14 @@ func newMessage(t Type) (Message, error) {
 		return &Error{}, nil
 	case TypeDelegation:
 		return &Delegation{}, nil
+	case TypeKey:
+		return &Key{}, nil
+	case TypeReenroll:
+		return &Reenroll{}, nil
+	case TypeAnchors:
+		return &Anchors{}, nil
+	case TypeFirmware:
+		return &Firmware{}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 }
@@ -329,13 +445,23 @@ func TypeOf(m Message) Type {
 		return TypeError
 	case *Delegation:
 		return TypeDelegation
+	case *Key:
+		return TypeKey
+	case *Reenroll:
+		return TypeReenroll
+	case *Anchors:
+		return TypeAnchors
+	case *Firmware:
+		return TypeFirmware
 	}
 	return TypeUnknown
 }
 
 // Signed reports whether messages of type t travel inside COSE_Sign1.
-// Only certificate deliveries are bare.
-func Signed(t Type) bool { return t != TypeCert }
+// Certificate deliveries, anchor sets and firmware manifests are bare:
+// each carries its own signature (the CA's, the previous anchor set's, the
+// firmware key's), and a second one would only add bytes.
+func Signed(t Type) bool { return t != TypeCert && t != TypeAnchors && t != TypeFirmware }
 
 // NewID returns a fresh random message or rotation id.
 func NewID() []byte {

@@ -92,7 +92,9 @@ func TestTypeTable(t *testing.T) {
 	wire := map[string]Type{
 		"hello": 1, "rotate": 2, "enroll": 3, "cert": 4,
 		"activated": 5, "retire": 6, "error": 7, "delegation": 8,
+		"key": 9, "reenroll": 10, "anchors": 11, "firmware": 12,
 	}
+	bare := map[Type]bool{TypeCert: true, TypeAnchors: true, TypeFirmware: true}
 	if len(typeNames) != len(wire) {
 		t.Errorf("typeNames has %d entries, want %d (update this test and docs/protocol.cddl together)", len(typeNames), len(wire))
 	}
@@ -111,12 +113,12 @@ func TestTypeTable(t *testing.T) {
 			if got := TypeOf(m); got != typ {
 				t.Errorf("TypeOf(newMessage(%v)) = %v, want %v", typ, got, typ)
 			}
-			if got, want := Signed(typ), typ != TypeCert; got != want {
+			if got, want := Signed(typ), !bare[typ]; got != want {
 				t.Errorf("Signed(%v) = %v, want %v", typ, got, want)
 			}
 		})
 	}
-	for _, typ := range []Type{TypeUnknown, 9, 255} {
+	for _, typ := range []Type{TypeUnknown, 13, 255} {
 		if _, err := newMessage(typ); !errors.Is(err, ErrUnknownType) {
 			t.Errorf("newMessage(%d): got err %v, want %v", typ, err, ErrUnknownType)
 		}

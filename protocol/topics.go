@@ -31,6 +31,31 @@ func (t Topics) Up(device string) string { return t.prefix() + "/d/" + device + 
 // Down is the topic the server publishes a device's commands to.
 func (t Topics) Down(device string) string { return t.prefix() + "/d/" + device + "/down" }
 
+// Reenroll is the topic a device publishes its re-enrolment to when it
+// connects with its birth credential (IDevID): the only topic such a
+// session may write.
+func (t Topics) Reenroll(device string) string { return t.prefix() + "/d/" + device + "/reenroll" }
+
+// ReenrollDown is where the server answers a re-enrolment: the only topic
+// an IDevID session may read.
+func (t Topics) ReenrollDown(device string) string {
+	return t.prefix() + "/d/" + device + "/reenroll/down"
+}
+
+// SharedReenroll is the shared subscription for every device's
+// re-enrolment topic.
+func (t Topics) SharedReenroll(group string) string {
+	return "$share/" + group + "/" + t.prefix() + "/d/+/reenroll"
+}
+
+// Anchors is the retained broadcast topic of the current trust-anchor chain.
+func (t Topics) Anchors() string { return t.BroadcastTopic("anchors") }
+
+// ParseReenroll returns the device id of a re-enrolment topic.
+func (t Topics) ParseReenroll(topic string) (string, error) {
+	return t.parse(topic, "reenroll")
+}
+
 // SharedUp is the shared subscription through which fleetd instances split
 // all devices' uplinks between them.
 func (t Topics) SharedUp(group string) string {

@@ -9,13 +9,19 @@ import (
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/rotation"
 )
 
 // Key labels in the token.
 const (
-	LabelCA     = "keyfleet-ca"
-	LabelUpdate = "keyfleet-update"
+	LabelCA       = "keyfleet-ca"
+	LabelUpdate   = "keyfleet-update"
+	LabelFirmware = "keyfleet-firmware"
+	// LabelBirthCA is the manufacturer CA that issues birth credentials
+	// (IDevID). In a real supply chain it lives at the factory; fleetd
+	// plays that role for fleetctl device add and the simulator.
+	LabelBirthCA = "keyfleet-idevid-ca"
 )
 
 // Config configures fleetd. Zero values take the documented defaults.
@@ -45,9 +51,13 @@ type Config struct {
 	// certificate at Init, besides localhost, 127.0.0.1 and ::1: the names
 	// devices and operators use to reach it.
 	ServerNames []string
-	// Grace is how long a superseded identity stays accepted; default 7 days.
+	// Policy gives the key lifetimes and the windows for offline devices;
+	// zero fields take policy.Default's.
+	Policy policy.Policy
+	// Grace, if set, overrides Policy.Grace: how long a superseded
+	// identity stays accepted.
 	Grace time.Duration
-	// CertValidity of device certificates; default 90 days.
+	// CertValidity, if set, overrides Policy.CertValidity.
 	CertValidity time.Duration
 	// CommandTTL is the expiry of commands; default 10 minutes.
 	CommandTTL time.Duration
@@ -77,8 +87,17 @@ func (c *Config) setDefaults() error {
 			*d = v
 		}
 	}
-	def(&c.Grace, 7*24*time.Hour)
-	def(&c.CertValidity, 90*24*time.Hour)
+	c.Policy = c.Policy.WithDefaults()
+	if c.Grace != 0 {
+		c.Policy.Grace = policy.Duration(c.Grace)
+	}
+	if c.CertValidity != 0 {
+		c.Policy.CertValidity = policy.Duration(c.CertValidity)
+	}
+	if err := c.Policy.Validate(); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	c.Grace, c.CertValidity = c.Policy.Grace.D(), c.Policy.CertValidity.D()
 	def(&c.CommandTTL, 10*time.Minute)
 	def(&c.OnlineKeyLifetime, 24*time.Hour)
 	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {
@@ -109,4 +128,7 @@ func (p Paths) UpdateKey() string  { return filepath.Join(p.Dir, "pki", "update.
 func (p Paths) ServerCert() string { return filepath.Join(p.Dir, "pki", "fleetd.pem") }
 func (p Paths) ServerKey() string  { return filepath.Join(p.Dir, "pki", "fleetd.key") }
 func (p Paths) AdminDir() string   { return filepath.Join(p.Dir, "admin") }
+func (p Paths) BirthCA() string    { return filepath.Join(p.Dir, "pki", "idevid-ca.pem") }
+func (p Paths) Anchors() string    { return filepath.Join(p.Dir, "pki", "anchors") }
+func (p Paths) Firmware() string   { return filepath.Join(p.Dir, "firmware", "current.json") }
 func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }

@@ -15,6 +15,11 @@ type custody interface {
 	URI(label string) string
 	Ops() uint64
 	io.Closer
+	// The escrow's key-encryption key and data keys.
+	GenerateKEK(label string) error
+	HasKEK(label string) (bool, error)
+	NewDataKey(kek string, size int) (key, wrapped []byte, err error)
+	UnwrapDataKey(kek string, wrapped []byte) ([]byte, error)
 }
 
 var (

@@ -13,6 +13,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/internal/fsutil"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
 // ErrInitialized: Init found an existing deployment in the data directory.
@@ -81,6 +82,12 @@ func Init(ctx context.Context, cfg Config) error {
 	if err := writeAdmin(ctx, ca, p.AdminDir(), "admin", root); err != nil {
 		return err
 	}
+	if _, err := ensureBirthCA(keys, p, cfg.Now); err != nil {
+		return err
+	}
+	if _, err := trust.Genesis(p.Anchors(), keys, root, firstLabels, cfg.Now); err != nil {
+		return err
+	}
 	for _, f := range []struct {
 		path string
 		data []byte
@@ -121,4 +128,38 @@ func writeAdmin(ctx context.Context, ca *certs.CA, dir, name string, root *x509.
 		}
 	}
 	return nil
+}
+
+// firstLabels are the HSM labels of anchor set version 1.
+var firstLabels = trust.Labels{CA: LabelCA, Update: LabelUpdate, Firmware: LabelFirmware}
+
+// birthValidity is the lifetime of the manufacturer root; birth
+// credentials live as long as devices do.
+const birthValidity = 30 * 365 * 24 * time.Hour
+
+// ensureBirthCA loads the manufacturer CA that issues birth credentials,
+// making it (key in the token, root certificate in pki/) if the deployment
+// predates it.
+func ensureBirthCA(keys custody, p Paths, now func() time.Time) (*certs.CA, error) {
+	var root *x509.Certificate
+	if cs, err := certs.LoadPEM(p.BirthCA()); err == nil {
+		root = cs[0]
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("server: birth CA: %w", err)
+	}
+	key, err := keys.Signer(LabelBirthCA)
+	if err != nil {
+		if key, err = keys.GenerateP256(LabelBirthCA); err != nil {
+			return nil, err
+		}
+	}
+	if root == nil {
+		if root, err = certs.NewRoot(key, "keyfleet IDevID CA", now(), birthValidity); err != nil {
+			return nil, err
+		}
+		if err := fsutil.WriteAtomic(p.BirthCA(), certs.EncodePEM(root), 0o644); err != nil {
+			return nil, fmt.Errorf("server: birth CA: %w", err)
+		}
+	}
+	return certs.NewCA(root, key, certs.CAOptions{Validity: birthValidity, Now: now})
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -20,9 +21,11 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/online"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
 // Server is a running fleetd.
@@ -31,17 +34,23 @@ type Server struct {
 	log    *slog.Logger
 	st     *store.Bolt
 	keys   custody
-	ca     *certs.CA
-	root   *x509.Certificate
+	ca     issuer
+	birth  *certs.CA
+	chain  *trust.Chain
+	escrow *escrow.Escrow
+	root   *x509.Certificate // the first root: what fleetctl's ca.pem holds
 	keeper *online.Keeper
 	codec  *protocol.Codec
 	engine *rotation.Engine
 	broker *broker.Embedded
 	admin  *http.Server
 	adminL net.Listener
-	tlsCrt tls.Certificate
-	pool   *x509.CertPool
+	tlsCrt atomic.Pointer[tls.Certificate]
+	tlsKey crypto.Signer
+	fw     atomic.Pointer[firmwareRelease]
 	update []byte
+
+	rotMu sync.Mutex // one anchor rotation at a time
 
 	mu       sync.Mutex
 	conn     *mqttc.Conn
@@ -70,26 +79,37 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("server: not initialised? %w", err)
 	}
 	s.root = roots[0]
-	s.pool = x509.NewCertPool()
-	s.pool.AddCert(s.root)
 	if s.update, err = os.ReadFile(p.UpdateKey()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.tlsCrt, err = tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey()); err != nil {
+	crt, err := tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey())
+	if err != nil {
 		return nil, fmt.Errorf("server: TLS credential: %w", err)
+	}
+	s.tlsCrt.Store(&crt)
+	var ok bool
+	if s.tlsKey, ok = crt.PrivateKey.(crypto.Signer); !ok {
+		return nil, errors.New("server: TLS key is not a signer")
 	}
 	if s.keys, err = openCustody(&s.cfg); err != nil {
 		return nil, err
 	}
-	caKey, err := s.keys.Signer(LabelCA)
+	if s.chain, err = trust.Open(p.Anchors(), s.keys, cfg.Now); errors.Is(err, trust.ErrNoChain) {
+		// A deployment made before anchor chains: its root and update key
+		// become version 1.
+		s.chain, err = trust.Genesis(p.Anchors(), s.keys, s.root, firstLabels, cfg.Now)
+	}
 	if err != nil {
 		return nil, err
 	}
-	updKey, err := s.keys.Signer(LabelUpdate)
-	if err != nil {
+	if s.birth, err = ensureBirthCA(s.keys, p, cfg.Now); err != nil {
 		return nil, err
 	}
-	if s.ca, err = certs.NewCA(s.root, caKey, certs.CAOptions{Validity: cfg.CertValidity, Now: cfg.Now}); err != nil {
+	if err := s.loadCA(); err != nil {
+		return nil, err
+	}
+	updKey, err := s.chain.Signer(trust.RoleUpdate)
+	if err != nil {
 		return nil, err
 	}
 	if s.keeper, err = online.NewKeeper(s.codec, updKey, cfg.Now(), cfg.OnlineKeyLifetime); err != nil {
@@ -98,9 +118,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = store.OpenBolt(p.Store(), store.BoltOptions{Now: cfg.Now}); err != nil {
 		return nil, err
 	}
-	s.engine = rotation.New(s.st, s.ca, s.keeper, s.codec, rotation.Options{
-		Grace: cfg.Grace, CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
+	if s.escrow, err = escrow.New(s.keys, s.st, cfg.Policy, cfg.Now); err != nil {
+		return nil, err
+	}
+	if err := s.loadFirmware(); err != nil {
+		return nil, err
+	}
+	s.engine = rotation.New(s.st, &s.ca, s.keeper, s.codec, rotation.Options{
+		Policy: cfg.Policy, Grace: cfg.Grace, CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
 		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
+		Anchors: s.chain, DataKeys: s.escrow, Firmware: s,
 	})
 	if err := s.engine.Start(ctx); err != nil {
 		return nil, err
@@ -108,8 +135,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	brokerAddr := cfg.ExternalBroker
 	if brokerAddr == "" {
 		s.broker, err = broker.Start(broker.Options{
-			Addr:    cfg.MQTTAddr,
-			TLS:     &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, ClientCAs: s.pool},
+			Addr:  cfg.MQTTAddr,
+			TLS:   &tls.Config{GetCertificate: s.getCertificate},
+			Trust: s, Policy: cfg.Policy, Now: cfg.Now,
 			Checker: s.engine, Topics: cfg.Topics, Logger: cfg.Logger,
 		})
 		if err != nil {
@@ -139,9 +167,9 @@ func (s *Server) connect(ctx context.Context) error {
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
 		Broker:   s.cfg.MQTTAddr,
 		ClientID: "fleetd-" + fmt.Sprintf("%x", protocol.NewID()[:4]),
-		TLS: &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, RootCAs: s.pool, ServerName: serverName(host),
-			MinVersion: tls.VersionTLS12},
-		Subscriptions: []string{s.cfg.Topics.SharedUp(broker.ServerShareGroup)},
+		TLS: &tls.Config{GetClientCertificate: s.getClientCertificate, RootCAs: s.chain.Roots(), ServerName: serverName(host),
+			MinVersion: tls.VersionTLS12, Time: s.cfg.Now},
+		Subscriptions: []string{s.cfg.Topics.SharedUp(broker.ServerShareGroup), s.cfg.Topics.SharedReenroll(broker.ServerShareGroup)},
 		OnMessage:     func(topic string, payload []byte) { s.engine.Submit(ctx, topic, payload) },
 		OnLost: func(err error) {
 			s.log.Warn("fleetd lost its broker connection; reconnecting", "err", err)
@@ -160,6 +188,9 @@ func (s *Server) connect(ctx context.Context) error {
 	s.conn = conn
 	s.mu.Unlock()
 	s.engine.SetPublisher(conn)
+	if err := s.publishAnchors(ctx, conn); err != nil {
+		s.log.Warn("anchors not published", "err", err)
+	}
 	go func() {
 		select {
 		case <-lost:
@@ -239,8 +270,14 @@ func (s *Server) serveAdmin() error {
 	s.adminL = l
 	s.admin = &http.Server{
 		Handler: admin.Handler(s, s.log),
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{s.tlsCrt}, ClientCAs: s.pool,
-			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
+		TLSConfig: &tls.Config{
+			// Read per connection: a rotation of the anchors adds a root
+			// and replaces fleetd's certificate without a restart.
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return &tls.Config{GetCertificate: s.getCertificate, ClientCAs: s.chain.Roots(), Time: s.cfg.Now,
+					ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
+			},
+			MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
@@ -314,25 +351,59 @@ func (s *Server) Close() error {
 }
 
 // Provision implements admin.Backend.
-func (s *Server) Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (admin.ProvisionResponse, error) {
-	cert, err := s.engine.Provision(ctx, device, csr, actor)
+func (s *Server) Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (admin.ProvisionResponse, error) {
+	var birth *x509.Certificate
+	if birthCSR != nil {
+		var err error
+		if birth, err = s.issueBirth(ctx, device, birthCSR); err != nil {
+			return admin.ProvisionResponse{}, err
+		}
+	}
+	cert, err := s.engine.Provision(ctx, device, csr, birth, actor)
 	if err != nil {
 		return admin.ProvisionResponse{}, err
 	}
-	return admin.ProvisionResponse{ID: device, Cert: string(certs.EncodePEM(cert)), CA: string(certs.EncodePEM(s.root)),
-		UpdateKey: string(s.update), Broker: s.advertised()}, nil
+	resp := s.bundle()
+	resp.ID, resp.Cert = device, string(certs.EncodePEM(cert))
+	if birth != nil {
+		resp.Birth = string(certs.EncodePEM(birth))
+	}
+	return resp, nil
 }
 
 // ProvisionBatch implements admin.Backend.
 func (s *Server) ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) (admin.BatchProvisionResponse, error) {
-	res := s.engine.ProvisionBatch(ctx, items, actor)
-	out := admin.BatchProvisionResponse{CA: string(certs.EncodePEM(s.root)), UpdateKey: string(s.update), Broker: s.advertised()}
+	birthErr := make([]error, len(items))
+	for i := range items {
+		if items[i].BirthCSR != nil {
+			items[i].Birth, birthErr[i] = s.issueBirth(ctx, items[i].ID, items[i].BirthCSR)
+		}
+	}
+	var good []rotation.ProvisionItem
+	var idx []int
+	for i := range items {
+		if birthErr[i] == nil {
+			good, idx = append(good, items[i]), append(idx, i)
+		}
+	}
+	res := make([]rotation.ProvisionResult, len(items))
+	for k, r := range s.engine.ProvisionBatch(ctx, good, actor) {
+		res[idx[k]] = r
+	}
+	b := s.bundle()
+	out := admin.BatchProvisionResponse{CA: b.CA, UpdateKey: b.UpdateKey, Broker: b.Broker, Anchors: b.Anchors}
 	for i, r := range res {
 		br := admin.BatchResult{ID: items[i].ID}
-		if r.Err != nil {
+		switch {
+		case birthErr[i] != nil:
+			br.Error = birthErr[i].Error()
+		case r.Err != nil:
 			br.Error = r.Err.Error()
-		} else {
+		default:
 			br.Cert = r.Cert.Raw
+			if items[i].Birth != nil {
+				br.Birth = items[i].Birth.Raw
+			}
 		}
 		out.Results = append(out.Results, br)
 	}

@@ -260,7 +260,8 @@ func registerFleet(ctx context.Context, fl *fleet, client *admin.Client, sl []sl
 					return
 				}
 				certPEM := pemCert(r.Cert)
-				if err := device.InstallTo(sl[i].st, device.Identity{ID: sl[i].id, Broker: resp.Broker}, b.keys[k], certPEM, ca, upd); err != nil {
+				if err := device.InstallBundle(sl[i].st, device.Bundle{Identity: device.Identity{ID: sl[i].id, Broker: resp.Broker},
+					Key: b.keys[k], CertPEM: certPEM, CAPEM: ca, UpdatePEM: upd, Anchors: resp.Anchors}); err != nil {
 					regErr.CompareAndSwap(nil, err)
 					return
 				}

@@ -1,6 +1,7 @@
 // Package provision does what a factory station does for a device: makes
-// its key, registers it with fleetd through the admin API and installs the
-// keystore. fleetctl device add, the simulator and tests share it.
+// its keys (a birth credential and a first identity), registers it with
+// fleetd through the admin API and installs the keystore. fleetctl device
+// add, the simulator and tests share it.
 package provision
 
 import (
@@ -12,11 +13,20 @@ import (
 	"github.com/keyfleet/keyfleet/server/admin"
 )
 
-// Device makes a key for id, registers the device and installs its
+// Device makes the keys for id, registers the device and installs its
 // keystore in dir. broker, if not empty, overrides the broker address
-// fleetd reports. The private key goes only into dir.
+// fleetd reports. The private keys go only into dir.
 func Device(ctx context.Context, c *admin.Client, id, dir, broker string) (admin.ProvisionResponse, error) {
+	return To(ctx, c, id, &device.DirStorage{Dir: dir}, broker)
+}
+
+// To is Device into any keystore storage.
+func To(ctx context.Context, c *admin.Client, id string, st device.Storage, broker string) (admin.ProvisionResponse, error) {
 	key, err := device.NewKey()
+	if err != nil {
+		return admin.ProvisionResponse{}, err
+	}
+	birth, err := device.NewKey()
 	if err != nil {
 		return admin.ProvisionResponse{}, err
 	}
@@ -24,16 +34,29 @@ func Device(ctx context.Context, c *admin.Client, id, dir, broker string) (admin
 	if err != nil {
 		return admin.ProvisionResponse{}, err
 	}
-	resp, err := c.Provision(ctx, id, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	bcsr, err := device.CSR(id, birth)
+	if err != nil {
+		return admin.ProvisionResponse{}, err
+	}
+	resp, err := c.ProvisionDevice(ctx, admin.ProvisionRequest{ID: id, CSR: pemCSR(csr), BirthCSR: pemCSR(bcsr)})
 	if err != nil {
 		return resp, fmt.Errorf("provision %s: %w", id, err)
 	}
 	if broker == "" {
 		broker = resp.Broker
 	}
-	if err := device.Install(dir, device.Identity{ID: id, Broker: broker}, key, []byte(resp.Cert), []byte(resp.CA), []byte(resp.UpdateKey)); err != nil {
+	b := device.Bundle{Identity: device.Identity{ID: id, Broker: broker}, Key: key, CertPEM: []byte(resp.Cert),
+		CAPEM: []byte(resp.CA), UpdatePEM: []byte(resp.UpdateKey), Anchors: resp.Anchors}
+	if resp.Birth != "" {
+		b.BirthKey, b.BirthCertPEM = birth, []byte(resp.Birth)
+	}
+	if err := device.InstallBundle(st, b); err != nil {
 		return resp, err
 	}
 	resp.Broker = broker
 	return resp, nil
+}
+
+func pemCSR(der []byte) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }

@@ -118,6 +118,13 @@ func (c *Client) Provision(ctx context.Context, id string, csrPEM []byte) (Provi
 	return out, c.do(ctx, http.MethodPost, "/v1/devices", ProvisionRequest{ID: id, CSR: string(csrPEM)}, &out)
 }
 
+// ProvisionDevice registers a device; with req.BirthCSR set it gets a birth
+// credential (IDevID) too.
+func (c *Client) ProvisionDevice(ctx context.Context, req ProvisionRequest) (ProvisionResponse, error) {
+	var out ProvisionResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/devices", req, &out)
+}
+
 // Rotate requests rotations.
 func (c *Client) Rotate(ctx context.Context, req RotateRequest) (RotateResponse, error) {
 	var out RotateResponse
@@ -134,4 +141,41 @@ func (c *Client) VerifyAudit(ctx context.Context) (AuditVerify, error) {
 func (c *Client) ProvisionBatch(ctx context.Context, req BatchProvisionRequest) (BatchProvisionResponse, error) {
 	var out BatchProvisionResponse
 	return out, c.do(ctx, http.MethodPost, "/v1/devices/batch", req, &out)
+}
+
+// Revoke revokes a device at once.
+func (c *Client) Revoke(ctx context.Context, id, reason string) (RevokeResponse, error) {
+	var out RevokeResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/revoke", RevokeRequest{Reason: reason}, &out)
+}
+
+// Anchors describes the current trust-anchor set.
+func (c *Client) Anchors(ctx context.Context) (AnchorsInfo, error) {
+	var out AnchorsInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/anchors", nil, &out)
+}
+
+// RotateAnchors makes the next anchor set.
+func (c *Client) RotateAnchors(ctx context.Context, keys []string) (AnchorsInfo, error) {
+	var out AnchorsInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/anchors/rotate", AnchorsRotateRequest{Keys: keys}, &out)
+}
+
+// RotateDataKeys gives every device a new primary data key.
+func (c *Client) RotateDataKeys(ctx context.Context) (DataKeysResponse, error) {
+	var out DataKeysResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/datakeys/rotate", struct{}{}, &out)
+}
+
+// RecoverEscrow asks for an escrowed data key, sealed to this client's
+// certificate key.
+func (c *Client) RecoverEscrow(ctx context.Context, device string, version uint32) (EscrowResponse, error) {
+	var out EscrowResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/escrow/recover", EscrowRequest{Device: device, Version: version}, &out)
+}
+
+// PublishFirmware makes a release current.
+func (c *Client) PublishFirmware(ctx context.Context, req FirmwareRequest) (FirmwareInfo, error) {
+	var out FirmwareInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/firmware", req, &out)
 }

@@ -15,19 +15,29 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
 // Backend is what the API needs of fleetd.
 type Backend interface {
-	Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (ProvisionResponse, error)
+	Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (ProvisionResponse, error)
 	ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) (BatchProvisionResponse, error)
 	RequestRotation(ctx context.Context, device, actor string) (rotation.Rotation, error)
 	GetDevice(ctx context.Context, id string) (*store.Device, error)
 	ForEachDevice(ctx context.Context, fn func(*store.Device) error) error
 	Status(ctx context.Context) (Status, error)
 	VerifyAudit(ctx context.Context) (uint64, error)
+	Revoke(ctx context.Context, device, actor, reason string) (RevokeResponse, error)
+	RotateAnchors(ctx context.Context, keys []string, actor string) (AnchorsInfo, error)
+	Anchors(ctx context.Context) (AnchorsInfo, error)
+	RotateDataKeys(ctx context.Context, actor string) (DataKeysResponse, error)
+	// RecoverEscrow returns the data key sealed (HPKE, COSE_Encrypt0) to
+	// the operator's own certificate key: it never crosses the wire, or
+	// reaches a log, in plaintext.
+	RecoverEscrow(ctx context.Context, device string, version uint32, operator *x509.Certificate, actor string) (EscrowResponse, error)
+	PublishFirmware(ctx context.Context, req FirmwareRequest, actor string) (FirmwareInfo, error)
 }
 
 // maxBody bounds request bodies; the largest is a provisioning CSR.
@@ -46,6 +56,12 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/devices/batch", h.provisionBatch)
 	mux.HandleFunc("POST /v1/rotations", h.rotate)
 	mux.HandleFunc("GET /v1/audit/verify", h.auditVerify)
+	mux.HandleFunc("POST /v1/devices/{id}/revoke", h.revoke)
+	mux.HandleFunc("GET /v1/anchors", h.anchors)
+	mux.HandleFunc("POST /v1/anchors/rotate", h.rotateAnchors)
+	mux.HandleFunc("POST /v1/datakeys/rotate", h.rotateDataKeys)
+	mux.HandleFunc("POST /v1/escrow/recover", h.recoverEscrow)
+	mux.HandleFunc("POST /v1/firmware", h.publishFirmware)
 	// Profiles for operators chasing time or memory (docs/benchmarks.md),
 	// behind the same operator authentication as everything else.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -90,8 +106,16 @@ func writeErr(w http.ResponseWriter, code int, err error) {
 }
 
 // statusOf maps errors to HTTP status codes.
+// ErrInvalid marks a request the backend refuses as malformed: the API
+// answers 400.
+var ErrInvalid = errors.New("admin: invalid request")
+
 func statusOf(err error) int {
 	switch {
+	case errors.Is(err, ErrInvalid), errors.Is(err, escrow.ErrOperatorKey):
+		return http.StatusBadRequest
+	case errors.Is(err, escrow.ErrNoKey):
+		return http.StatusNotFound
 	case errors.Is(err, store.ErrNotExist):
 		return http.StatusNotFound
 	case errors.Is(err, store.ErrExists):
@@ -192,7 +216,19 @@ func (h *handler) provision(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("admin: csr: %w", err))
 		return
 	}
-	resp, err := h.b.Provision(r.Context(), req.ID, csr, actor(r))
+	var birth *x509.CertificateRequest
+	if req.BirthCSR != "" {
+		blk, _ := pem.Decode([]byte(req.BirthCSR))
+		if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+			writeErr(w, http.StatusBadRequest, errors.New("admin: birth_csr must be a PEM CERTIFICATE REQUEST"))
+			return
+		}
+		if birth, err = x509.ParseCertificateRequest(blk.Bytes); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("admin: birth_csr: %w", err))
+			return
+		}
+	}
+	resp, err := h.b.Provision(r.Context(), req.ID, csr, birth, actor(r))
 	if err != nil {
 		writeErr(w, statusOf(err), err)
 		return
@@ -219,7 +255,13 @@ func (h *handler) provisionBatch(w http.ResponseWriter, r *http.Request) {
 			bad[i] = fmt.Errorf("admin: csr: %w", err)
 			csr = nil
 		}
-		items = append(items, rotation.ProvisionItem{ID: d.ID, CSR: csr})
+		it := rotation.ProvisionItem{ID: d.ID, CSR: csr}
+		if len(d.BirthCSR) > 0 {
+			if it.BirthCSR, err = x509.ParseCertificateRequest(d.BirthCSR); err != nil {
+				bad[i] = fmt.Errorf("admin: birth_csr: %w", err)
+			}
+		}
+		items = append(items, it)
 	}
 	// Items with unparseable CSRs are answered here, the rest by fleetd.
 	var good []rotation.ProvisionItem

@@ -38,6 +38,9 @@ type Device struct {
 type ProvisionRequest struct {
 	ID  string `json:"id"`
 	CSR string `json:"csr"`
+	// BirthCSR, if set, asks for a birth credential (IDevID) too, as a
+	// factory station would.
+	BirthCSR string `json:"birth_csr,omitempty"`
 }
 
 // ProvisionResponse carries what a device needs to join (all PEM).
@@ -47,6 +50,10 @@ type ProvisionResponse struct {
 	CA        string `json:"ca"`
 	UpdateKey string `json:"update_key"`
 	Broker    string `json:"broker"`
+	// Birth is the birth certificate (PEM), when one was asked for.
+	Birth string `json:"birth,omitempty"`
+	// Anchors is the current signed trust-anchor set.
+	Anchors []byte `json:"anchors,omitempty"`
 }
 
 // RotateRequest names devices, or all of them.
@@ -102,13 +109,15 @@ type BatchProvisionRequest struct {
 
 // BatchDevice is one device of a batch.
 type BatchDevice struct {
-	ID  string `json:"id"`
-	CSR []byte `json:"csr"` // DER, base64 in JSON
+	ID       string `json:"id"`
+	CSR      []byte `json:"csr"`                 // DER, base64 in JSON
+	BirthCSR []byte `json:"birth_csr,omitempty"` // DER: ask for a birth credential too
 }
 
 // BatchProvisionResponse carries the trust material once and a result per
 // device, in request order.
 type BatchProvisionResponse struct {
+	Anchors   []byte        `json:"anchors,omitempty"`
 	CA        string        `json:"ca"`
 	UpdateKey string        `json:"update_key"`
 	Broker    string        `json:"broker"`
@@ -119,8 +128,79 @@ type BatchProvisionResponse struct {
 type BatchResult struct {
 	ID    string `json:"id"`
 	Cert  []byte `json:"cert,omitempty"`
+	Birth []byte `json:"birth,omitempty"` // DER birth certificate
 	Error string `json:"error,omitempty"`
 }
 
 // MaxBatch bounds a batch registration.
 const MaxBatch = 1000
+
+// RevokeRequest asks for an emergency revocation.
+type RevokeRequest struct {
+	Reason string `json:"reason"`
+}
+
+// RevokeResponse reports a revocation; TookMS is the time from the request
+// to the broker having dropped the device's sessions.
+type RevokeResponse struct {
+	Device string  `json:"device"`
+	TookMS float64 `json:"took_ms"`
+}
+
+// AnchorsRotateRequest names the anchor keys to replace: "ca", "update",
+// "firmware"; empty means ca and update.
+type AnchorsRotateRequest struct {
+	Keys []string `json:"keys,omitempty"`
+}
+
+// AnchorsInfo describes the current trust-anchor set.
+type AnchorsInfo struct {
+	Version     uint32    `json:"version"`
+	Root        string    `json:"root_subject"`
+	RootKeyID   string    `json:"root_kid"`
+	UpdateKeyID string    `json:"update_kid"`
+	FirmwareKID string    `json:"firmware_kid"`
+	IssuedAt    time.Time `json:"issued_at"`
+}
+
+// DataKeysResponse reports a fleet-wide data-key rotation.
+type DataKeysResponse struct {
+	Devices int      `json:"devices"`
+	Failed  int      `json:"failed"`
+	Errors  []string `json:"errors,omitempty"`
+}
+
+// EscrowRequest asks for an escrowed data key.
+type EscrowRequest struct {
+	Device  string `json:"device"`
+	Version uint32 `json:"version"`
+}
+
+// EscrowResponse carries the key sealed to the requesting operator's
+// certificate key (COSE_Encrypt0, HPKE); Audience is the binding to open
+// it with.
+type EscrowResponse struct {
+	Device   string `json:"device"`
+	Version  uint32 `json:"version"`
+	Status   string `json:"status"`
+	Sealed   []byte `json:"sealed"`
+	Audience string `json:"audience"`
+}
+
+// FirmwareRequest describes a firmware release; the image itself stays
+// with the operator and the download service, fleetd signs its manifest.
+type FirmwareRequest struct {
+	Vendor  string `json:"vendor"` // UUID
+	Class   string `json:"class"`  // UUID
+	Version uint32 `json:"version"`
+	Digest  []byte `json:"digest"` // SHA-256 of the image
+	Size    uint64 `json:"size"`
+	URI     string `json:"uri"`
+}
+
+// FirmwareInfo describes the current release.
+type FirmwareInfo struct {
+	Version  uint32 `json:"version"`
+	Manifest []byte `json:"manifest"`
+	KeyID    string `json:"kid"`
+}

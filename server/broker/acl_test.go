@@ -7,6 +7,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 type aclCase struct {
@@ -28,8 +29,9 @@ func runACL(t *testing.T, topics protocol.Topics, cases []aclCase) {
 	t.Helper()
 	for _, tc := range cases {
 		t.Run(tc.name(), func(t *testing.T) {
-			if got := broker.Allowed(topics, tc.id, tc.topic, tc.write); got != tc.want {
-				t.Errorf("Allowed(%+v, %v, %q, write=%v): got %v, want %v", topics, tc.id, tc.topic, tc.write, got, tc.want)
+			acc := policy.AccessFull // the restricted levels: TestAllowedRestricted
+			if got := broker.Allowed(topics, tc.id, acc, tc.topic, tc.write); got != tc.want {
+				t.Errorf("Allowed(%+v, %v, %v, %q, write=%v): got %v, want %v", topics, tc.id, acc, tc.topic, tc.write, got, tc.want)
 			}
 		})
 	}
@@ -201,5 +203,46 @@ func TestAllowedMatchesTopics(t *testing.T) {
 				{fleetd, tp.Up("dev-1"), read, true},
 			})
 		})
+	}
+}
+
+// TestAllowedRestricted covers the sessions that are not full: an expired
+// identity renewing reaches its own up and down topics only, and a birth
+// credential its re-enrolment topics only.
+func TestAllowedRestricted(t *testing.T) {
+	renew, enroll := policy.AccessRenew, policy.AccessEnroll
+	birth1 := certs.Identity{Role: certs.RoleIDevID, Name: "dev-1"}
+	type restricted struct {
+		id     certs.Identity
+		topic  string
+		write  bool
+		want   bool
+		access policy.Access
+	}
+	for _, tc := range []restricted{
+		{dev1, "kf/d/dev-1/up", write, true, renew},
+		{dev1, "kf/d/dev-1/down", read, true, renew},
+		{dev1, "kf/b/#", read, false, renew},
+		{dev1, "kf/b/anchors", read, false, renew},
+		{dev1, "kf/d/dev-2/up", write, false, renew},
+		{dev1, "kf/d/dev-1/reenroll", write, false, renew},
+		{dev1, "kf/d/dev-1/up", write, false, enroll},
+		{dev1, "kf/d/dev-1/down", read, false, policy.AccessExpired},
+		{birth1, "kf/d/dev-1/reenroll", write, true, enroll},
+		{birth1, "kf/d/dev-1/reenroll/down", read, true, enroll},
+		{birth1, "kf/d/dev-1/up", write, false, enroll},
+		{birth1, "kf/d/dev-1/down", read, false, enroll},
+		{birth1, "kf/b/#", read, false, enroll},
+		{birth1, "kf/d/dev-2/reenroll", write, false, enroll},
+		{birth1, "kf/d/dev-2/reenroll/down", read, false, enroll},
+		{birth1, "kf/d/dev-1/reenroll/#", read, false, enroll},
+		{birth1, "kf/d/dev-1/reenroll", write, false, renew},
+		{birth1, "kf/d/dev-1/reenroll", write, false, policy.AccessFull}, // full access is not a birth credential's
+		{fleetd, "$share/fleetd/kf/d/+/reenroll", read, true, policy.AccessFull},
+		{fleetd, "kf/d/dev-1/reenroll/down", write, true, policy.AccessFull},
+	} {
+		if got := broker.Allowed(protocol.Topics{}, tc.id, tc.access, tc.topic, tc.write); got != tc.want {
+			t.Errorf("Allowed(%v, %v, %q, write=%v): got %v, want %v", tc.id, tc.access, tc.topic, tc.write, got, tc.want)
+		}
 	}
 }

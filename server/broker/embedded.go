@@ -14,15 +14,24 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 // Options configures the embedded broker.
 type Options struct {
 	// Addr is the TLS listen address, e.g. 127.0.0.1:8883. Required.
 	Addr string
-	// TLS is the server side: its certificate and the client CA pool.
-	// Client certificates are required and verified.
+	// TLS is the server side: its certificate (Certificates or
+	// GetCertificate). Client certificates are required; they are verified
+	// against Trust, not against TLS.ClientCAs.
 	TLS *tls.Config
+	// Trust gives the roots client certificates must chain to. Required.
+	Trust Trust
+	// Policy decides how long after expiry an identity may still renew;
+	// zero means policy.Default().
+	Policy policy.Policy
+	// Now is the clock certificates are checked against; nil: time.Now.
+	Now func() time.Time
 	// Checker accepts or refuses device credentials. Required.
 	Checker CredentialChecker
 	// Topics is the topic layout; zero means the default prefix.
@@ -45,9 +54,13 @@ type Embedded struct {
 
 // Start starts the broker and returns once it is listening.
 func Start(o Options) (*Embedded, error) {
-	if o.Addr == "" || o.TLS == nil || o.Checker == nil {
-		return nil, fmt.Errorf("broker: address, TLS config and credential checker are required")
+	if o.Addr == "" || o.TLS == nil || o.Checker == nil || o.Trust == nil {
+		return nil, fmt.Errorf("broker: address, TLS config, trust and credential checker are required")
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	o.Policy = o.Policy.WithDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -55,7 +68,10 @@ func Start(o Options) (*Embedded, error) {
 		o.MaxSessionExpiry = 30 * 24 * time.Hour
 	}
 	tlsConf := o.TLS.Clone()
-	tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
+	// The handshake requires a certificate and its proof of possession;
+	// AuthHook decides trust (Classify), on fleetd's clock.
+	tlsConf.ClientAuth = tls.RequireAnyClientCert
+	tlsConf.ClientCAs = nil
 	if tlsConf.MinVersion < tls.VersionTLS12 {
 		tlsConf.MinVersion = tls.VersionTLS12
 	}
@@ -80,7 +96,8 @@ func Start(o Options) (*Embedded, error) {
 	})
 	ids := &identities{}
 	den := &Denials{}
-	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, denials: den, log: o.Logger}
+	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
+		denials: den, log: o.Logger}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}
@@ -140,7 +157,7 @@ func (e *Embedded) Disconnect(device string) int {
 	n := 0
 	e.ids.m.Range(func(k, v any) bool {
 		cl := k.(*mqtt.Client)
-		if s := v.(session); s.id.Role == certs.RoleDevice && s.id.Name == device {
+		if s := v.(session); (s.id.Role == certs.RoleDevice || s.id.Role == certs.RoleIDevID) && s.id.Name == device {
 			_ = e.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 			n++
 		}

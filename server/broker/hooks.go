@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -16,10 +17,16 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 // CredentialChecker decides whether a certificate may still log in. It is
 // implemented by the rotation engine, which knows every version's state.
+//
+// For a device identity it checks the version's state; for a birth
+// credential (certs.RoleIDevID) that the device is known, not revoked, and
+// that this is the birth credential recorded for it. Refusals of revoked
+// devices are audited by the checker.
 type CredentialChecker interface {
 	CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error
 }
@@ -57,14 +64,15 @@ type identities struct{ m sync.Map } // *mqtt.Client -> session
 type session struct {
 	id     certs.Identity
 	serial string // hex, as the store records it
+	access policy.Access
 }
 
-func (i *identities) get(cl *mqtt.Client) (certs.Identity, bool) {
+func (i *identities) get(cl *mqtt.Client) (session, bool) {
 	v, ok := i.m.Load(cl)
 	if !ok {
-		return certs.Identity{}, false
+		return session{}, false
 	}
-	return v.(session).id, true
+	return v.(session), true
 }
 
 // AuthHook authenticates connections by their TLS client certificate.
@@ -73,6 +81,9 @@ type AuthHook struct {
 	srv      *mqtt.Server
 	ids      *identities
 	checker  CredentialChecker
+	trust    Trust
+	policy   policy.Policy
+	now      func() time.Time
 	denials  *Denials
 	log      *slog.Logger
 	accepted atomic.Uint64
@@ -95,18 +106,27 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	state := tc.ConnectionState()
-	if len(state.PeerCertificates) == 0 || len(state.VerifiedChains) == 0 {
+	if len(state.PeerCertificates) == 0 {
 		h.deny(cl, "no-client-cert", nil)
 		return false
 	}
+	// The TLS layer only asked for a certificate and its proof of
+	// possession; trust is decided here, on fleetd's clock, so that an
+	// expired identity can still renew and a birth credential re-enrol.
 	leaf := state.PeerCertificates[0]
-	id, err := certs.IdentityOf(leaf)
+	id, access, err := Classify(state.PeerCertificates, h.trust, h.policy, h.now())
 	if err != nil {
-		h.deny(cl, "no-identity", err)
+		reason := "untrusted"
+		if access == policy.AccessExpired {
+			reason = "expired"
+		} else if errors.Is(err, certs.ErrNoIdentity) {
+			reason = "no-identity"
+		}
+		h.deny(cl, reason, err)
 		return false
 	}
 	switch id.Role {
-	case certs.RoleDevice:
+	case certs.RoleDevice, certs.RoleIDevID:
 		if cl.ID != id.Name {
 			h.deny(cl, "client-id-mismatch", nil)
 			return false
@@ -126,8 +146,11 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.deny(cl, "role-not-allowed", nil)
 		return false
 	}
+	if access != policy.AccessFull {
+		h.log.Info("broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
+	}
 	h.settleTakeover(cl)
-	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16)})
+	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access})
 	h.accepted.Add(1)
 	return true
 }
@@ -192,8 +215,8 @@ func (h *ACLHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
 
 // OnACLCheck allows what the identity's role may do and nothing else.
 func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	id, ok := h.ids.get(cl)
-	if ok && Allowed(h.topics, id, topic, write) {
+	s, ok := h.ids.get(cl)
+	if ok && Allowed(h.topics, s.id, s.access, topic, write) {
 		return true
 	}
 	dir := "read"
@@ -206,10 +229,26 @@ func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // Allowed is the access rule, kept pure so it can be table-tested and
-// reused to derive a Mosquitto ACL.
-func Allowed(t protocol.Topics, id certs.Identity, topic string, write bool) bool {
+// reused to derive a Mosquitto ACL:
+//   - a device with full access writes its up topic and reads its down
+//     topic and the broadcasts;
+//   - a device renewing an expired identity reaches its up and down topics
+//     only: enough to rotate, nothing else;
+//   - a birth credential reaches its re-enrolment topics only;
+//   - fleetd reads the shared subscriptions and writes under the prefix.
+func Allowed(t protocol.Topics, id certs.Identity, access policy.Access, topic string, write bool) bool {
 	switch id.Role {
 	case certs.RoleDevice:
+		switch access {
+		case policy.AccessFull:
+		case policy.AccessRenew:
+			if write {
+				return topic == t.Up(id.Name)
+			}
+			return topic == t.Down(id.Name)
+		default:
+			return false
+		}
 		if write {
 			return topic == t.Up(id.Name)
 		}
@@ -219,8 +258,16 @@ func Allowed(t protocol.Topics, id certs.Identity, topic string, write bool) boo
 		// A concrete broadcast topic, with no wildcard in it.
 		b := strings.TrimSuffix(t.Broadcast(), "#")
 		return strings.HasPrefix(topic, b) && len(topic) > len(b) && !strings.ContainsAny(topic, "+#")
+	case certs.RoleIDevID:
+		if access != policy.AccessEnroll {
+			return false
+		}
+		if write {
+			return topic == t.Reenroll(id.Name)
+		}
+		return topic == t.ReenrollDown(id.Name)
 	case certs.RoleServer:
-		if !write && topic == t.SharedUp(ServerShareGroup) {
+		if !write && (topic == t.SharedUp(ServerShareGroup) || topic == t.SharedReenroll(ServerShareGroup)) {
 			return true
 		}
 		return strings.HasPrefix(topic, t.Root()+"/")

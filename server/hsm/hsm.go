@@ -57,6 +57,7 @@ type Token struct {
 	label string
 	ops   atomic.Uint64
 	genMu sync.Mutex // makes look-up-then-generate atomic within the process
+	raw   *rawToken  // raw PKCS#11 for data keys (aes.go), started lazily
 }
 
 // Open logs in to the token cfg names.
@@ -77,13 +78,18 @@ func Open(cfg Config) (*Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open token %q with %s: %w", cfg.TokenLabel, cfg.Module, err)
 	}
-	return &Token{ctx: ctx, label: cfg.TokenLabel}, nil
+	return &Token{ctx: ctx, label: cfg.TokenLabel, raw: newRawToken(cfg)}, nil
 }
 
-// Close releases the token's sessions.
-func (t *Token) Close() error { return t.ctx.Close() }
+// Close releases the token's sessions. The data-key sessions close first,
+// while crypto11 still holds the module initialised.
+func (t *Token) Close() error {
+	err := t.raw.close()
+	return errors.Join(err, t.ctx.Close())
+}
 
-// Ops returns how many private-key operations this Token has performed.
+// Ops returns how many key operations this Token has performed: signatures
+// and data-key wraps and unwraps under a KEK (aes.go).
 func (t *Token) Ops() uint64 { return t.ops.Load() }
 
 // URI returns the RFC 7512 URI of the private key with the given label.

@@ -72,14 +72,17 @@ func (k *Key) KID() []byte { return k.kid }
 // Keeper holds the current online key and replaces it before it expires.
 type Keeper struct {
 	codec    *protocol.Codec
-	update   crypto.Signer
+	update   atomic.Pointer[signerBox]
 	lifetime time.Duration
 	cur      atomic.Pointer[Key]
 }
 
+type signerBox struct{ crypto.Signer }
+
 // NewKeeper makes the first key at once.
 func NewKeeper(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime time.Duration) (*Keeper, error) {
-	k := &Keeper{codec: codec, update: update, lifetime: lifetime}
+	k := &Keeper{codec: codec, lifetime: lifetime}
+	k.update.Store(&signerBox{update})
 	if _, err := k.Rotate(now); err != nil {
 		return nil, err
 	}
@@ -94,9 +97,17 @@ func (k *Keeper) Due(now time.Time) bool {
 	return now.After(k.Current().NotAfter.Add(-k.lifetime / 2))
 }
 
+// SetUpdate replaces the update key that certifies online keys (after the
+// trust anchors rotated it) and makes a new online key under it at once:
+// devices that walked to the new anchors refuse delegations by the old one.
+func (k *Keeper) SetUpdate(update crypto.Signer, now time.Time) (*Key, error) {
+	k.update.Store(&signerBox{update})
+	return k.Rotate(now)
+}
+
 // Rotate makes a new current key.
 func (k *Keeper) Rotate(now time.Time) (*Key, error) {
-	nk, err := New(k.codec, k.update, now, k.lifetime)
+	nk, err := New(k.codec, k.update.Load().Signer, now, k.lifetime)
 	if err != nil {
 		return nil, err
 	}

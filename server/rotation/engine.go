@@ -14,6 +14,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/online"
+	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -23,6 +24,7 @@ type Store interface {
 	UpdateDevice(ctx context.Context, id string, fn func(d *store.Device) ([]store.Event, error)) (*store.Device, error)
 	GetDevice(ctx context.Context, id string) (*store.Device, error)
 	ForEachDevice(ctx context.Context, fn func(d *store.Device) error) error
+	Audit(ctx context.Context, events ...store.Event) error
 }
 
 // Publisher sends a downlink. It is satisfied by *mqttc.Conn.
@@ -37,7 +39,11 @@ type Signer interface {
 
 // Options configures an Engine. Zero values take the defaults.
 type Options struct {
-	// Grace is how long a superseded version stays accepted; 0 means 7 days.
+	// Policy gives the windows: renewal before expiry, renewal after
+	// expiry; zero fields take policy.Default's.
+	Policy policy.Policy
+	// Grace is how long a superseded version stays accepted; 0 means the
+	// policy's.
 	Grace time.Duration
 	// CommandTTL is the expiry given to commands and the freshness window
 	// for uplinks; 0 means 10 minutes.
@@ -54,6 +60,34 @@ type Options struct {
 	// OnStateChange, if set, is called after each durable state change,
 	// for make run's readable lines and the simulator.
 	OnStateChange func(StateChange)
+	// Anchors, DataKeys and Firmware, when set, let the engine bring a
+	// device's trust anchors, data keys and firmware to the desired state
+	// too; nil leaves that part out.
+	Anchors  AnchorSource
+	DataKeys DataKeySource
+	Firmware FirmwareSource
+}
+
+// AnchorSource gives the signed trust-anchor sets (package anchors).
+type AnchorSource interface {
+	// AnchorVersion is the current set's version.
+	AnchorVersion() uint32
+	// SetsAfter returns up to max signed sets following version v, oldest
+	// first.
+	SetsAfter(v uint32, max int) [][]byte
+}
+
+// DataKeySource turns an escrowed data key back into key material, inside
+// the HSM, for sealing to a device.
+type DataKeySource interface {
+	UnwrapDataKey(ctx context.Context, k *store.DataKey) ([]byte, error)
+}
+
+// FirmwareSource gives the firmware release devices should run.
+type FirmwareSource interface {
+	// CurrentFirmware returns the release's version and signed manifest;
+	// version 0 means no release.
+	CurrentFirmware() (uint32, []byte)
 }
 
 // StateChange describes one durable transition of a key version.
@@ -84,6 +118,7 @@ type Engine struct {
 	replays *replayCache
 	grace   *graceQueue
 	stats   Stats
+	refused refusals
 }
 
 type uplink struct {
@@ -93,8 +128,9 @@ type uplink struct {
 
 // New returns an engine; pub may be set later with SetPublisher.
 func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, opts Options) *Engine {
+	opts.Policy = opts.Policy.WithDefaults()
 	if opts.Grace == 0 {
-		opts.Grace = 7 * 24 * time.Hour
+		opts.Grace = opts.Policy.Grace.D()
 	}
 	if opts.CommandTTL == 0 {
 		opts.CommandTTL = 10 * time.Minute
@@ -126,6 +162,8 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 // told another way (its own checks, a CRL).
 type SessionCloser interface {
 	DisconnectCredential(device, serial string) int
+	// Disconnect drops every session of the device (revocation).
+	Disconnect(device string) int
 }
 
 // SetSessionCloser sets who drops sessions of retired credentials.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -35,6 +37,12 @@ type Rotation struct {
 // version and tells the device if it is connected. It is idempotent: while a
 // rotation is open (pending or issued) it returns that one.
 func (e *Engine) RequestRotation(ctx context.Context, device, actor string) (Rotation, error) {
+	return e.requestRotation(ctx, device, actor, true)
+}
+
+// requestRotation is RequestRotation; notify says whether to send the
+// rotate at once (a caller inside a hello lets reconcile send it).
+func (e *Engine) requestRotation(ctx context.Context, device, actor string, notify bool) (Rotation, error) {
 	rid := protocol.NewID()
 	now := e.now()
 	var r Rotation
@@ -65,7 +73,7 @@ func (e *Engine) RequestRotation(ctx context.Context, device, actor string) (Rot
 		e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: r.Version, State: store.StatePending, RID: r.RID})
 	}
 	v := d.Slot(protocol.SlotIdentity).Version(r.Version)
-	if v != nil && v.State == store.StatePending {
+	if notify && v != nil && v.State == store.StatePending {
 		if err := e.sendRotate(ctx, device, v); err != nil {
 			e.log.Warn("rotate not sent; the device gets it on its next hello", "device", device, "err", err)
 		}
@@ -74,8 +82,9 @@ func (e *Engine) RequestRotation(ctx context.Context, device, actor string) (Rot
 }
 
 // Provision registers a new device with its first credential, issued for
-// the public key in csr (the device made the key; it never leaves it).
-func (e *Engine) Provision(ctx context.Context, device string, csr *x509.CertificateRequest, actor string) (*x509.Certificate, error) {
+// the public key in csr (the device made the key; it never leaves it), and
+// records its birth credential (IDevID) if it has one.
+func (e *Engine) Provision(ctx context.Context, device string, csr *x509.CertificateRequest, birth *x509.Certificate, actor string) (*x509.Certificate, error) {
 	if err := protocol.ValidateDeviceID(device); err != nil {
 		return nil, err
 	}
@@ -96,6 +105,9 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 	}
 	now := e.now()
 	d := &store.Device{ID: device, CreatedAt: now}
+	if d.Birth, err = birthRecord(birth); err != nil {
+		return nil, err
+	}
 	d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{
 		Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid, Serial: cert.SerialNumber.Text(16),
 		NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now,
@@ -113,6 +125,22 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 type ProvisionItem struct {
 	ID  string
 	CSR *x509.CertificateRequest
+	// BirthCSR asks for a birth credential (IDevID) too; Birth is that
+	// credential once issued, which the engine records.
+	BirthCSR *x509.CertificateRequest
+	Birth    *x509.Certificate
+}
+
+// birthRecord is what the store keeps of a birth certificate.
+func birthRecord(c *x509.Certificate) (*store.BirthCredential, error) {
+	if c == nil {
+		return nil, nil
+	}
+	kid, err := protocol.KeyID(c.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: birth credential: %w", err)
+	}
+	return &store.BirthCredential{Cert: c.Raw, KeyID: kid, Serial: c.SerialNumber.Text(16)}, nil
 }
 
 // ProvisionResult is the outcome for one item.
@@ -159,6 +187,10 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 				return
 			}
 			d := &store.Device{ID: it.ID, CreatedAt: now}
+			if d.Birth, err = birthRecord(it.Birth); err != nil {
+				res[i].Err = err
+				return
+			}
 			s := d.Slot(protocol.SlotIdentity)
 			s.Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid,
 				Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now}}
@@ -205,6 +237,9 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 // is accepted while its version is issued, active or within grace, and the
 // device is not revoked.
 func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error {
+	if id.Role == certs.RoleIDevID {
+		return e.checkBirth(ctx, id, leaf)
+	}
 	if id.Role != certs.RoleDevice {
 		return fmt.Errorf("%w: role %s", ErrRefused, id.Role)
 	}
@@ -213,6 +248,7 @@ func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x
 		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	if d.Revoked {
+		e.auditRefusal(ctx, id.Name, "connect", "device revoked")
 		return fmt.Errorf("%w: %s", ErrRevoked, id.Name)
 	}
 	kid, err := protocol.KeyID(leaf.PublicKey)
@@ -223,8 +259,23 @@ func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x
 	if kv == nil || kv.Serial != leaf.SerialNumber.Text(16) {
 		return fmt.Errorf("%w: %s: unknown certificate", ErrRefused, id.Name)
 	}
-	if !kv.Accepted(e.now()) {
+	if !e.accepted(kv, e.now()) {
 		return fmt.Errorf("%w: %s: version %d is %v", ErrRefused, id.Name, kv.Version, kv.State)
 	}
+	if kv.State == store.StateSuperseded {
+		e.stats.OldKeyConnects.Add(1)
+	}
 	return nil
+}
+
+// accepted reports whether a credential of version k may authenticate at
+// now: while issued, active or within grace and unexpired, and, for the
+// active version, also within the policy's window after expiry, when it
+// may only renew (the broker restricts such a session to its rotation
+// topics).
+func (e *Engine) accepted(k *store.KeyVersion, now time.Time) bool {
+	if k.Accepted(now) {
+		return true
+	}
+	return k.State == store.StateActive && e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
 }

@@ -13,8 +13,24 @@ type Stats struct {
 	Activated atomic.Uint64
 	Retired   atomic.Uint64
 	Resent    atomic.Uint64 // duplicate requests answered again, without a state change
-	mu        sync.Mutex
-	rejected  map[string]*atomic.Uint64
+	// Reenrolled counts identities issued to birth credentials.
+	Reenrolled atomic.Uint64
+	// RenewedExpired counts rotations of devices whose certificate had
+	// expired (renewal within the window after expiry).
+	RenewedExpired atomic.Uint64
+	// OldKeyUplinks counts uplinks signed by a superseded key: the old-key
+	// usage metric. OldKeyConnects counts broker logins with one.
+	OldKeyUplinks  atomic.Uint64
+	OldKeyConnects atomic.Uint64
+	// Uplinks counts authenticated uplinks, the old-key ratio's base.
+	Uplinks atomic.Uint64
+	// DataKeysSent counts data-key deliveries; AnchorsSent anchor messages;
+	// FirmwareSent manifest offers.
+	DataKeysSent atomic.Uint64
+	AnchorsSent  atomic.Uint64
+	FirmwareSent atomic.Uint64
+	mu           sync.Mutex
+	rejected     map[string]*atomic.Uint64
 }
 
 func (s *Stats) reject(reason string) {
@@ -31,6 +47,9 @@ func (s *Stats) reject(reason string) {
 // StatsSnapshot is a copy of the counters.
 type StatsSnapshot struct {
 	Requested, Issued, Activated, Retired, Resent uint64
+	Reenrolled, RenewedExpired                    uint64
+	OldKeyUplinks, OldKeyConnects, Uplinks        uint64
+	DataKeysSent, AnchorsSent, FirmwareSent       uint64
 	Rejected                                      map[string]uint64
 }
 
@@ -40,6 +59,9 @@ func (e *Engine) Stats() StatsSnapshot {
 	out := StatsSnapshot{
 		Requested: s.Requested.Load(), Issued: s.Issued.Load(), Activated: s.Activated.Load(),
 		Retired: s.Retired.Load(), Resent: s.Resent.Load(), Rejected: map[string]uint64{},
+		Reenrolled: s.Reenrolled.Load(), RenewedExpired: s.RenewedExpired.Load(),
+		OldKeyUplinks: s.OldKeyUplinks.Load(), OldKeyConnects: s.OldKeyConnects.Load(), Uplinks: s.Uplinks.Load(),
+		DataKeysSent: s.DataKeysSent.Load(), AnchorsSent: s.AnchorsSent.Load(), FirmwareSent: s.FirmwareSent.Load(),
 	}
 	s.mu.Lock()
 	for k, v := range s.rejected {

@@ -34,7 +34,11 @@ func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte)
 		// The sender proved who it is: tell it why, so its log shows it.
 		// Unauthenticated input gets no answer, and an internal failure
 		// (often the very publish that would carry the answer) none either.
-		e.sendError(ctx, au.device, au.ref, reason)
+		topic := e.opts.Topics.Down(au.device)
+		if au.reenroll {
+			topic = e.opts.Topics.ReenrollDown(au.device)
+		}
+		e.sendError(ctx, au.device, topic, au.ref, reason)
 	}
 	return err
 }
@@ -42,8 +46,9 @@ func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte)
 // authenticated records, for a message whose signature verified, who sent
 // it and its id.
 type authenticated struct {
-	device string
-	ref    []byte
+	device   string
+	ref      []byte
+	reenroll bool // it came on the re-enrolment topic: answer there
 }
 
 // errorCodes maps rejection reasons to the wire's error codes.
@@ -55,9 +60,10 @@ var errorCodes = map[string]protocol.ErrorCode{
 	"already-issued": protocol.CodeUnknownVersion, "no-rotation": protocol.CodeNoRotation,
 	"bad-csr": protocol.CodeBadCSR, "csr-identity": protocol.CodeBadCSR, "key-reuse": protocol.CodeBadCSR,
 	"not-current-key": protocol.CodeBadSignature, "revoked": protocol.CodeRevoked, "internal": protocol.CodeInternal,
+	"unknown-device": protocol.CodeUnknownDevice, "no-birth-credential": protocol.CodeUnknownDevice,
 }
 
-func (e *Engine) sendError(ctx context.Context, device string, ref []byte, reason string) {
+func (e *Engine) sendError(ctx context.Context, device, topic string, ref []byte, reason string) {
 	code, ok := errorCodes[reason]
 	if !ok {
 		code = protocol.CodeInternal
@@ -65,7 +71,7 @@ func (e *Engine) sendError(ctx context.Context, device string, ref []byte, reaso
 	m := protocol.Stamp(&protocol.Error{Code: code, Ref: ref, Detail: reason}, e.now(), e.opts.CommandTTL)
 	b, err := e.seal(m, device)
 	if err == nil {
-		err = e.send(ctx, device, b)
+		err = e.publish(ctx, topic, b)
 	}
 	if err != nil {
 		e.log.Warn("error reply not sent", "device", device, "err", err)
@@ -74,12 +80,19 @@ func (e *Engine) sendError(ctx context.Context, device string, ref []byte, reaso
 
 func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *authenticated) error {
 	dev, err := e.opts.Topics.ParseUp(topic)
+	reenroll := false
 	if err != nil {
-		return reject("bad-topic", "%w", err)
+		if dev, err = e.opts.Topics.ParseReenroll(topic); err != nil {
+			return reject("bad-topic", "%w", err)
+		}
+		reenroll = true
 	}
 	env, err := e.codec.Open(payload)
 	if err != nil {
 		return reject(protocolReason(err), "%w", err)
+	}
+	if reenroll && env.IsSigned() {
+		return e.handleReenroll(ctx, dev, env, au)
 	}
 	if !env.IsSigned() {
 		if _, err := e.codec.Decode(env.Payload); err != nil {
@@ -94,6 +107,7 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 		return err
 	}
 	if d.Revoked {
+		e.auditRefusal(ctx, dev, "uplink", "device revoked")
 		return reject("revoked", "device %s is revoked", dev)
 	}
 	now := e.now()
@@ -102,7 +116,7 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 	if kv == nil || len(kv.Cert) == 0 {
 		return reject("unknown-key", "device %s: no key %x", dev, env.KID)
 	}
-	if !kv.Accepted(now) {
+	if !e.accepted(kv, now) {
 		return reject("key-not-accepted", "device %s: version %d is %v", dev, kv.Version, kv.State)
 	}
 	pub, err := parsePub(kv)
@@ -117,6 +131,10 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 		return reject(protocolReason(err), "device %s: %w", dev, err)
 	}
 	h := m.Hdr()
+	e.stats.Uplinks.Add(1)
+	if kv.State == store.StateSuperseded {
+		e.stats.OldKeyUplinks.Add(1)
+	}
 	if _, isErr := m.(*protocol.Error); !isErr {
 		au.device, au.ref = dev, h.ID // never answer an error with an error
 	}
@@ -156,6 +174,11 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 			rep = s
 		}
 	}
+	// Anchors first: the delegation, the certificates and the firmware
+	// that follow may be signed by keys only the newer sets name.
+	if err := e.sendAnchors(ctx, d.ID, e.opts.Topics.Down(d.ID), m.Anchors); err != nil {
+		return err
+	}
 	if cur := e.signer.Current(); !bytes.Equal(m.Delegation, cur.KID()) {
 		// The device cannot check our downlinks without the current
 		// delegation: send it before anything else.
@@ -174,13 +197,16 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 		}
 		d = nd
 		slot = d.Slot(protocol.SlotIdentity)
-	} else if rep.Active != slot.Reported && slot.Version(rep.Active) != nil {
+	} else if (rep.Active != slot.Reported && slot.Version(rep.Active) != nil) || m.Anchors != d.Anchors || m.Firmware != d.Firmware {
 		nd, err := e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
 			s := d.Slot(protocol.SlotIdentity)
-			if s.Reported == rep.Active {
+			if (s.Reported == rep.Active || s.Version(rep.Active) == nil) && d.Anchors == m.Anchors && d.Firmware == m.Firmware {
 				return nil, store.ErrNoChange
 			}
-			s.Reported = rep.Active
+			if s.Version(rep.Active) != nil {
+				s.Reported = rep.Active
+			}
+			d.Anchors, d.Firmware = m.Anchors, m.Firmware
 			return nil, nil
 		})
 		if err != nil {
@@ -188,7 +214,51 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 		}
 		d = nd
 	}
-	return e.reconcile(ctx, d, rep)
+	if nd, err := e.renewIfDue(ctx, d, kv); err != nil {
+		return err
+	} else if nd != nil {
+		d = nd
+	}
+	if err := e.reconcile(ctx, d, rep); err != nil {
+		return err
+	}
+	if err := e.sendDataKeys(ctx, d, kv, m.DataKeys); err != nil {
+		return err
+	}
+	return e.sendFirmware(ctx, d.ID, m.Firmware)
+}
+
+// renewIfDue opens a rotation, on the policy's behalf, for a device whose
+// active certificate is in its renewal window or expired (the device then
+// connected within the window after expiry). It returns the updated device,
+// or nil when nothing was due.
+func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, kv *store.KeyVersion) (*store.Device, error) {
+	if kv.State != store.StateActive {
+		return nil, nil
+	}
+	if l := d.Slot(protocol.SlotIdentity).Latest(); l != nil && (l.State == store.StatePending || l.State == store.StateIssued) {
+		return nil, nil // a rotation is already open
+	}
+	c, err := x509.ParseCertificate(kv.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: certificate of %s v%d: %w", d.ID, kv.Version, err)
+	}
+	now := e.now()
+	due, why := e.opts.Policy.NeedsRenewal(d.ID, c.NotBefore, c.NotAfter, now)
+	if !due {
+		return nil, nil
+	}
+	expired := !now.Before(c.NotAfter)
+	r, err := e.requestRotation(ctx, d.ID, "policy", false)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Existing && expired {
+		e.stats.RenewedExpired.Add(1)
+	}
+	e.log.Info("renewal due", "device", d.ID, "slot", "identity", "version", kv.Version, "reason", why,
+		"rotation", fmt.Sprintf("%x", r.RID), "expired", expired)
+	return e.st.GetDevice(ctx, d.ID)
 }
 
 // reconcile sends what takes the device from rep to the desired state.
@@ -374,12 +444,16 @@ func (e *Engine) seal(m protocol.Message, device string) ([]byte, error) {
 }
 
 func (e *Engine) send(ctx context.Context, device string, b []byte) error {
+	return e.publish(ctx, e.opts.Topics.Down(device), b)
+}
+
+func (e *Engine) publish(ctx context.Context, topic string, b []byte) error {
 	pb := e.pub.Load()
 	if pb == nil {
 		return nil // not connected yet: the device converges on its next hello
 	}
-	if err := pb.Publish(ctx, e.opts.Topics.Down(device), b); err != nil {
-		return fmt.Errorf("rotation: send to %s: %w", device, err)
+	if err := pb.Publish(ctx, topic, b); err != nil {
+		return fmt.Errorf("rotation: send on %s: %w", topic, err)
 	}
 	return nil
 }

@@ -149,10 +149,72 @@ func (s *SlotState) Prune() {
 type Device struct {
 	ID        string
 	CreatedAt time.Time
-	// Revoked devices are refused at the broker and by the engine.
-	Revoked  bool
-	LastSeen time.Time
-	Slots    map[protocol.Slot]*SlotState
+	// Revoked devices are refused at the broker and by the engine, at
+	// every step: connect, re-enrolment, key delivery.
+	Revoked   bool
+	RevokedAt time.Time
+	LastSeen  time.Time
+	Slots     map[protocol.Slot]*SlotState
+	// Birth is the device's birth credential (IDevID), if it has one.
+	Birth *BirthCredential
+	// DataKeys are the device's data-key versions, oldest first: the
+	// escrow. Destroyed versions keep their number and lose their key.
+	DataKeys []*DataKey
+	// Anchors and Firmware are the versions the device last reported.
+	Anchors  uint32
+	Firmware uint32
+}
+
+// BirthCredential records a device's IDevID: what the server needs to
+// recognise it at re-enrolment.
+type BirthCredential struct {
+	Cert   []byte // DER
+	KeyID  []byte // protocol.KeyID of its public key
+	Serial string // hex
+}
+
+// DataKeyStatus is the state of one data-key version (Tink's KeyStatus).
+// The zero value is invalid.
+type DataKeyStatus uint8
+
+// Data-key statuses, in life-cycle order.
+const (
+	DataKeyUnknown     DataKeyStatus = 0
+	DataKeyPrimary     DataKeyStatus = 1 // encrypts; exactly one per device
+	DataKeyDecryptOnly DataKeyStatus = 2 // decrypts older data
+	DataKeyRetired     DataKeyStatus = 3 // devices delete it; escrow keeps it
+	DataKeyDestroyed   DataKeyStatus = 4 // escrow wiped: gone for good
+)
+
+var dataKeyNames = [...]string{"unknown", "primary", "decrypt-only", "retired", "destroyed"}
+
+func (s DataKeyStatus) String() string {
+	if int(s) < len(dataKeyNames) {
+		return dataKeyNames[s]
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// DataKey is one escrowed data-key version of a device.
+type DataKey struct {
+	Version uint32
+	Status  DataKeyStatus
+	// Wrapped is the key wrapped under the HSM-resident KEK (RFC 5649);
+	// nil once destroyed. The plaintext is never stored.
+	Wrapped   []byte
+	KEK       string // label of the wrapping key
+	CreatedAt time.Time
+	RetiredAt time.Time
+}
+
+// DataKey returns version v, or nil.
+func (d *Device) DataKey(v uint32) *DataKey {
+	for _, k := range d.DataKeys {
+		if k.Version == v {
+			return k
+		}
+	}
+	return nil
 }
 
 // Slot returns the state of slot s, creating it if absent.

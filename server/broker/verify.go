@@ -1,0 +1,99 @@
+package broker
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/server/policy"
+)
+
+// Trust is what the broker checks client certificates against. It is read
+// on every connect, so fleetd can add a CA root when the anchors rotate
+// without restarting the listener.
+type Trust interface {
+	// Roots are the CA roots identity (and fleetd's own) certificates
+	// chain to: every root of the anchor chain not revoked.
+	Roots() *x509.CertPool
+	// BirthRoots are the manufacturer roots of birth credentials (IDevID).
+	BirthRoots() *x509.CertPool
+}
+
+// StaticTrust is a Trust that never changes (tests, external tooling).
+type StaticTrust struct {
+	Identity *x509.CertPool
+	Birth    *x509.CertPool
+}
+
+// Roots implements Trust.
+func (s StaticTrust) Roots() *x509.CertPool { return s.Identity }
+
+// BirthRoots implements Trust.
+func (s StaticTrust) BirthRoots() *x509.CertPool {
+	if s.Birth == nil {
+		return x509.NewCertPool()
+	}
+	return s.Birth
+}
+
+// errUntrusted: a client certificate chains to no root the broker knows.
+var errUntrusted = errors.New("broker: certificate not trusted")
+
+// Classify decides what a client presenting chain (leaf first) may do at
+// now. It is the broker's whole authentication decision apart from the
+// credential check against the store, kept pure for table tests:
+//   - an identity or fleetd certificate that verifies now gets full access;
+//   - a device identity that verifies except for having expired gets
+//     renew-only access while within the policy's window after expiry
+//     (it may still renew with its old key), and is refused after;
+//   - a birth credential (IDevID) that verifies against the manufacturer
+//     roots gets enroll-only access.
+func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now time.Time) (certs.Identity, policy.Access, error) {
+	if len(chain) == 0 {
+		return certs.Identity{}, policy.AccessNone, errors.New("broker: no client certificate")
+	}
+	leaf := chain[0]
+	id, err := certs.IdentityOf(leaf)
+	if err != nil {
+		return certs.Identity{}, policy.AccessNone, err
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	verify := func(roots *x509.CertPool, at time.Time) error {
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		return err
+	}
+	switch id.Role {
+	case certs.RoleIDevID:
+		if err := verify(trust.BirthRoots(), now); err != nil {
+			return id, policy.AccessNone, fmt.Errorf("%w: birth credential: %v", errUntrusted, err)
+		}
+		return id, policy.AccessEnroll, nil
+	case certs.RoleDevice, certs.RoleServer:
+	default:
+		return id, policy.AccessNone, fmt.Errorf("broker: role %s may not connect", id.Role)
+	}
+	roots := trust.Roots()
+	err = verify(roots, now)
+	if err == nil {
+		return id, policy.AccessFull, nil
+	}
+	var inv x509.CertificateInvalidError
+	if id.Role != certs.RoleDevice || !errors.As(err, &inv) || inv.Reason != x509.Expired || !now.After(leaf.NotAfter) {
+		return id, policy.AccessNone, fmt.Errorf("%w: %v", errUntrusted, err)
+	}
+	// Expired: is it otherwise sound, and within the window?
+	if err := verify(roots, leaf.NotAfter); err != nil {
+		return id, policy.AccessNone, fmt.Errorf("%w: %v", errUntrusted, err)
+	}
+	acc := pol.IdentityAccess(leaf.NotAfter, now)
+	if acc != policy.AccessRenew {
+		return id, acc, fmt.Errorf("broker: %s: certificate expired %v ago, past the renewal window", id, now.Sub(leaf.NotAfter).Round(time.Second))
+	}
+	return id, acc, nil
+}

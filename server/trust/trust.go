@@ -1,0 +1,415 @@
+// Package trust keeps fleetd's chain of trust-anchor sets: which CA root,
+// update-signing key and firmware-signing key are current, every set
+// before them, and the HSM labels of their private keys.
+//
+// # Basics
+//
+// Version 1 is made at init from the first CA root and update key and a
+// new firmware key. Rotate makes the next version: new HSM keys for the
+// roles named, a new root certificate cross-signed by the old root (so
+// devices that have not walked the chain yet still accept fleetd's TLS
+// certificate and their new certificates), and the set signed by the old
+// set's root and update keys (package anchors). Each version is one file,
+// written atomically after its keys exist; a crash in between leaves keys
+// that the retried rotation picks up again by label.
+//
+// # Caveats
+//
+// Old roots stay trusted by the broker for the certificates they issued
+// until those expire: a rotation is routine hygiene, not a compromise
+// response. A compromised update or firmware key is revoked in the next
+// set (devices refuse what it signs from then on). A compromised CA key
+// needs more than a rotation: revoke the devices it could impersonate.
+package trust
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/anchors"
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/internal/fsutil"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// Keys is the key custody the chain needs: the HSM token (or the insecure
+// soft keys).
+type Keys interface {
+	GenerateP256(label string) (crypto.Signer, error)
+	Signer(label string) (crypto.Signer, error)
+}
+
+// Labels names the HSM keys of one set.
+type Labels struct {
+	CA       string `json:"ca"`
+	Update   string `json:"update"`
+	Firmware string `json:"firmware"`
+}
+
+// Roles a rotation may replace.
+const (
+	RoleCA       = "ca"
+	RoleUpdate   = "update"
+	RoleFirmware = "firmware"
+)
+
+// RootValidity is the lifetime of a CA root made by a rotation.
+const RootValidity = 10 * 365 * 24 * time.Hour
+
+// record is one version's file.
+type record struct {
+	Set    []byte `json:"set"`
+	Labels Labels `json:"labels"`
+	// Cross is the set's root cross-signed by the previous set's root, when
+	// the root changed at this version.
+	Cross []byte `json:"cross,omitempty"`
+
+	signed *anchors.Signed
+	root   *x509.Certificate
+	cross  *x509.Certificate
+}
+
+// Chain is the anchor chain of a deployment. It is safe for concurrent use.
+type Chain struct {
+	dir  string
+	keys Keys
+	now  func() time.Time
+
+	mu   sync.RWMutex
+	recs []*record // recs[i] is version i+1
+}
+
+// ErrNoChain: the directory holds no anchor set yet (Genesis makes one).
+var ErrNoChain = errors.New("trust: no anchor chain")
+
+func fileName(v uint32) string { return fmt.Sprintf("v%06d.json", v) }
+
+// Open loads and checks the chain in dir: version 1 as installed, and every
+// later version walked from the one before, as a device would.
+func Open(dir string, keys Keys, now func() time.Time) (*Chain, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNoChain
+	} else if err != nil {
+		return nil, fmt.Errorf("trust: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "v") && strings.HasSuffix(e.Name(), ".json") {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		return nil, ErrNoChain
+	}
+	sort.Strings(names)
+	c := &Chain{dir: dir, keys: keys, now: now}
+	for i, n := range names {
+		if n != fileName(uint32(i+1)) {
+			return nil, fmt.Errorf("trust: %s: found %s where version %d belongs", dir, n, i+1)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			return nil, fmt.Errorf("trust: %w", err)
+		}
+		r := &record{}
+		if err := json.Unmarshal(b, r); err != nil {
+			return nil, fmt.Errorf("trust: %s: %w", n, err)
+		}
+		if i == 0 {
+			r.signed, err = anchors.TrustOnInstall(r.Set)
+		} else {
+			r.signed, err = anchors.Walk(c.recs[i-1].signed, [][]byte{r.Set}, anchors.WalkOptions{})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("trust: %s: %w", n, err)
+		}
+		if err := r.load(); err != nil {
+			return nil, fmt.Errorf("trust: %s: %w", n, err)
+		}
+		c.recs = append(c.recs, r)
+	}
+	return c, nil
+}
+
+func (r *record) load() error {
+	var err error
+	if r.root, err = r.signed.RootCert(); err != nil {
+		return err
+	}
+	if len(r.Cross) > 0 {
+		if r.cross, err = x509.ParseCertificate(r.Cross); err != nil {
+			return fmt.Errorf("cross certificate: %w", err)
+		}
+	}
+	return nil
+}
+
+// Genesis makes version 1 from the deployment's first root and update key
+// (labels.CA, labels.Update, which must exist) and a firmware key
+// (labels.Firmware, made if missing).
+func Genesis(dir string, keys Keys, root *x509.Certificate, labels Labels, now func() time.Time) (*Chain, error) {
+	ca, err := keys.Signer(labels.CA)
+	if err != nil {
+		return nil, err
+	}
+	upd, err := keys.Signer(labels.Update)
+	if err != nil {
+		return nil, err
+	}
+	fw, err := signerOrNew(keys, labels.Firmware)
+	if err != nil {
+		return nil, err
+	}
+	set, err := newSet(root, upd, fw, now())
+	if err != nil {
+		return nil, err
+	}
+	raw, err := anchors.Genesis(set, ca, upd)
+	if err != nil {
+		return nil, err
+	}
+	if err := write(dir, 1, &record{Set: raw, Labels: labels}); err != nil {
+		return nil, err
+	}
+	return Open(dir, keys, now)
+}
+
+func newSet(root *x509.Certificate, upd, fw crypto.Signer, now time.Time) (*anchors.Set, error) {
+	us, err := x509.MarshalPKIXPublicKey(upd.Public())
+	if err != nil {
+		return nil, fmt.Errorf("trust: update key: %w", err)
+	}
+	fs, err := x509.MarshalPKIXPublicKey(fw.Public())
+	if err != nil {
+		return nil, fmt.Errorf("trust: firmware key: %w", err)
+	}
+	return &anchors.Set{Root: root.Raw, UpdateKey: us, FirmwareKey: fs, IssuedAt: uint64(now.Unix())}, nil
+}
+
+func signerOrNew(keys Keys, label string) (crypto.Signer, error) {
+	if s, err := keys.Signer(label); err == nil {
+		return s, nil
+	}
+	return keys.GenerateP256(label)
+}
+
+func write(dir string, v uint32, r *record) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	if err := fsutil.WriteAtomic(filepath.Join(dir, fileName(v)), b, 0o644); err != nil {
+		return fmt.Errorf("trust: write v%d: %w", v, err)
+	}
+	return nil
+}
+
+func (c *Chain) cur() *record { return c.recs[len(c.recs)-1] }
+
+// Current returns the current set.
+func (c *Chain) Current() *anchors.Signed {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.cur().signed
+}
+
+// AnchorVersion implements rotation.AnchorSource.
+func (c *Chain) AnchorVersion() uint32 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return uint32(len(c.recs))
+}
+
+// SetsAfter implements rotation.AnchorSource: up to max sets after v,
+// oldest first.
+func (c *Chain) SetsAfter(v uint32, max int) [][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out [][]byte
+	for i := int(v); i < len(c.recs) && len(out) < max; i++ {
+		out = append(out, c.recs[i].Set)
+	}
+	return out
+}
+
+// Latest returns the newest n sets, oldest first: what the retained
+// anchors topic carries.
+func (c *Chain) Latest(n int) [][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	from := max(len(c.recs)-n, 0)
+	var out [][]byte
+	for _, r := range c.recs[from:] {
+		out = append(out, r.Set)
+	}
+	return out
+}
+
+// Roots returns every root of the chain: the broker accepts identities any
+// of them issued, until those expire.
+func (c *Chain) Roots() *x509.CertPool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	p := x509.NewCertPool()
+	for _, r := range c.recs {
+		p.AddCert(r.root)
+	}
+	return p
+}
+
+// Root returns the current root: new certificates are issued under it.
+func (c *Chain) Root() *x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.cur().root
+}
+
+// Crosses returns the cross certificates from the current root back to
+// the first, newest first: appended to a leaf of the current root they
+// let a device that holds any older root verify it.
+func (c *Chain) Crosses() []*x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []*x509.Certificate
+	for i := len(c.recs) - 1; i > 0; i-- {
+		if x := c.recs[i].cross; x != nil {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Signer returns the current set's private key of role (RoleCA,
+// RoleUpdate, RoleFirmware).
+func (c *Chain) Signer(role string) (crypto.Signer, error) {
+	c.mu.RLock()
+	l := c.cur().Labels
+	c.mu.RUnlock()
+	switch role {
+	case RoleCA:
+		return c.keys.Signer(l.CA)
+	case RoleUpdate:
+		return c.keys.Signer(l.Update)
+	case RoleFirmware:
+		return c.keys.Signer(l.Firmware)
+	}
+	return nil, fmt.Errorf("trust: unknown role %q", role)
+}
+
+// Rotate makes the next set with new keys for roles, signed by the current
+// set's root and update keys. A replaced update or firmware key is revoked
+// in the new set: devices that walked past it refuse what it signs. It
+// returns the new set.
+func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cur := c.cur()
+	v := uint32(len(c.recs)) + 1
+	want := map[string]bool{}
+	for _, r := range roles {
+		switch r {
+		case RoleCA, RoleUpdate, RoleFirmware:
+			want[r] = true
+		default:
+			return nil, fmt.Errorf("trust: unknown role %q", r)
+		}
+	}
+	if len(want) == 0 {
+		return nil, errors.New("trust: a rotation replaces at least one key")
+	}
+	oldCA, err := c.keys.Signer(cur.Labels.CA)
+	if err != nil {
+		return nil, err
+	}
+	oldUpd, err := c.keys.Signer(cur.Labels.Update)
+	if err != nil {
+		return nil, err
+	}
+	labels := cur.Labels
+	next := func(role, base string) string { return fmt.Sprintf("%s-v%d", base, v) }
+	root, rec := cur.root, &record{}
+	now := c.now()
+	if want[RoleCA] {
+		labels.CA = next(RoleCA, "keyfleet-ca")
+		k, err := signerOrNew(c.keys, labels.CA)
+		if err != nil {
+			return nil, err
+		}
+		if root, err = certs.NewRoot(k, fmt.Sprintf("keyfleet CA %d", v), now, RootValidity); err != nil {
+			return nil, err
+		}
+		x, err := certs.CrossSign(root, cur.root, oldCA)
+		if err != nil {
+			return nil, err
+		}
+		rec.Cross = x.Raw
+	}
+	var revoked [][]byte
+	if want[RoleUpdate] {
+		labels.Update = next(RoleUpdate, "keyfleet-update")
+		kid, err := protocol.KeyID(oldUpd.Public())
+		if err != nil {
+			return nil, err
+		}
+		revoked = append(revoked, kid)
+	}
+	if want[RoleFirmware] {
+		labels.Firmware = next(RoleFirmware, "keyfleet-firmware")
+		kid, err := cur.signed.FirmwarePublicKey()
+		if err != nil {
+			return nil, err
+		}
+		id, err := protocol.KeyID(kid)
+		if err != nil {
+			return nil, err
+		}
+		revoked = append(revoked, id)
+	}
+	upd, err := signerOrNew(c.keys, labels.Update)
+	if err != nil {
+		return nil, err
+	}
+	fw, err := signerOrNew(c.keys, labels.Firmware)
+	if err != nil {
+		return nil, err
+	}
+	set, err := newSet(root, upd, fw, now)
+	if err != nil {
+		return nil, err
+	}
+	set.Revoked = revoked
+	raw, err := anchors.Next(cur.signed, set, oldCA, oldUpd)
+	if err != nil {
+		return nil, err
+	}
+	rec.Set, rec.Labels = raw, labels
+	if rec.signed, err = anchors.Walk(cur.signed, [][]byte{raw}, anchors.WalkOptions{}); err != nil {
+		return nil, fmt.Errorf("trust: the new set does not walk: %w", err)
+	}
+	if err := rec.load(); err != nil {
+		return nil, err
+	}
+	if err := write(c.dir, v, rec); err != nil {
+		return nil, err
+	}
+	c.recs = append(c.recs, rec)
+	return rec.signed, nil
+}
