@@ -111,6 +111,10 @@ type Agent struct {
 	keys      *datakey.Keyset
 	fw        *firmware.Slots
 	refused   int // dial rounds in a row in which every credential was refused
+	// reenrolled is set when a re-enrolment brought the identity: the
+	// activation that follows is then not a full report (anchors, data
+	// keys and firmware may lag), so a hello follows it.
+	reenrolled bool
 	lastSync  time.Time
 	// missed is set when a downlink was refused for want of the delegation
 	// that signs it; when that delegation arrives, a hello asks the server
@@ -271,6 +275,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				rerr := a.reenroll(ctx, gen)
 				if errors.Is(rerr, errReconnect) {
 					a.refused = 0
+					a.reenrolled = true
 					backoff = a.opts.ReconnectMin
 					continue
 				}
@@ -384,7 +389,10 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: a.ks.Roots(), ServerName: host,
 			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves, Time: a.opts.Now},
-		Subscriptions: []string{a.topics.Broadcast(), a.topics.Down(id)},
+		Subscriptions: []string{a.topics.Down(id)},
+		// Refused to a device renewing an expired identity: it gets the
+		// anchors and the delegation on its own topic instead.
+		Optional: []string{a.topics.Broadcast()},
 		OnMessage: func(topic string, payload []byte) {
 			payloads := [][]byte{append([]byte(nil), payload...)}
 			if a.opts.Link != nil {
@@ -431,6 +439,12 @@ func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen u
 			return err
 		}
 		a.emit(EventActivated, ver, "")
+		if a.reenrolled {
+			a.reenrolled = false
+			if err := a.hello(ctx); err != nil {
+				return err
+			}
+		}
 	} else if err := a.hello(ctx); err != nil {
 		return err
 	}

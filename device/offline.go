@@ -159,7 +159,9 @@ func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool)
 	}
 	a.log.Info("trust anchors updated", "from", cur.Version, "to", next.Version)
 	a.emit(EventAnchors, next.Version, "")
-	if report {
+	if report && len(m.Sets) >= a.opts.AnchorSteps {
+		// A full message: more sets may follow the last one. Reporting
+		// the version reached asks for them.
 		return a.hello(ctx)
 	}
 	return nil

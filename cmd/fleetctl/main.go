@@ -6,8 +6,13 @@
 //	fleetctl device show ID
 //	fleetctl device add ID --out DIR
 //	fleetctl rotate ID... | --all
+//	fleetctl device revoke ID --reason TEXT
 //	fleetctl status
 //	fleetctl audit verify
+//	fleetctl anchors show | rotate [--keys ca,update,firmware]
+//	fleetctl datakeys rotate
+//	fleetctl escrow recover DEVICE VERSION --out FILE
+//	fleetctl firmware publish --image FILE --version N --uri URI --vendor UUID --class UUID
 //
 // Output is a table for people, or JSON with -o json for scripts.
 package main
@@ -231,7 +236,10 @@ func newRoot(out io.Writer) *cobra.Command {
 		}}
 	audit.AddCommand(verify)
 
+	top, devSub := a.offlineCommands()
+	deviceCmd.AddCommand(devSub...)
 	root.AddCommand(devices, deviceCmd, rotate, status, audit)
+	root.AddCommand(top...)
 	root.SetContext(context.Background())
 	return root
 }

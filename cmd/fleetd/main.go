@@ -24,12 +24,13 @@ import (
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 type flags struct {
 	data, module, token, pinFile, logLevel, logFormat string
 	insecureSoft, createToken                         bool
-	mqtt, admin, external, advertise                  string
+	mqtt, admin, external, advertise, policy          string
 	names                                             []string
 	grace, validity, ttl                              time.Duration
 }
@@ -83,6 +84,11 @@ func root() *cobra.Command {
 			}
 			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
+			if f.policy != "" {
+				if cfg.Policy, err = policy.Load(f.policy); err != nil {
+					return err
+				}
+			}
 			// Every device connection is a descriptor.
 			if limit, err := procstat.RaiseFileLimit(); err != nil {
 				cfg.Logger.Warn("cannot raise the open-file limit", "err", err)
@@ -104,8 +110,9 @@ func root() *cobra.Command {
 	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
 	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
-	rf.DurationVar(&f.grace, "grace", 7*24*time.Hour, "how long a superseded identity stays accepted")
-	rf.DurationVar(&f.validity, "cert-validity", 90*24*time.Hour, "validity of device certificates")
+	rf.StringVar(&f.policy, "policy", "", "policy file (YAML): certificate validity, grace and renewal windows, data-key retention")
+	rf.DurationVar(&f.grace, "grace", 0, "how long a superseded identity stays accepted (overrides the policy; default 7 days)")
+	rf.DurationVar(&f.validity, "cert-validity", 0, "validity of device certificates (overrides the policy; default 90 days)")
 	rf.DurationVar(&f.ttl, "command-ttl", 10*time.Minute, "expiry of commands and freshness window of uplinks")
 
 	cmd.AddCommand(initCmd, runCmd)

@@ -149,6 +149,6 @@ func root() *cobra.Command {
 	f.StringVar(&scenario, "scenario", "", "YAML scenario file with devices, rotations and faults (see simulator.Scenario)")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
-	cmd.AddCommand(run)
+	cmd.AddCommand(run, yearCmd())
 	return cmd
 }

@@ -27,6 +27,10 @@ type Options struct {
 	TLS      *tls.Config
 	// Subscriptions are made, in order, before Dial returns.
 	Subscriptions []string
+	// Optional subscriptions are made after them; one the broker refuses
+	// is skipped (Conn.Denied lists it), not an error: a device renewing
+	// an expired identity may read only its own topic.
+	Optional []string
 	// OnMessage receives every message, in arrival order, on paho's
 	// delivery goroutine; it must not block for long.
 	OnMessage func(topic string, payload []byte)
@@ -46,6 +50,7 @@ var ErrRefused = errors.New("mqttc: connection refused by broker")
 
 // Conn is a connected client.
 type Conn struct {
+	denied    []string
 	c         paho.Client
 	timeout   time.Duration
 	bytesUp   atomic.Uint64
@@ -90,7 +95,8 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("mqttc: connect %s as %s: %w", o.Broker, o.ClientID, err)
 	}
-	for _, s := range o.Subscriptions {
+	subs := append(append([]string(nil), o.Subscriptions...), o.Optional...)
+	for i, s := range subs {
 		tok := conn.c.Subscribe(s, 1, nil)
 		if err := wait(ctx, tok, o.Timeout); err != nil {
 			conn.c.Disconnect(0)
@@ -98,15 +104,23 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 		}
 		if st, ok := tok.(*paho.SubscribeToken); ok {
 			for f, code := range st.Result() {
-				if code == 0x80 {
-					conn.c.Disconnect(0)
-					return nil, fmt.Errorf("mqttc: subscribe %s: %w", f, ErrDenied)
+				if code != 0x80 {
+					continue
 				}
+				if i >= len(o.Subscriptions) {
+					conn.denied = append(conn.denied, f)
+					continue
+				}
+				conn.c.Disconnect(0)
+				return nil, fmt.Errorf("mqttc: subscribe %s: %w", f, ErrDenied)
 			}
 		}
 	}
 	return conn, nil
 }
+
+// Denied lists the optional subscriptions the broker refused.
+func (c *Conn) Denied() []string { return c.denied }
 
 // ErrDenied: the broker refused a subscription.
 var ErrDenied = errors.New("mqttc: subscription denied")

@@ -49,26 +49,31 @@ func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.Ke
 		return reject("revoked", "device %s is revoked", d.ID)
 	}
 	var pub *ecdsa.PublicKey
+	// New versions first, retirements after: a device must never be asked
+	// to drop its primary before it has the one that replaces it.
 	for _, k := range d.DataKeys {
 		live := k.Status == store.DataKeyPrimary || k.Status == store.DataKeyDecryptOnly
-		has := slices.Contains(held, k.Version)
-		switch {
-		case live && !has:
-			if pub == nil {
-				c, err := x509.ParseCertificate(kv.Cert)
-				if err != nil {
-					return fmt.Errorf("rotation: certificate of %s v%d: %w", d.ID, kv.Version, err)
-				}
-				p, ok := c.PublicKey.(*ecdsa.PublicKey)
-				if !ok {
-					return fmt.Errorf("rotation: %s v%d: identity key is not ECDSA", d.ID, kv.Version)
-				}
-				pub = p
+		if !live || slices.Contains(held, k.Version) {
+			continue
+		}
+		if pub == nil {
+			c, err := x509.ParseCertificate(kv.Cert)
+			if err != nil {
+				return fmt.Errorf("rotation: certificate of %s v%d: %w", d.ID, kv.Version, err)
 			}
-			if err := e.sendDataKey(ctx, d.ID, pub, k); err != nil {
-				return err
+			p, ok := c.PublicKey.(*ecdsa.PublicKey)
+			if !ok {
+				return fmt.Errorf("rotation: %s v%d: identity key is not ECDSA", d.ID, kv.Version)
 			}
-		case !live && has:
+			pub = p
+		}
+		if err := e.sendDataKey(ctx, d.ID, pub, k); err != nil {
+			return err
+		}
+	}
+	for _, k := range d.DataKeys {
+		live := k.Status == store.DataKeyPrimary || k.Status == store.DataKeyDecryptOnly
+		if !live && slices.Contains(held, k.Version) {
 			if err := e.sendRetireSlot(ctx, d.ID, protocol.SlotData, k.Version); err != nil {
 				return err
 			}

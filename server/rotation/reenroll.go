@@ -177,7 +177,9 @@ func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Re
 	}
 	slot := d.Slot(protocol.SlotIdentity)
 	if old := slot.ByKeyID(kid); old != nil {
-		if old.State == store.StateIssued && bytes.Equal(old.RID, m.RID) {
+		// The same key again, proven by the same birth credential: the
+		// answer was lost (the device retries with a fresh rotation id).
+		if old.State == store.StateIssued && old.Reenrolled {
 			// The answer was lost: send the same certificate again.
 			e.stats.Resent.Add(1)
 			return e.answerReenroll(ctx, d.ID, m.Anchors, old)
@@ -211,7 +213,7 @@ func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Re
 		}
 		v := &store.KeyVersion{Version: next, State: store.StateIssued, RID: m.RID, Cert: cert.Raw, KeyID: kid,
 			Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, EnrollID: m.ID,
-			RequestedAt: now, IssuedAt: now}
+			RequestedAt: now, IssuedAt: now, Reenrolled: true}
 		s.Versions = append(s.Versions, v)
 		s.Desired = next
 		s.Prune()

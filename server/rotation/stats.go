@@ -15,8 +15,9 @@ type Stats struct {
 	Resent    atomic.Uint64 // duplicate requests answered again, without a state change
 	// Reenrolled counts identities issued to birth credentials.
 	Reenrolled atomic.Uint64
-	// RenewedExpired counts rotations of devices whose certificate had
-	// expired (renewal within the window after expiry).
+	// RenewedExpired counts activations that replaced an identity whose
+	// certificate had expired, with that old key (renewal within the
+	// window after expiry; re-enrolments are not counted here).
 	RenewedExpired atomic.Uint64
 	// OldKeyUplinks counts uplinks signed by a superseded key: the old-key
 	// usage metric. OldKeyConnects counts broker logins with one.

@@ -253,9 +253,6 @@ func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, kv *store.KeyV
 	if err != nil {
 		return nil, err
 	}
-	if !r.Existing && expired {
-		e.stats.RenewedExpired.Add(1)
-	}
 	e.log.Info("renewal due", "device", d.ID, "slot", "identity", "version", kv.Version, "reason", why,
 		"rotation", fmt.Sprintf("%x", r.RID), "expired", expired)
 	return e.st.GetDevice(ctx, d.ID)
@@ -398,6 +395,7 @@ func (e *Engine) activate(ctx context.Context, device string, version uint32, ri
 	graceUntil := now.Add(e.opts.Grace)
 	var superseded []uint32
 	var latency time.Duration
+	var renewedExpired bool
 	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
 		superseded, latency = nil, 0
 		s := d.Slot(protocol.SlotIdentity)
@@ -406,8 +404,12 @@ func (e *Engine) activate(ctx context.Context, device string, version uint32, ri
 			return nil, store.ErrNoChange
 		}
 		var events []store.Event
+		renewedExpired = false
 		for _, o := range s.Versions {
 			if o.State == store.StateActive {
+				if !v.Reenrolled && !now.Before(o.NotAfter) {
+					renewedExpired = true // renewed with a key whose certificate had expired
+				}
 				o.State = store.StateSuperseded
 				o.GraceUntil = graceUntil
 				superseded = append(superseded, o.Version)
@@ -431,6 +433,9 @@ func (e *Engine) activate(ctx context.Context, device string, version uint32, ri
 		return d, nil // already active
 	}
 	e.stats.Activated.Add(1)
+	if renewedExpired {
+		e.stats.RenewedExpired.Add(1)
+	}
 	e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: version, State: store.StateActive, RID: rid, Latency: latency})
 	for _, v := range superseded {
 		e.grace.push(graceItem{device: device, slot: protocol.SlotIdentity, version: v, at: graceUntil})

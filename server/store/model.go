@@ -53,6 +53,9 @@ type KeyVersion struct {
 	// to issued and active; a second message with the same id is a replay.
 	EnrollID    []byte
 	ActivatedID []byte
+	// Reenrolled marks a version issued to the birth credential rather
+	// than requested with the previous identity key.
+	Reenrolled bool
 
 	RequestedAt time.Time
 	IssuedAt    time.Time
