@@ -115,7 +115,7 @@ type Agent struct {
 	// activation that follows is then not a full report (anchors, data
 	// keys and firmware may lag), so a hello follows it.
 	reenrolled bool
-	lastSync  time.Time
+	lastSync   time.Time
 	// missed is set when a downlink was refused for want of the delegation
 	// that signs it; when that delegation arrives, a hello asks the server
 	// to send the refused steps again.
