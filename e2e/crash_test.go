@@ -29,7 +29,7 @@ var (
 	buildErr  error
 )
 
-// binaries builds fleetd and fleet-agent once per test run.
+// binaries builds fleetd, fleet-agent and fleetctl once per test run.
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -37,7 +37,7 @@ func binaries(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "../cmd/fleetd", "../cmd/fleet-agent")
+		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "../cmd/fleetd", "../cmd/fleet-agent", "../cmd/fleetctl")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)

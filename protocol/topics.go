@@ -51,6 +51,10 @@ func (t Topics) SharedReenroll(group string) string {
 // Anchors is the retained broadcast topic of the current trust-anchor chain.
 func (t Topics) Anchors() string { return t.BroadcastTopic("anchors") }
 
+// FirmwareTopic is the retained broadcast topic of the current firmware
+// release (a signed manifest).
+func (t Topics) FirmwareTopic() string { return t.BroadcastTopic("firmware") }
+
 // ParseReenroll returns the device id of a re-enrolment topic.
 func (t Topics) ParseReenroll(topic string) (string, error) {
 	return t.parse(topic, "reenroll")

@@ -148,6 +148,22 @@ func (s *Server) publishAnchors(ctx context.Context, conn *mqttc.Conn) error {
 	return conn.PublishRetained(ctx, s.cfg.Topics.Anchors(), b)
 }
 
+// publishFirmware puts the current release, retained, on the firmware
+// topic.
+func (s *Server) publishFirmware(ctx context.Context, conn *mqttc.Conn) error {
+	r := s.fw.Load()
+	if r == nil {
+		return nil
+	}
+	m := protocol.Stamp(&protocol.Firmware{Manifest: r.Manifest}, s.cfg.Now(), 0)
+	m.IAT = 0
+	b, err := s.codec.Bare(m)
+	if err != nil {
+		return err
+	}
+	return conn.PublishRetained(ctx, s.cfg.Topics.FirmwareTopic(), b)
+}
+
 // Anchors implements admin.Backend.
 func (s *Server) Anchors(ctx context.Context) (admin.AnchorsInfo, error) {
 	return anchorsInfo(s.chain)
@@ -332,6 +348,17 @@ func (s *Server) PublishFirmware(ctx context.Context, req admin.FirmwareRequest,
 		return admin.FirmwareInfo{}, err
 	}
 	s.fw.Store(r)
+	// Retained on the firmware topic: connected devices get it at once, the
+	// others at connect; a device that reports an older version in a hello
+	// (or reads no broadcasts: a renew-only session) gets it in answer.
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	if conn != nil {
+		if err := s.publishFirmware(ctx, conn); err != nil {
+			s.log.Warn("firmware not broadcast; devices get it at their next hello", "err", err)
+		}
+	}
 	kid, _ := protocol.KeyID(key.Public())
 	return admin.FirmwareInfo{Version: r.Version, Manifest: signed, KeyID: fmt.Sprintf("%x", kid)}, nil
 }

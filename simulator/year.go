@@ -50,7 +50,7 @@ type YearConfig struct {
 	DataKeyVersions      int // new data-key versions after the first
 	FirmwareKeyRotations int // each followed by a firmware release signed with the new key
 	// DayDelay is the real time one quiet simulated day takes; 0 means
-	// 10 ms. Events hold the clock until the devices online converge.
+	// 20 ms. Events hold the clock until the devices online converge.
 	DayDelay time.Duration
 	// Timeout bounds the wait for convergence after each event and at the
 	// end; 0 means 2 minutes.
@@ -164,7 +164,7 @@ func RunYear(ctx context.Context, cfg YearConfig) (*YearReport, error) {
 		return nil, fmt.Errorf("simulator: year: %d offline of %d devices", cfg.Offline, cfg.Devices)
 	}
 	if cfg.DayDelay == 0 {
-		cfg.DayDelay = 10 * time.Millisecond
+		cfg.DayDelay = 20 * time.Millisecond
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Minute
@@ -292,7 +292,7 @@ func (y *yearFleet) startServer(ctx context.Context) error {
 		// A simulated day passes in milliseconds: commands and uplinks
 		// must stay fresh across the few days a message may spend in
 		// flight, and the online key must not lapse between fleetd's
-		// once-a-second checks (a second is up to 100 simulated days).
+		// once-a-second checks (a second is up to 50 simulated days).
 		CommandTTL: 30 * policy.Day, OnlineKeyLifetime: 1000 * policy.Day,
 	}
 	if err := server.Init(ctx, scfg); err != nil {
@@ -342,9 +342,10 @@ func (y *yearFleet) startAgent(ctx context.Context, id string) error {
 	a, err := device.New(device.Options{
 		Dir: filepath.Join(y.dir, "devices", id, "keys"), Logger: y.cfg.Logger, Now: y.clk.Now, NoSync: true,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second,
-		// A real second is 100 simulated days: report often enough that
-		// fleetd sees each certificate inside its renewal window.
-		ReportEvery: 250 * time.Millisecond, StepTimeout: 2 * time.Second,
+		// A real second is 50 simulated days: a report a second lands
+		// inside each certificate's 60-day renewal window, as a real
+		// device's hourly report does, without flooding fleetd.
+		ReportEvery: time.Second, StepTimeout: 2 * time.Second,
 		Firmware: &device.FirmwareOptions{Dir: filepath.Join(y.dir, "devices", id, "firmware"),
 			Identity: firmware.Identity{VendorID: simVendor, ClassID: simClass, FactoryVersion: 1},
 			Fetch:    y.fetch},

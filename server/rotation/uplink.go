@@ -107,7 +107,16 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 		return err
 	}
 	if d.Revoked {
-		e.auditRefusal(ctx, dev, "uplink", "device revoked")
+		// A returning revoked device says hello to get its keys back: that
+		// is the key recovery refused here.
+		step := "uplink"
+		if m, err := e.codec.Decode(env.Payload); err == nil {
+			step = protocol.TypeOf(m).String()
+			if step == "hello" {
+				step = "key-recovery"
+			}
+		}
+		e.auditRefusal(ctx, dev, step, "device revoked")
 		return reject("revoked", "device %s is revoked", dev)
 	}
 	now := e.now()

@@ -344,11 +344,11 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 		return nil, err
 	}
 	labels := cur.Labels
-	next := func(role, base string) string { return fmt.Sprintf("%s-v%d", base, v) }
+	next := func(base string) string { return fmt.Sprintf("%s-v%d", base, v) }
 	root, rec := cur.root, &record{}
 	now := c.now()
 	if want[RoleCA] {
-		labels.CA = next(RoleCA, "keyfleet-ca")
+		labels.CA = next("keyfleet-ca")
 		k, err := signerOrNew(c.keys, labels.CA)
 		if err != nil {
 			return nil, err
@@ -364,7 +364,7 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 	}
 	var revoked [][]byte
 	if want[RoleUpdate] {
-		labels.Update = next(RoleUpdate, "keyfleet-update")
+		labels.Update = next("keyfleet-update")
 		kid, err := protocol.KeyID(oldUpd.Public())
 		if err != nil {
 			return nil, err
@@ -372,7 +372,7 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 		revoked = append(revoked, kid)
 	}
 	if want[RoleFirmware] {
-		labels.Firmware = next(RoleFirmware, "keyfleet-firmware")
+		labels.Firmware = next("keyfleet-firmware")
 		kid, err := cur.signed.FirmwarePublicKey()
 		if err != nil {
 			return nil, err

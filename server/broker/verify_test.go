@@ -1,0 +1,102 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/policy"
+)
+
+func key(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestClassify is the broker's authentication decision, case by case.
+func TestClassify(t *testing.T) {
+	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	rk, bk := key(t), key(t)
+	root, _ := certs.NewRoot(rk, "fleet", now.Add(-400*day), 3650*day)
+	birthRoot, _ := certs.NewRoot(bk, "factory", now.Add(-400*day), 3650*day)
+	ca := func(r *x509.Certificate, k *ecdsa.PrivateKey, at time.Time, validity time.Duration) *certs.CA {
+		c, err := certs.NewCA(r, k, certs.CAOptions{Validity: validity, Now: func() time.Time { return at }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	issue := func(c *certs.CA, role certs.Role) *x509.Certificate {
+		crt, err := c.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: role, Name: "dev-1"}, PublicKey: key(t).Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crt
+	}
+	pol := policy.Default()
+	pol.RenewAfterExpiry = policy.Duration(100 * day)
+	trust := broker.StaticTrust{Identity: pool(root), Birth: pool(birthRoot)}
+	valid := issue(ca(root, rk, now.Add(-10*day), 90*day), certs.RoleDevice)
+	expiredRecently := issue(ca(root, rk, now.Add(-120*day), 90*day), certs.RoleDevice) // expired 30 days ago
+	expiredLong := issue(ca(root, rk, now.Add(-300*day), 90*day), certs.RoleDevice)     // expired 210 days ago
+	birth := issue(ca(birthRoot, bk, now.Add(-300*day), 3000*day), certs.RoleIDevID)
+	birthFromFleetCA := issue(ca(root, rk, now.Add(-day), 90*day), certs.RoleIDevID)
+	deviceFromFactory := issue(ca(birthRoot, bk, now.Add(-day), 90*day), certs.RoleDevice)
+	fk := key(t)
+	foreign := issue(ca(mustRoot(t, fk), fk, now.Add(-day), 90*day), certs.RoleDevice)
+	admin := func() *x509.Certificate {
+		c, _ := ca(root, rk, now.Add(-day), 90*day).Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: "alice"}, PublicKey: key(t).Public()})
+		return c
+	}()
+	tests := []struct {
+		name string
+		leaf *x509.Certificate
+		want policy.Access
+		ok   bool
+	}{
+		{"valid identity", valid, policy.AccessFull, true},
+		{"expired within the renewal window", expiredRecently, policy.AccessRenew, true},
+		{"expired past the renewal window", expiredLong, policy.AccessExpired, false},
+		{"birth credential", birth, policy.AccessEnroll, true},
+		{"birth role from the fleet CA", birthFromFleetCA, policy.AccessNone, false},
+		{"identity from the factory CA", deviceFromFactory, policy.AccessNone, false},
+		{"foreign CA", foreign, policy.AccessNone, false},
+		{"operator certificate", admin, policy.AccessNone, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, got, err := broker.Classify([]*x509.Certificate{tt.leaf}, trust, pol, now)
+			if (err == nil) != tt.ok || got != tt.want {
+				t.Errorf("Classify: got %v, err %v; want %v, ok %v", got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func pool(cs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range cs {
+		p.AddCert(c)
+	}
+	return p
+}
+
+func mustRoot(t *testing.T, k *ecdsa.PrivateKey) *x509.Certificate {
+	t.Helper()
+	r, err := certs.NewRoot(k, "elsewhere", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), 3650*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
