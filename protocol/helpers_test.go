@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -192,6 +193,14 @@ func examples(tb testing.TB) []Message {
 			Detail: "csr subject does not match device"},
 		&Delegation{Header: Header{ID: id(0x80), IAT: iat}, Key: r.onlineK,
 			NotBefore: iat, NotAfter: iat + 12*3600},
+		&Hello{Header: Header{ID: id(0x11), IAT: iat},
+			Slots:      []SlotVersion{{Slot: SlotIdentity, Active: 5}},
+			Delegation: id(0x81), Anchors: 3, DataKeys: []uint32{2, 3, 4}, Firmware: 7},
+		&Key{Header: Header{ID: id(0x90), Exp: exp}, Slot: SlotData, Version: 4, Status: KeyStatusPrimary,
+			Sealed: bytes.Repeat([]byte{0xd0}, 120)},
+		&Reenroll{Header: Header{ID: id(0xa1), RID: id(0xa2), IAT: iat}, CSR: r.csr, Anchors: 1},
+		&Anchors{Header: Header{ID: id(0xb0)}, Sets: [][]byte{bytes.Repeat([]byte{0xb1}, 40), bytes.Repeat([]byte{0xb2}, 40)}},
+		&Firmware{Header: Header{ID: id(0xc0)}, Manifest: bytes.Repeat([]byte{0xc1}, 60)},
 	}
 }
 
