@@ -29,4 +29,7 @@ wait $FLEETD_PID 2>/dev/null || true
 trap - EXIT
 bin/fleetsim run --fleetd-bin bin/fleetd --dir "$WORK/fleet" --fleet "$FLEET" --max-connected 5000 \
   --baseline 3s --report table --progress=false --json-out "$OUT/fleet-$FLEET.json"
+echo "== (d) the long-absence scenario: 1,000 devices, 300 away for 400 simulated days"
+bin/fleetsim year --devices 1000 --offline 300 --offline-days 400 --dir "$WORK/year" \
+  --report table --json-out "$OUT/year-1000.json"
 echo "== results in $OUT"
