@@ -443,7 +443,13 @@ func (s *Server) Status(ctx context.Context) (admin.Status, error) {
 	st := s.engine.Stats()
 	out := admin.Status{ByState: map[string]int{}, Requested: st.Requested, Issued: st.Issued, Activated: st.Activated,
 		Retired: st.Retired, Rejected: st.Rejected, HSMOps: s.HSMOps(), Broker: s.cfg.MQTTAddr,
-		RSSBytes: procstat.RSS(), Goroutines: procstat.Goroutines()}
+		RSSBytes: procstat.RSS(), Goroutines: procstat.Goroutines(),
+		Reenrolled: st.Reenrolled, RenewedAfterExpiry: st.RenewedExpired, OldKeyUplinks: st.OldKeyUplinks,
+		OldKeyConnects: st.OldKeyConnects, DataKeysSent: st.DataKeysSent, AnchorsVersion: s.chain.AnchorVersion()}
+	out.FirmwareVersion, _ = s.CurrentFirmware()
+	if st.Uplinks > 0 {
+		out.OldKeyRatio = float64(st.OldKeyUplinks) / float64(st.Uplinks)
+	}
 	if s.broker != nil {
 		out.BrokerDenials = s.broker.Denials.Snapshot()
 		out.ConnectedClient = s.broker.Connected()

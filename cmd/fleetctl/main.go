@@ -197,6 +197,9 @@ func newRoot(out io.Writer) *cobra.Command {
 				fmt.Fprintf(w, "devices\t%d\nbroker\t%s\nconnected clients\t%d\nrotations requested\t%d\ncertificates issued\t%d\nrotations activated\t%d\nversions retired\t%d\nHSM operations\t%d\nfleetd memory (RSS)\t%.1f MiB\nfleetd goroutines\t%d\n",
 					s.Devices, s.Broker, s.ConnectedClient, s.Requested, s.Issued, s.Activated, s.Retired, s.HSMOps,
 					float64(s.RSSBytes)/(1<<20), s.Goroutines)
+				fmt.Fprintf(w, "anchors version\t%d\nfirmware release\t%d\nreenrolled\t%d\nrenewed after expiry\t%d\nold-key uplinks\t%d (%.2f%% of uplinks)\nold-key connects\t%d\ndata keys sent\t%d\n",
+					s.AnchorsVersion, s.FirmwareVersion, s.Reenrolled, s.RenewedAfterExpiry, s.OldKeyUplinks, 100*s.OldKeyRatio,
+					s.OldKeyConnects, s.DataKeysSent)
 				for _, k := range sortedKeys(s.ByState) {
 					fmt.Fprintf(w, "latest version %s\t%d\n", k, s.ByState[k])
 				}

@@ -79,19 +79,28 @@ type RotateResponse struct {
 
 // Status is `fleetctl status`.
 type Status struct {
-	Devices         int               `json:"devices"`
-	ByState         map[string]int    `json:"by_state"`
-	Requested       uint64            `json:"rotations_requested"`
-	Issued          uint64            `json:"certificates_issued"`
-	Activated       uint64            `json:"rotations_activated"`
-	Retired         uint64            `json:"versions_retired"`
-	Rejected        map[string]uint64 `json:"rejected"`
-	BrokerDenials   map[string]uint64 `json:"broker_denials"`
-	HSMOps          uint64            `json:"hsm_ops"`
-	ConnectedClient int               `json:"connected_clients"`
-	Broker          string            `json:"broker"`
-	RSSBytes        uint64            `json:"rss_bytes"`
-	Goroutines      int               `json:"goroutines"`
+	Devices       int               `json:"devices"`
+	ByState       map[string]int    `json:"by_state"`
+	Requested     uint64            `json:"rotations_requested"`
+	Issued        uint64            `json:"certificates_issued"`
+	Activated     uint64            `json:"rotations_activated"`
+	Retired       uint64            `json:"versions_retired"`
+	Rejected      map[string]uint64 `json:"rejected"`
+	BrokerDenials map[string]uint64 `json:"broker_denials"`
+	HSMOps        uint64            `json:"hsm_ops"`
+	// The offline-device counters since fleetd started.
+	Reenrolled         uint64  `json:"reenrolled"`
+	RenewedAfterExpiry uint64  `json:"renewed_after_expiry"`
+	OldKeyUplinks      uint64  `json:"old_key_uplinks"`
+	OldKeyConnects     uint64  `json:"old_key_connects"`
+	OldKeyRatio        float64 `json:"old_key_ratio"` // old-key uplinks / authenticated uplinks
+	DataKeysSent       uint64  `json:"data_keys_sent"`
+	AnchorsVersion     uint32  `json:"anchors_version"`
+	FirmwareVersion    uint32  `json:"firmware_version"`
+	ConnectedClient    int     `json:"connected_clients"`
+	Broker             string  `json:"broker"`
+	RSSBytes           uint64  `json:"rss_bytes"`
+	Goroutines         int     `json:"goroutines"`
 }
 
 // AuditVerify is the result of verifying the audit chain.

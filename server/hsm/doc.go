@@ -1,7 +1,8 @@
-// Package hsm holds fleetd's key custody: the CA key, the update-signing key
-// and (later) the escrow KEK live in a PKCS#11 token and are used only
-// through crypto.Signer values, so that nothing above this package ever sees
-// a PKCS#11 handle or key bytes.
+// Package hsm holds fleetd's key custody: the CA, update-signing,
+// firmware-signing and birth-CA keys and the escrow KEK live in a PKCS#11
+// token. Signing keys are used only through crypto.Signer values; the KEK
+// only through GenerateKEK, NewDataKey and UnwrapDataKey; so nothing above
+// this package ever sees a PKCS#11 handle or a long-lived key's bytes.
 //
 // # Basics
 //

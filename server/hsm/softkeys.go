@@ -42,7 +42,8 @@ func (s *SoftKeys) path(label string) string { return filepath.Join(s.dir, label
 // URI names a soft key; it is a file, not a PKCS#11 object.
 func (s *SoftKeys) URI(label string) string { return "file://" + s.path(label) }
 
-// Ops returns how many signatures the soft keys have made.
+// Ops returns how many private-key operations (signatures, data keys made
+// or unwrapped) the soft keys have performed.
 func (s *SoftKeys) Ops() uint64 { return s.ops.Load() }
 
 // Close does nothing; it mirrors Token.Close.
