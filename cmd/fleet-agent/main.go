@@ -1,7 +1,8 @@
 // Command fleet-agent is the keyfleet device agent for a Linux device. It
 // keeps the device's keys in --dir (made by `fleetctl device add --out`),
 // connects to the fleet's broker with its identity and carries out key
-// rotations.
+// rotations, trust-anchor walks, data keys and, with --firmware-dir,
+// firmware updates.
 package main
 
 import (
@@ -19,6 +20,8 @@ import (
 
 func main() {
 	var dir, broker, level, format, crashAt string
+	var fwDir, fwVendor, fwClass, bootCheck string
+	var fwFactory uint32
 	cmd := &cobra.Command{
 		Use:           "fleet-agent",
 		Short:         "keyfleet device agent",
@@ -34,6 +37,11 @@ func main() {
 				OnEvent: func(e device.Event) {
 					log.Info("agent", "event", string(e.Kind), "device", e.Device, "slot", "identity", "version", e.Version, "detail", e.Detail)
 				}}
+			if fwDir != "" {
+				if opts.Firmware, err = firmwareOptions(fwDir, fwVendor, fwClass, fwFactory, bootCheck); err != nil {
+					return err
+				}
+			}
 			if crashAt != "" {
 				// Fault injection for crash tests: die as a kill -9 would,
 				// with no chance to clean up.
@@ -63,6 +71,11 @@ func main() {
 	f.StringVar(&format, "log-format", "text", "text or json")
 	f.StringVar(&crashAt, "crash-at", "", "testing: SIGKILL the agent at this step (after-pending-key, after-enroll, after-cert-stored, after-promote)")
 	_ = f.MarkHidden("crash-at")
+	f.StringVar(&fwDir, "firmware-dir", "", "directory of the two firmware slots; enables firmware updates")
+	f.StringVar(&fwVendor, "firmware-vendor", "", "vendor UUID manifests must name")
+	f.StringVar(&fwClass, "firmware-class", "", "device class UUID manifests must name")
+	f.Uint32Var(&fwFactory, "firmware-factory-version", 1, "firmware version the device shipped with")
+	f.StringVar(&bootCheck, "boot-check", "", "command run with a new image's path and version after install; exit status 0 confirms, else roll back")
 	_ = cmd.MarkFlagRequired("dir")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet-agent:", err)
