@@ -48,6 +48,15 @@ func TestFleetctl(t *testing.T) {
 		{"status", []string{"status"}, "", []string{"devices", "HSM operations"}},
 		{"audit verify", []string{"audit", "verify"}, "", []string{"audit chain verified"}},
 		{"bad output format", []string{"devices", "-o", "yaml"}, "output format", nil},
+		{"anchors show", []string{"anchors", "show"}, "", []string{"version", "1", "keyfleet CA"}},
+		{"anchors rotate unknown key", []string{"anchors", "rotate", "--keys", "root"}, "unknown anchor key", nil},
+		{"anchors rotate firmware", []string{"anchors", "rotate", "--keys", "firmware"}, "", []string{"version", "2"}},
+		{"anchors rotate", []string{"anchors", "rotate"}, "", []string{"version", "3", "keyfleet CA 3"}},
+		{"datakeys rotate", []string{"datakeys", "rotate"}, "", []string{"devices", "1"}},
+		{"escrow recover without --out", []string{"escrow", "recover", "dev-1", "1"}, "--out is required", nil},
+		{"escrow recover bad version", []string{"escrow", "recover", "dev-1", "zero", "--out", "x"}, "want a positive number", nil},
+		{"escrow recover unknown version", []string{"escrow", "recover", "dev-1", "9", "--out", filepath.Join(t.TempDir(), "k")}, "404", nil},
+		{"firmware publish missing flags", []string{"firmware", "publish", "--version", "2"}, "are required", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := run(tc.args...)
@@ -79,6 +88,30 @@ func TestFleetctl(t *testing.T) {
 		}
 		if len(ds) != 1 || ds[0].ID != "dev-1" || ds[0].Desired != 2 || ds[0].Active != 1 {
 			t.Errorf("got %+v, want dev-1 active 1 desired 2", ds)
+		}
+	})
+	t.Run("revoke", func(t *testing.T) {
+		for _, tc := range []struct {
+			args    []string
+			wantErr string
+			want    string
+		}{
+			{[]string{"device", "revoke", "dev-1"}, "--reason is required", ""},
+			{[]string{"device", "revoke", "ghost", "--reason", "test"}, "404", ""},
+			{[]string{"device", "revoke", "dev-1", "--reason", "lost in transit"}, "", "revoked in"},
+			{[]string{"rotate", "dev-1"}, "device revoked", ""},
+			{[]string{"devices"}, "", "true"},
+		} {
+			out, err := run(tc.args...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("%v: got error %v, want one containing %q", tc.args, err, tc.wantErr)
+				}
+				continue
+			}
+			if err != nil || !strings.Contains(out, tc.want) {
+				t.Errorf("%v: got %q, %v; want output containing %q", tc.args, out, err, tc.want)
+			}
 		}
 	})
 	t.Run("refused without a credential", func(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"math"
 	"os"
 	"time"
 
@@ -225,7 +226,8 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 func ParseDuration(s string) (time.Duration, error) {
 	if n := len(s); n > 1 && s[n-1] == 'd' {
 		var days int64
-		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err != nil || fmt.Sprint(days) != s[:n-1] {
+		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err != nil || fmt.Sprint(days) != s[:n-1] ||
+			days < 0 || days > int64(math.MaxInt64/Day) {
 			return 0, fmt.Errorf("%w: duration %q", ErrInvalid, s)
 		}
 		return time.Duration(days) * Day, nil

@@ -23,6 +23,8 @@ func TestParse(t *testing.T) {
 		{"renew_before out of range", "renew_before: 1.5\n", nil, ErrInvalid},
 		{"validity too short", "cert_validity: 1m\n", nil, ErrInvalid},
 		{"negative grace", "grace: -1h\n", nil, ErrInvalid},
+		{"negative days", "grace: -3d\n", nil, ErrInvalid},
+		{"days beyond a Duration", "grace: 9999999999d\n", nil, ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
