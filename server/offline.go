@@ -98,6 +98,22 @@ func (s *Server) reissueTLS(ctx context.Context) error {
 	return nil
 }
 
+// checkTLS re-issues fleetd's certificate if it is not under the current
+// root: an anchor rotation that stopped between writing the new set and
+// replacing the certificate finishes here.
+func (s *Server) checkTLS(ctx context.Context) error {
+	c := s.tlsCrt.Load()
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("server: TLS certificate: %w", err)
+	}
+	if leaf.CheckSignatureFrom(s.chain.Root()) == nil {
+		return nil
+	}
+	s.log.Warn("fleetd's TLS certificate is not under the current root; issuing a new one")
+	return s.reissueTLS(ctx)
+}
+
 // bundle is what a factory station installs besides the device's own
 // credentials.
 func (s *Server) bundle() admin.ProvisionResponse {

@@ -108,6 +108,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.loadCA(); err != nil {
 		return nil, err
 	}
+	if err := s.checkTLS(ctx); err != nil {
+		return nil, err
+	}
 	updKey, err := s.chain.Signer(trust.RoleUpdate)
 	if err != nil {
 		return nil, err

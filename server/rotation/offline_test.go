@@ -232,6 +232,7 @@ func TestReenroll(t *testing.T) {
 	}{
 		{"signed by another key", func() *ecdsa.PrivateKey { k, _ := device.NewKey(); return k }, "unknown-key"},
 		{"signed by the identity key", func() *ecdsa.PrivateKey { return newKey }, "unknown-key"},
+		{"another key while the first re-enrolment is open", func() *ecdsa.PrivateKey { return birth }, "reenroll-too-soon"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

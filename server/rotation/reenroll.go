@@ -186,6 +186,13 @@ func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Re
 		}
 		return reject("key-reuse", "device %s: the CSR's key is version %d's", d.ID, old.Version)
 	}
+	if l := slot.Latest(); l != nil && l.Reenrolled && l.State == store.StateIssued && e.now().Sub(l.IssuedAt) < e.opts.CommandTTL {
+		// A birth credential that asks again and again, with new keys, for
+		// identities it never uses would make the CA sign without end: one
+		// open re-enrolment per command lifetime.
+		return reject("reenroll-too-soon", "device %s: version %d was issued to its birth credential %v ago and is not in use yet",
+			d.ID, l.Version, e.now().Sub(l.IssuedAt).Round(time.Second))
+	}
 	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: d.ID}, PublicKey: pub})
 	if err != nil {
 		return fmt.Errorf("rotation: re-enrol %s: %w", d.ID, err)

@@ -61,6 +61,7 @@ var errorCodes = map[string]protocol.ErrorCode{
 	"bad-csr": protocol.CodeBadCSR, "csr-identity": protocol.CodeBadCSR, "key-reuse": protocol.CodeBadCSR,
 	"not-current-key": protocol.CodeBadSignature, "revoked": protocol.CodeRevoked, "internal": protocol.CodeInternal,
 	"unknown-device": protocol.CodeUnknownDevice, "no-birth-credential": protocol.CodeUnknownDevice,
+	"reenroll-too-soon": protocol.CodeReplay,
 }
 
 func (e *Engine) sendError(ctx context.Context, device, topic string, ref []byte, reason string) {
