@@ -145,7 +145,10 @@ func (a *Agent) heldKeys() []uint32 {
 func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool) error {
 	cur := a.anchors.Load()
 	if cur == nil {
-		return a.reject("anchors", errors.New("no trusted anchor set to walk from"))
+		// A keystore installed before anchor chains: nothing to walk from,
+		// and nothing to take a set on trust from either.
+		a.log.Debug("anchor sets ignored: no trusted set installed")
+		return nil
 	}
 	next, err := anchors.Walk(cur, m.Sets, anchors.WalkOptions{MaxSteps: a.opts.AnchorSteps})
 	if err != nil {
@@ -249,7 +252,8 @@ func (a *Agent) retireDataKey(v uint32) error {
 // confirms it or rolls back, then reports.
 func (a *Agent) onFirmware(ctx context.Context, m *protocol.Firmware) error {
 	if a.fw == nil {
-		return a.reject("firmware", errors.New("this agent takes no firmware updates"))
+		a.log.Debug("firmware offer ignored: this agent takes no firmware updates")
+		return nil
 	}
 	cur := a.anchors.Load()
 	if cur == nil {

@@ -123,7 +123,8 @@ type Hello struct {
 	// DataKeys lists the data-key versions the device holds, so the server
 	// can send those it still needs and retire those it must drop.
 	DataKeys []uint32 `cbor:"13,keyasint,omitempty"`
-	// Firmware is the version of the firmware the device runs.
+	// Firmware is the version of the firmware the device runs; absent
+	// (0) for a device that takes no firmware updates.
 	Firmware uint32 `cbor:"14,keyasint,omitempty"`
 }
 

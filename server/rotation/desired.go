@@ -137,14 +137,15 @@ func (e *Engine) PushDataKeys(ctx context.Context, device string) error {
 }
 
 // sendFirmware offers the current firmware release to a device that runs
-// an older version.
+// an older version. A device that reports no firmware version takes no
+// firmware updates.
 func (e *Engine) sendFirmware(ctx context.Context, device string, running uint32) error {
 	if e.opts.Firmware == nil {
 		return nil
 	}
 	v, manifest := e.opts.Firmware.CurrentFirmware()
-	if v == 0 || v <= running {
-		return nil
+	if v == 0 || running == 0 || v <= running {
+		return nil // no release, a device that takes no firmware, or up to date
 	}
 	m := protocol.Stamp(&protocol.Firmware{Manifest: manifest}, e.now(), 0)
 	m.IAT = 0
