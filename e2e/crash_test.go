@@ -136,7 +136,9 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	data := filepath.Join(dir, "fleetd")
 	token := fmt.Sprintf("crash-%d", os.Getpid())
 	env := []string{"KEYFLEET_HSM_PIN=crash-test-pin"}
-	common := []string{"--data", data, "--token", token, "--log-level", "warn"}
+	// Info level: the output is shown only when the test fails, and then
+	// every state change and refusal is what one needs.
+	common := []string{"--data", data, "--token", token, "--log-level", "info"}
 	initCmd := exec.Command(filepath.Join(bin, "fleetd"), append([]string{"init", "--create-token"}, common...)...)
 	initCmd.Env = append(os.Environ(), env...)
 	if out, err := initCmd.CombinedOutput(); err != nil {
@@ -166,6 +168,7 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	}
 	gate := make(chan struct{})
 	var held atomic.Int32
+	trail := &eventTrail{}
 	// Even devices stop after storing their certificate, odd ones after
 	// enrolling, until the gate opens: every rotation is in flight when
 	// fleetd dies.
@@ -181,6 +184,12 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 			if s == step {
 				once.Do(func() { held.Add(1); <-gate })
 			}
+		}
+		o.OnEvent = trail.record
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			trail.dump(t)
 		}
 	})
 	eventually(t, 20*time.Second, "all agents connected", func() bool {
@@ -264,5 +273,33 @@ func TestAgentKilledAtEachStep(t *testing.T) {
 	}
 	if got := issuedOnce(t, f.Store()); got != 4 {
 		t.Errorf("certificates issued: got %d, want 4", got)
+	}
+}
+
+// eventTrail keeps the last agent events of each device, for the log of a
+// failed test: what each device last did says where a rotation stopped.
+type eventTrail struct {
+	mu sync.Mutex
+	by map[string][]string
+}
+
+func (e *eventTrail) record(ev device.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.by == nil {
+		e.by = map[string][]string{}
+	}
+	l := append(e.by[ev.Device], fmt.Sprintf("%s %s v%d %s", ev.At.Format("15:04:05.000"), ev.Kind, ev.Version, ev.Detail))
+	if len(l) > 6 {
+		l = l[len(l)-6:]
+	}
+	e.by[ev.Device] = l
+}
+
+func (e *eventTrail) dump(t *testing.T) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for dev, l := range e.by {
+		t.Logf("last events of %s:\n  %s", dev, strings.Join(l, "\n  "))
 	}
 }

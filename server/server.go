@@ -142,6 +142,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			TLS:   &tls.Config{GetCertificate: s.getCertificate},
 			Trust: s, Policy: cfg.Policy, Now: cfg.Now,
 			Checker: s.engine, Topics: cfg.Topics, Logger: cfg.Logger,
+			OnRestore: func(device string) {
+				if err := s.engine.Resend(ctx, device); err != nil {
+					s.log.Warn("resend after a restored session failed", "device", device, "err", err)
+				}
+			},
 		})
 		if err != nil {
 			return nil, err

@@ -34,6 +34,10 @@ type Options struct {
 	Now func() time.Time
 	// Checker accepts or refuses device credentials. Required.
 	Checker CredentialChecker
+	// OnRestore, if set, is called (in its own goroutine) with the device
+	// id of a session the broker had to restore (see AuthHook.OnDisconnect):
+	// messages published to it meanwhile were lost.
+	OnRestore func(device string)
 	// Topics is the topic layout; zero means the default prefix.
 	Topics protocol.Topics
 	// Logger; nil means slog.Default().
@@ -97,7 +101,7 @@ func Start(o Options) (*Embedded, error) {
 	ids := &identities{}
 	den := &Denials{}
 	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
-		denials: den, log: o.Logger}
+		onRestore: o.OnRestore, denials: den, log: o.Logger}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}

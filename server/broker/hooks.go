@@ -59,7 +59,10 @@ func (d *Denials) Snapshot() map[string]uint64 {
 
 // identities maps live clients to the identity their certificate proved
 // and that certificate's serial.
-type identities struct{ m sync.Map } // *mqtt.Client -> session
+type identities struct {
+	m      sync.Map // *mqtt.Client -> session
+	latest sync.Map // client id -> *mqtt.Client: the newest authenticated session
+}
 
 type session struct {
 	id     certs.Identity
@@ -78,15 +81,18 @@ func (i *identities) get(cl *mqtt.Client) (session, bool) {
 // AuthHook authenticates connections by their TLS client certificate.
 type AuthHook struct {
 	mqtt.HookBase
-	srv      *mqtt.Server
-	ids      *identities
-	checker  CredentialChecker
-	trust    Trust
-	policy   policy.Policy
-	now      func() time.Time
-	denials  *Denials
-	log      *slog.Logger
-	accepted atomic.Uint64
+	srv     *mqtt.Server
+	ids     *identities
+	checker CredentialChecker
+	trust   Trust
+	policy  policy.Policy
+	// onRestore is told of a device session restored after mochi's
+	// clean-up race, so that what was sent meanwhile is sent again.
+	onRestore func(device string)
+	now       func() time.Time
+	denials   *Denials
+	log       *slog.Logger
+	accepted  atomic.Uint64
 }
 
 // ID names the hook.
@@ -151,6 +157,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	}
 	h.settleTakeover(cl)
 	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access})
+	h.ids.latest.Store(cl.ID, cl)
 	h.accepted.Add(1)
 	return true
 }
@@ -186,8 +193,75 @@ func (h *AuthHook) settleTakeover(cl *mqtt.Client) {
 // over to end.
 const takeoverWait = 2 * time.Second
 
-// OnDisconnect forgets the client.
-func (h *AuthHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.ids.m.Delete(cl) }
+// OnDisconnect forgets the client, and repairs what mochi is about to
+// break when a newer session with the same client id is already live.
+//
+// mochi 2.7.9 ends a clean session that was not taken over by removing
+// its client id from the client map and its subscriptions from the topic
+// index, by id, after this hook. When two connections with one id overlap
+// (a device reconnecting while an older connection, or a second client
+// with its id, is still ending), that removes the newer, live session: it
+// stays connected and never receives another message. settleTakeover
+// closes most of that window; the rest is closed here: once the old
+// session's clean-up has run, the live one is put back in the client map
+// and its subscriptions back in the index (both idempotent).
+func (h *AuthHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.ids.m.Delete(cl)
+	h.ids.latest.CompareAndDelete(cl.ID, cl)
+	if h.srv == nil || !expire || cl.IsTakenOver() {
+		return
+	}
+	v, ok := h.ids.latest.Load(cl.ID)
+	if !ok {
+		return
+	}
+	live := v.(*mqtt.Client)
+	if live == cl {
+		return
+	}
+	go func() {
+		// mochi's clean-up follows this hook within microseconds: watch
+		// for it closely for a while, then check once more.
+		deadline := time.Now().Add(200 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			if cur, ok := h.srv.Clients.Get(live.ID); !ok || cur != live {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		h.restore(live)
+		time.Sleep(100 * time.Millisecond)
+		h.restore(live)
+	}()
+}
+
+// restore puts a live session back in mochi's client map and topic index.
+func (h *AuthHook) restore(live *mqtt.Client) {
+	if live.Closed() {
+		return
+	}
+	if cur, ok := h.srv.Clients.Get(live.ID); ok && cur != live {
+		return // yet another session took over since
+	}
+	restored := false
+	if _, ok := h.srv.Clients.Get(live.ID); !ok {
+		h.srv.Clients.Add(live)
+		restored = true
+	}
+	for _, sub := range live.State.Subscriptions.GetAll() {
+		if h.srv.Topics.Subscribe(live.ID, sub) {
+			restored = true
+		}
+	}
+	if restored {
+		h.denials.add("broker:session-restored")
+		h.log.Warn("broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
+		// Whatever was published to it meanwhile is lost: ask for it again.
+		if s, ok := h.ids.get(live); ok && h.onRestore != nil && s.id.Role == certs.RoleDevice {
+			h.onRestore(live.ID)
+		}
+	}
+}
 
 func (h *AuthHook) deny(cl *mqtt.Client, reason string, err error) {
 	h.denials.add("auth:" + reason)

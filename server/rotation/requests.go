@@ -279,3 +279,29 @@ func (e *Engine) accepted(k *store.KeyVersion, now time.Time) bool {
 	}
 	return k.State == store.StateActive && e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
 }
+
+// Resend sends a device the step of its open rotation again (rotate while
+// pending, cert while issued): the broker calls it when messages to the
+// device may have been lost.
+func (e *Engine) Resend(ctx context.Context, device string) error {
+	d, err := e.st.GetDevice(ctx, device)
+	if err != nil {
+		return err
+	}
+	if d.Revoked {
+		return nil
+	}
+	l := d.Slot(protocol.SlotIdentity).Latest()
+	if l == nil {
+		return nil
+	}
+	switch l.State {
+	case store.StatePending:
+		e.stats.Resent.Add(1)
+		return e.sendRotate(ctx, device, l)
+	case store.StateIssued:
+		e.stats.Resent.Add(1)
+		return e.sendCert(ctx, device, l)
+	}
+	return nil
+}
