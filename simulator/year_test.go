@@ -16,9 +16,6 @@ import (
 // within the window renew with their old key, the six past it re-enrol
 // with their birth credential.
 func TestYear(t *testing.T) {
-	if testing.Short() {
-		t.Skip("long scenario")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	rep, err := RunYear(ctx, YearConfig{Devices: 40, Offline: 12, Dir: t.TempDir(), Logger: fleettest.Logger(t),
