@@ -101,6 +101,7 @@ type YearReport struct {
 	Events         []string          `json:"events"`
 	AuditRecords   uint64            `json:"audit_records"`
 	AuditOK        bool              `json:"audit_ok"`
+	AuditError     string            `json:"audit_error,omitempty"`
 }
 
 // Firmware identity of the simulated devices.
@@ -679,8 +680,10 @@ func (y *yearFleet) finish(ctx context.Context, rep *YearReport) {
 		}
 		return nil
 	})
-	if n, err := y.srv.Store().VerifyAudit(ctx); err == nil {
-		rep.AuditRecords, rep.AuditOK = n, true
+	n, err := y.srv.Store().VerifyAudit(ctx)
+	rep.AuditRecords, rep.AuditOK = n, err == nil
+	if err != nil {
+		rep.AuditError = err.Error()
 	}
 	rep.Current.Anchors = y.anchorVersion()
 	rep.Current.Firmware, _ = y.srv.CurrentFirmware()

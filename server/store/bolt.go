@@ -428,43 +428,47 @@ func (s *Bolt) ForEachAudit(ctx context.Context, from uint64, fn func(r *AuditRe
 	})
 }
 
-// VerifyAudit implements Store.
+// VerifyAudit implements Store. The chain and its head are read in one
+// read transaction: fleetd keeps appending while an operator verifies, and
+// a head read after the chain would count records the walk never saw.
 func (s *Bolt) VerifyAudit(ctx context.Context) (uint64, error) {
 	var prev []byte
 	var n uint64
-	err := s.ForEachAudit(ctx, 0, func(r *AuditRecord) error {
-		if r.Seq != n+1 {
-			return fmt.Errorf("%w: record %d follows %d", ErrAuditBroken, r.Seq, n)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var r AuditRecord
+			if err := s.dec.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("%w: decode audit record %x: %v", ErrAuditBroken, k, err)
+			}
+			if r.Seq != n+1 {
+				return fmt.Errorf("%w: record %d follows %d", ErrAuditBroken, r.Seq, n)
+			}
+			if !bytes.Equal(r.Prev, prev) {
+				return fmt.Errorf("%w: record %d does not link to its predecessor", ErrAuditBroken, r.Seq)
+			}
+			h, err := r.computeHash(s.enc.Marshal)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(h, r.Hash) {
+				return fmt.Errorf("%w: record %d hash mismatch", ErrAuditBroken, r.Seq)
+			}
+			prev, n = r.Hash, r.Seq
 		}
-		if !bytes.Equal(r.Prev, prev) {
-			return fmt.Errorf("%w: record %d does not link to its predecessor", ErrAuditBroken, r.Seq)
-		}
-		h, err := r.computeHash(s.enc.Marshal)
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(h, r.Hash) {
-			return fmt.Errorf("%w: record %d hash mismatch", ErrAuditBroken, r.Seq)
-		}
-		prev, n = r.Hash, r.Seq
-		return nil
-	})
-	if err != nil {
-		return n, err
-	}
-	var head auditHead
-	if err := s.db.View(func(tx *bolt.Tx) error {
+		var head auditHead
 		if v := tx.Bucket(bucketMeta).Get(keyAuditHead); v != nil {
 			if err := s.dec.Unmarshal(v, &head); err != nil {
 				return fmt.Errorf("%w: decode audit head: %v", ErrAuditBroken, err)
 			}
 		}
+		if head.Seq != n || !bytes.Equal(head.Hash, prev) {
+			return fmt.Errorf("%w: head says %d records, chain has %d", ErrAuditBroken, head.Seq, n)
+		}
 		return nil
-	}); err != nil {
-		return n, fmt.Errorf("store: audit head: %w", err)
-	}
-	if head.Seq != n || !bytes.Equal(head.Hash, prev) {
-		return n, fmt.Errorf("%w: head says %d records, chain has %d", ErrAuditBroken, head.Seq, n)
-	}
-	return n, nil
+	})
+	return n, err
 }

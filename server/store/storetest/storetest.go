@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"UpdateConcurrentNoLostUpdate", testUpdateConcurrent},
 		{"ForEachDeviceIDOrder", testForEachDevice},
 		{"AuditNumberedAndChained", testAuditChain},
+		{"AuditVerifyWhileAppending", testAuditVerifyConcurrent},
 		{"ForEachAuditFrom", testForEachAuditFrom},
 		{"CancelledContextWritesNothing", testCancelled},
 	} {
@@ -642,5 +643,43 @@ func testCancelled(t *testing.T, s store.Store) {
 				t.Errorf("audit records: got %d, want %d (unchanged)", got, n)
 			}
 		})
+	}
+}
+
+// testAuditVerifyConcurrent: an operator verifies the chain while fleetd
+// keeps appending; verification sees a consistent snapshot and never
+// reports a sound chain as broken.
+func testAuditVerifyConcurrent(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			if err := s.Audit(ctx, store.Event{Action: "note", Actor: "test", Detail: fmt.Sprint(i)}); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	verified := 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if _, err := s.VerifyAudit(ctx); err != nil {
+			t.Fatalf("verify while appending (after %d good verifications): %v", verified, err)
+		}
+		verified++
+	}
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+	if n, err := s.VerifyAudit(ctx); err != nil || n < 200 {
+		t.Fatalf("after the appends: %d records, %v", n, err)
 	}
 }
