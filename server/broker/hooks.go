@@ -20,6 +20,11 @@ import (
 	"github.com/keyfleet/keyfleet/server/policy"
 )
 
+// ErrNotAccepted is what a CredentialChecker's refusal wraps. Any other
+// error means the check could not be made, and the broker drops the
+// connection without refusing it.
+var ErrNotAccepted = errors.New("broker: credential not accepted")
+
 // CredentialChecker decides whether a certificate may still log in. It is
 // implemented by the rotation engine, which knows every version's state.
 //
@@ -137,9 +142,26 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 			h.deny(cl, "client-id-mismatch", nil)
 			return false
 		}
+		if pk.Connect.WillFlag {
+			// mochi publishes a will without asking the ACL hook: a device
+			// could reach any topic, retained broadcasts included, by
+			// dropping its connection. keyfleet's agents set none.
+			h.deny(cl, "will-not-allowed", nil)
+			return false
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := h.checker.CheckCredential(ctx, id, leaf); err != nil {
+			if !errors.Is(err, ErrNotAccepted) {
+				// fleetd could not decide (store error, timeout): drop the
+				// connection without a CONNACK, so the device sees a network
+				// failure and retries, instead of a refusal that counts
+				// towards re-enrolment.
+				h.denials.add("auth:unavailable")
+				h.log.Error("broker: credential check failed; connection dropped", "client", cl.ID, "err", err)
+				cl.Stop(err)
+				return false
+			}
 			h.deny(cl, "credential-refused", err)
 			return false
 		}

@@ -158,7 +158,7 @@ func (p Policy) NeedsRenewal(device string, notBefore, notAfter, now time.Time) 
 	window := time.Duration(float64(life) * p.RenewBefore)
 	h := fnv.New32a()
 	h.Write([]byte(device))
-	jitter := time.Duration(uint64(life/20) * uint64(h.Sum32()) / (1 << 32))
+	jitter := time.Duration(float64(life/20) * float64(h.Sum32()) / (1 << 32))
 	if now.After(notAfter.Add(-window - jitter)) {
 		return true, fmt.Sprintf("in the last %.0f%% of its lifetime", p.RenewBefore*100)
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -90,5 +91,36 @@ func TestIdentityAccess(t *testing.T) {
 	p.RenewAfterExpiry = 0 // what WithDefaults would refill; here: disabled
 	if got := p.IdentityAccess(na, na.Add(time.Second)); got != AccessExpired {
 		t.Errorf("with no window: got %v, want %v", got, AccessExpired)
+	}
+}
+
+// TestRenewalJitter: a fleet enrolled on one day must not renew in one
+// minute: the per-device jitter spreads the start of the window over up to
+// a twentieth of the lifetime.
+func TestRenewalJitter(t *testing.T) {
+	p := Default()
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	na := nb.Add(90 * Day)
+	first := func(dev string) time.Time {
+		// The hour at which NeedsRenewal first says yes.
+		for at := na.Add(-40 * Day); at.Before(na); at = at.Add(time.Hour) {
+			if due, _ := p.NeedsRenewal(dev, nb, na, at); due {
+				return at
+			}
+		}
+		return na
+	}
+	lo, hi := na, nb
+	for i := 0; i < 200; i++ {
+		f := first(fmt.Sprintf("dev-%d", i))
+		if f.Before(lo) {
+			lo = f
+		}
+		if f.After(hi) {
+			hi = f
+		}
+	}
+	if spread := hi.Sub(lo); spread < 3*Day || spread > 90*Day/20+time.Hour {
+		t.Errorf("renewal starts spread over %v, want most of %v", spread, 90*Day/20)
 	}
 }

@@ -91,8 +91,10 @@ func (e *Engine) auditRefusal(ctx context.Context, device, step, detail string) 
 // must be known, not revoked, and this must be the IDevID it was born with.
 func (e *Engine) checkBirth(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error {
 	d, err := e.st.GetDevice(ctx, id.Name)
-	if err != nil {
+	if errors.Is(err, store.ErrNotExist) {
 		return fmt.Errorf("%w: %v", ErrRefused, err)
+	} else if err != nil {
+		return fmt.Errorf("rotation: check birth credential of %s: %w", id.Name, err)
 	}
 	if d.Revoked {
 		e.auditRefusal(ctx, id.Name, "connect-idevid", "device revoked")

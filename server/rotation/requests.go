@@ -10,16 +10,18 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
 // Errors of operator requests.
 var (
-	// ErrRevoked: the device is revoked; nothing may be done for it.
-	ErrRevoked = errors.New("rotation: device revoked")
+	// ErrRevoked: the device is revoked; nothing may be done for it. The
+	// broker reads it as a refusal (broker.ErrNotAccepted).
+	ErrRevoked = fmt.Errorf("rotation: device revoked (%w)", broker.ErrNotAccepted)
 	// ErrRefused: a credential is not (or no longer) accepted.
-	ErrRefused = errors.New("rotation: credential not accepted")
+	ErrRefused = fmt.Errorf("rotation: %w", broker.ErrNotAccepted)
 )
 
 // Rotation names a requested rotation.
@@ -244,8 +246,10 @@ func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x
 		return fmt.Errorf("%w: role %s", ErrRefused, id.Role)
 	}
 	d, err := e.st.GetDevice(ctx, id.Name)
-	if err != nil {
+	if errors.Is(err, store.ErrNotExist) {
 		return fmt.Errorf("%w: %v", ErrRefused, err)
+	} else if err != nil {
+		return fmt.Errorf("rotation: check credential of %s: %w", id.Name, err) // not a refusal
 	}
 	if d.Revoked {
 		e.auditRefusal(ctx, id.Name, "connect", "device revoked")
@@ -277,7 +281,10 @@ func (e *Engine) accepted(k *store.KeyVersion, now time.Time) bool {
 	if k.Accepted(now) {
 		return true
 	}
-	return k.State == store.StateActive && e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
+	// An issued version counts too: the device may have switched to it and
+	// lost its confirmation before it went away.
+	return (k.State == store.StateActive || k.State == store.StateIssued) &&
+		e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
 }
 
 // Resend sends a device the step of its open rotation again (rotate while
