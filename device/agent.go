@@ -91,6 +91,11 @@ type Options struct {
 	AnchorSteps int
 	// Firmware, if set, turns on firmware updates.
 	Firmware *FirmwareOptions
+	// ReenrollAfter is how long every credential must have been refused,
+	// over at least two rounds, before the agent re-enrols with its birth
+	// credential; 0 means one minute. It keeps a short server-side outage
+	// from costing a healthy device its identity.
+	ReenrollAfter time.Duration
 }
 
 // Agent is one device's agent.
@@ -110,7 +115,8 @@ type Agent struct {
 	keyMu     sync.Mutex
 	keys      *datakey.Keyset
 	fw        *firmware.Slots
-	refused   int // dial rounds in a row in which every credential was refused
+	refused   int       // dial rounds in a row in which every credential was refused
+	refusedAt time.Time // when the first of them was
 	// reenrolled is set when a re-enrolment brought the identity: the
 	// activation that follows is then not a full report (anchors, data
 	// keys and firmware may lag), so a hello follows it.
@@ -182,6 +188,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.ReportEvery == 0 {
 		opts.ReportEvery = time.Hour
+	}
+	if opts.ReenrollAfter == 0 {
+		opts.ReenrollAfter = time.Minute
 	}
 	if opts.AnchorSteps == 0 {
 		opts.AnchorSteps = protocol.MaxChainSets
@@ -266,9 +275,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		gen++
 		a.gen.Store(gen)
 		conn, ver, err := a.dial(ctx, gen)
-		if err != nil && a.refused >= 2 {
-			// Every credential refused, twice over: away past every
-			// window. The birth credential asks for a new identity.
+		if err != nil && a.refused >= 2 && time.Since(a.refusedAt) >= a.opts.ReenrollAfter {
+			// Every credential refused, twice over and for a while: away
+			// past every window. The birth credential asks for a new
+			// identity.
 			if _, _, berr := a.ks.BirthCredential(); berr == nil {
 				gen++
 				a.gen.Store(gen)
@@ -367,6 +377,9 @@ func (a *Agent) dial(ctx context.Context, gen uint64) (*mqttc.Conn, uint32, erro
 		return conn, v, nil
 	}
 	if refused == len(tries) {
+		if a.refused == 0 {
+			a.refusedAt = time.Now()
+		}
 		a.refused++
 	} else {
 		a.refused = 0

@@ -103,9 +103,11 @@ func (ks *Keystore) BeginReenroll() (*ecdsa.PrivateKey, error) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	if b, err := ks.st.ReadFile(reenrollDir + "/key.pem"); err == nil {
-		if k, err := decodeKey(b); err == nil {
+		if k, err := decodeKey(b); err == nil && !ks.holdsKey(k) {
 			return k, nil
 		}
+		// A key left behind by a crash after it was adopted: it is some
+		// version's key now, and the server would refuse it as reused.
 	}
 	k, err := NewKey()
 	if err != nil {
@@ -243,4 +245,18 @@ func (ks *Keystore) SaveDataKeys(b []byte) error {
 		return fmt.Errorf("device: save data keys: %w", err)
 	}
 	return nil
+}
+
+// holdsKey reports whether k is the key of a version the keystore holds.
+// The caller holds ks.mu.
+func (ks *Keystore) holdsKey(k *ecdsa.PrivateKey) bool {
+	for _, v := range []uint32{ks.state.Active, ks.state.Pending, ks.state.Previous} {
+		if v == 0 {
+			continue
+		}
+		if hk, err := ks.Key(v); err == nil && hk.PublicKey.Equal(&k.PublicKey) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,7 +1,9 @@
 package device
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -90,6 +92,11 @@ func (a *Agent) useAnchors(cur *anchors.Signed, persist bool) error {
 		if err := a.ks.SetAnchors(cur.Raw, root, upd); err != nil {
 			return err
 		}
+		// A new update key ends the online key it certified: whatever that
+		// key signed, even with a long delegation, is not trusted any more.
+		if old := a.updateKID.Load(); old != nil && !bytes.Equal(*old, kid) {
+			a.online.Store(nil)
+		}
 	} else {
 		a.ks.mu.Lock()
 		a.ks.setRoots(root, a.ks.anchors.PrevRoot)
@@ -145,10 +152,18 @@ func (a *Agent) heldKeys() []uint32 {
 func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool) error {
 	cur := a.anchors.Load()
 	if cur == nil {
-		// A keystore installed before anchor chains: nothing to walk from,
-		// and nothing to take a set on trust from either.
-		a.log.Debug("anchor sets ignored: no trusted set installed")
-		return nil
+		// A keystore installed before anchor chains. Its trust is the CA
+		// and update key it was installed with: a version 1 that names
+		// exactly those is the same trust, signed; it becomes the start of
+		// the walk.
+		first, err := a.adoptFirstSet(m.Sets)
+		if err != nil {
+			return a.reject("anchors", err)
+		}
+		if first == nil {
+			return nil
+		}
+		cur = first
 	}
 	next, err := anchors.Walk(cur, m.Sets, anchors.WalkOptions{MaxSteps: a.opts.AnchorSteps})
 	if err != nil {
@@ -168,6 +183,43 @@ func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool)
 		return a.hello(ctx)
 	}
 	return nil
+}
+
+// adoptFirstSet finds version 1 among sets and checks that its root and
+// update key are the ones this keystore was installed with. It returns nil
+// when sets carry no version 1.
+func (a *Agent) adoptFirstSet(sets [][]byte) (*anchors.Signed, error) {
+	for _, b := range sets {
+		s, err := anchors.Parse(b)
+		if err != nil || s.Version != 1 {
+			continue
+		}
+		root, err := s.RootCert()
+		if err != nil {
+			return nil, err
+		}
+		upd, err := s.UpdatePublicKey()
+		if err != nil {
+			return nil, err
+		}
+		a.ks.mu.Lock()
+		installedRoot := a.ks.rootList[0]
+		installedUpd, _ := a.ks.update.(interface{ Equal(crypto.PublicKey) bool })
+		a.ks.mu.Unlock()
+		if !installedRoot.Equal(root) || installedUpd == nil || !installedUpd.Equal(upd) {
+			return nil, errors.New("version 1 of the anchors does not name the CA and update key this device was installed with")
+		}
+		first, err := anchors.TrustOnInstall(b)
+		if err != nil {
+			return nil, err
+		}
+		if err := a.useAnchors(first, true); err != nil {
+			return nil, err
+		}
+		a.log.Info("anchor chain adopted from the installed CA and update key")
+		return first, nil
+	}
+	return nil, nil
 }
 
 // onKey opens a data key sealed to this device's identity key and adds it

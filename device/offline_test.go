@@ -272,6 +272,53 @@ func TestAgentRejectsHostileAnchors(t *testing.T) {
 	})
 }
 
+// TestLegacyKeystoreAdoptsAnchors: a keystore installed before anchor
+// chains (a CA and an update key, no set) takes version 1 when it names
+// exactly those, walks on from it, and refuses a version 1 that names
+// others.
+func TestLegacyKeystoreAdoptsAnchors(t *testing.T) {
+	c := newChain(t, 3)
+	install := func(t *testing.T, k anchorKeys) *Agent {
+		ca, err := certs.NewCA(k.rootCert, k.root, certs.CAOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _ := NewKey()
+		cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		updPEM, _ := publicPEM(&k.update.PublicKey)
+		st := NewMemStorage()
+		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, certs.EncodePEM(cert), certs.EncodePEM(k.rootCert), updPEM); err != nil {
+			t.Fatal(err)
+		}
+		a, err := New(Options{Storage: st})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	t.Run("matching version 1", func(t *testing.T) {
+		a := install(t, c.keys[0])
+		if got := deliver(t, a, anchorsMsg(t, c.raw...)); len(got) != 0 {
+			t.Fatalf("rejections: %v", got)
+		}
+		if got := a.AnchorVersion(); got != 3 {
+			t.Errorf("anchor version %d, want 3", got)
+		}
+	})
+	t.Run("version 1 of another fleet", func(t *testing.T) {
+		a := install(t, newAnchorKeys(t, 1))
+		if got := deliver(t, a, anchorsMsg(t, c.raw...)); len(got) != 1 || got[0] != "anchors" {
+			t.Errorf("rejections: %v, want [anchors]", got)
+		}
+		if got := a.AnchorVersion(); got != 0 {
+			t.Errorf("anchor version %d, want 0", got)
+		}
+	})
+}
+
 func mustKID(t *testing.T, pub crypto.PublicKey) []byte {
 	t.Helper()
 	kid, err := protocol.KeyID(pub)

@@ -62,6 +62,7 @@ func TestRevokedDeviceRefusedEverywhere(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[device.EventKind]int{}
 	agents := runAgents(t, []string{stolen, fine}, func(o *device.Options) {
+		o.ReenrollAfter = 100 * time.Millisecond
 		o.OnEvent = func(e device.Event) {
 			if e.Device == "stolen" {
 				mu.Lock()

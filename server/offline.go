@@ -99,18 +99,23 @@ func (s *Server) reissueTLS(ctx context.Context) error {
 }
 
 // checkTLS re-issues fleetd's certificate if it is not under the current
-// root: an anchor rotation that stopped between writing the new set and
-// replacing the certificate finishes here.
+// root (an anchor rotation that stopped between writing the new set and
+// replacing the certificate finishes here) or is in the last third of its
+// life. fleetd calls it at start and then every minute.
 func (s *Server) checkTLS(ctx context.Context) error {
 	c := s.tlsCrt.Load()
 	leaf, err := x509.ParseCertificate(c.Certificate[0])
 	if err != nil {
 		return fmt.Errorf("server: TLS certificate: %w", err)
 	}
-	if leaf.CheckSignatureFrom(s.chain.Root()) == nil {
+	switch {
+	case leaf.CheckSignatureFrom(s.chain.Root()) != nil:
+		s.log.Warn("fleetd's TLS certificate is not under the current root; issuing a new one")
+	case s.cfg.Now().After(leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 3)):
+		s.log.Info("fleetd's TLS certificate is in the last third of its life; issuing a new one", "not_after", leaf.NotAfter)
+	default:
 		return nil
 	}
-	s.log.Warn("fleetd's TLS certificate is not under the current root; issuing a new one")
 	return s.reissueTLS(ctx)
 }
 
@@ -220,16 +225,17 @@ func (s *Server) RotateAnchors(ctx context.Context, roles []string, actor string
 	if err != nil {
 		return admin.AnchorsInfo{}, err
 	}
-	if err := s.st.Audit(ctx, storeEvent("anchors-rotated", set.Version, actor, fmt.Sprintf("roles %v, from v%d", roles, prev.Version))); err != nil {
-		return admin.AnchorsInfo{}, err
-	}
+	// The set is on disk and served from now on: every follow-up is tried
+	// even if one fails, and a restart finishes what did not (Start issues
+	// from the current root, re-issues fleetd's certificate and certifies
+	// the online key with the current update key).
+	var errs []error
 	newCA := !bytes.Equal(prev.Root, set.Root)
 	if newCA {
 		if err := s.loadCA(); err != nil {
-			return admin.AnchorsInfo{}, err
-		}
-		if err := s.reissueTLS(ctx); err != nil {
-			return admin.AnchorsInfo{}, err
+			errs = append(errs, err)
+		} else if err := s.reissueTLS(ctx); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	s.mu.Lock()
@@ -241,19 +247,22 @@ func (s *Server) RotateAnchors(ctx context.Context, roles []string, actor string
 		}
 	}
 	if !bytes.Equal(prev.UpdateKey, set.UpdateKey) {
-		upd, err := s.chain.Signer(trust.RoleUpdate)
-		if err != nil {
-			return admin.AnchorsInfo{}, err
-		}
-		k, err := s.keeper.SetUpdate(upd, s.cfg.Now())
-		if err != nil {
-			return admin.AnchorsInfo{}, err
-		}
-		if conn != nil {
+		if upd, err := s.chain.Signer(trust.RoleUpdate); err != nil {
+			errs = append(errs, err)
+		} else if k, err := s.keeper.SetUpdate(upd, s.cfg.Now()); err != nil {
+			errs = append(errs, err)
+		} else if conn != nil {
 			if err := conn.Publish(ctx, s.cfg.Topics.Delegation(), k.Delegation); err != nil {
 				s.log.Warn("delegation broadcast failed", "err", err)
 			}
 		}
+	}
+	if err := s.st.Audit(ctx, storeEvent("anchors-rotated", set.Version, actor, fmt.Sprintf("roles %v, from v%d", roles, prev.Version))); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.log.Error("anchor rotation incomplete; restart fleetd to finish it", "version", set.Version, "err", err)
+		return admin.AnchorsInfo{}, fmt.Errorf("server: anchors v%d made, follow-up incomplete (restart fleetd to finish): %w", set.Version, err)
 	}
 	s.log.Info("trust anchors rotated", "version", set.Version, "roles", roles, "new_root", newCA)
 	return anchorsInfo(s.chain)

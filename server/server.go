@@ -50,7 +50,7 @@ type Server struct {
 	fw     atomic.Pointer[firmwareRelease]
 	update []byte
 
-	rotMu sync.Mutex // one anchor rotation at a time
+	rotMu sync.Mutex // one anchor rotation, or certificate renewal, at a time
 
 	mu       sync.Mutex
 	conn     *mqttc.Conn
@@ -226,6 +226,7 @@ func serverName(host string) string {
 // supervise reconnects the MQTT session and renews the online key.
 func (s *Server) supervise(ctx context.Context) {
 	backoff := 100 * time.Millisecond
+	lastTLSCheck := time.Now()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -254,6 +255,15 @@ func (s *Server) supervise(ctx context.Context) {
 			s.mu.Unlock()
 			if conn == nil {
 				continue
+			}
+		}
+		if time.Since(lastTLSCheck) > time.Minute {
+			lastTLSCheck = time.Now()
+			s.rotMu.Lock() // not while an anchor rotation re-issues it
+			err := s.checkTLS(ctx)
+			s.rotMu.Unlock()
+			if err != nil {
+				s.log.Error("TLS certificate renewal failed", "err", err)
 			}
 		}
 		if s.keeper.Due(s.cfg.Now()) {

@@ -308,6 +308,7 @@ func (y *yearFleet) startServer(ctx context.Context) error {
 		srv.Close()
 		return err
 	}
+	tc.Time = y.clk.Now // fleetd renews its certificate on the simulated clock
 	y.srv, y.admin = srv, admin.NewClient(srv.AdminAddr(), tc)
 	return nil
 }
@@ -346,7 +347,7 @@ func (y *yearFleet) startAgent(ctx context.Context, id string) error {
 		// A real second is 50 simulated days: a report a second lands
 		// inside each certificate's 60-day renewal window, as a real
 		// device's hourly report does, without flooding fleetd.
-		ReportEvery: time.Second, StepTimeout: 2 * time.Second,
+		ReportEvery: time.Second, StepTimeout: 2 * time.Second, ReenrollAfter: 2 * time.Second,
 		Firmware: &device.FirmwareOptions{Dir: filepath.Join(y.dir, "devices", id, "firmware"),
 			Identity: firmware.Identity{VendorID: simVendor, ClassID: simClass, FactoryVersion: 1},
 			Fetch:    y.fetch},
