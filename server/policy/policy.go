@@ -33,7 +33,8 @@ import (
 )
 
 // Policy is the operator's rule set. Zero fields take the defaults of
-// Default; durations in YAML are Go durations ("720h") or days ("400d").
+// Default (so a window cannot be set to exactly zero: use a short one);
+// durations in YAML are Go durations ("720h") or days ("400d").
 type Policy struct {
 	// CertValidity is the lifetime of device identity certificates.
 	CertValidity Duration `yaml:"cert_validity" json:"cert_validity"`
