@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,6 +118,9 @@ type Agent struct {
 	fw        *firmware.Slots
 	refused   int       // dial rounds in a row in which every credential was refused
 	refusedAt time.Time // when the first of them was
+	// readAnchors is set once the agent subscribed to the retained anchor
+	// chain (see broadcasts).
+	readAnchors bool
 	// reenrolled is set when a re-enrolment brought the identity: the
 	// activation that follows is then not a full report (anchors, data
 	// keys and firmware may lag), so a hello follows it.
@@ -405,7 +409,7 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 		Subscriptions: []string{a.topics.Down(id)},
 		// Refused to a device renewing an expired identity: it gets the
 		// anchors and the delegation on its own topic instead.
-		Optional: []string{a.topics.Broadcast()},
+		Optional: a.broadcasts(),
 		OnMessage: func(topic string, payload []byte) {
 			payloads := [][]byte{append([]byte(nil), payload...)}
 			if a.opts.Link != nil {
@@ -429,10 +433,26 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 	if err != nil {
 		return nil, err
 	}
+	if !slices.Contains(conn.Denied(), a.topics.Anchors()) {
+		a.readAnchors = true
+	}
 	a.mu.Lock()
 	a.conn = conn
 	a.mu.Unlock()
 	return conn, nil
+}
+
+// broadcasts lists the fleet-wide topics to subscribe to. The retained
+// anchor chain is read at the first connect only: the broker sends a
+// retained message at every subscribe, and a rotation reconnects the agent
+// each time (about 800 bytes per set, per rotation, otherwise). A device
+// that falls behind later learns it from the answer to its hello.
+func (a *Agent) broadcasts() []string {
+	topics := []string{a.topics.Delegation(), a.topics.FirmwareTopic()}
+	if !a.readAnchors {
+		topics = append(topics, a.topics.Anchors())
+	}
+	return topics
 }
 
 func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen uint64) error {

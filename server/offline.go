@@ -169,8 +169,10 @@ func (s *Server) publishAnchors(ctx context.Context, conn *mqttc.Conn) error {
 	return conn.PublishRetained(ctx, s.cfg.Topics.Anchors(), b)
 }
 
-// publishFirmware puts the current release, retained, on the firmware
-// topic.
+// publishFirmware broadcasts the current release on the firmware topic.
+// It is not retained: every device reports its version in each hello and
+// is offered the release then, so a retained copy would only add its bytes
+// to every reconnect.
 func (s *Server) publishFirmware(ctx context.Context, conn *mqttc.Conn) error {
 	r := s.fw.Load()
 	if r == nil {
@@ -182,7 +184,7 @@ func (s *Server) publishFirmware(ctx context.Context, conn *mqttc.Conn) error {
 	if err != nil {
 		return err
 	}
-	return conn.PublishRetained(ctx, s.cfg.Topics.FirmwareTopic(), b)
+	return conn.Publish(ctx, s.cfg.Topics.FirmwareTopic(), b)
 }
 
 // Anchors implements admin.Backend.
@@ -373,9 +375,9 @@ func (s *Server) PublishFirmware(ctx context.Context, req admin.FirmwareRequest,
 		return admin.FirmwareInfo{}, err
 	}
 	s.fw.Store(r)
-	// Retained on the firmware topic: connected devices get it at once, the
-	// others at connect; a device that reports an older version in a hello
-	// (or reads no broadcasts: a renew-only session) gets it in answer.
+	// Broadcast on the firmware topic: connected devices get it at once; a
+	// device that reports an older version in a hello (it was offline, or
+	// reads no broadcasts: a renew-only session) gets it in answer.
 	s.mu.Lock()
 	conn := s.conn
 	s.mu.Unlock()

@@ -199,9 +199,6 @@ func (s *Server) connect(ctx context.Context) error {
 	if err := s.publishAnchors(ctx, conn); err != nil {
 		s.log.Warn("anchors not published", "err", err)
 	}
-	if err := s.publishFirmware(ctx, conn); err != nil {
-		s.log.Warn("firmware not published", "err", err)
-	}
 	go func() {
 		select {
 		case <-lost:
