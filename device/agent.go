@@ -445,10 +445,11 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 // broadcasts lists the fleet-wide topics to subscribe to. The retained
 // anchor chain is read at the first connect only: the broker sends a
 // retained message at every subscribe, and a rotation reconnects the agent
-// each time (about 800 bytes per set, per rotation, otherwise). A device
-// that falls behind later learns it from the answer to its hello.
+// each time (about 800 bytes per set, per rotation, otherwise). Changes
+// come on the live anchors topic, and a device that missed one learns it
+// from the answer to its hello.
 func (a *Agent) broadcasts() []string {
-	topics := []string{a.topics.Delegation(), a.topics.FirmwareTopic()}
+	topics := []string{a.topics.Delegation(), a.topics.FirmwareTopic(), a.topics.AnchorsLive()}
 	if !a.readAnchors {
 		topics = append(topics, a.topics.Anchors())
 	}

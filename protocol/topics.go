@@ -51,6 +51,11 @@ func (t Topics) SharedReenroll(group string) string {
 // Anchors is the retained broadcast topic of the current trust-anchor chain.
 func (t Topics) Anchors() string { return t.BroadcastTopic("anchors") }
 
+// AnchorsLive carries the same chain, not retained, when it changes: the
+// devices connected then learn of it at once without paying for a retained
+// copy at every reconnect.
+func (t Topics) AnchorsLive() string { return t.BroadcastTopic("anchors-live") }
+
 // FirmwareTopic is the retained broadcast topic of the current firmware
 // release (a signed manifest).
 func (t Topics) FirmwareTopic() string { return t.BroadcastTopic("firmware") }

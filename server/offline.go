@@ -157,16 +157,23 @@ func (s *Server) issueBirth(ctx context.Context, device string, csr *x509.Certif
 	return s.birth.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleIDevID, Name: device}, PublicKey: pub})
 }
 
-// publishAnchors puts the newest sets, retained, on the anchors topic:
-// devices connected when the anchors rotate walk at once.
-func (s *Server) publishAnchors(ctx context.Context, conn *mqttc.Conn) error {
+// publishAnchors puts the newest sets, retained, on the anchors topic, and
+// with live also on the live anchors topic: devices connected when the
+// anchors rotate walk at once.
+func (s *Server) publishAnchors(ctx context.Context, conn *mqttc.Conn, live bool) error {
 	m := protocol.Stamp(&protocol.Anchors{Sets: s.chain.Latest(protocol.MaxChainSets)}, s.cfg.Now(), 0)
 	m.IAT = 0
 	b, err := s.codec.Bare(m)
 	if err != nil {
 		return err
 	}
-	return conn.PublishRetained(ctx, s.cfg.Topics.Anchors(), b)
+	if err := conn.PublishRetained(ctx, s.cfg.Topics.Anchors(), b); err != nil {
+		return err
+	}
+	if live {
+		return conn.Publish(ctx, s.cfg.Topics.AnchorsLive(), b)
+	}
+	return nil
 }
 
 // publishFirmware broadcasts the current release on the firmware topic.
@@ -244,7 +251,7 @@ func (s *Server) RotateAnchors(ctx context.Context, roles []string, actor string
 	conn := s.conn
 	s.mu.Unlock()
 	if conn != nil {
-		if err := s.publishAnchors(ctx, conn); err != nil {
+		if err := s.publishAnchors(ctx, conn, true); err != nil {
 			s.log.Warn("anchors not published; devices get them at their next hello", "err", err)
 		}
 	}

@@ -196,7 +196,7 @@ func (s *Server) connect(ctx context.Context) error {
 	s.conn = conn
 	s.mu.Unlock()
 	s.engine.SetPublisher(conn)
-	if err := s.publishAnchors(ctx, conn); err != nil {
+	if err := s.publishAnchors(ctx, conn, false); err != nil {
 		s.log.Warn("anchors not published", "err", err)
 	}
 	go func() {
