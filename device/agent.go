@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,9 +117,6 @@ type Agent struct {
 	fw        *firmware.Slots
 	refused   int       // dial rounds in a row in which every credential was refused
 	refusedAt time.Time // when the first of them was
-	// readAnchors is set once the agent subscribed to the retained anchor
-	// chain (see broadcasts).
-	readAnchors bool
 	// reenrolled is set when a re-enrolment brought the identity: the
 	// activation that follows is then not a full report (anchors, data
 	// keys and firmware may lag), so a hello follows it.
@@ -433,27 +429,20 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(conn.Denied(), a.topics.Anchors()) {
-		a.readAnchors = true
-	}
 	a.mu.Lock()
 	a.conn = conn
 	a.mu.Unlock()
 	return conn, nil
 }
 
-// broadcasts lists the fleet-wide topics to subscribe to. The retained
-// anchor chain is read at the first connect only: the broker sends a
-// retained message at every subscribe, and a rotation reconnects the agent
-// each time (about 800 bytes per set, per rotation, otherwise). Changes
-// come on the live anchors topic, and a device that missed one learns it
-// from the answer to its hello.
+// broadcasts lists the fleet-wide topics to subscribe to: the live ones.
+// The retained anchor chain (kf/b/anchors) is not among them: the broker
+// hands a retained message to every subscribe, a rotation reconnects and a
+// sleeping device wakes with a new connection, so it would cost about 800
+// bytes per set on each; the agent's hello already names the version it
+// holds and fleetd answers with the sets it lacks.
 func (a *Agent) broadcasts() []string {
-	topics := []string{a.topics.Delegation(), a.topics.FirmwareTopic(), a.topics.AnchorsLive()}
-	if !a.readAnchors {
-		topics = append(topics, a.topics.Anchors())
-	}
-	return topics
+	return []string{a.topics.Delegation(), a.topics.FirmwareTopic(), a.topics.AnchorsLive()}
 }
 
 func (a *Agent) session(ctx context.Context, conn *mqttc.Conn, ver uint32, gen uint64) error {
