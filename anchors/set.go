@@ -110,18 +110,8 @@ func init() {
 	if err != nil {
 		panic(fmt.Sprintf("anchors: cbor enc mode: %v", err)) // static options: cannot fail
 	}
-	// The strict limits of DESIGN.md, as protocol.NewCodec sets them.
-	dec, err := cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   8,
-		MaxArrayElements:  64,
-		MaxMapPairs:       32,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		UTF8:              cbor.UTF8RejectInvalid,
-		IntDec:            cbor.IntDecConvertNone,
-	}.DecMode()
+	// The strict limits of DESIGN.md, shared with protocol.
+	dec, err := protocol.StrictDecOptions().DecMode()
 	if err != nil {
 		panic(fmt.Sprintf("anchors: cbor dec mode: %v", err))
 	}

@@ -167,17 +167,7 @@ func init() {
 		panic(fmt.Sprintf("firmware: cbor enc mode: %v", err)) // static options: cannot fail
 	}
 	// The same limits as protocol.NewCodec.
-	strict := cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   8,
-		MaxArrayElements:  64,
-		MaxMapPairs:       32,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		UTF8:              cbor.UTF8RejectInvalid,
-		IntDec:            cbor.IntDecConvertNone,
-	}
+	strict := protocol.StrictDecOptions()
 	if strictDec, err = strict.DecMode(); err != nil {
 		panic(fmt.Sprintf("firmware: cbor dec mode: %v", err))
 	}

@@ -33,17 +33,7 @@ func NewCodec() *Codec {
 	if err != nil {
 		panic(fmt.Sprintf("protocol: cbor enc mode: %v", err)) // static options: cannot fail
 	}
-	strict := cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   8,
-		MaxArrayElements:  64,
-		MaxMapPairs:       32,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		UTF8:              cbor.UTF8RejectInvalid,
-		IntDec:            cbor.IntDecConvertNone,
-	}
+	strict := StrictDecOptions()
 	dec, err := strict.DecMode()
 	if err != nil {
 		panic(fmt.Sprintf("protocol: cbor dec mode: %v", err))
@@ -64,6 +54,26 @@ func NewCodec() *Codec {
 		panic(fmt.Sprintf("protocol: cbor cose mode: %v", err))
 	}
 	return &Codec{enc: enc, dec: dec, peek: peek, coseDec: coseDec}
+}
+
+// StrictDecOptions are the limits of DESIGN.md for CBOR from untrusted
+// input: no duplicate map keys, no indefinite lengths, no tags, at most 8
+// levels, 64 array elements and 32 map pairs, no unknown fields, valid
+// UTF-8 only. Every keyfleet decoder of device-facing bytes starts from
+// them (protocol, anchors, firmware), so that the limits are set in one
+// place.
+func StrictDecOptions() cbor.DecOptions {
+	return cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		MaxNestedLevels:   8,
+		MaxArrayElements:  64,
+		MaxMapPairs:       32,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+		UTF8:              cbor.UTF8RejectInvalid,
+		IntDec:            cbor.IntDecConvertNone,
+	}
 }
 
 // Marshal encodes m deterministically, filling in the protocol version and

@@ -160,19 +160,9 @@ func (e *Engine) handleReenroll(ctx context.Context, dev string, env *protocol.E
 }
 
 func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Reenroll) error {
-	csr, err := x509.ParseCertificateRequest(m.CSR)
+	pub, kid, err := checkCSR(d.ID, m.CSR)
 	if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
-	}
-	pub, err := certs.CheckCSR(csr, d.ID)
-	if errors.Is(err, certs.ErrCSRIdentity) {
-		return reject("csr-identity", "device %s: %w", d.ID, err)
-	} else if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
-	}
-	kid, err := protocol.KeyID(pub)
-	if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
+		return err
 	}
 	if bytes.Equal(kid, d.Birth.KeyID) {
 		return reject("key-reuse", "device %s: the CSR's key is its birth key", d.ID)

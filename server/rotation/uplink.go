@@ -3,6 +3,7 @@ package rotation
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -308,19 +309,9 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	if bytes.Equal(sv.EnrollID, m.ID) {
 		return reject("replay", "device %s: enroll %x already processed", d.ID, m.ID)
 	}
-	csr, err := x509.ParseCertificateRequest(m.CSR)
+	pub, kid, err := checkCSR(d.ID, m.CSR)
 	if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
-	}
-	pub, err := certs.CheckCSR(csr, d.ID)
-	if errors.Is(err, certs.ErrCSRIdentity) {
-		return reject("csr-identity", "device %s: %w", d.ID, err)
-	} else if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
-	}
-	kid, err := protocol.KeyID(pub)
-	if err != nil {
-		return reject("bad-csr", "device %s: %w", d.ID, err)
+		return err
 	}
 	if old := slot.ByKeyID(kid); old != nil && old.Version != sv.Version {
 		return reject("key-reuse", "device %s: the CSR's key is version %d's", d.ID, old.Version)
@@ -370,6 +361,26 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	e.emit(StateChange{Device: d.ID, Slot: m.Slot, Version: m.Version, State: store.StateIssued, RID: m.RID,
 		Latency: now.Sub(issued.RequestedAt)})
 	return e.sendCert(ctx, d.ID, issued)
+}
+
+// checkCSR applies the enrolment policy to a device's CSR (DER) and
+// returns its key and key id, or the rejection that names why not.
+func checkCSR(device string, der []byte) (*ecdsa.PublicKey, []byte, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+	}
+	pub, err := certs.CheckCSR(csr, device)
+	if errors.Is(err, certs.ErrCSRIdentity) {
+		return nil, nil, reject("csr-identity", "device %s: %w", device, err)
+	} else if err != nil {
+		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+	}
+	kid, err := protocol.KeyID(pub)
+	if err != nil {
+		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+	}
+	return pub, kid, nil
 }
 
 func (e *Engine) onActivated(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Activated) error {
