@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/keyfleet/keyfleet/internal/fuzzseed"
 )
 
 // The fuzz targets check invariants, not only the absence of panics:
@@ -146,27 +146,7 @@ func FuzzDecodeChain(f *testing.F) {
 // The files are checked in, so that plain `go test` runs the fuzz bodies
 // on them.
 func TestFuzzCorpus(t *testing.T) {
-	rewrite := os.Getenv("KEYFLEET_WRITE_FUZZ_CORPUS") == "1"
-	write := func(target, name string, data []byte) {
-		t.Helper()
-		dir := filepath.Join("testdata", "fuzz", target)
-		path := filepath.Join(dir, name)
-		if !rewrite {
-			// Seeds carry fresh ECDSA signatures and certificate serials,
-			// so the bytes differ from run to run: check the seed is there.
-			if _, err := os.Stat(path); err != nil {
-				t.Errorf("seed %s missing (KEYFLEET_WRITE_FUZZ_CORPUS=1 go test -run TestFuzzCorpus ./anchors writes it): %v", path, err)
-			}
-			return
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%+q)\n", data)
-		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := fuzzseed.New(t, "go test -run TestFuzzCorpus ./anchors").Add
 	h := fuzzFixture(t)
 	for i, b := range h.raw {
 		write("FuzzParse", fmt.Sprintf("v%d", i+1), b)
@@ -193,16 +173,4 @@ func TestFuzzCorpus(t *testing.T) {
 	}
 }
 
-func slug(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
-		case c >= 'A' && c <= 'Z':
-			b[i] = c + 'a' - 'A'
-		default:
-			b[i] = '-'
-		}
-	}
-	return string(b)
-}
+func slug(s string) string { return fuzzseed.Slug(s) }

@@ -3,10 +3,9 @@ package firmware
 import (
 	"bytes"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/keyfleet/keyfleet/internal/fuzzseed"
 )
 
 // FuzzVerify checks invariants, not only the absence of panics:
@@ -77,42 +76,14 @@ func FuzzVerify(f *testing.F) {
 // KEYFLEET_WRITE_FUZZ_CORPUS=1 it rewrites the corpus instead. The files are
 // checked in, so that plain `go test` runs the fuzz body on them.
 func TestFuzzCorpus(t *testing.T) {
-	rewrite := os.Getenv("KEYFLEET_WRITE_FUZZ_CORPUS") == "1"
-	dir := filepath.Join("testdata", "fuzz", "FuzzVerify")
+	corpus := fuzzseed.New(t, "go test -run TestFuzzCorpus ./firmware")
 	for _, tc := range verifyCases(t) {
 		name := slug(tc.name)
 		if tc.want != nil {
 			name = "raw-" + name
 		}
-		path := filepath.Join(dir, name)
-		if !rewrite {
-			// Signatures are randomised, so the bytes differ from run to
-			// run: check the seed is there.
-			if _, err := os.Stat(path); err != nil {
-				t.Errorf("seed %s missing (KEYFLEET_WRITE_FUZZ_CORPUS=1 go test -run TestFuzzCorpus ./firmware writes it): %v", path, err)
-			}
-			continue
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%+q)\n", tc.data)
-		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		corpus.Add("FuzzVerify", name, tc.data)
 	}
 }
 
-func slug(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
-		case c >= 'A' && c <= 'Z':
-			b[i] = c + 'a' - 'A'
-		default:
-			b[i] = '-'
-		}
-	}
-	return string(b)
-}
+func slug(s string) string { return fuzzseed.Slug(s) }
