@@ -17,12 +17,10 @@ import (
 
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/procstat"
-	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/admin"
-	"github.com/keyfleet/keyfleet/server/hsm"
 )
 
 // Config configures a run. Zero values take the defaults.
@@ -271,39 +269,11 @@ func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(contex
 		}
 		return c, ops, func() {}, cfg.Server, nil
 	}
-	hsmDir := filepath.Join(cfg.Dir, "softhsm")
-	if _, err := softhsm.Configure(hsmDir); err != nil {
-		return nil, nil, nil, "", err
-	}
-	module, err := softhsm.Module()
+	srv, c, err := startInProcess(ctx, cfg.Dir, cfg.Logger, cfg.ServerMod, nil)
 	if err != nil {
 		return nil, nil, nil, "", err
 	}
-	pin := hsm.PIN(fmt.Sprintf("sim-%x", time.Now().UnixNano()))
-	label := fmt.Sprintf("fleetsim-%d", os.Getpid())
-	if err := hsm.InitToken(module, label, pin, pin); err != nil {
-		return nil, nil, nil, "", err
-	}
-	scfg := server.Config{
-		DataDir: filepath.Join(cfg.Dir, "fleetd"), HSM: hsm.Config{Module: module, TokenLabel: label, PIN: pin},
-		MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: cfg.Logger,
-	}
-	if cfg.ServerMod != nil {
-		cfg.ServerMod(&scfg)
-	}
-	if err := server.Init(ctx, scfg); err != nil {
-		return nil, nil, nil, "", err
-	}
-	srv, err := server.Start(ctx, scfg)
-	if err != nil {
-		return nil, nil, nil, "", err
-	}
-	tc, err := admin.LoadCredential(server.Paths{Dir: scfg.DataDir}.AdminDir())
-	if err != nil {
-		srv.Close()
-		return nil, nil, nil, "", err
-	}
-	return admin.NewClient(srv.AdminAddr(), tc), func(context.Context) uint64 { return srv.HSMOps() },
+	return c, func(context.Context) uint64 { return srv.HSMOps() },
 		func() { _ = srv.Close() }, "in-process " + srv.MQTTAddr(), nil
 }
 
@@ -378,33 +348,11 @@ func (f *fleet) bar(n int, desc string) *progressbar.ProgressBar {
 
 func (f *fleet) provision(ctx context.Context, c *admin.Client) error {
 	bar := f.bar(len(f.ids), "provisioning")
-	sem := make(chan struct{}, 32)
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	for _, id := range f.ids {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if _, err := provision.Device(ctx, c, id, filepath.Join(f.cfg.DeviceDir, id), ""); err != nil {
-				select {
-				case errc <- err:
-				default:
-				}
-				return
-			}
-			if bar != nil {
-				_ = bar.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("simulator: %w", err)
-	default:
-	}
-	return nil
+	return provisionAll(ctx, c, f.ids, func(id string) string { return filepath.Join(f.cfg.DeviceDir, id) }, 32, func() {
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+	})
 }
 
 func (f *fleet) onEvent(e device.Event) {

@@ -19,12 +19,9 @@ import (
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/internal/clock"
-	"github.com/keyfleet/keyfleet/internal/provision"
-	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/admin"
-	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -273,70 +270,23 @@ func yearPolicy() policy.Policy {
 }
 
 func (y *yearFleet) startServer(ctx context.Context) error {
-	hsmDir := filepath.Join(y.dir, "softhsm")
-	if _, err := softhsm.Configure(hsmDir); err != nil {
-		return err
-	}
-	module, err := softhsm.Module()
-	if err != nil {
-		return err
-	}
-	pin := hsm.PIN(fmt.Sprintf("year-%x", time.Now().UnixNano()))
-	label := fmt.Sprintf("fleetsim-year-%d", os.Getpid())
-	if err := hsm.InitToken(module, label, pin, pin); err != nil {
-		return err
-	}
-	scfg := server.Config{
-		DataDir: filepath.Join(y.dir, "fleetd"), HSM: hsm.Config{Module: module, TokenLabel: label, PIN: pin},
-		MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: y.cfg.Logger, Now: y.clk.Now,
-		Policy: yearPolicy(),
+	srv, c, err := startInProcess(ctx, y.dir, y.cfg.Logger, func(c *server.Config) {
+		c.Now, c.Policy = y.clk.Now, yearPolicy()
 		// A simulated day passes in milliseconds: commands and uplinks
 		// must stay fresh across the few days a message may spend in
 		// flight, and the online key must not lapse between fleetd's
 		// once-a-second checks (a second is up to 50 simulated days).
-		CommandTTL: 30 * policy.Day, OnlineKeyLifetime: 1000 * policy.Day,
-	}
-	if err := server.Init(ctx, scfg); err != nil {
-		return err
-	}
-	srv, err := server.Start(ctx, scfg)
+		c.CommandTTL, c.OnlineKeyLifetime = 30*policy.Day, 1000*policy.Day
+	}, y.clk.Now) // fleetd renews its certificate on the simulated clock
 	if err != nil {
 		return err
 	}
-	tc, err := admin.LoadCredential(server.Paths{Dir: scfg.DataDir}.AdminDir())
-	if err != nil {
-		srv.Close()
-		return err
-	}
-	tc.Time = y.clk.Now // fleetd renews its certificate on the simulated clock
-	y.srv, y.admin = srv, admin.NewClient(srv.AdminAddr(), tc)
+	y.srv, y.admin = srv, c
 	return nil
 }
 
 func (y *yearFleet) provision(ctx context.Context) error {
-	sem := make(chan struct{}, 16)
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	for _, id := range y.ids {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if _, err := provision.Device(ctx, y.admin, id, filepath.Join(y.dir, "devices", id, "keys"), ""); err != nil {
-				select {
-				case errc <- err:
-				default:
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("simulator: year: provision: %w", err)
-	default:
-		return nil
-	}
+	return provisionAll(ctx, y.admin, y.ids, func(id string) string { return filepath.Join(y.dir, "devices", id, "keys") }, 16, nil)
 }
 
 func (y *yearFleet) startAgent(ctx context.Context, id string) error {

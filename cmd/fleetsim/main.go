@@ -42,17 +42,12 @@ func root() *cobra.Command {
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-			if logFile != "" {
-				f, err := os.Create(logFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if cfg.Logger, err = logx.New(f, logLevel, "text"); err != nil {
-					return err
-				}
+			log, closeLog, err := openLog(logFile, logLevel)
+			if err != nil {
+				return err
 			}
+			defer closeLog()
+			cfg.Logger = log
 			if scenario != "" {
 				sc, err := simulator.LoadScenario(scenario)
 				if err != nil {
@@ -151,4 +146,22 @@ func root() *cobra.Command {
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run, yearCmd())
 	return cmd
+}
+
+// openLog returns the logger for fleetd and the agents: the file at path
+// at level, or a discarding one when path is empty.
+func openLog(path, level string) (*slog.Logger, func(), error) {
+	if path == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil)), func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := logx.New(f, level, "text")
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return log, func() { f.Close() }, nil
 }

@@ -3,15 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
-	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/simulator"
 )
 
@@ -24,18 +21,12 @@ func yearCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "year", Short: "a fleet lives through a year of rotations while part of it is switched off; the absent devices must come back",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-			if logFile != "" {
-				f, err := os.Create(logFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				var err2 error
-				if cfg.Logger, err2 = logx.New(f, logLevel, "text"); err2 != nil {
-					return err2
-				}
+			log, closeLog, err := openLog(logFile, logLevel)
+			if err != nil {
+				return err
 			}
+			defer closeLog()
+			cfg.Logger = log
 			cfg.Progress = os.Stderr
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
