@@ -60,6 +60,26 @@ func (k anchorKeys) set(t *testing.T) *anchors.Set {
 	return &anchors.Set{Root: k.rootCert.Raw, UpdateKey: upd, FirmwareKey: fw, IssuedAt: uint64(time.Now().Unix())}
 }
 
+// deviceCredential issues dev-1 an identity under the set's root and
+// returns its key, its certificate and the set's update key as PEM.
+func (k anchorKeys) deviceCredential(t *testing.T) (*ecdsa.PrivateKey, *x509.Certificate, []byte) {
+	t.Helper()
+	ca, err := certs.NewCA(k.rootCert, k.root, certs.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := NewKey()
+	cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	updPEM, err := publicPEM(&k.update.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, cert, updPEM
+}
+
 // chainFixture is a legitimate chain v1..v4 and the keys of every set.
 type chainFixture struct {
 	keys []anchorKeys // keys[i] belong to version i+1
@@ -100,19 +120,7 @@ func newChain(t *testing.T, n int) *chainFixture {
 func newOfflineAgent(t *testing.T, c *chainFixture, installed int, fw *FirmwareOptions) (*Agent, Storage) {
 	t.Helper()
 	k := c.keys[installed-1]
-	ca, err := certs.NewCA(k.rootCert, k.root, certs.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := NewKey()
-	cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	updPEM, err := publicPEM(&k.update.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, cert, updPEM := k.deviceCredential(t)
 	st := NewMemStorage()
 	if err := InstallBundle(st, Bundle{Identity: Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, Key: key,
 		CertPEM: certs.EncodePEM(cert), CAPEM: certs.EncodePEM(k.rootCert), UpdatePEM: updPEM, Anchors: c.raw[installed-1]}); err != nil {
@@ -279,16 +287,7 @@ func TestAgentRejectsHostileAnchors(t *testing.T) {
 func TestLegacyKeystoreAdoptsAnchors(t *testing.T) {
 	c := newChain(t, 3)
 	install := func(t *testing.T, k anchorKeys) *Agent {
-		ca, err := certs.NewCA(k.rootCert, k.root, certs.CAOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		key, _ := NewKey()
-		cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
-		if err != nil {
-			t.Fatal(err)
-		}
-		updPEM, _ := publicPEM(&k.update.PublicKey)
+		key, cert, updPEM := k.deviceCredential(t)
 		st := NewMemStorage()
 		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, certs.EncodePEM(cert), certs.EncodePEM(k.rootCert), updPEM); err != nil {
 			t.Fatal(err)
