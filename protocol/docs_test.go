@@ -844,3 +844,45 @@ func runsClean(check func(r reporter)) (ok bool) {
 	check(r)
 	return
 }
+
+// TestDocErrorCodes checks that docs/protocol.md's table of error codes and
+// the error-codes group of docs/protocol.cddl list the same codes under the
+// same names, and that every reason in protocol.md's reason table names a
+// code of that table by its number and name.
+func TestDocErrorCodes(t *testing.T) {
+	md, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cddl, err := os.ReadFile("../docs/protocol.cddl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromMD := map[string]int{}
+	for _, m := range regexp.MustCompile("(?m)^\\| (\\d+) \\| `([a-z-]+)` \\|").FindAllStringSubmatch(string(md), -1) {
+		n, _ := strconv.Atoi(m[1])
+		fromMD[m[2]] = n
+	}
+	group := regexp.MustCompile(`(?s)error-codes = &\((.*?)\)`).FindStringSubmatch(string(cddl))
+	if group == nil {
+		t.Fatal("protocol.cddl: no error-codes group")
+	}
+	fromCDDL := map[string]int{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*([a-z-]+): (\d+),`).FindAllStringSubmatch(group[1], -1) {
+		n, _ := strconv.Atoi(m[2])
+		fromCDDL[m[1]] = n
+	}
+	if len(fromCDDL) == 0 || !reflect.DeepEqual(fromMD, fromCDDL) {
+		t.Errorf("error codes differ:\nprotocol.md   %v\nprotocol.cddl %v", fromMD, fromCDDL)
+	}
+	reasons := regexp.MustCompile("(?m)^\\| `([a-z-]+)` \\| (\\d+) `([a-z-]+)` \\|").FindAllStringSubmatch(string(md), -1)
+	if len(reasons) == 0 {
+		t.Fatal("protocol.md: no reason table")
+	}
+	for _, m := range reasons {
+		n, _ := strconv.Atoi(m[2])
+		if code, ok := fromMD[m[3]]; !ok || code != n {
+			t.Errorf("protocol.md: reason %s maps to %d %s, which is not in the code table", m[1], n, m[3])
+		}
+	}
+}
