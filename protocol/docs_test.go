@@ -466,8 +466,8 @@ func diagnostic(t reporter, packet []byte, m protocol.Message) string {
 	}
 	writeCommented(&w, [][2]string{
 		{"18([", "COSE_Sign1"},
-		{"  <<" + diagOne(t, protected) + ">>,", "protected: alg"},
-		{"  " + diagOne(t, parts[1]) + ",", "unprotected: kid"},
+		{"  <<" + diagOne(t, protected) + ">>,", "protected header"},
+		{"  " + diagOne(t, parts[1]) + ",", "unprotected header"},
 		{"  <<{", "payload: " + protocol.TypeOf(m).String()},
 	})
 	diagPayload(t, &w, payload, m, "  ")
