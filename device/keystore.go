@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
@@ -72,7 +72,7 @@ func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, u
 	if _, err := st.ReadFile(fileState); err == nil {
 		return fmt.Errorf("device: %s already has a keystore", id.ID)
 	}
-	if _, err := certs.ParsePEM(caPEM); err != nil {
+	if _, err := identity.ParsePEM(caPEM); err != nil {
 		return fmt.Errorf("device: CA: %w", err)
 	}
 	keyPEM, err := encodeKey(key)
@@ -151,7 +151,7 @@ func Open(st Storage) (*Keystore, error) {
 	if b, err = st.ReadFile(fileCA); err != nil {
 		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
-	cas, err := certs.ParsePEM(b)
+	cas, err := identity.ParsePEM(b)
 	if err != nil {
 		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
@@ -263,7 +263,7 @@ func (ks *Keystore) Cert(v uint32) (*x509.Certificate, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	cs, err := certs.ParsePEM(b)
+	cs, err := identity.ParsePEM(b)
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
@@ -338,11 +338,11 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	id, err := certs.VerifyLeaf(c, ks.roots, now)
+	id, err := identity.Verify(c, ks.roots, now)
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	if id.Role != certs.RoleDevice || id.Name != ks.id.ID {
+	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
 		return nil, fmt.Errorf("device: certificate v%d names %s", v, id)
 	}
 	k, err := ks.Key(v)
@@ -352,7 +352,7 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if !k.PublicKey.Equal(c.PublicKey) {
 		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
 	}
-	if err := ks.write(versionDir(v)+"/cert.pem", certs.EncodePEM(c), 0o644); err != nil {
+	if err := ks.write(versionDir(v)+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
 		return nil, fmt.Errorf("device: store certificate v%d: %w", v, err)
 	}
 	return c, nil

@@ -9,7 +9,7 @@ import (
 	"io/fs"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // Files of the offline-device features.
@@ -47,7 +47,7 @@ func InstallBundle(st Storage, b Bundle) error {
 		if err != nil {
 			return err
 		}
-		if _, err := certs.ParsePEM(b.BirthCertPEM); err != nil {
+		if _, err := identity.ParsePEM(b.BirthCertPEM); err != nil {
 			return fmt.Errorf("device: birth certificate: %w", err)
 		}
 		if _, err := st.ReadFile(fileState); err == nil {
@@ -90,7 +90,7 @@ func (ks *Keystore) BirthCredential() (*ecdsa.PrivateKey, *x509.Certificate, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("device: birth certificate: %w", err)
 	}
-	cs, err := certs.ParsePEM(cb)
+	cs, err := identity.ParsePEM(cb)
 	if err != nil {
 		return nil, nil, fmt.Errorf("device: birth certificate: %w", err)
 	}
@@ -144,11 +144,11 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 	if err != nil {
 		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
 	}
-	id, err := certs.VerifyLeaf(c, ks.roots, now)
+	id, err := identity.Verify(c, ks.roots, now)
 	if err != nil {
 		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
 	}
-	if id.Role != certs.RoleDevice || id.Name != ks.id.ID {
+	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
 		return nil, fmt.Errorf("device: re-enrolled certificate names %s", id)
 	}
 	if !k.PublicKey.Equal(c.PublicKey) {
@@ -158,7 +158,7 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 	if err := ks.write(vdir+"/key.pem", kb, 0o600); err != nil {
 		return nil, err
 	}
-	if err := ks.write(vdir+"/cert.pem", certs.EncodePEM(c), 0o644); err != nil {
+	if err := ks.write(vdir+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
 		return nil, err
 	}
 	s := ks.state

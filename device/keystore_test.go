@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // The keystore's life cycle, on disk and in memory alike: install, pending
@@ -27,7 +28,7 @@ func TestKeystoreLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	issue := func(name string, pub *ecdsa.PublicKey) *x509.Certificate {
-		c, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: name}, PublicKey: pub})
+		c, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: name}, PublicKey: pub})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,11 +51,11 @@ func TestKeystoreLifecycle(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := tc.st(t)
 			k1, _ := NewKey()
-			if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, k1, certs.EncodePEM(issue("dev-1", &k1.PublicKey)),
-				certs.EncodePEM(root), updPEM); err != nil {
+			if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, k1, identity.EncodePEM(issue("dev-1", &k1.PublicKey)),
+				identity.EncodePEM(root), updPEM); err != nil {
 				t.Fatal(err)
 			}
-			if err := InstallTo(st, Identity{ID: "dev-1"}, k1, nil, certs.EncodePEM(root), updPEM); err == nil {
+			if err := InstallTo(st, Identity{ID: "dev-1"}, k1, nil, identity.EncodePEM(root), updPEM); err == nil {
 				t.Fatal("second install: got nil error, want refusal")
 			}
 			ks, err := Open(st)
@@ -143,7 +144,7 @@ func TestReenrollKeyLeftByCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	issue := func(pub *ecdsa.PublicKey) *x509.Certificate {
-		c, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: pub})
+		c, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "d"}, PublicKey: pub})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +154,7 @@ func TestReenrollKeyLeftByCrash(t *testing.T) {
 	upd, _ := NewKey()
 	updDER, _ := x509.MarshalPKIXPublicKey(&upd.PublicKey)
 	st := NewMemStorage()
-	if err := InstallTo(st, Identity{ID: "d", Broker: "x:1"}, k1, certs.EncodePEM(issue(&k1.PublicKey)), certs.EncodePEM(root),
+	if err := InstallTo(st, Identity{ID: "d", Broker: "x:1"}, k1, identity.EncodePEM(issue(&k1.PublicKey)), identity.EncodePEM(root),
 		pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: updDER})); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/protocol"
 )
@@ -69,7 +70,7 @@ func (k anchorKeys) deviceCredential(t *testing.T) (*ecdsa.PrivateKey, *x509.Cer
 		t.Fatal(err)
 	}
 	key, _ := NewKey()
-	cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
+	cert, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +124,7 @@ func newOfflineAgent(t *testing.T, c *chainFixture, installed int, fw *FirmwareO
 	key, cert, updPEM := k.deviceCredential(t)
 	st := NewMemStorage()
 	if err := InstallBundle(st, Bundle{Identity: Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, Key: key,
-		CertPEM: certs.EncodePEM(cert), CAPEM: certs.EncodePEM(k.rootCert), UpdatePEM: updPEM, Anchors: c.raw[installed-1]}); err != nil {
+		CertPEM: identity.EncodePEM(cert), CAPEM: identity.EncodePEM(k.rootCert), UpdatePEM: updPEM, Anchors: c.raw[installed-1]}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(Options{Storage: st, Firmware: fw})
@@ -289,7 +290,7 @@ func TestLegacyKeystoreAdoptsAnchors(t *testing.T) {
 	install := func(t *testing.T, k anchorKeys) *Agent {
 		key, cert, updPEM := k.deviceCredential(t)
 		st := NewMemStorage()
-		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, certs.EncodePEM(cert), certs.EncodePEM(k.rootCert), updPEM); err != nil {
+		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, identity.EncodePEM(cert), identity.EncodePEM(k.rootCert), updPEM); err != nil {
 			t.Fatal(err)
 		}
 		a, err := New(Options{Storage: st})
