@@ -264,10 +264,10 @@ func TestCAIssue(t *testing.T) {
 			}
 			id, err := identity.Verify(leaf, tca.pool, now)
 			if err != nil {
-				t.Fatalf("VerifyLeaf: got error %v, want nil", err)
+				t.Fatalf("identity.Verify: got error %v, want nil", err)
 			}
 			if id != tc.req.Identity {
-				t.Errorf("VerifyLeaf identity: got %v, want %v", id, tc.req.Identity)
+				t.Errorf("identity.Verify identity: got %v, want %v", id, tc.req.Identity)
 			}
 			if err := leaf.CheckSignatureFrom(tca.root); err != nil {
 				t.Errorf("CheckSignatureFrom(root): got error %v, want nil", err)
@@ -350,10 +350,10 @@ func TestCAIssue(t *testing.T) {
 			}
 			// Outside its validity it no longer verifies.
 			if _, err := identity.Verify(leaf, tca.pool, leaf.NotAfter.Add(time.Second)); err == nil {
-				t.Error("VerifyLeaf after NotAfter: got nil error, want expired")
+				t.Error("identity.Verify after NotAfter: got nil error, want expired")
 			}
 			if _, err := identity.Verify(leaf, tca.pool, leaf.NotBefore.Add(-time.Second)); err == nil {
-				t.Error("VerifyLeaf before NotBefore: got nil error, want not yet valid")
+				t.Error("identity.Verify before NotBefore: got nil error, want not yet valid")
 			}
 		})
 	}
@@ -389,12 +389,12 @@ func TestCAIssue(t *testing.T) {
 			t.Fatalf("Issue: got error %v, want nil", err)
 		}
 		if id, err := identity.Verify(leaf, other.pool, now); err == nil {
-			t.Errorf("VerifyLeaf against another root: got %v, nil, want an error", id)
+			t.Errorf("identity.Verify against another root: got %v, nil, want an error", id)
 		}
 	})
 
 	t.Run("clientAuth required", func(t *testing.T) {
-		// VerifyLeaf requires clientAuth: a leaf without it (made here by
+		// identity.Verify requires clientAuth: a leaf without it (made here by
 		// hand, signed by the same CA) must fail.
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "dev-1"},
@@ -411,7 +411,7 @@ func TestCAIssue(t *testing.T) {
 			t.Fatal(err)
 		}
 		if id, err := identity.Verify(leaf, tca.pool, now); err == nil {
-			t.Errorf("VerifyLeaf of a serverAuth-only leaf: got %v, nil, want an error", id)
+			t.Errorf("identity.Verify of a serverAuth-only leaf: got %v, nil, want an error", id)
 		}
 	})
 }
