@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // BenchmarkCAIssueInMemory issues with an in-memory CA key: the cost of
@@ -22,7 +23,7 @@ func BenchmarkCAIssueInMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	leafKey := newP256(b)
-	req := certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "bench-device"}, PublicKey: &leafKey.PublicKey}
+	req := certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "bench-device"}, PublicKey: &leafKey.PublicKey}
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

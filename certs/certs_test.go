@@ -10,7 +10,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"math/big"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // now is the tests' fixed clock, on a whole second (X.509 times have
@@ -89,7 +89,7 @@ func csrFor(t *testing.T, key crypto.Signer, tmpl x509.CertificateRequest) *x509
 
 func TestCheckCSR(t *testing.T) {
 	const dev = "dev-42"
-	own := certs.Identity{Role: certs.RoleDevice, Name: dev}.URI()
+	own := identity.Identity{Role: identity.RoleDevice, Name: dev}.URI()
 	p256 := newP256(t)
 	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
@@ -122,19 +122,19 @@ func TestCheckCSR(t *testing.T) {
 			return csrFor(t, p256, x509.CertificateRequest{URIs: []*url.URL{own}})
 		}, certs.ErrCSRIdentity},
 		{"URI SAN of another device", func(t *testing.T) *x509.CertificateRequest {
-			other := certs.Identity{Role: certs.RoleDevice, Name: "dev-43"}.URI()
+			other := identity.Identity{Role: identity.RoleDevice, Name: "dev-43"}.URI()
 			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{other}})
 		}, certs.ErrCSRIdentity},
 		{"own URI plus another device's", func(t *testing.T) *x509.CertificateRequest {
-			other := certs.Identity{Role: certs.RoleDevice, Name: "dev-43"}.URI()
+			other := identity.Identity{Role: identity.RoleDevice, Name: "dev-43"}.URI()
 			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{own, other}})
 		}, certs.ErrCSRIdentity},
 		{"URI SAN claiming server role", func(t *testing.T) *x509.CertificateRequest {
-			srv := certs.Identity{Role: certs.RoleServer, Name: dev}.URI()
+			srv := identity.Identity{Role: identity.RoleServer, Name: dev}.URI()
 			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{srv}})
 		}, certs.ErrCSRIdentity},
 		{"URI SAN claiming admin role", func(t *testing.T) *x509.CertificateRequest {
-			adm := certs.Identity{Role: certs.RoleAdmin, Name: dev}.URI()
+			adm := identity.Identity{Role: identity.RoleAdmin, Name: dev}.URI()
 			return csrFor(t, p256, x509.CertificateRequest{Subject: subj, URIs: []*url.URL{adm}})
 		}, certs.ErrCSRIdentity},
 		{"foreign URI SAN", func(t *testing.T) *x509.CertificateRequest {
@@ -223,33 +223,33 @@ func TestCAIssue(t *testing.T) {
 	}{
 		{
 			name:         "device, default validity",
-			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
+			req:          certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}},
 			wantNotAfter: now.Add(validity),
 		},
 		{
 			name:         "device, requested NotAfter",
-			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-2"}, NotAfter: now.Add(48 * time.Hour)},
+			req:          certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-2"}, NotAfter: now.Add(48 * time.Hour)},
 			wantNotAfter: now.Add(48 * time.Hour),
 		},
 		{
 			name:         "device, NotAfter beyond the CA clamped",
-			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-3"}, NotAfter: now.Add(10 * 365 * 24 * time.Hour)},
+			req:          certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-3"}, NotAfter: now.Add(10 * 365 * 24 * time.Hour)},
 			wantNotAfter: now.Add(365 * 24 * time.Hour),
 		},
 		{
 			name: "device, DNS names ignored",
-			req: certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-4"},
+			req: certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-4"},
 				DNSNames: []string{"evil.example.com"}, IPs: []net.IP{net.IPv4(10, 0, 0, 1)}},
 			wantNotAfter: now.Add(validity),
 		},
 		{
 			name:         "admin",
-			req:          certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: "alice"}},
+			req:          certs.Request{Identity: identity.Identity{Role: identity.RoleAdmin, Name: "alice"}},
 			wantNotAfter: now.Add(validity),
 		},
 		{
 			name: "server with DNS and IPs",
-			req: certs.Request{Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"},
+			req: certs.Request{Identity: identity.Identity{Role: identity.RoleServer, Name: "fleetd"},
 				DNSNames: []string{"localhost", "fleetd.example.com"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}},
 			wantNotAfter: now.Add(validity),
 			wantServer:   true,
@@ -262,12 +262,12 @@ func TestCAIssue(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Issue: got error %v, want nil", err)
 			}
-			id, err := certs.VerifyLeaf(leaf, tca.pool, now)
+			id, err := identity.Verify(leaf, tca.pool, now)
 			if err != nil {
-				t.Fatalf("VerifyLeaf: got error %v, want nil", err)
+				t.Fatalf("identity.Verify: got error %v, want nil", err)
 			}
 			if id != tc.req.Identity {
-				t.Errorf("VerifyLeaf identity: got %v, want %v", id, tc.req.Identity)
+				t.Errorf("identity.Verify identity: got %v, want %v", id, tc.req.Identity)
 			}
 			if err := leaf.CheckSignatureFrom(tca.root); err != nil {
 				t.Errorf("CheckSignatureFrom(root): got error %v, want nil", err)
@@ -349,11 +349,11 @@ func TestCAIssue(t *testing.T) {
 				t.Errorf("issuer: got %q, want the root's subject %q", leaf.Issuer, tca.root.Subject)
 			}
 			// Outside its validity it no longer verifies.
-			if _, err := certs.VerifyLeaf(leaf, tca.pool, leaf.NotAfter.Add(time.Second)); err == nil {
-				t.Error("VerifyLeaf after NotAfter: got nil error, want expired")
+			if _, err := identity.Verify(leaf, tca.pool, leaf.NotAfter.Add(time.Second)); err == nil {
+				t.Error("identity.Verify after NotAfter: got nil error, want expired")
 			}
-			if _, err := certs.VerifyLeaf(leaf, tca.pool, leaf.NotBefore.Add(-time.Second)); err == nil {
-				t.Error("VerifyLeaf before NotBefore: got nil error, want not yet valid")
+			if _, err := identity.Verify(leaf, tca.pool, leaf.NotBefore.Add(-time.Second)); err == nil {
+				t.Error("identity.Verify before NotBefore: got nil error, want not yet valid")
 			}
 		})
 	}
@@ -361,7 +361,7 @@ func TestCAIssue(t *testing.T) {
 	t.Run("serials unique", func(t *testing.T) {
 		seen := map[string]bool{}
 		for i := 0; i < 20; i++ {
-			leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+			leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
 			if err != nil {
 				t.Fatalf("Issue: got error %v, want nil", err)
 			}
@@ -376,7 +376,7 @@ func TestCAIssue(t *testing.T) {
 	t.Run("cancelled context", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		leaf, err := tca.ca.Issue(cctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+		leaf, err := tca.ca.Issue(cctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("Issue with cancelled context: got %v, %v, want error %v", leaf, err, context.Canceled)
 		}
@@ -384,21 +384,21 @@ func TestCAIssue(t *testing.T) {
 
 	t.Run("not chaining to another root", func(t *testing.T) {
 		other := newTestCA(t, 365*24*time.Hour, certs.CAOptions{})
-		leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
+		leaf, err := tca.ca.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}, PublicKey: newP256(t).Public()})
 		if err != nil {
 			t.Fatalf("Issue: got error %v, want nil", err)
 		}
-		if id, err := certs.VerifyLeaf(leaf, other.pool, now); err == nil {
-			t.Errorf("VerifyLeaf against another root: got %v, nil, want an error", id)
+		if id, err := identity.Verify(leaf, other.pool, now); err == nil {
+			t.Errorf("identity.Verify against another root: got %v, nil, want an error", id)
 		}
 	})
 
 	t.Run("clientAuth required", func(t *testing.T) {
-		// VerifyLeaf requires clientAuth: a leaf without it (made here by
+		// identity.Verify requires clientAuth: a leaf without it (made here by
 		// hand, signed by the same CA) must fail.
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "dev-1"},
-			URIs:      []*url.URL{certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}.URI()},
+			URIs:      []*url.URL{identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}.URI()},
 			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
 		}
@@ -410,8 +410,8 @@ func TestCAIssue(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if id, err := certs.VerifyLeaf(leaf, tca.pool, now); err == nil {
-			t.Errorf("VerifyLeaf of a serverAuth-only leaf: got %v, nil, want an error", id)
+		if id, err := identity.Verify(leaf, tca.pool, now); err == nil {
+			t.Errorf("identity.Verify of a serverAuth-only leaf: got %v, nil, want an error", id)
 		}
 	})
 }
@@ -419,7 +419,7 @@ func TestCAIssue(t *testing.T) {
 func TestCAOptionsDefaults(t *testing.T) {
 	// Zero options: 90 days validity, 1 hour backdate; Now injected.
 	tca := newTestCA(t, 10*365*24*time.Hour, certs.CAOptions{})
-	leaf, err := tca.ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
+	leaf, err := tca.ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
 	if err != nil {
 		t.Fatalf("Issue: got error %v, want nil", err)
 	}
@@ -445,7 +445,7 @@ func TestCAClockInjected(t *testing.T) {
 	}
 	for _, step := range []time.Duration{0, 24 * time.Hour, 100 * 24 * time.Hour} {
 		clock = now.Add(step)
-		leaf, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
+		leaf, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "d"}, PublicKey: newP256(t).Public()})
 		if err != nil {
 			t.Fatalf("Issue at %v: got error %v, want nil", clock, err)
 		}
@@ -538,139 +538,6 @@ func (s noEqualSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte,
 	return s.k.Sign(r, d, o)
 }
 
-// certWith makes a real certificate (signed by a throwaway key) carrying cn
-// and uris, parsed back from DER as a peer's would be.
-func certWith(t *testing.T, cn string, uris ...string) *x509.Certificate {
-	t.Helper()
-	key := newP256(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-	}
-	for _, u := range uris {
-		tmpl.URIs = append(tmpl.URIs, mustURL(t, u))
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatalf("CreateCertificate: %v", err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("ParseCertificate: %v", err)
-	}
-	return c
-}
-
-func TestIdentityOf(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cert *x509.Certificate
-		want certs.Identity // zero: ErrNoIdentity
-	}{
-		{"device", certWith(t, "dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
-		{"server", certWith(t, "fleetd", "urn:keyfleet:server:fleetd"), certs.Identity{Role: certs.RoleServer, Name: "fleetd"}},
-		{"admin", certWith(t, "alice", "urn:keyfleet:admin:alice"), certs.Identity{Role: certs.RoleAdmin, Name: "alice"}},
-		{"foreign URIs ignored", certWith(t, "dev-1", "https://example.com/x", "urn:keyfleet:device:dev-1", "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66"), certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}},
-		{"no URI", certWith(t, "dev-1"), certs.Identity{}},
-		{"only foreign URIs", certWith(t, "dev-1", "https://example.com/dev-1", "urn:other:device:dev-1"), certs.Identity{}},
-		{"two identity URIs", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:device:dev-2"), certs.Identity{}},
-		{"same identity URI twice", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{}},
-		{"two roles", certWith(t, "dev-1", "urn:keyfleet:device:dev-1", "urn:keyfleet:server:dev-1"), certs.Identity{}},
-		{"CN mismatch", certWith(t, "dev-2", "urn:keyfleet:device:dev-1"), certs.Identity{}},
-		{"empty CN", certWith(t, "", "urn:keyfleet:device:dev-1"), certs.Identity{}},
-		{"unknown role", certWith(t, "dev-1", "urn:keyfleet:robot:dev-1"), certs.Identity{}},
-		{"unknown role beside a valid one", certWith(t, "dev-1", "urn:keyfleet:robot:dev-1", "urn:keyfleet:device:dev-1"), certs.Identity{}},
-		{"empty name", certWith(t, "", "urn:keyfleet:device:"), certs.Identity{}},
-		{"no name", certWith(t, "device", "urn:keyfleet:device"), certs.Identity{}},
-		{"role case differs", certWith(t, "dev-1", "urn:keyfleet:Device:dev-1"), certs.Identity{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := certs.IdentityOf(tc.cert)
-			if tc.want == (certs.Identity{}) {
-				if !errors.Is(err, certs.ErrNoIdentity) {
-					t.Fatalf("IdentityOf: got %v, %v, want error %v", got, err, certs.ErrNoIdentity)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("IdentityOf: got error %v, want %v", err, tc.want)
-			}
-			if got != tc.want {
-				t.Errorf("IdentityOf: got %v, want %v", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestIdentityURIRoundTrip(t *testing.T) {
-	for _, id := range []certs.Identity{
-		{Role: certs.RoleDevice, Name: "dev-1"},
-		{Role: certs.RoleServer, Name: "fleetd"},
-		{Role: certs.RoleAdmin, Name: "a.b_c-d"},
-	} {
-		t.Run(id.String(), func(t *testing.T) {
-			u := id.URI()
-			if want := "urn:keyfleet:" + string(id.Role) + ":" + id.Name; u.String() != want {
-				t.Errorf("URI: got %q, want %q", u.String(), want)
-			}
-			reparsed := mustURL(t, u.String())
-			got, err := certs.ParseIdentityURI(reparsed)
-			if err != nil || got != id {
-				t.Errorf("ParseIdentityURI(%q): got %v, %v, want %v, nil", u, got, err, id)
-			}
-		})
-	}
-	if _, err := certs.ParseIdentityURI(nil); !errors.Is(err, certs.ErrNoIdentity) {
-		t.Errorf("ParseIdentityURI(nil): got %v, want %v", err, certs.ErrNoIdentity)
-	}
-}
-
-func TestPEMRoundTrip(t *testing.T) {
-	a := certWith(t, "a", "urn:keyfleet:device:a")
-	b := certWith(t, "b", "urn:keyfleet:device:b")
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte{1, 2, 3}})
-
-	for _, tc := range []struct {
-		name    string
-		data    []byte
-		want    []*x509.Certificate
-		wantErr bool
-	}{
-		{"one", certs.EncodePEM(a), []*x509.Certificate{a}, false},
-		{"two in order", certs.EncodePEM(a, b), []*x509.Certificate{a, b}, false},
-		{"other blocks skipped", slices.Concat(keyPEM, certs.EncodePEM(b), []byte("junk between\n"), certs.EncodePEM(a)), []*x509.Certificate{b, a}, false},
-		{"empty", nil, nil, true},
-		{"no PEM", []byte("not pem"), nil, true},
-		{"only a key", keyPEM, nil, true},
-		{"bad DER", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 1, 2, 3}}), nil, true},
-		{"bad DER after a good one", slices.Concat(certs.EncodePEM(a), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0}})), nil, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := certs.ParsePEM(tc.data)
-			if tc.wantErr {
-				if err == nil {
-					t.Fatalf("ParsePEM: got %d certificates and nil error, want an error", len(got))
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("ParsePEM: got error %v, want nil", err)
-			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("ParsePEM: got %d certificates, want %d", len(got), len(tc.want))
-			}
-			for i := range got {
-				if !got[i].Equal(tc.want[i]) {
-					t.Errorf("certificate %d: got %q, want %q", i, got[i].Subject.CommonName, tc.want[i].Subject.CommonName)
-				}
-			}
-		})
-	}
-	if got := certs.EncodePEM(); len(got) != 0 {
-		t.Errorf("EncodePEM(): got %q, want empty", got)
-	}
-}
-
 // TestCrossSignChain checks what an anchor rotation relies on: a device that
 // trusts only the first root accepts a leaf of the third through the chain
 // of cross certificates, and one that trusts the third accepts it directly.
@@ -699,7 +566,7 @@ func TestCrossSignChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	leafKey := newP256(t)
-	leaf, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "d"}, PublicKey: leafKey.Public()})
+	leaf, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "d"}, PublicKey: leafKey.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

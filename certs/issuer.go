@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.step.sm/crypto/x509util"
+
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // Issuer turns an accepted request into a certificate. Implementations must
@@ -26,7 +28,7 @@ type Issuer interface {
 
 // Request asks for a certificate for PublicKey naming Identity.
 type Request struct {
-	Identity  Identity
+	Identity  identity.Identity
 	PublicKey crypto.PublicKey
 	// NotAfter is the end of validity; zero means the issuer's default.
 	NotAfter time.Time
@@ -60,7 +62,7 @@ func CheckCSR(csr *x509.CertificateRequest, device string) (*ecdsa.PublicKey, er
 	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
 		return nil, fmt.Errorf("%w: unexpected DNS, IP or e-mail names", ErrCSRIdentity)
 	}
-	want := Identity{Role: RoleDevice, Name: device}.URI().String()
+	want := identity.Identity{Role: identity.RoleDevice, Name: device}.URI().String()
 	for _, u := range csr.URIs {
 		if u.String() != want {
 			return nil, fmt.Errorf("%w: URI %q, requester %q", ErrCSRIdentity, u.String(), want)
@@ -150,7 +152,7 @@ func (ca *CA) Issue(ctx context.Context, req Request) (*x509.Certificate, error)
 		// x509util from adding one.)
 		SubjectKeyId: []byte{},
 	}
-	if req.Identity.Role == RoleServer {
+	if req.Identity.Role == identity.RoleServer {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 		tmpl.DNSNames = req.DNSNames
 		tmpl.IPAddresses = req.IPs
@@ -187,19 +189,6 @@ func NewRoot(signer crypto.Signer, name string, now time.Time, validity time.Dur
 		return nil, fmt.Errorf("certs: create root %q: %w", name, err)
 	}
 	return cert, nil
-}
-
-// VerifyLeaf checks that leaf chains to roots at time now for client
-// authentication and returns its identity.
-func VerifyLeaf(leaf *x509.Certificate, roots *x509.CertPool, now time.Time) (Identity, error) {
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:       roots,
-		CurrentTime: now,
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		return Identity{}, fmt.Errorf("certs: verify %q: %w", leaf.Subject.CommonName, err)
-	}
-	return IdentityOf(leaf)
 }
 
 func randomSerial() (*big.Int, error) {

@@ -206,8 +206,10 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("device: update key: %w", err)
 	}
 	a.updateKID.Store(&kid)
-	if err := a.initOffline(); err != nil {
-		return nil, err
+	for _, load := range []func() error{a.loadAnchors, a.loadDataKeys, a.openFirmware} {
+		if err := load(); err != nil {
+			return nil, err
+		}
 	}
 	if b := ks.Delegation(); b != nil {
 		// A stored delegation that no longer verifies (expired) is simply

@@ -19,6 +19,13 @@
 // the server says retire. The agent says hello with its versions on every
 // connect; the server answers with whatever is left to do.
 //
+// Beside the identity slot, each concern has its own file: the signed
+// trust-anchor chain the agent walks (anchors.go), data keys sealed to the
+// identity key (datakeys.go), two-slot firmware updates with a boot check
+// and rollback (firmware.go), re-enrolment with the birth credential after
+// an absence past every window (reenroll.go), and what a factory station
+// installs (install.go).
+//
 // # Caveats
 //
 // On start the agent tries a pending credential that has a certificate

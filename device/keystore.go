@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -16,8 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
-	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/certs/identity"
 )
 
 // Identity is the device's fixed configuration, written at provisioning.
@@ -58,51 +58,6 @@ const (
 // ErrNoCredential: the keystore has no usable credential of that version.
 var ErrNoCredential = errors.New("device: no such credential")
 
-// Install writes a new keystore into dir: the provisioning credential as
-// version 1, the trust anchors and the identity. It refuses to overwrite one.
-func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
-	return InstallTo(&DirStorage{Dir: dir}, id, key, certPEM, caPEM, updatePEM)
-}
-
-// InstallTo is Install into any Storage.
-func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
-	if err := protocol.ValidateDeviceID(id.ID); err != nil {
-		return err
-	}
-	if _, err := st.ReadFile(fileState); err == nil {
-		return fmt.Errorf("device: %s already has a keystore", id.ID)
-	}
-	if _, err := certs.ParsePEM(caPEM); err != nil {
-		return fmt.Errorf("device: CA: %w", err)
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return err
-	}
-	idJSON, err := json.Marshal(id)
-	if err != nil {
-		return err
-	}
-	vdir := versionDir(1)
-	for _, f := range []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{
-		{vdir + "/key.pem", keyPEM, 0o600},
-		{vdir + "/cert.pem", certPEM, 0o644},
-		{fileCA, caPEM, 0o644},
-		{fileUpdate, updatePEM, 0o644},
-		{fileIdentity, idJSON, 0o644},
-	} {
-		if err := st.WriteFile(f.name, f.data, f.perm); err != nil {
-			return fmt.Errorf("device: install: %w", err)
-		}
-	}
-	stJSON, _ := json.Marshal(SlotState{Active: 1})
-	return st.WriteFile(fileState, stJSON, 0o600)
-}
-
 // NewKey makes a P-256 key, the only kind keyfleet identities use.
 func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
@@ -111,7 +66,7 @@ func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P25
 // the 45 bytes of a requested SAN would travel in every enroll.
 func CSR(device string, key *ecdsa.PrivateKey) ([]byte, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkixName(device),
+		Subject: pkix.Name{CommonName: device},
 	}, key)
 	if err != nil {
 		return nil, fmt.Errorf("device: CSR: %w", err)
@@ -151,7 +106,7 @@ func Open(st Storage) (*Keystore, error) {
 	if b, err = st.ReadFile(fileCA); err != nil {
 		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
-	cas, err := certs.ParsePEM(b)
+	cas, err := identity.ParsePEM(b)
 	if err != nil {
 		return nil, fmt.Errorf("device: keystore %s: %w", ks.id.ID, err)
 	}
@@ -263,7 +218,7 @@ func (ks *Keystore) Cert(v uint32) (*x509.Certificate, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	cs, err := certs.ParsePEM(b)
+	cs, err := identity.ParsePEM(b)
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
@@ -338,11 +293,11 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	id, err := certs.VerifyLeaf(c, ks.roots, now)
+	id, err := identity.Verify(c, ks.roots, now)
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	if id.Role != certs.RoleDevice || id.Name != ks.id.ID {
+	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
 		return nil, fmt.Errorf("device: certificate v%d names %s", v, id)
 	}
 	k, err := ks.Key(v)
@@ -352,7 +307,7 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if !k.PublicKey.Equal(c.PublicKey) {
 		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
 	}
-	if err := ks.write(versionDir(v)+"/cert.pem", certs.EncodePEM(c), 0o644); err != nil {
+	if err := ks.write(versionDir(v)+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
 		return nil, fmt.Errorf("device: store certificate v%d: %w", v, err)
 	}
 	return c, nil

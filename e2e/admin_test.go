@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server"
@@ -46,7 +47,7 @@ func TestAdminAPIRefusesNonOperators(t *testing.T) {
 		t.Fatal(err)
 	}
 	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	foreignLeaf, err := foreignCA.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: "admin"}, PublicKey: &leafKey.PublicKey})
+	foreignLeaf, err := foreignCA.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleAdmin, Name: "admin"}, PublicKey: &leafKey.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}

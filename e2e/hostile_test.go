@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
@@ -113,7 +113,7 @@ func csrFor(t *testing.T, name string, key *ecdsa.PrivateKey) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: name},
-		URIs:    []*urlURL{certs.Identity{Role: certs.RoleDevice, Name: name}.URI()},
+		URIs:    []*urlURL{identity.Identity{Role: identity.RoleDevice, Name: name}.URI()},
 	}, key)
 	if err != nil {
 		t.Fatal(err)

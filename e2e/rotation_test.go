@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
@@ -50,7 +50,7 @@ func TestTwentyDevicesRotateTwice(t *testing.T) {
 	for i := 0; i < n; i++ {
 		dirs = append(dirs, f.AddDevice(t, fmt.Sprintf("dev-%02d", i)))
 	}
-	caCerts, err := certs.LoadPEM(server.Paths{Dir: f.Config.DataDir}.CACert())
+	caCerts, err := identity.LoadPEM(server.Paths{Dir: f.Config.DataDir}.CACert())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,11 +91,11 @@ func TestTwentyDevicesRotateTwice(t *testing.T) {
 		keep(v)
 		for id, byVersion := range creds {
 			leaf := byVersion[v].Leaf
-			got, err := certs.VerifyLeaf(leaf, roots, time.Now())
+			got, err := identity.Verify(leaf, roots, time.Now())
 			if err != nil {
 				t.Fatalf("%s v%d: certificate does not chain to the fleet CA: %v", id, v, err)
 			}
-			if got != (certs.Identity{Role: certs.RoleDevice, Name: id}) {
+			if got != (identity.Identity{Role: identity.RoleDevice, Name: id}) {
 				t.Errorf("%s v%d: certificate names %v", id, v, got)
 			}
 			ks, err := device.OpenKeystore(filepath.Join(f.Dir, "devices", id))

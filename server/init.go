@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/internal/fsutil"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
@@ -73,7 +74,7 @@ func Init(ctx context.Context, cfg Config) error {
 		}
 	}
 	srvCert, err := ca.Issue(ctx, certs.Request{
-		Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"}, PublicKey: srvKey.Public(),
+		Identity: identity.Identity{Role: identity.RoleServer, Name: "fleetd"}, PublicKey: srvKey.Public(),
 		DNSNames: dns, IPs: ips,
 	})
 	if err != nil {
@@ -94,9 +95,9 @@ func Init(ctx context.Context, cfg Config) error {
 		perm os.FileMode
 	}{
 		{p.ServerKey(), srvKeyPEM, 0o600},
-		{p.ServerCert(), certs.EncodePEM(srvCert), 0o644},
+		{p.ServerCert(), identity.EncodePEM(srvCert), 0o644},
 		{p.UpdateKey(), updPEM, 0o644},
-		{p.CACert(), certs.EncodePEM(root), 0o644}, // last: its presence marks a finished init
+		{p.CACert(), identity.EncodePEM(root), 0o644}, // last: its presence marks a finished init
 	} {
 		if err := fsutil.WriteAtomic(f.path, f.data, f.perm); err != nil {
 			return fmt.Errorf("server: init: %w", err)
@@ -114,11 +115,11 @@ func writeAdmin(ctx context.Context, ca *certs.CA, dir, name string, root *x509.
 	if err != nil {
 		return err
 	}
-	c, err := ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: name}, PublicKey: k.Public()})
+	c, err := ca.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleAdmin, Name: name}, PublicKey: k.Public()})
 	if err != nil {
 		return err
 	}
-	for name, f := range map[string][]byte{"admin.key": kPEM, "admin.pem": certs.EncodePEM(c), "ca.pem": certs.EncodePEM(root)} {
+	for name, f := range map[string][]byte{"admin.key": kPEM, "admin.pem": identity.EncodePEM(c), "ca.pem": identity.EncodePEM(root)} {
 		perm := os.FileMode(0o644)
 		if name == "admin.key" {
 			perm = 0o600
@@ -142,7 +143,7 @@ const birthValidity = 30 * 365 * 24 * time.Hour
 // predates it.
 func ensureBirthCA(keys custody, p Paths, now func() time.Time) (*certs.CA, error) {
 	var root *x509.Certificate
-	if cs, err := certs.LoadPEM(p.BirthCA()); err == nil {
+	if cs, err := identity.LoadPEM(p.BirthCA()); err == nil {
 		root = cs[0]
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("server: birth CA: %w", err)
@@ -157,7 +158,7 @@ func ensureBirthCA(keys custody, p Paths, now func() time.Time) (*certs.CA, erro
 		if root, err = certs.NewRoot(key, "keyfleet IDevID CA", now(), birthValidity); err != nil {
 			return nil, err
 		}
-		if err := fsutil.WriteAtomic(p.BirthCA(), certs.EncodePEM(root), 0o644); err != nil {
+		if err := fsutil.WriteAtomic(p.BirthCA(), identity.EncodePEM(root), 0o644); err != nil {
 			return nil, fmt.Errorf("server: birth CA: %w", err)
 		}
 	}

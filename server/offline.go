@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/internal/fsutil"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
@@ -79,17 +80,17 @@ func (s *Server) reissueTLS(ctx context.Context) error {
 		}
 	}
 	ca := s.ca.cur.Load()
-	c, err := ca.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"},
+	c, err := ca.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleServer, Name: "fleetd"},
 		PublicKey: s.tlsKey.Public(), DNSNames: leaf.DNSNames, IPs: leaf.IPAddresses,
 		NotAfter: s.cfg.Now().Add(2 * 365 * 24 * time.Hour)})
 	if err != nil {
 		return err
 	}
 	nc := tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: s.tlsKey, Leaf: c}
-	pemChain := certs.EncodePEM(c)
+	pemChain := identity.EncodePEM(c)
 	for _, x := range s.chain.Crosses() {
 		nc.Certificate = append(nc.Certificate, x.Raw)
-		pemChain = append(pemChain, certs.EncodePEM(x)...)
+		pemChain = append(pemChain, identity.EncodePEM(x)...)
 	}
 	if err := fsutil.WriteAtomic(Paths{s.cfg.DataDir}.ServerCert(), pemChain, 0o644); err != nil {
 		return fmt.Errorf("server: TLS certificate: %w", err)
@@ -122,7 +123,7 @@ func (s *Server) checkTLS(ctx context.Context) error {
 // bundle is what a factory station installs besides the device's own
 // credentials.
 func (s *Server) bundle() admin.ProvisionResponse {
-	return admin.ProvisionResponse{CA: string(certs.EncodePEM(s.chain.Root())), UpdateKey: s.updatePEM(),
+	return admin.ProvisionResponse{CA: string(identity.EncodePEM(s.chain.Root())), UpdateKey: s.updatePEM(),
 		Broker: s.advertised(), Anchors: s.chain.Current().Raw}
 }
 
@@ -154,7 +155,7 @@ func (s *Server) issueBirth(ctx context.Context, device string, csr *x509.Certif
 	if csr.Subject.CommonName != device {
 		return nil, fmt.Errorf("%w: birth CSR names %q", certs.ErrCSRIdentity, csr.Subject.CommonName)
 	}
-	return s.birth.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleIDevID, Name: device}, PublicKey: pub})
+	return s.birth.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleIDevID, Name: device}, PublicKey: pub})
 }
 
 // publishAnchors puts the newest sets, retained, on the anchors topic, and

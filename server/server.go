@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/protocol"
@@ -74,7 +75,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
-	roots, err := certs.LoadPEM(p.CACert())
+	roots, err := identity.LoadPEM(p.CACert())
 	if err != nil {
 		return nil, fmt.Errorf("server: not initialised? %w", err)
 	}
@@ -382,9 +383,9 @@ func (s *Server) Provision(ctx context.Context, device string, csr, birthCSR *x5
 		return admin.ProvisionResponse{}, err
 	}
 	resp := s.bundle()
-	resp.ID, resp.Cert = device, string(certs.EncodePEM(cert))
+	resp.ID, resp.Cert = device, string(identity.EncodePEM(cert))
 	if birth != nil {
-		resp.Birth = string(certs.EncodePEM(birth))
+		resp.Birth = string(identity.EncodePEM(birth))
 	}
 	return resp, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server/hsm"
@@ -68,7 +69,7 @@ func measureBaseline(ctx context.Context, d time.Duration) (*Baseline, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "baseline-device"}, PublicKey: &leaf.PublicKey}
+	req := certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "baseline-device"}, PublicKey: &leaf.PublicKey}
 	issued, err := rate(ctx, d, func() error {
 		_, err := ca.Issue(ctx, req)
 		return err

@@ -5,6 +5,13 @@
 // It deliberately turns paho's automatic reconnect off: a device must choose
 // which credential to reconnect with (its pending certificate after a
 // rotation), and fleetd reconnects under its own supervision.
+//
+// It speaks MQTT 3.1.1 (protocol level 4), the version every broker
+// keyfleet supports implements, over TLS only, with a clean session, no
+// username, password or will (the TLS client certificate is the identity),
+// and QoS 1 for every subscription and publish: keyfleet's messages carry
+// their own ids and both ends handle a repeat, so at-least-once suffices
+// and QoS 2's extra round trip buys nothing. TestDialSession pins these.
 package mqttc
 
 import (

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -83,8 +84,8 @@ func (h *handler) authenticate(next http.Handler) http.Handler {
 			writeErr(w, http.StatusUnauthorized, errors.New("admin: client certificate required"))
 			return
 		}
-		id, err := certs.IdentityOf(r.TLS.VerifiedChains[0][0])
-		if err != nil || id.Role != certs.RoleAdmin {
+		id, err := identity.Of(r.TLS.VerifiedChains[0][0])
+		if err != nil || id.Role != identity.RoleAdmin {
 			h.log.Warn("admin: refused non-admin credential", "subject", r.TLS.VerifiedChains[0][0].Subject.CommonName)
 			writeErr(w, http.StatusForbidden, errors.New("admin: credential is not an operator's"))
 			return

@@ -4,14 +4,14 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 type aclCase struct {
-	id    certs.Identity
+	id    identity.Identity
 	topic string
 	write bool
 	want  bool
@@ -38,12 +38,12 @@ func runACL(t *testing.T, topics protocol.Topics, cases []aclCase) {
 }
 
 var (
-	dev1   = certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}
-	dev2   = certs.Identity{Role: certs.RoleDevice, Name: "dev-2"}
-	fleetd = certs.Identity{Role: certs.RoleServer, Name: "fleetd"}
-	admin  = certs.Identity{Role: certs.RoleAdmin, Name: "alice"}
-	nobody = certs.Identity{Role: certs.Role("robot"), Name: "dev-1"}
-	zero   = certs.Identity{}
+	dev1   = identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}
+	dev2   = identity.Identity{Role: identity.RoleDevice, Name: "dev-2"}
+	fleetd = identity.Identity{Role: identity.RoleServer, Name: "fleetd"}
+	admin  = identity.Identity{Role: identity.RoleAdmin, Name: "alice"}
+	nobody = identity.Identity{Role: identity.Role("robot"), Name: "dev-1"}
+	zero   = identity.Identity{}
 )
 
 const (
@@ -143,7 +143,7 @@ func TestAllowedServer(t *testing.T) {
 
 func TestAllowedOtherRoles(t *testing.T) {
 	var cases []aclCase
-	for _, id := range []certs.Identity{admin, nobody, zero} {
+	for _, id := range []identity.Identity{admin, nobody, zero} {
 		for _, topic := range []string{
 			"kf/d/dev-1/up", "kf/d/dev-1/down", "kf/d/alice/up", "kf/d/alice/down",
 			"kf/b/#", "kf/b/delegation", "kf/#", "#", "$share/fleetd/kf/d/+/up", "",
@@ -211,9 +211,9 @@ func TestAllowedMatchesTopics(t *testing.T) {
 // credential its re-enrolment topics only.
 func TestAllowedRestricted(t *testing.T) {
 	renew, enroll := policy.AccessRenew, policy.AccessEnroll
-	birth1 := certs.Identity{Role: certs.RoleIDevID, Name: "dev-1"}
+	birth1 := identity.Identity{Role: identity.RoleIDevID, Name: "dev-1"}
 	type restricted struct {
-		id     certs.Identity
+		id     identity.Identity
 		topic  string
 		write  bool
 		want   bool

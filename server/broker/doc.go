@@ -6,7 +6,7 @@
 //
 // Clients connect over TLS and must present a certificate from the fleet
 // CA. The AuthHook binds the connection to the identity in that certificate
-// (certs.IdentityOf): a device's client id must equal its device id, and its
+// (identity.Of): a device's client id must equal its device id, and its
 // credential must still be accepted (CredentialChecker: issued, active or
 // within grace, device not revoked). The ACLHook is default-deny: a device
 // publishes only to its own up topic and reads only its own down topic and

@@ -12,7 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
@@ -161,7 +161,7 @@ func (e *Embedded) Disconnect(device string) int {
 	n := 0
 	e.ids.m.Range(func(k, v any) bool {
 		cl := k.(*mqtt.Client)
-		if s := v.(session); (s.id.Role == certs.RoleDevice || s.id.Role == certs.RoleIDevID) && s.id.Name == device {
+		if s := v.(session); (s.id.Role == identity.RoleDevice || s.id.Role == identity.RoleIDevID) && s.id.Name == device {
 			_ = e.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 			n++
 		}
@@ -176,7 +176,7 @@ func (e *Embedded) Disconnect(device string) int {
 func (e *Embedded) DisconnectCredential(device, serial string) int {
 	n := 0
 	e.ids.m.Range(func(k, v any) bool {
-		if s := v.(session); s.id.Role == certs.RoleDevice && s.id.Name == device && s.serial == serial {
+		if s := v.(session); s.id.Role == identity.RoleDevice && s.id.Name == device && s.serial == serial {
 			_ = e.srv.DisconnectClient(k.(*mqtt.Client), packets.ErrNotAuthorized)
 			n++
 		}

@@ -15,7 +15,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
@@ -29,11 +29,11 @@ var ErrNotAccepted = errors.New("broker: credential not accepted")
 // implemented by the rotation engine, which knows every version's state.
 //
 // For a device identity it checks the version's state; for a birth
-// credential (certs.RoleIDevID) that the device is known, not revoked, and
+// credential (identity.RoleIDevID) that the device is known, not revoked, and
 // that this is the birth credential recorded for it. Refusals of revoked
 // devices are audited by the checker.
 type CredentialChecker interface {
-	CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error
+	CheckCredential(ctx context.Context, id identity.Identity, leaf *x509.Certificate) error
 }
 
 // Denials counts refusals by reason; the metrics layer reads it.
@@ -70,7 +70,7 @@ type identities struct {
 }
 
 type session struct {
-	id     certs.Identity
+	id     identity.Identity
 	serial string // hex, as the store records it
 	access policy.Access
 }
@@ -130,14 +130,14 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		reason := "untrusted"
 		if access == policy.AccessExpired {
 			reason = "expired"
-		} else if errors.Is(err, certs.ErrNoIdentity) {
+		} else if errors.Is(err, identity.ErrNoIdentity) {
 			reason = "no-identity"
 		}
 		h.deny(cl, reason, err)
 		return false
 	}
 	switch id.Role {
-	case certs.RoleDevice, certs.RoleIDevID:
+	case identity.RoleDevice, identity.RoleIDevID:
 		if cl.ID != id.Name {
 			h.deny(cl, "client-id-mismatch", nil)
 			return false
@@ -165,7 +165,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 			h.deny(cl, "credential-refused", err)
 			return false
 		}
-	case certs.RoleServer:
+	case identity.RoleServer:
 		if cl.ID != id.Name && !strings.HasPrefix(cl.ID, id.Name+"-") {
 			h.deny(cl, "client-id-mismatch", nil)
 			return false
@@ -279,7 +279,7 @@ func (h *AuthHook) restore(live *mqtt.Client) {
 		h.denials.add("broker:session-restored")
 		h.log.Warn("broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
 		// Whatever was published to it meanwhile is lost: ask for it again.
-		if s, ok := h.ids.get(live); ok && h.onRestore != nil && s.id.Role == certs.RoleDevice {
+		if s, ok := h.ids.get(live); ok && h.onRestore != nil && s.id.Role == identity.RoleDevice {
 			h.onRestore(live.ID)
 		}
 	}
@@ -332,9 +332,9 @@ func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 //     only: enough to rotate, nothing else;
 //   - a birth credential reaches its re-enrolment topics only;
 //   - fleetd reads the shared subscriptions and writes under the prefix.
-func Allowed(t protocol.Topics, id certs.Identity, access policy.Access, topic string, write bool) bool {
+func Allowed(t protocol.Topics, id identity.Identity, access policy.Access, topic string, write bool) bool {
 	switch id.Role {
-	case certs.RoleDevice:
+	case identity.RoleDevice:
 		switch access {
 		case policy.AccessFull:
 		case policy.AccessRenew:
@@ -354,7 +354,7 @@ func Allowed(t protocol.Topics, id certs.Identity, access policy.Access, topic s
 		// A concrete broadcast topic, with no wildcard in it.
 		b := strings.TrimSuffix(t.Broadcast(), "#")
 		return strings.HasPrefix(topic, b) && len(topic) > len(b) && !strings.ContainsAny(topic, "+#")
-	case certs.RoleIDevID:
+	case identity.RoleIDevID:
 		if access != policy.AccessEnroll {
 			return false
 		}
@@ -362,7 +362,7 @@ func Allowed(t protocol.Topics, id certs.Identity, access policy.Access, topic s
 			return topic == t.Reenroll(id.Name)
 		}
 		return topic == t.ReenrollDown(id.Name)
-	case certs.RoleServer:
+	case identity.RoleServer:
 		if !write && (topic == t.SharedUp(ServerShareGroup) || topic == t.SharedReenroll(ServerShareGroup)) {
 			return true
 		}

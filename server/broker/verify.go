@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
 
@@ -50,14 +50,14 @@ var errUntrusted = errors.New("broker: certificate not trusted")
 //     (it may still renew with its old key), and is refused after;
 //   - a birth credential (IDevID) that verifies against the manufacturer
 //     roots gets enroll-only access.
-func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now time.Time) (certs.Identity, policy.Access, error) {
+func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now time.Time) (identity.Identity, policy.Access, error) {
 	if len(chain) == 0 {
-		return certs.Identity{}, policy.AccessNone, errors.New("broker: no client certificate")
+		return identity.Identity{}, policy.AccessNone, errors.New("broker: no client certificate")
 	}
 	leaf := chain[0]
-	id, err := certs.IdentityOf(leaf)
+	id, err := identity.Of(leaf)
 	if err != nil {
-		return certs.Identity{}, policy.AccessNone, err
+		return identity.Identity{}, policy.AccessNone, err
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
@@ -69,12 +69,12 @@ func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now tim
 		return err
 	}
 	switch id.Role {
-	case certs.RoleIDevID:
+	case identity.RoleIDevID:
 		if err := verify(trust.BirthRoots(), now); err != nil {
 			return id, policy.AccessNone, fmt.Errorf("%w: birth credential: %v", errUntrusted, err)
 		}
 		return id, policy.AccessEnroll, nil
-	case certs.RoleDevice, certs.RoleServer:
+	case identity.RoleDevice, identity.RoleServer:
 	default:
 		return id, policy.AccessNone, fmt.Errorf("broker: role %s may not connect", id.Role)
 	}
@@ -84,7 +84,7 @@ func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now tim
 		return id, policy.AccessFull, nil
 	}
 	var inv x509.CertificateInvalidError
-	if id.Role != certs.RoleDevice || !errors.As(err, &inv) || inv.Reason != x509.Expired || !now.After(leaf.NotAfter) {
+	if id.Role != identity.RoleDevice || !errors.As(err, &inv) || inv.Reason != x509.Expired || !now.After(leaf.NotAfter) {
 		return id, policy.AccessNone, fmt.Errorf("%w: %v", errUntrusted, err)
 	}
 	// Expired: is it otherwise sound, and within the window?

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
@@ -37,8 +38,8 @@ func TestClassify(t *testing.T) {
 		}
 		return c
 	}
-	issue := func(c *certs.CA, role certs.Role) *x509.Certificate {
-		crt, err := c.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: role, Name: "dev-1"}, PublicKey: key(t).Public()})
+	issue := func(c *certs.CA, role identity.Role) *x509.Certificate {
+		crt, err := c.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: role, Name: "dev-1"}, PublicKey: key(t).Public()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,16 +48,16 @@ func TestClassify(t *testing.T) {
 	pol := policy.Default()
 	pol.RenewAfterExpiry = policy.Duration(100 * day)
 	trust := broker.StaticTrust{Identity: pool(root), Birth: pool(birthRoot)}
-	valid := issue(ca(root, rk, now.Add(-10*day), 90*day), certs.RoleDevice)
-	expiredRecently := issue(ca(root, rk, now.Add(-120*day), 90*day), certs.RoleDevice) // expired 30 days ago
-	expiredLong := issue(ca(root, rk, now.Add(-300*day), 90*day), certs.RoleDevice)     // expired 210 days ago
-	birth := issue(ca(birthRoot, bk, now.Add(-300*day), 3000*day), certs.RoleIDevID)
-	birthFromFleetCA := issue(ca(root, rk, now.Add(-day), 90*day), certs.RoleIDevID)
-	deviceFromFactory := issue(ca(birthRoot, bk, now.Add(-day), 90*day), certs.RoleDevice)
+	valid := issue(ca(root, rk, now.Add(-10*day), 90*day), identity.RoleDevice)
+	expiredRecently := issue(ca(root, rk, now.Add(-120*day), 90*day), identity.RoleDevice) // expired 30 days ago
+	expiredLong := issue(ca(root, rk, now.Add(-300*day), 90*day), identity.RoleDevice)     // expired 210 days ago
+	birth := issue(ca(birthRoot, bk, now.Add(-300*day), 3000*day), identity.RoleIDevID)
+	birthFromFleetCA := issue(ca(root, rk, now.Add(-day), 90*day), identity.RoleIDevID)
+	deviceFromFactory := issue(ca(birthRoot, bk, now.Add(-day), 90*day), identity.RoleDevice)
 	fk := key(t)
-	foreign := issue(ca(mustRoot(t, fk), fk, now.Add(-day), 90*day), certs.RoleDevice)
+	foreign := issue(ca(mustRoot(t, fk), fk, now.Add(-day), 90*day), identity.RoleDevice)
 	admin := func() *x509.Certificate {
-		c, _ := ca(root, rk, now.Add(-day), 90*day).Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleAdmin, Name: "alice"}, PublicKey: key(t).Public()})
+		c, _ := ca(root, rk, now.Add(-day), 90*day).Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleAdmin, Name: "alice"}, PublicKey: key(t).Public()})
 		return c
 	}()
 	tests := []struct {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server/hsm"
@@ -61,7 +62,7 @@ func BenchmarkTokenIssueCertificate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "bench-device"}, PublicKey: &key.PublicKey}
+	req := certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "bench-device"}, PublicKey: &key.PublicKey}
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

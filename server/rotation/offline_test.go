@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/clock"
 	"github.com/keyfleet/keyfleet/protocol"
@@ -144,20 +145,20 @@ func newHarness(t *testing.T, pol policy.Policy) *harness {
 
 // device provisions id with an identity and a birth credential and
 // returns their keys.
-func (h *harness) device(id string) (identity, birth *ecdsa.PrivateKey) {
+func (h *harness) device(id string) (idKey, birth *ecdsa.PrivateKey) {
 	h.t.Helper()
-	identity, _ = device.NewKey()
+	idKey, _ = device.NewKey()
 	birth, _ = device.NewKey()
-	csrDER, _ := device.CSR(id, identity)
+	csrDER, _ := device.CSR(id, idKey)
 	csr, _ := x509.ParseCertificateRequest(csrDER)
-	bc, err := h.birth.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleIDevID, Name: id}, PublicKey: &birth.PublicKey})
+	bc, err := h.birth.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleIDevID, Name: id}, PublicKey: &birth.PublicKey})
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	if _, err := h.e.Provision(context.Background(), id, csr, bc, "test"); err != nil {
 		h.t.Fatal(err)
 	}
-	return identity, birth
+	return idKey, birth
 }
 
 func (h *harness) uplink(topic string, m protocol.Message, key *ecdsa.PrivateKey, device string) error {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -89,7 +90,7 @@ func (e *Engine) auditRefusal(ctx context.Context, device, step, detail string) 
 
 // checkBirth implements CheckCredential for a birth credential: the device
 // must be known, not revoked, and this must be the IDevID it was born with.
-func (e *Engine) checkBirth(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error {
+func (e *Engine) checkBirth(ctx context.Context, id identity.Identity, leaf *x509.Certificate) error {
 	d, err := e.st.GetDevice(ctx, id.Name)
 	if errors.Is(err, store.ErrNotExist) {
 		return fmt.Errorf("%w: %v", ErrRefused, err)
@@ -185,7 +186,7 @@ func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Re
 		return reject("reenroll-too-soon", "device %s: version %d was issued to its birth credential %v ago and is not in use yet",
 			d.ID, l.Version, e.now().Sub(l.IssuedAt).Round(time.Second))
 	}
-	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: d.ID}, PublicKey: pub})
+	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: d.ID}, PublicKey: pub})
 	if err != nil {
 		return fmt.Errorf("rotation: re-enrol %s: %w", d.ID, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/policy"
@@ -97,7 +98,7 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 	if _, err := e.st.GetDevice(ctx, device); err == nil {
 		return nil, fmt.Errorf("device %q: %w", device, store.ErrExists)
 	}
-	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: device}, PublicKey: pub})
+	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: device}, PublicKey: pub})
 	if err != nil {
 		return nil, fmt.Errorf("rotation: provision %s: %w", device, err)
 	}
@@ -178,7 +179,7 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			cert, err := e.issuer.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: it.ID}, PublicKey: pub})
+			cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: it.ID}, PublicKey: pub})
 			if err != nil {
 				res[i].Err = fmt.Errorf("rotation: provision %s: %w", it.ID, err)
 				return
@@ -238,11 +239,11 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 // CheckCredential implements broker.CredentialChecker: a device certificate
 // is accepted while its version is issued, active or within grace, and the
 // device is not revoked.
-func (e *Engine) CheckCredential(ctx context.Context, id certs.Identity, leaf *x509.Certificate) error {
-	if id.Role == certs.RoleIDevID {
+func (e *Engine) CheckCredential(ctx context.Context, id identity.Identity, leaf *x509.Certificate) error {
+	if id.Role == identity.RoleIDevID {
 		return e.checkBirth(ctx, id, leaf)
 	}
-	if id.Role != certs.RoleDevice {
+	if id.Role != identity.RoleDevice {
 		return fmt.Errorf("%w: role %s", ErrRefused, id.Role)
 	}
 	d, err := e.st.GetDevice(ctx, id.Name)

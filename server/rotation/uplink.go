@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -330,7 +331,7 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	}
 
 	cert, err := e.issuer.Issue(ctx, certs.Request{
-		Identity:  certs.Identity{Role: certs.RoleDevice, Name: d.ID},
+		Identity:  identity.Identity{Role: identity.RoleDevice, Name: d.ID},
 		PublicKey: pub,
 	})
 	if err != nil {

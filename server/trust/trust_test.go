@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/trust"
@@ -88,7 +89,7 @@ func TestChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	k, _ := keys.GenerateP256("leaf")
-	leaf, err := cur.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleServer, Name: "fleetd"}, PublicKey: k.Public(), DNSNames: []string{"localhost"}})
+	leaf, err := cur.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleServer, Name: "fleetd"}, PublicKey: k.Public(), DNSNames: []string{"localhost"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,15 +16,16 @@ import (
 
 	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/certs"
-	"github.com/keyfleet/keyfleet/firmware"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // These tests drive a real Agent's downlink handling (decode, verify,
 // walk, install) with messages built from software keys: the anchors and
 // firmware paths need no broker, and hostile input is easiest to forge
-// with keys the test holds. The end-to-end paths through fleetd and the
-// broker are in e2e/offline_test.go.
+// with keys the test holds. The anchor chain fixtures here serve
+// firmware_test.go too. The end-to-end paths through fleetd and the broker
+// are in e2e.
 
 // anchorKeys are the private keys of one anchor set.
 type anchorKeys struct {
@@ -69,7 +70,7 @@ func (k anchorKeys) deviceCredential(t *testing.T) (*ecdsa.PrivateKey, *x509.Cer
 		t.Fatal(err)
 	}
 	key, _ := NewKey()
-	cert, err := ca.Issue(context.Background(), certs.Request{Identity: certs.Identity{Role: certs.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
+	cert, err := ca.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: "dev-1"}, PublicKey: &key.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,16 +115,16 @@ func newChain(t *testing.T, n int) *chainFixture {
 	return c
 }
 
-// newOfflineAgent installs a device holding anchor set installed (1-based)
+// newAnchoredAgent installs a device holding anchor set installed (1-based)
 // of c and returns its agent; fw turns on firmware updates with the given
 // boot check.
-func newOfflineAgent(t *testing.T, c *chainFixture, installed int, fw *FirmwareOptions) (*Agent, Storage) {
+func newAnchoredAgent(t *testing.T, c *chainFixture, installed int, fw *FirmwareOptions) (*Agent, Storage) {
 	t.Helper()
 	k := c.keys[installed-1]
 	key, cert, updPEM := k.deviceCredential(t)
 	st := NewMemStorage()
 	if err := InstallBundle(st, Bundle{Identity: Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, Key: key,
-		CertPEM: certs.EncodePEM(cert), CAPEM: certs.EncodePEM(k.rootCert), UpdatePEM: updPEM, Anchors: c.raw[installed-1]}); err != nil {
+		CertPEM: identity.EncodePEM(cert), CAPEM: identity.EncodePEM(k.rootCert), UpdatePEM: updPEM, Anchors: c.raw[installed-1]}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(Options{Storage: st, Firmware: fw})
@@ -221,7 +222,7 @@ func TestAgentRejectsHostileAnchors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, st := newOfflineAgent(t, c, tt.installed, nil)
+			a, st := newAnchoredAgent(t, c, tt.installed, nil)
 			if tt.steps > 0 {
 				a.opts.AnchorSteps = tt.steps
 			}
@@ -259,7 +260,7 @@ func TestAgentRejectsHostileAnchors(t *testing.T) {
 	}
 
 	t.Run("the genuine chain walks", func(t *testing.T) {
-		a, st := newOfflineAgent(t, c, 1, nil)
+		a, st := newAnchoredAgent(t, c, 1, nil)
 		if got := deliver(t, a, anchorsMsg(t, c.raw[1], c.raw[2], c.raw[3])); len(got) != 0 {
 			t.Fatalf("rejections: %v", got)
 		}
@@ -289,7 +290,7 @@ func TestLegacyKeystoreAdoptsAnchors(t *testing.T) {
 	install := func(t *testing.T, k anchorKeys) *Agent {
 		key, cert, updPEM := k.deviceCredential(t)
 		st := NewMemStorage()
-		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, certs.EncodePEM(cert), certs.EncodePEM(k.rootCert), updPEM); err != nil {
+		if err := InstallTo(st, Identity{ID: "dev-1", Broker: "127.0.0.1:1"}, key, identity.EncodePEM(cert), identity.EncodePEM(k.rootCert), updPEM); err != nil {
 			t.Fatal(err)
 		}
 		a, err := New(Options{Storage: st})
@@ -325,123 +326,6 @@ func mustKID(t *testing.T, pub crypto.PublicKey) []byte {
 		t.Fatal(err)
 	}
 	return kid
-}
-
-// TestAgentFirmware: manifests with a bad signature, a wrong digest or a
-// rotated-out key are refused and nothing is installed; a good one is
-// installed and confirmed; one that fails its boot check rolls back and
-// the agent reports the old version.
-func TestAgentFirmware(t *testing.T) {
-	c := newChain(t, 2) // set 2 rotated the firmware key (and the others)
-	vendor, class := firmware.UUID{1}, firmware.UUID{2}
-	images := map[string][]byte{}
-	image := func(v uint32) ([]byte, string) {
-		img := bytes.Repeat([]byte{byte(v)}, 512)
-		uri := fmt.Sprintf("test://fw/%d", v)
-		images[uri] = img
-		return img, uri
-	}
-	manifest := func(t *testing.T, v uint32, key crypto.Signer, digestOf []byte) []byte {
-		img, uri := image(v)
-		if digestOf == nil {
-			digestOf = img
-		}
-		m := &firmware.Manifest{VendorID: vendor, ClassID: class, Version: v, Digest: sha256.Sum256(digestOf), Size: uint64(len(img)), URI: uri}
-		b, err := firmware.Sign(m, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	fwMsg := func(t *testing.T, signed []byte) []byte {
-		m := protocol.Stamp(&protocol.Firmware{Manifest: signed}, time.Now(), 0)
-		m.IAT = 0
-		b, err := protocol.NewCodec().Bare(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	var failBoot map[uint32]bool
-	newAgent := func(t *testing.T) *Agent {
-		failBoot = map[uint32]bool{}
-		a, _ := newOfflineAgent(t, c, 1, &FirmwareOptions{
-			Dir:      t.TempDir(),
-			Identity: firmware.Identity{VendorID: vendor, ClassID: class, FactoryVersion: 1},
-			Fetch: func(_ context.Context, uri string) ([]byte, error) {
-				if b, ok := images[uri]; ok {
-					return b, nil
-				}
-				return nil, errors.New("not found")
-			},
-			BootCheck: func(m *firmware.Manifest, _ []byte) error {
-				if failBoot[m.Version] {
-					return errors.New("self-test failed")
-				}
-				return nil
-			},
-		})
-		// Walk to set 2: its firmware key is the trusted one from now on.
-		if got := deliver(t, a, anchorsMsg(t, c.raw[1])); len(got) != 0 {
-			t.Fatalf("walk to set 2: %v", got)
-		}
-		return a
-	}
-	bad := manifest(t, 2, c.keys[1].firmware, nil)
-	bad[len(bad)-1] ^= 1 // the signature's last byte
-	for _, tt := range []struct {
-		name   string
-		signed func(t *testing.T) []byte
-	}{
-		{"bad signature", func(*testing.T) []byte { return bad }},
-		{"wrong digest", func(t *testing.T) []byte { return manifest(t, 2, c.keys[1].firmware, []byte("another image")) }},
-		{"rotated-out key", func(t *testing.T) []byte { return manifest(t, 2, c.keys[0].firmware, nil) }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			a := newAgent(t)
-			a.conn = nil // no report can be sent: a refusal must not try
-			if got := deliver(t, a, fwMsg(t, tt.signed(t))); len(got) != 1 || got[0] != "firmware" {
-				t.Errorf("rejections: got %v, want [firmware]", got)
-			}
-			if got := a.FirmwareVersion(); got != 1 {
-				t.Errorf("running: got %d, want 1", got)
-			}
-			if p := a.fw.Pending(); p != 0 {
-				t.Errorf("a trial was installed: %d", p)
-			}
-		})
-	}
-	t.Run("boot check fails: rollback, old version reported", func(t *testing.T) {
-		a := newAgent(t)
-		failBoot[2] = true
-		var events []Event
-		a.opts.OnEvent = func(e Event) { events = append(events, e) }
-		// The agent reports after the attempt; with no connection the send
-		// fails, which is what handle returns. The state is what counts.
-		_ = a.handle(context.Background(), "kf/d/dev-1/down", fwMsg(t, manifest(t, 2, c.keys[1].firmware, nil)))
-		if got := a.FirmwareVersion(); got != 1 {
-			t.Errorf("running after a failed boot: got %d, want 1", got)
-		}
-		if !a.fw.Failed(2) {
-			t.Error("version 2 not remembered as failed")
-		}
-		if len(events) == 0 || events[len(events)-1].Kind != EventRollback {
-			t.Errorf("events: %v, want a rollback last", events)
-		}
-		// The report the agent sends carries the old version.
-		h := protocol.Stamp(&protocol.Hello{}, time.Now(), 0)
-		h.Firmware = a.FirmwareVersion()
-		if h.Firmware != 1 {
-			t.Errorf("hello reports firmware %d, want 1", h.Firmware)
-		}
-	})
-	t.Run("good manifest: installed and confirmed", func(t *testing.T) {
-		a := newAgent(t)
-		_ = a.handle(context.Background(), "kf/d/dev-1/down", fwMsg(t, manifest(t, 3, c.keys[1].firmware, nil)))
-		if got := a.FirmwareVersion(); got != 3 {
-			t.Errorf("running: got %d, want 3", got)
-		}
-	})
 }
 
 func publicPEM(pub crypto.PublicKey) ([]byte, error) {

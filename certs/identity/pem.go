@@ -1,21 +1,15 @@
-package certs
+package identity
 
 import (
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net/url"
 	"os"
 )
 
-type urlURL = url.URL
-
-func cryptoRandInt(max *big.Int) (*big.Int, error) { return rand.Int(rand.Reader, max) }
-
-// EncodePEM returns certificates as concatenated PEM blocks.
+// EncodePEM returns certificates as concatenated PEM blocks, the form every
+// keyfleet file and API field holding certificates uses.
 func EncodePEM(certs ...*x509.Certificate) []byte {
 	var out []byte
 	for _, c := range certs {
@@ -24,7 +18,9 @@ func EncodePEM(certs ...*x509.Certificate) []byte {
 	return out
 }
 
-// ParsePEM parses every CERTIFICATE block in b.
+// ParsePEM parses every CERTIFICATE block in b, in order, skipping other
+// blocks (a key kept in the same file). It refuses data with no certificate
+// and any certificate that does not parse.
 func ParsePEM(b []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for {
@@ -38,12 +34,12 @@ func ParsePEM(b []byte) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("certs: parse PEM: %w", err)
+			return nil, fmt.Errorf("identity: parse PEM: %w", err)
 		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {
-		return nil, errors.New("certs: no certificate in PEM data")
+		return nil, errors.New("identity: no certificate in PEM data")
 	}
 	return out, nil
 }
@@ -52,7 +48,7 @@ func ParsePEM(b []byte) ([]*x509.Certificate, error) {
 func LoadPEM(path string) ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("certs: %w", err)
+		return nil, fmt.Errorf("identity: %w", err)
 	}
 	return ParsePEM(b)
 }

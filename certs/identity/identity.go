@@ -1,4 +1,4 @@
-package certs
+package identity
 
 import (
 	"crypto/x509"
@@ -23,7 +23,7 @@ const (
 )
 
 // ErrNoIdentity: a certificate carries no keyfleet identity, or two.
-var ErrNoIdentity = errors.New("certs: certificate carries no keyfleet identity")
+var ErrNoIdentity = errors.New("identity: certificate carries no keyfleet identity")
 
 // Identity is who a certificate belongs to.
 type Identity struct {
@@ -38,8 +38,10 @@ func (id Identity) URI() *url.URL {
 
 func (id Identity) String() string { return string(id.Role) + ":" + id.Name }
 
-// ParseIdentityURI parses urn:keyfleet:{role}:{name}.
-func ParseIdentityURI(u *url.URL) (Identity, error) {
+// ParseURI parses urn:keyfleet:{role}:{name}. A URI of another scheme or
+// namespace gives exactly ErrNoIdentity (Of skips those); a keyfleet URI
+// without a name or with an unknown role gives ErrNoIdentity wrapped.
+func ParseURI(u *url.URL) (Identity, error) {
 	if u == nil || u.Scheme != "urn" {
 		return Identity{}, ErrNoIdentity
 	}
@@ -59,14 +61,14 @@ func ParseIdentityURI(u *url.URL) (Identity, error) {
 	return Identity{Role: Role(role), Name: name}, nil
 }
 
-// IdentityOf returns the identity a certificate carries. It requires exactly
-// one keyfleet URI SAN and a common name equal to its name.
-func IdentityOf(c *x509.Certificate) (Identity, error) {
+// Of returns the identity a certificate carries. It requires exactly one
+// keyfleet URI SAN and a common name equal to its name.
+func Of(c *x509.Certificate) (Identity, error) {
 	var found []Identity
 	for _, u := range c.URIs {
-		id, err := ParseIdentityURI(u)
-		if errors.Is(err, ErrNoIdentity) && err == ErrNoIdentity {
-			continue // some other URI
+		id, err := ParseURI(u)
+		if err == ErrNoIdentity { // exactly, not wrapped: some other URI
+			continue
 		}
 		if err != nil {
 			return Identity{}, err

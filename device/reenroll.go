@@ -1,0 +1,261 @@
+package device
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"time"
+
+	"github.com/keyfleet/keyfleet/certs/identity"
+	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/protocol"
+)
+
+// Event kinds of re-enrolment.
+const (
+	EventReenrolling EventKind = "reenrolling"   // connected with the birth credential to re-enrol
+	EventReenrolled  EventKind = "reenrolled"    // a certificate for a new identity came back (Version)
+	EventBirthRefuse EventKind = "birth-refused" // the broker refused the birth credential too
+)
+
+// Files of re-enrolment: the birth credential (IDevID) installed at the
+// factory and the key a re-enrolment asks a certificate for.
+const (
+	fileBirthKey  = "birth/key.pem"
+	fileBirthCert = "birth/cert.pem"
+	// reenrollDir holds the key made for a re-enrolment until the server
+	// names its version.
+	reenrollDir = "identity/reenroll"
+)
+
+// BirthCredential returns the device's birth credential (IDevID) as a TLS
+// client certificate, or ErrNoCredential.
+func (ks *Keystore) BirthCredential() (*ecdsa.PrivateKey, *x509.Certificate, error) {
+	kb, err := ks.st.ReadFile(fileBirthKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%w: birth credential", ErrNoCredential)
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("device: birth key: %w", err)
+	}
+	k, err := decodeKey(kb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("device: birth key: %w", err)
+	}
+	cb, err := ks.st.ReadFile(fileBirthCert)
+	if err != nil {
+		return nil, nil, fmt.Errorf("device: birth certificate: %w", err)
+	}
+	cs, err := identity.ParsePEM(cb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("device: birth certificate: %w", err)
+	}
+	return k, cs[0], nil
+}
+
+// BeginReenroll makes (or reloads) the key a re-enrolment asks a
+// certificate for. Its version is unknown until the server answers.
+func (ks *Keystore) BeginReenroll() (*ecdsa.PrivateKey, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if b, err := ks.st.ReadFile(reenrollDir + "/key.pem"); err == nil {
+		if k, err := decodeKey(b); err == nil && !ks.holdsKey(k) {
+			return k, nil
+		}
+		// A key left behind by a crash after it was adopted: it is some
+		// version's key now, and the server would refuse it as reused.
+	}
+	k, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	p, err := encodeKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := ks.write(reenrollDir+"/key.pem", p, 0o600); err != nil {
+		return nil, fmt.Errorf("device: re-enrolment key: %w", err)
+	}
+	return k, nil
+}
+
+// AdoptReenrolled checks that der certifies the re-enrolment key for this
+// device under the fleet CA and stores it as pending version v, ready to be
+// tried at the next connect: the same path a rotation's certificate takes.
+func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*x509.Certificate, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if v <= ks.state.Active {
+		return nil, fmt.Errorf("device: re-enrolled version %d is not newer than active %d", v, ks.state.Active)
+	}
+	kb, err := ks.st.ReadFile(reenrollDir + "/key.pem")
+	if err != nil {
+		return nil, fmt.Errorf("%w: no re-enrolment under way", ErrNoCredential)
+	}
+	k, err := decodeKey(kb)
+	if err != nil {
+		return nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
+	}
+	id, err := identity.Verify(c, ks.roots, now)
+	if err != nil {
+		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
+	}
+	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
+		return nil, fmt.Errorf("device: re-enrolled certificate names %s", id)
+	}
+	if !k.PublicKey.Equal(c.PublicKey) {
+		return nil, errors.New("device: re-enrolled certificate is not for the re-enrolment key")
+	}
+	vdir := versionDir(v)
+	if err := ks.write(vdir+"/key.pem", kb, 0o600); err != nil {
+		return nil, err
+	}
+	if err := ks.write(vdir+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
+		return nil, err
+	}
+	s := ks.state
+	if s.Pending != 0 && s.Pending != v {
+		_ = ks.st.RemoveAll(versionDir(s.Pending)) // an abandoned rotation
+	}
+	s.Pending, s.PendingRID = v, rid
+	if err := ks.saveState(s); err != nil {
+		return nil, err
+	}
+	_ = ks.st.RemoveAll(reenrollDir)
+	return c, nil
+}
+
+// holdsKey reports whether k is the key of a version the keystore holds.
+// The caller holds ks.mu.
+func (ks *Keystore) holdsKey(k *ecdsa.PrivateKey) bool {
+	for _, v := range []uint32{ks.state.Active, ks.state.Pending, ks.state.Previous} {
+		if v == 0 {
+			continue
+		}
+		if hk, err := ks.Key(v); err == nil && hk.PublicKey.Equal(&k.PublicKey) {
+			return true
+		}
+	}
+	return false
+}
+
+// reenroll connects with the birth credential, which reaches only the
+// re-enrolment topics, and asks for a new identity. It returns errReconnect
+// once the certificate is stored as pending: the next dial uses it.
+func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
+	bkey, bcert, err := a.ks.BirthCredential()
+	if err != nil {
+		return err
+	}
+	host, _, err := net.SplitHostPort(a.opts.Broker)
+	if err != nil {
+		return fmt.Errorf("device: broker address %q: %w", a.opts.Broker, err)
+	}
+	id := a.ks.ID().ID
+	conn, err := mqttc.Dial(ctx, mqttc.Options{
+		Broker:   a.opts.Broker,
+		ClientID: id,
+		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}},
+			RootCAs: a.ks.Roots(), ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves,
+			Time: a.opts.Now},
+		Subscriptions: []string{a.topics.ReenrollDown(id)},
+		OnMessage: func(topic string, payload []byte) {
+			select {
+			case a.inbox <- inMsg{topic: topic, payload: append([]byte(nil), payload...), gen: gen}:
+			case <-ctx.Done():
+			}
+		},
+		OnLost: func(err error) {
+			select {
+			case a.inbox <- inMsg{lost: err, gen: gen}:
+			case <-ctx.Done():
+			}
+		},
+		KeepAlive: 5 * time.Minute,
+	})
+	if err != nil {
+		if errors.Is(err, mqttc.ErrRefused) {
+			a.emit(EventBirthRefuse, 0, err.Error())
+		}
+		return fmt.Errorf("device: connect with birth credential: %w", err)
+	}
+	defer conn.Close()
+	a.emit(EventReenrolling, 0, "")
+	key, err := a.ks.BeginReenroll()
+	if err != nil {
+		return err
+	}
+	csr, err := CSR(id, key)
+	if err != nil {
+		return err
+	}
+	send := func() error {
+		m := protocol.Stamp(&protocol.Reenroll{CSR: csr, Anchors: a.AnchorVersion()}, a.opts.Now(), 0)
+		m.RID = protocol.NewID()
+		b, err := a.codec.Seal(m, bkey, id)
+		if err != nil {
+			return err
+		}
+		return conn.Publish(ctx, a.topics.Reenroll(id), b)
+	}
+	if err := send(); err != nil {
+		return err
+	}
+	a.log.Info("re-enrolling with the birth credential")
+	timer := time.NewTimer(a.opts.StepTimeout)
+	defer timer.Stop()
+	for tries := 1; ; {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			if tries >= 3 {
+				return errors.New("device: no answer to re-enrolment")
+			}
+			tries++
+			if err := send(); err != nil {
+				return err
+			}
+			timer.Reset(a.opts.StepTimeout)
+		case in := <-a.inbox:
+			if in.gen != gen {
+				continue
+			}
+			if in.lost != nil {
+				return fmt.Errorf("device: re-enrolment session lost: %w", in.lost)
+			}
+			env, err := a.codec.Open(in.payload)
+			if err != nil || env.IsSigned() {
+				// Signed answers are errors from the online key, which this
+				// session cannot check: the timer retries.
+				continue
+			}
+			msg, err := a.codec.Message(env)
+			if err != nil {
+				continue
+			}
+			switch msg := msg.(type) {
+			case *protocol.Anchors:
+				if err := a.onAnchors(ctx, msg, false); err != nil {
+					return err
+				}
+			case *protocol.Cert:
+				if _, err := a.ks.AdoptReenrolled(msg.Version, msg.RID, msg.Cert, a.opts.Now()); err != nil {
+					a.log.Warn("re-enrolled certificate refused", "err", err)
+					continue
+				}
+				a.log.Info("re-enrolled", "version", msg.Version)
+				a.emit(EventReenrolled, msg.Version, "")
+				return errReconnect
+			}
+		}
+	}
+}
