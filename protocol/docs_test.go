@@ -38,6 +38,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/protocol"
 )
@@ -214,7 +215,7 @@ func docExamples(t reporter) []docExample {
 		t.Fatalf("%v", err)
 	}
 	leaf, err := ca.Issue(context.Background(), certs.Request{
-		Identity: certs.Identity{Role: certs.RoleDevice, Name: docDevice}, PublicKey: &k.identity4.PublicKey})
+		Identity: identity.Identity{Role: identity.RoleDevice, Name: docDevice}, PublicKey: &k.identity4.PublicKey})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -268,8 +269,8 @@ func docExamples(t reporter) []docExample {
 				if !k.identity4.PublicKey.Equal(c.PublicKey) {
 					t.Errorf("certificate is not for the new identity key")
 				}
-				id, err := certs.IdentityOf(c)
-				if err != nil || id != (certs.Identity{Role: certs.RoleDevice, Name: docDevice}) {
+				id, err := identity.Of(c)
+				if err != nil || id != (identity.Identity{Role: identity.RoleDevice, Name: docDevice}) {
 					t.Errorf("certificate identity %v (%v), want device:%s", id, err, docDevice)
 				}
 			}},
