@@ -3,7 +3,6 @@ package rotation
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/online"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -57,9 +57,9 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
-	// OnStateChange, if set, is called after each durable state change,
-	// for make run's readable lines and the simulator.
-	OnStateChange func(StateChange)
+	// OnStateChange, if set, is called after each durable state change of
+	// a key version, for make run's readable lines and the simulator.
+	OnStateChange func(lifecycle.Change)
 	// Anchors, DataKeys and Firmware, when set, let the engine bring a
 	// device's trust anchors, data keys and firmware to the desired state
 	// too; nil leaves that part out.
@@ -90,17 +90,16 @@ type FirmwareSource interface {
 	CurrentFirmware() (uint32, []byte)
 }
 
-// StateChange describes one durable transition of a key version.
-type StateChange struct {
-	Device  string
-	Slot    protocol.Slot
-	Version uint32
-	State   store.KeyState
-	RID     []byte
-	// Latency is the time since the rotation was requested (issued and
-	// activated only; zero otherwise).
-	Latency time.Duration
-}
+// credentialSlot is the slot that rotates by CSR: each new version is a
+// key the device makes and a certificate the CA issues for it; that key
+// signs the device's uplinks and that certificate opens its MQTT session.
+// Only the identity rotates so today; the engine's model is per slot, and
+// this is the one place that names it.
+const credentialSlot = protocol.SlotIdentity
+
+// rotatesByCSR reports whether versions of slot s are requested, enrolled
+// and activated through this engine.
+func rotatesByCSR(s protocol.Slot) bool { return s == credentialSlot }
 
 // Engine runs rotations. Create it with New, then Start it.
 type Engine struct {
@@ -119,6 +118,7 @@ type Engine struct {
 	grace   *graceQueue
 	stats   Stats
 	refused refusals
+	answers answerLimiter
 }
 
 type uplink struct {
@@ -153,7 +153,7 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		replays: newReplayCache(2 * opts.CommandTTL),
 		grace:   newGraceQueue(),
 	}
-	e.stats.rejected = map[string]*atomic.Uint64{}
+	e.stats.rejected = map[Reason]*atomic.Uint64{}
 	return e
 }
 
@@ -190,7 +190,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	} else if err := e.st.ForEachDevice(ctx, func(d *store.Device) error {
 		for slot, s := range d.Slots {
 			for _, k := range s.Versions {
-				if k.State == store.StateSuperseded {
+				if k.State == lifecycle.StateSuperseded {
 					e.grace.push(graceItem{device: d.ID, slot: slot, version: k.Version, at: k.GraceUntil})
 				}
 			}
@@ -244,57 +244,32 @@ func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
 	}
 }
 
-// Rejection is an uplink refused for a reason that is counted.
-type Rejection struct {
-	Reason string
-	Err    error
-}
-
-func (r *Rejection) Error() string { return "rotation: rejected (" + r.Reason + "): " + r.Err.Error() }
-func (r *Rejection) Unwrap() error { return r.Err }
-
-func reject(reason string, format string, args ...any) error {
-	return &Rejection{Reason: reason, Err: fmt.Errorf(format, args...)}
-}
-
-// ReasonOf returns the counted reason of a rejection, or "".
-func ReasonOf(err error) string {
-	var r *Rejection
-	if errors.As(err, &r) {
-		return r.Reason
-	}
-	return ""
-}
-
-// protocolReason maps a protocol error to its rejection reason.
-func protocolReason(err error) string {
-	switch {
-	case errors.Is(err, protocol.ErrTooLarge):
-		return "too-large"
-	case errors.Is(err, protocol.ErrBadSignature):
-		return "bad-signature"
-	case errors.Is(err, protocol.ErrUnsigned):
-		return "unsigned"
-	case errors.Is(err, protocol.ErrExpired):
-		return "expired"
-	case errors.Is(err, protocol.ErrBadDeviceID):
-		return "bad-topic"
-	}
-	return "malformed"
-}
-
 func (e *Engine) now() time.Time { return e.opts.Now() }
 
-func (e *Engine) emit(c StateChange) {
-	latency := "-"
-	if c.Latency > 0 {
-		latency = c.Latency.Round(100 * time.Microsecond).String()
+// emit reports durable changes: one log line each and the OnStateChange
+// hook.
+func (e *Engine) emit(changes []lifecycle.Change) {
+	for _, c := range changes {
+		latency := "-"
+		if c.Latency > 0 {
+			latency = c.Latency.Round(100 * time.Microsecond).String()
+		}
+		e.log.Info("key state", "device", c.Device, "slot", string(c.Slot), "version", c.Version,
+			"from", c.From.String(), "state", c.To.String(), "rotation", fmt.Sprintf("%x", c.RID), "actor", c.Actor, "latency", latency)
+		if e.opts.OnStateChange != nil {
+			e.opts.OnStateChange(c)
+		}
 	}
-	e.log.Info("key state", "device", c.Device, "slot", c.Slot.String(), "version", c.Version,
-		"state", c.State.String(), "rotation", fmt.Sprintf("%x", c.RID), "latency", latency)
-	if e.opts.OnStateChange != nil {
-		e.opts.OnStateChange(c)
+}
+
+// events are the audit records of changes to slot: one per change, with
+// the move's action (lifecycle.Change.Action).
+func events(slot protocol.Slot, changes []lifecycle.Change) []store.Event {
+	out := make([]store.Event, len(changes))
+	for i, c := range changes {
+		out[i] = store.Event{Action: c.Action(), Device: c.Device, Slot: uint8(slot), Version: c.Version, RID: c.RID, Actor: c.Actor}
 	}
+	return out
 }
 
 func parsePub(k *store.KeyVersion) (any, error) {
