@@ -15,6 +15,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/online"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -92,6 +93,9 @@ type harness struct {
 	out    *sent
 	codec  *protocol.Codec
 	escrow *escrow.Escrow
+
+	mu      sync.Mutex
+	changes []lifecycle.Change // what the engine reported through OnStateChange
 }
 
 func newHarness(t *testing.T, pol policy.Policy) *harness {
@@ -137,7 +141,8 @@ func newHarness(t *testing.T, pol policy.Policy) *harness {
 		t.Fatal(err)
 	}
 	h.e = rotation.New(h.st, h.ca, keeper, h.codec, rotation.Options{Policy: pol, CommandTTL: 30 * 24 * time.Hour,
-		Now: clk.Now, Anchors: anchorSets{[]byte("v1"), []byte("v2"), []byte("v3"), []byte("v4")}, DataKeys: h.escrow})
+		Now: clk.Now, Anchors: anchorSets{[]byte("v1"), []byte("v2"), []byte("v3"), []byte("v4")}, DataKeys: h.escrow,
+		OnStateChange: func(c lifecycle.Change) { h.mu.Lock(); h.changes = append(h.changes, c); h.mu.Unlock() }})
 	h.e.SetPublisher(h.out)
 	return h
 }
@@ -167,6 +172,25 @@ func (h *harness) uplink(topic string, m protocol.Message, key *ecdsa.PrivateKey
 		h.t.Fatal(err)
 	}
 	return h.e.HandleUplink(context.Background(), topic, b)
+}
+
+// seal signs m, freshly stamped, for device with key.
+func (h *harness) seal(m protocol.Message, key *ecdsa.PrivateKey, device string) []byte {
+	h.t.Helper()
+	b, err := h.codec.Seal(protocol.Stamp(m, h.clk.Now(), 0), key, device)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return b
+}
+
+// takeChanges returns the changes reported since the last call.
+func (h *harness) takeChanges() []lifecycle.Change {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := h.changes
+	h.changes = nil
+	return out
 }
 
 func (h *harness) audit(dev string) []string {

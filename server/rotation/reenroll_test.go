@@ -1,12 +1,15 @@
 package rotation_test
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"testing"
 
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/rotation"
 )
@@ -74,5 +77,53 @@ func TestReenroll(t *testing.T) {
 				t.Errorf("got %q (%v), want %q", got, err, tt.reason)
 			}
 		})
+	}
+}
+
+// TestReenrollRedelivered: the same re-enrolment bytes again (a QoS
+// redelivery) get the same certificate, like a retry with a fresh id; the
+// rotation the device could no longer finish is cancelled, audited as
+// abandoned.
+func TestReenrollRedelivered(t *testing.T) {
+	h := newHarness(t, policy.Policy{})
+	_, birth := h.device("d1")
+	ctx := context.Background()
+	if _, err := h.e.RequestRotation(ctx, "d1", "test"); err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := device.NewKey()
+	csr, _ := device.CSR("d1", newKey)
+	re := &protocol.Reenroll{CSR: csr, Anchors: 4}
+	re.RID = protocol.NewID()
+	b := h.seal(re, birth, "d1")
+	h.out.take()
+	var first []byte
+	for i := range 2 {
+		if err := h.e.HandleUplink(ctx, topics.Reenroll("d1"), b); err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		c := certsIn(h.out.take())
+		if len(c) != 1 || c[0].Version != 3 {
+			t.Fatalf("attempt %d: got %+v, want the certificate of v3", i, c)
+		}
+		if i == 0 {
+			first = c[0].Cert
+		} else if !bytes.Equal(c[0].Cert, first) {
+			t.Error("the redelivery got another certificate")
+		}
+	}
+	d, err := h.st.GetDevice(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := d.Slot(protocol.SlotIdentity)
+	if v2, v3 := s.Version(2), s.Version(3); v2.State != lifecycle.StateCancelled || v3.State != lifecycle.StateIssued || !v3.Reenrolled {
+		t.Errorf("versions: v2 %v, v3 %v (reenrolled %v); want cancelled, issued, true", v2.State, v3.State, v3.Reenrolled)
+	}
+	if a := h.audit("d1"); !contains(a, "abandoned/device:idevid") || !contains(a, "reenrolled/device:idevid") {
+		t.Errorf("audit: %v", a)
+	}
+	if st := h.e.Stats(); st.Issued != 1 || st.Reenrolled != 1 || len(st.Rejected) != 0 {
+		t.Errorf("stats: issued %d, reenrolled %d, rejected %v; want 1, 1, none", st.Issued, st.Reenrolled, st.Rejected)
 	}
 }
