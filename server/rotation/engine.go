@@ -58,7 +58,9 @@ type Options struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 	// OnStateChange, if set, is called after each durable state change of
-	// a key version, for make run's readable lines and the simulator.
+	// a key version, in every slot the engine moves, for make run's
+	// readable lines and the simulator. Registrations are audited but not
+	// reported here: a fleet registers thousands of devices at once.
 	OnStateChange func(lifecycle.Change)
 	// Anchors, DataKeys and Firmware, when set, let the engine bring a
 	// device's trust anchors, data keys and firmware to the desired state
