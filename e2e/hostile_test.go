@@ -110,6 +110,27 @@ func (r *rogue) waitCert(v uint32) *protocol.Cert {
 	}
 }
 
+// waitError waits for an error message on the down topic.
+func (r *rogue) waitError() *protocol.Error {
+	r.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case b := <-r.down:
+			env, err := r.codec.Open(b)
+			if err != nil {
+				continue
+			}
+			m, err := r.codec.Decode(env.Payload) // the signature is the agent's business
+			if e, ok := m.(*protocol.Error); err == nil && ok {
+				return e
+			}
+		case <-timeout:
+			r.t.Fatal("no error message")
+		}
+	}
+}
+
 func csrFor(t *testing.T, name string, key *ecdsa.PrivateKey) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
@@ -190,6 +211,10 @@ func TestHostileInputIsRefusedAndChangesNothing(t *testing.T) {
 
 	t.Run("malformed CBOR", func(t *testing.T) {
 		refused(t, f, "mallory", "malformed", func() { m.publish([]byte{0xa1, 0x01, 0xff, 0x00, 0x13}) })
+		// Refused, and told why: the reason's wire code and word.
+		if e := m.waitError(); e.Code != protocol.CodeMalformed || e.Detail != "malformed" {
+			t.Errorf("answer: got code %d detail %q, want %d malformed", e.Code, e.Detail, protocol.CodeMalformed)
+		}
 	})
 	t.Run("over 4 KiB", func(t *testing.T) {
 		big := append([]byte{0xd2, 0x84}, make([]byte, protocol.MaxPacketSize+100)...)
