@@ -29,7 +29,10 @@ type sender struct {
 // ReasonInfo.Answered and AnswerInterval.
 func (e *Engine) answer(ctx context.Context, from sender, reason Reason) {
 	info := reason.Info()
-	if from.device == "" || from.quiet || !info.Answered || !e.answers.allow(from.device, reason, e.now()) {
+	if from.device == "" || from.quiet || !info.Answered {
+		return
+	}
+	if ok, _ := e.answers.allow(from.device, reason, e.now()); !ok {
 		return
 	}
 	topic := e.opts.Topics.Down(from.device)
@@ -46,10 +49,12 @@ func (e *Engine) answer(ctx context.Context, from sender, reason Reason) {
 	}
 }
 
-// answerLimiter remembers when each (device, reason) was last answered.
+// answerLimiter remembers when each (device, reason) was last let through
+// and how many were held back since: what bounds the answers to refused
+// uplinks, and what a bounded rejection log needs too.
 type answerLimiter struct {
 	mu   sync.Mutex
-	last map[answerKey]time.Time
+	last map[answerKey]*answerEntry
 }
 
 type answerKey struct {
@@ -57,26 +62,37 @@ type answerKey struct {
 	reason Reason
 }
 
+type answerEntry struct {
+	at         time.Time
+	suppressed uint64
+}
+
 // maxAnswerKeys bounds the limiter's memory: past it, the entries whose
 // interval is over are dropped (all of them if none is), which at worst
 // lets a few answers through early.
 const maxAnswerKeys = 100_000
 
-// allow reports whether (device, reason) may be answered at now, and if so
-// records it.
-func (l *answerLimiter) allow(device string, reason Reason, now time.Time) bool {
+// allow reports whether (device, reason) may be let through at now, at
+// most once per AnswerInterval, and how many were held back since the last
+// one let through.
+func (l *answerLimiter) allow(device string, reason Reason, now time.Time) (ok bool, suppressed uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.last == nil {
-		l.last = map[answerKey]time.Time{}
+		l.last = map[answerKey]*answerEntry{}
 	}
 	k := answerKey{device, reason}
-	if t, ok := l.last[k]; ok && now.Sub(t) < AnswerInterval && !now.Before(t) {
-		return false
+	if e := l.last[k]; e != nil {
+		if now.Sub(e.at) < AnswerInterval && !now.Before(e.at) {
+			e.suppressed++
+			return false, 0
+		}
+		suppressed, e.at, e.suppressed = e.suppressed, now, 0
+		return true, suppressed
 	}
 	if len(l.last) >= maxAnswerKeys {
-		for k, t := range l.last {
-			if now.Sub(t) >= AnswerInterval || now.Before(t) {
+		for k, e := range l.last {
+			if now.Sub(e.at) >= AnswerInterval || now.Before(e.at) {
 				delete(l.last, k)
 			}
 		}
@@ -84,6 +100,6 @@ func (l *answerLimiter) allow(device string, reason Reason, now time.Time) bool 
 			clear(l.last)
 		}
 	}
-	l.last[k] = now
-	return true
+	l.last[k] = &answerEntry{at: now}
+	return true, 0
 }
