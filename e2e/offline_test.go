@@ -23,6 +23,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -145,7 +146,7 @@ func TestRevokedDeviceRefusedEverywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range d.Slot(protocol.SlotIdentity).Versions {
-		if v.State != store.StateRevoked {
+		if v.State != lifecycle.StateRevoked {
 			t.Errorf("version %d is %v, want revoked", v.Version, v.State)
 		}
 	}

@@ -77,6 +77,7 @@ const (
 	CodeInternal       ErrorCode = 8
 	CodeNoRotation     ErrorCode = 9
 	CodeUnknownDevice  ErrorCode = 10
+	CodeNotCurrentKey  ErrorCode = 11 // signed by a key version that is not the active one
 )
 
 // Header is the common part of every message (CBOR keys 1-6).

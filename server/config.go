@@ -9,8 +9,8 @@ import (
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
-	"github.com/keyfleet/keyfleet/server/rotation"
 )
 
 // Key labels in the token.
@@ -72,7 +72,7 @@ type Config struct {
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// OnStateChange is called after every durable key state change.
-	OnStateChange func(rotation.StateChange)
+	OnStateChange func(lifecycle.Change)
 }
 
 func (c *Config) setDefaults() error {

@@ -22,6 +22,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -411,7 +412,7 @@ func identityCurrent(d *store.Device) bool {
 	}
 	s := d.Slot(protocol.SlotIdentity)
 	l := s.Latest()
-	return l != nil && l.State == store.StateActive && s.Reported == l.Version
+	return l != nil && l.State == lifecycle.StateActive && s.Reported == l.Version
 }
 
 func (y *yearFleet) device(id string) *store.Device {

@@ -99,7 +99,7 @@ func TestFleetctl(t *testing.T) {
 			{[]string{"device", "revoke", "dev-1"}, "--reason is required", ""},
 			{[]string{"device", "revoke", "ghost", "--reason", "test"}, "404", ""},
 			{[]string{"device", "revoke", "dev-1", "--reason", "lost in transit"}, "", "revoked in"},
-			{[]string{"rotate", "dev-1"}, "device revoked", ""},
+			{[]string{"rotate", "dev-1"}, "device dev-1 is revoked", ""},
 			{[]string{"devices"}, "", "true"},
 		} {
 			out, err := run(tc.args...)

@@ -17,13 +17,15 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
 
 // ErrNotAccepted is what a CredentialChecker's refusal wraps. Any other
 // error means the check could not be made, and the broker drops the
-// connection without refusing it.
-var ErrNotAccepted = errors.New("broker: credential not accepted")
+// connection without refusing it. It is lifecycle's, so that the checker
+// need not import the broker.
+var ErrNotAccepted = lifecycle.ErrNotAccepted
 
 // CredentialChecker decides whether a certificate may still log in. It is
 // implemented by the rotation engine, which knows every version's state.

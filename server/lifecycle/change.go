@@ -54,3 +54,19 @@ func (c Change) String() string {
 	}
 	return s
 }
+
+// Action is the audit record's action for the change: the verb of the
+// move ("requested", "issued", "activated", "superseded", "retired",
+// "revoked", "failed", "cancelled"), or "provisioned" for the version
+// created active at registration.
+func (c Change) Action() string {
+	if c.From == StateUnknown && c.To == StateActive {
+		return "provisioned"
+	}
+	return actions[c.To]
+}
+
+var actions = map[State]string{
+	StatePending: "requested", StateIssued: "issued", StateActive: "activated", StateSuperseded: "superseded",
+	StateRetired: "retired", StateRevoked: "revoked", StateFailed: "failed", StateCancelled: "cancelled",
+}

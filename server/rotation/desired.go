@@ -46,7 +46,7 @@ func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.Ke
 	}
 	if d.Revoked {
 		e.auditRefusal(ctx, d.ID, "data-keys", "device revoked")
-		return reject("revoked", "device %s is revoked", d.ID)
+		return reject(ReasonRevoked, "device %s is revoked", d.ID)
 	}
 	var pub *ecdsa.PublicKey
 	// New versions first, retirements after: a device must never be asked
@@ -74,14 +74,14 @@ func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.Ke
 	for _, k := range d.DataKeys {
 		live := k.Status == store.DataKeyPrimary || k.Status == store.DataKeyDecryptOnly
 		if !live && slices.Contains(held, k.Version) {
-			if err := e.sendRetireSlot(ctx, d.ID, protocol.SlotData, k.Version); err != nil {
+			if err := e.sendRetire(ctx, d.ID, protocol.SlotData, k.Version); err != nil {
 				return err
 			}
 		}
 	}
 	for _, v := range held {
 		if d.DataKey(v) == nil { // never ours, or pruned: drop it
-			if err := e.sendRetireSlot(ctx, d.ID, protocol.SlotData, v); err != nil {
+			if err := e.sendRetire(ctx, d.ID, protocol.SlotData, v); err != nil {
 				return err
 			}
 		}
@@ -123,7 +123,7 @@ func (e *Engine) PushDataKeys(ctx context.Context, device string) error {
 	if err != nil {
 		return err
 	}
-	kv := d.Slot(protocol.SlotIdentity).Active()
+	kv := d.Slot(credentialSlot).Active()
 	if kv == nil || d.Revoked {
 		return nil
 	}
@@ -154,14 +154,5 @@ func (e *Engine) sendFirmware(ctx context.Context, device string, running uint32
 		return err
 	}
 	e.stats.FirmwareSent.Add(1)
-	return e.send(ctx, device, b)
-}
-
-func (e *Engine) sendRetireSlot(ctx context.Context, device string, slot protocol.Slot, version uint32) error {
-	m := protocol.Stamp(&protocol.Retire{Slot: slot, Version: version}, e.now(), e.opts.CommandTTL)
-	b, err := e.seal(m, device)
-	if err != nil {
-		return err
-	}
 	return e.send(ctx, device, b)
 }

@@ -1,6 +1,7 @@
 // Package rotation is fleetd's rotation engine: it keeps, per device and
 // slot, the desired and the reported key version and moves each version
-// through pending -> issued -> active -> superseded -> retired.
+// through pending -> issued -> active -> superseded -> retired, through
+// package lifecycle's Manager, reporting each lifecycle.Change.
 //
 // # Basics
 //
@@ -10,10 +11,12 @@
 // what is desired and sends them. Offline devices need nothing pushed.
 //
 // Every step is keyed by (device, slot, version) and idempotent: a
-// duplicate enroll for an issued version gets the same certificate again,
-// a duplicate activation changes nothing, a replay (same message id) is
-// refused. Each state change is durable in the store before the engine
-// sends the message that follows from it.
+// duplicate enroll for an issued version with the same key (a redelivery
+// with the same message id, or a retry with a fresh one) gets the same
+// certificate again, a duplicate activation changes nothing, any other
+// replay (same message id) is refused. Each state change is durable in the
+// store, with its audit record, before the engine sends the message that
+// follows from it.
 //
 // Uplinks are handled by a fixed pool of workers sharded by device, so one
 // device's messages are processed in order while many devices proceed in
@@ -21,7 +24,9 @@
 //
 // # Caveats
 //
-// Rejections are counted by reason (Rejections) and change nothing. The
+// A refused uplink changes nothing. Its Reason is counted (Stats), logged,
+// and answered to the device with the reason's wire code (Reasons is the
+// one table), at most once per device and reason per AnswerInterval. The
 // in-memory replay cache is lost on restart; the message ids recorded with
 // each version keep replays of state-changing messages refused across
 // restarts, and the issued-at freshness window bounds the rest.

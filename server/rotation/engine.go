@@ -3,7 +3,6 @@ package rotation
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/online"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -57,9 +57,11 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
-	// OnStateChange, if set, is called after each durable state change,
-	// for make run's readable lines and the simulator.
-	OnStateChange func(StateChange)
+	// OnStateChange, if set, is called after each durable state change of
+	// a key version, in every slot the engine moves, for make run's
+	// readable lines and the simulator. Registrations are audited but not
+	// reported here: a fleet registers thousands of devices at once.
+	OnStateChange func(lifecycle.Change)
 	// Anchors, DataKeys and Firmware, when set, let the engine bring a
 	// device's trust anchors, data keys and firmware to the desired state
 	// too; nil leaves that part out.
@@ -90,18 +92,6 @@ type FirmwareSource interface {
 	CurrentFirmware() (uint32, []byte)
 }
 
-// StateChange describes one durable transition of a key version.
-type StateChange struct {
-	Device  string
-	Slot    protocol.Slot
-	Version uint32
-	State   store.KeyState
-	RID     []byte
-	// Latency is the time since the rotation was requested (issued and
-	// activated only; zero otherwise).
-	Latency time.Duration
-}
-
 // Engine runs rotations. Create it with New, then Start it.
 type Engine struct {
 	st     Store
@@ -119,6 +109,7 @@ type Engine struct {
 	grace   *graceQueue
 	stats   Stats
 	refused refusals
+	answers answerLimiter
 }
 
 type uplink struct {
@@ -153,7 +144,7 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		replays: newReplayCache(2 * opts.CommandTTL),
 		grace:   newGraceQueue(),
 	}
-	e.stats.rejected = map[string]*atomic.Uint64{}
+	e.stats.rejected = map[Reason]*atomic.Uint64{}
 	return e
 }
 
@@ -190,7 +181,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	} else if err := e.st.ForEachDevice(ctx, func(d *store.Device) error {
 		for slot, s := range d.Slots {
 			for _, k := range s.Versions {
-				if k.State == store.StateSuperseded {
+				if k.State == lifecycle.StateSuperseded {
 					e.grace.push(graceItem{device: d.ID, slot: slot, version: k.Version, at: k.GraceUntil})
 				}
 			}
@@ -244,58 +235,7 @@ func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
 	}
 }
 
-// Rejection is an uplink refused for a reason that is counted.
-type Rejection struct {
-	Reason string
-	Err    error
-}
-
-func (r *Rejection) Error() string { return "rotation: rejected (" + r.Reason + "): " + r.Err.Error() }
-func (r *Rejection) Unwrap() error { return r.Err }
-
-func reject(reason string, format string, args ...any) error {
-	return &Rejection{Reason: reason, Err: fmt.Errorf(format, args...)}
-}
-
-// ReasonOf returns the counted reason of a rejection, or "".
-func ReasonOf(err error) string {
-	var r *Rejection
-	if errors.As(err, &r) {
-		return r.Reason
-	}
-	return ""
-}
-
-// protocolReason maps a protocol error to its rejection reason.
-func protocolReason(err error) string {
-	switch {
-	case errors.Is(err, protocol.ErrTooLarge):
-		return "too-large"
-	case errors.Is(err, protocol.ErrBadSignature):
-		return "bad-signature"
-	case errors.Is(err, protocol.ErrUnsigned):
-		return "unsigned"
-	case errors.Is(err, protocol.ErrExpired):
-		return "expired"
-	case errors.Is(err, protocol.ErrBadDeviceID):
-		return "bad-topic"
-	}
-	return "malformed"
-}
-
 func (e *Engine) now() time.Time { return e.opts.Now() }
-
-func (e *Engine) emit(c StateChange) {
-	latency := "-"
-	if c.Latency > 0 {
-		latency = c.Latency.Round(100 * time.Microsecond).String()
-	}
-	e.log.Info("key state", "device", c.Device, "slot", c.Slot.String(), "version", c.Version,
-		"state", c.State.String(), "rotation", fmt.Sprintf("%x", c.RID), "latency", latency)
-	if e.opts.OnStateChange != nil {
-		e.opts.OnStateChange(c)
-	}
-}
 
 func parsePub(k *store.KeyVersion) (any, error) {
 	c, err := x509.ParseCertificate(k.Cert)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -91,18 +92,21 @@ func (e *Engine) runGrace(ctx context.Context) {
 
 func (e *Engine) retire(ctx context.Context, it graceItem) {
 	now := e.now()
-	changed := false
+	var changes []lifecycle.Change
 	serial := ""
 	_, err := e.st.UpdateDevice(ctx, it.device, func(d *store.Device) ([]store.Event, error) {
-		changed, serial = false, ""
-		v := d.Slot(it.slot).Version(it.version)
-		if v == nil || v.State != store.StateSuperseded || v.GraceUntil.After(now) {
+		changes, serial = nil, ""
+		s := d.Slot(it.slot)
+		v := s.Version(it.version)
+		if v == nil || v.State != lifecycle.StateSuperseded || v.GraceUntil.After(now) {
 			return nil, store.ErrNoChange
 		}
-		v.State = store.StateRetired
-		v.RetiredAt = now
-		changed, serial = true, v.Serial
-		return []store.Event{{Action: "retired", Device: d.ID, Slot: uint8(it.slot), Version: it.version, Actor: "grace"}}, nil
+		c, err := lifecycle.Manage(s, d.ID, it.slot, "grace").Retire(it.version, now)
+		if err != nil {
+			return nil, err
+		}
+		changes, serial = c, v.Serial
+		return events(it.slot, changes), nil
 	})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -112,17 +116,17 @@ func (e *Engine) retire(ctx context.Context, it graceItem) {
 		}
 		return
 	}
-	if !changed {
+	if changes == nil {
 		return
 	}
 	e.stats.Retired.Add(1)
-	e.emit(StateChange{Device: it.device, Slot: it.slot, Version: it.version, State: store.StateRetired})
+	e.emit(changes)
 	if e.closer != nil {
 		if n := e.closer.DisconnectCredential(it.device, serial); n > 0 {
 			e.log.Info("dropped sessions of a retired credential", "device", it.device, "version", it.version, "sessions", n)
 		}
 	}
-	if err := e.sendRetire(ctx, it.device, it.version); err != nil {
+	if err := e.sendRetire(ctx, it.device, it.slot, it.version); err != nil {
 		e.log.Warn("retire not sent; the device gets it on its next hello", "device", it.device, "err", err)
 	}
 }

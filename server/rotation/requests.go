@@ -11,18 +11,9 @@ import (
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
-)
-
-// Errors of operator requests.
-var (
-	// ErrRevoked: the device is revoked; nothing may be done for it. The
-	// broker reads it as a refusal (broker.ErrNotAccepted).
-	ErrRevoked = fmt.Errorf("rotation: device revoked (%w)", broker.ErrNotAccepted)
-	// ErrRefused: a credential is not (or no longer) accepted.
-	ErrRefused = fmt.Errorf("rotation: %w", broker.ErrNotAccepted)
 )
 
 // Rotation names a requested rotation.
@@ -40,44 +31,46 @@ type Rotation struct {
 // version and tells the device if it is connected. It is idempotent: while a
 // rotation is open (pending or issued) it returns that one.
 func (e *Engine) RequestRotation(ctx context.Context, device, actor string) (Rotation, error) {
-	return e.requestRotation(ctx, device, actor, true)
+	return e.requestRotation(ctx, device, credentialSlot, actor, true)
 }
 
-// requestRotation is RequestRotation; notify says whether to send the
-// rotate at once (a caller inside a hello lets reconcile send it).
-func (e *Engine) requestRotation(ctx context.Context, device, actor string, notify bool) (Rotation, error) {
+// requestRotation is RequestRotation for slot; notify says whether to send
+// the rotate at once (a caller inside a hello lets reconcile send it).
+func (e *Engine) requestRotation(ctx context.Context, device string, slot protocol.Slot, actor string, notify bool) (Rotation, error) {
 	rid := protocol.NewID()
 	now := e.now()
 	var r Rotation
+	var changes []lifecycle.Change
 	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
+		changes = nil
 		if d.Revoked {
-			return nil, fmt.Errorf("%w: %s", ErrRevoked, device)
+			return nil, revoked(device)
 		}
-		s := d.Slot(protocol.SlotIdentity)
-		latest := s.Latest()
-		if latest != nil && (latest.State == store.StatePending || latest.State == store.StateIssued) {
-			r = Rotation{Device: device, Slot: protocol.SlotIdentity, Version: latest.Version, RID: latest.RID, Existing: true}
+		s := d.Slot(slot)
+		if open := s.Open(); open != nil {
+			r = Rotation{Device: device, Slot: slot, Version: open.Version, RID: open.RID, Existing: true}
 			return nil, store.ErrNoChange
 		}
-		next := uint32(1)
-		if latest != nil {
-			next = latest.Version + 1
+		k, c, err := lifecycle.Manage(s, device, slot, actor).Request(rid, now)
+		if err != nil {
+			return nil, err
 		}
-		s.Versions = append(s.Versions, &store.KeyVersion{Version: next, State: store.StatePending, RID: rid, RequestedAt: now})
-		s.Desired = next
-		r = Rotation{Device: device, Slot: protocol.SlotIdentity, Version: next, RID: rid}
-		return []store.Event{{Action: "requested", Device: device, Slot: uint8(protocol.SlotIdentity), Version: next, RID: rid, Actor: actor}}, nil
+		changes = c
+		r = Rotation{Device: device, Slot: slot, Version: k.Version, RID: rid}
+		return events(slot, changes), nil
 	})
-	if err != nil {
+	if errors.Is(err, ErrRevoked) {
+		return Rotation{}, err // says which device already
+	} else if err != nil {
 		return Rotation{}, fmt.Errorf("rotation: request for %s: %w", device, err)
 	}
 	if !r.Existing {
 		e.stats.Requested.Add(1)
-		e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: r.Version, State: store.StatePending, RID: r.RID})
+		e.emit(changes)
 	}
-	v := d.Slot(protocol.SlotIdentity).Version(r.Version)
-	if notify && v != nil && v.State == store.StatePending {
-		if err := e.sendRotate(ctx, device, v); err != nil {
+	v := d.Slot(slot).Version(r.Version)
+	if notify && v != nil && v.State == lifecycle.StatePending {
+		if err := e.sendRotate(ctx, device, slot, v); err != nil {
 			e.log.Warn("rotate not sent; the device gets it on its next hello", "device", device, "err", err)
 		}
 	}
@@ -111,17 +104,27 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 	if d.Birth, err = birthRecord(birth); err != nil {
 		return nil, err
 	}
-	d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{
-		Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid, Serial: cert.SerialNumber.Text(16),
-		NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now,
-	}}
-	d.Slot(protocol.SlotIdentity).Desired = 1
-	d.Slot(protocol.SlotIdentity).Reported = 1
-	if err := e.st.CreateDevice(ctx, d, store.Event{Action: "provisioned", Device: device, Slot: uint8(protocol.SlotIdentity),
-		Version: 1, Actor: actor, Detail: "serial " + cert.SerialNumber.Text(16)}); err != nil {
+	ev, err := provisioned(d, cert, kid, actor, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.st.CreateDevice(ctx, d, ev); err != nil {
 		return nil, err
 	}
 	return cert, nil
+}
+
+// provisioned records cert as the first version of d's credential slot and
+// returns its audit record. A registration is audited, not reported
+// through OnStateChange: a fleet registers thousands at once.
+func provisioned(d *store.Device, cert *x509.Certificate, kid []byte, actor string, now time.Time) (store.Event, error) {
+	changes, err := lifecycle.Manage(d.Slot(credentialSlot), d.ID, credentialSlot, actor).Provision(credential(cert, kid, false), now)
+	if err != nil {
+		return store.Event{}, fmt.Errorf("rotation: provision %s: %w", d.ID, err)
+	}
+	ev := events(credentialSlot, changes)[0]
+	ev.Detail = "serial " + cert.SerialNumber.Text(16)
+	return ev, nil
 }
 
 // ProvisionItem is one device of a batch registration.
@@ -162,6 +165,7 @@ const provisionWorkers = 4
 func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, actor string) []ProvisionResult {
 	res := make([]ProvisionResult, len(items))
 	devs := make([]*store.Device, len(items))
+	evs := make([]store.Event, len(items))
 	now := e.now()
 	sem := make(chan struct{}, provisionWorkers)
 	var wg sync.WaitGroup
@@ -194,10 +198,10 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 				res[i].Err = err
 				return
 			}
-			s := d.Slot(protocol.SlotIdentity)
-			s.Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive, Cert: cert.Raw, KeyID: kid,
-				Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, RequestedAt: now, IssuedAt: now, ActivatedAt: now}}
-			s.Desired, s.Reported = 1, 1
+			if evs[i], err = provisioned(d, cert, kid, actor, now); err != nil {
+				res[i].Err = err
+				return
+			}
 			res[i].Cert, devs[i] = cert, d
 		}()
 	}
@@ -209,8 +213,7 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 		if d != nil && res[i].Err == nil {
 			batch = append(batch, d)
 			idx = append(idx, i)
-			events = append(events, store.Event{Action: "provisioned", Device: d.ID, Slot: uint8(protocol.SlotIdentity),
-				Version: 1, Actor: actor, Detail: "serial " + res[i].Cert.SerialNumber.Text(16)})
+			events = append(events, evs[i])
 		}
 	}
 	if len(batch) == 0 {
@@ -244,30 +247,30 @@ func (e *Engine) CheckCredential(ctx context.Context, id identity.Identity, leaf
 		return e.checkBirth(ctx, id, leaf)
 	}
 	if id.Role != identity.RoleDevice {
-		return fmt.Errorf("%w: role %s", ErrRefused, id.Role)
+		return refused("%s: role %s", id.Name, id.Role)
 	}
 	d, err := e.st.GetDevice(ctx, id.Name)
 	if errors.Is(err, store.ErrNotExist) {
-		return fmt.Errorf("%w: %v", ErrRefused, err)
+		return refused("no device %s", id.Name)
 	} else if err != nil {
 		return fmt.Errorf("rotation: check credential of %s: %w", id.Name, err) // not a refusal
 	}
 	if d.Revoked {
 		e.auditRefusal(ctx, id.Name, "connect", "device revoked")
-		return fmt.Errorf("%w: %s", ErrRevoked, id.Name)
+		return revoked(id.Name)
 	}
 	kid, err := protocol.KeyID(leaf.PublicKey)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrRefused, err)
+		return refused("%s: %v", id.Name, err)
 	}
-	kv := d.Slot(protocol.SlotIdentity).ByKeyID(kid)
+	kv := d.Slot(credentialSlot).ByKeyID(kid)
 	if kv == nil || kv.Serial != leaf.SerialNumber.Text(16) {
-		return fmt.Errorf("%w: %s: unknown certificate", ErrRefused, id.Name)
+		return refused("%s: unknown certificate", id.Name)
 	}
 	if !e.accepted(kv, e.now()) {
-		return fmt.Errorf("%w: %s: version %d is %v", ErrRefused, id.Name, kv.Version, kv.State)
+		return refused("%s: version %d is %v", id.Name, kv.Version, kv.State)
 	}
-	if kv.State == store.StateSuperseded {
+	if kv.State == lifecycle.StateSuperseded {
 		e.stats.OldKeyConnects.Add(1)
 	}
 	return nil
@@ -284,7 +287,7 @@ func (e *Engine) accepted(k *store.KeyVersion, now time.Time) bool {
 	}
 	// An issued version counts too: the device may have switched to it and
 	// lost its confirmation before it went away.
-	return (k.State == store.StateActive || k.State == store.StateIssued) &&
+	return (k.State == lifecycle.StateActive || k.State == lifecycle.StateIssued) &&
 		e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
 }
 
@@ -299,17 +302,13 @@ func (e *Engine) Resend(ctx context.Context, device string) error {
 	if d.Revoked {
 		return nil
 	}
-	l := d.Slot(protocol.SlotIdentity).Latest()
+	l := d.Slot(credentialSlot).Open()
 	if l == nil {
 		return nil
 	}
-	switch l.State {
-	case store.StatePending:
-		e.stats.Resent.Add(1)
-		return e.sendRotate(ctx, device, l)
-	case store.StateIssued:
-		e.stats.Resent.Add(1)
-		return e.sendCert(ctx, device, l)
+	e.stats.Resent.Add(1)
+	if l.State == lifecycle.StatePending {
+		return e.sendRotate(ctx, device, credentialSlot, l)
 	}
-	return nil
+	return e.sendCert(ctx, device, credentialSlot, l)
 }

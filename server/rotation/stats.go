@@ -31,10 +31,10 @@ type Stats struct {
 	AnchorsSent  atomic.Uint64
 	FirmwareSent atomic.Uint64
 	mu           sync.Mutex
-	rejected     map[string]*atomic.Uint64
+	rejected     map[Reason]*atomic.Uint64
 }
 
-func (s *Stats) reject(reason string) {
+func (s *Stats) reject(reason Reason) {
 	s.mu.Lock()
 	c := s.rejected[reason]
 	if c == nil {
@@ -51,7 +51,8 @@ type StatsSnapshot struct {
 	Reenrolled, RenewedExpired                    uint64
 	OldKeyUplinks, OldKeyConnects, Uplinks        uint64
 	DataKeysSent, AnchorsSent, FirmwareSent       uint64
-	Rejected                                      map[string]uint64
+	// Rejected counts refused uplinks by reason (Reason's word).
+	Rejected map[string]uint64
 }
 
 // Stats returns the engine's counters.
@@ -66,7 +67,7 @@ func (e *Engine) Stats() StatsSnapshot {
 	}
 	s.mu.Lock()
 	for k, v := range s.rejected {
-		out.Rejected[k] = v.Load()
+		out.Rejected[string(k)] = v.Load()
 	}
 	s.mu.Unlock()
 	return out

@@ -7,20 +7,21 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
 // HandleUplink processes one message from a device's up topic. A refused
-// message returns a *Rejection, is counted under its reason and changes
-// nothing; other errors are internal (store, HSM) and are logged.
+// message returns a *Rejection, is counted under its reason, is answered
+// (see ReasonInfo.Answered) and changes nothing; other errors are internal
+// (store, HSM) and are logged.
 func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte) error {
-	var au authenticated
-	err := e.handle(ctx, topic, payload, &au)
+	var from sender
+	err := e.handle(ctx, topic, payload, &from)
 	if err == nil {
 		return nil
 	}
@@ -28,84 +29,40 @@ func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte)
 	if reason != "" {
 		e.log.Warn("uplink rejected", "topic", topic, "reason", reason, "err", err)
 	} else {
-		reason = "internal"
+		reason = ReasonInternal
 		e.log.Error("uplink failed", "topic", topic, "err", err)
 	}
 	e.stats.reject(reason)
-	if au.device != "" && reason != "internal" {
-		// The sender proved who it is: tell it why, so its log shows it.
-		// Unauthenticated input gets no answer, and an internal failure
-		// (often the very publish that would carry the answer) none either.
-		topic := e.opts.Topics.Down(au.device)
-		if au.reenroll {
-			topic = e.opts.Topics.ReenrollDown(au.device)
-		}
-		e.sendError(ctx, au.device, topic, au.ref, reason)
-	}
+	e.answer(ctx, from, reason)
 	return err
 }
 
-// authenticated records, for a message whose signature verified, who sent
-// it and its id.
-type authenticated struct {
-	device   string
-	ref      []byte
-	reenroll bool // it came on the re-enrolment topic: answer there
-}
-
-// errorCodes maps rejection reasons to the wire's error codes.
-var errorCodes = map[string]protocol.ErrorCode{
-	"malformed": protocol.CodeMalformed, "unsigned": protocol.CodeMalformed, "unexpected-type": protocol.CodeMalformed,
-	"unknown-slot": protocol.CodeMalformed,
-	"replay":       protocol.CodeReplay, "expired": protocol.CodeExpired, "stale": protocol.CodeExpired,
-	"unknown-version": protocol.CodeUnknownVersion, "not-pending": protocol.CodeUnknownVersion,
-	"already-issued": protocol.CodeUnknownVersion, "no-rotation": protocol.CodeNoRotation,
-	"bad-csr": protocol.CodeBadCSR, "csr-identity": protocol.CodeBadCSR, "key-reuse": protocol.CodeBadCSR,
-	"not-current-key": protocol.CodeBadSignature, "revoked": protocol.CodeRevoked, "internal": protocol.CodeInternal,
-	"unknown-device": protocol.CodeUnknownDevice, "no-birth-credential": protocol.CodeUnknownDevice,
-	"reenroll-too-soon": protocol.CodeReplay,
-}
-
-func (e *Engine) sendError(ctx context.Context, device, topic string, ref []byte, reason string) {
-	code, ok := errorCodes[reason]
-	if !ok {
-		code = protocol.CodeInternal
-	}
-	m := protocol.Stamp(&protocol.Error{Code: code, Ref: ref, Detail: reason}, e.now(), e.opts.CommandTTL)
-	b, err := e.seal(m, device)
-	if err == nil {
-		err = e.publish(ctx, topic, b)
-	}
-	if err != nil {
-		e.log.Warn("error reply not sent", "device", device, "err", err)
-	}
-}
-
-func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *authenticated) error {
+func (e *Engine) handle(ctx context.Context, topic string, payload []byte, from *sender) error {
 	dev, err := e.opts.Topics.ParseUp(topic)
 	reenroll := false
 	if err != nil {
 		if dev, err = e.opts.Topics.ParseReenroll(topic); err != nil {
-			return reject("bad-topic", "%w", err)
+			return reject(ReasonBadTopic, "%w", err)
 		}
 		reenroll = true
 	}
+	from.device, from.reenroll = dev, reenroll
 	env, err := e.codec.Open(payload)
 	if err != nil {
-		return reject(protocolReason(err), "%w", err)
+		return reject(protocolReason(err), "device %s: %w", dev, err)
 	}
 	if reenroll && env.IsSigned() {
-		return e.handleReenroll(ctx, dev, env, au)
+		return e.handleReenroll(ctx, dev, env, from)
 	}
 	if !env.IsSigned() {
 		if _, err := e.codec.Decode(env.Payload); err != nil {
 			return reject(protocolReason(err), "device %s: %w", dev, err)
 		}
-		return reject("unsigned", "device %s sent an unsigned message", dev)
+		return reject(ReasonUnsigned, "device %s sent an unsigned message", dev)
 	}
 	d, err := e.st.GetDevice(ctx, dev)
 	if errors.Is(err, store.ErrNotExist) {
-		return reject("unknown-device", "%s", dev)
+		return reject(ReasonUnknownDevice, "no device %s", dev)
 	} else if err != nil {
 		return err
 	}
@@ -120,23 +77,23 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 			}
 		}
 		e.auditRefusal(ctx, dev, step, "device revoked")
-		return reject("revoked", "device %s is revoked", dev)
+		return reject(ReasonRevoked, "device %s is revoked", dev)
 	}
 	now := e.now()
-	slot := d.Slot(protocol.SlotIdentity)
-	kv := slot.ByKeyID(env.KID)
+	// The uplink is signed by a version of the device's credential.
+	kv := d.Slot(credentialSlot).ByKeyID(env.KID)
 	if kv == nil || len(kv.Cert) == 0 {
-		return reject("unknown-key", "device %s: no key %x", dev, env.KID)
+		return reject(ReasonUnknownKey, "device %s: no key %x", dev, env.KID)
 	}
 	if !e.accepted(kv, now) {
-		return reject("key-not-accepted", "device %s: version %d is %v", dev, kv.Version, kv.State)
+		return reject(ReasonKeyNotAccepted, "device %s: version %d is %v", dev, kv.Version, kv.State)
 	}
 	pub, err := parsePub(kv)
 	if err != nil {
 		return err
 	}
 	if err := env.Verify(pub, dev); err != nil {
-		return reject("bad-signature", "device %s: %w", dev, err)
+		return reject(ReasonBadSignature, "device %s: %w", dev, err)
 	}
 	m, err := e.codec.Message(env)
 	if err != nil {
@@ -144,21 +101,17 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 	}
 	h := m.Hdr()
 	e.stats.Uplinks.Add(1)
-	if kv.State == store.StateSuperseded {
+	if kv.State == lifecycle.StateSuperseded {
 		e.stats.OldKeyUplinks.Add(1)
 	}
-	if _, isErr := m.(*protocol.Error); !isErr {
-		au.device, au.ref = dev, h.ID // never answer an error with an error
-	}
-	if err := protocol.CheckTime(h, now); err != nil {
-		return reject("expired", "device %s: %w", dev, err)
-	}
-	if time.Unix(int64(h.IAT), 0).Add(e.opts.CommandTTL).Before(now) {
-		return reject("stale", "device %s: %v issued at %d", dev, protocol.TypeOf(m), h.IAT)
-	}
-	rkey := dev + "/" + string(h.ID)
-	if e.replays.seen(rkey, now) {
-		return reject("replay", "device %s: message %x seen before", dev, h.ID)
+	from.ref = h.ID
+	_, from.quiet = m.(*protocol.Error) // never answer an error with an error
+	rkey, err := e.checkFresh(dev, h, now)
+	if err != nil {
+		if en, ok := m.(*protocol.Enroll); ok && ReasonOf(err) == ReasonReplay {
+			return e.duplicateEnroll(ctx, d, en, err)
+		}
+		return err
 	}
 	switch m := m.(type) {
 	case *protocol.Hello:
@@ -171,7 +124,7 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 		e.log.Warn("device reported error", "device", dev, "code", m.Code, "detail", m.Detail)
 		return nil
 	default:
-		return reject("unexpected-type", "device %s sent %v", dev, protocol.TypeOf(m))
+		return reject(ReasonUnexpectedType, "device %s sent %v", dev, protocol.TypeOf(m))
 	}
 	if err != nil && ReasonOf(err) == "" {
 		e.replays.forget(rkey) // internal failure: let the device retry the same message
@@ -179,13 +132,18 @@ func (e *Engine) handle(ctx context.Context, topic string, payload []byte, au *a
 	return err
 }
 
-func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Hello) error {
-	var rep protocol.SlotVersion
-	for _, s := range m.Slots {
-		if s.Slot == protocol.SlotIdentity {
-			rep = s
+// reported returns what a hello reports of slot s.
+func reported(m *protocol.Hello, s protocol.Slot) protocol.SlotVersion {
+	for _, sv := range m.Slots {
+		if sv.Slot == s {
+			return sv
 		}
 	}
+	return protocol.SlotVersion{Slot: s}
+}
+
+func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Hello) error {
+	rep := reported(m, credentialSlot)
 	// Anchors first: the delegation, the certificates and the firmware
 	// that follow may be signed by keys only the newer sets name.
 	if err := e.sendAnchors(ctx, d.ID, e.opts.Topics.Down(d.ID), m.Anchors); err != nil {
@@ -198,20 +156,19 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 			return err
 		}
 	}
-	slot := d.Slot(protocol.SlotIdentity)
+	slot := d.Slot(credentialSlot)
 	// A hello signed by an issued version's key, reporting it active, proves
 	// the device holds the new key and the broker accepted the new
 	// certificate: the same proof as an Activated whose delivery was lost.
-	if kv.State == store.StateIssued && rep.Active == kv.Version {
-		nd, err := e.activate(ctx, d.ID, kv.Version, kv.RID, nil)
+	if kv.State == lifecycle.StateIssued && rep.Active == kv.Version {
+		nd, err := e.activate(ctx, d.ID, credentialSlot, kv.Version, nil)
 		if err != nil {
 			return err
 		}
 		d = nd
-		slot = d.Slot(protocol.SlotIdentity)
 	} else if (rep.Active != slot.Reported && slot.Version(rep.Active) != nil) || m.Anchors != d.Anchors || m.Firmware != d.Firmware {
 		nd, err := e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
-			s := d.Slot(protocol.SlotIdentity)
+			s := d.Slot(credentialSlot)
 			if (s.Reported == rep.Active || s.Version(rep.Active) == nil) && d.Anchors == m.Anchors && d.Firmware == m.Firmware {
 				return nil, store.ErrNoChange
 			}
@@ -226,7 +183,7 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 		}
 		d = nd
 	}
-	if nd, err := e.renewIfDue(ctx, d, kv); err != nil {
+	if nd, err := e.renewIfDue(ctx, d, credentialSlot, kv); err != nil {
 		return err
 	} else if nd != nil {
 		d = nd
@@ -240,20 +197,20 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 	return e.sendFirmware(ctx, d.ID, m.Firmware)
 }
 
-// renewIfDue opens a rotation, on the policy's behalf, for a device whose
-// active certificate is in its renewal window or expired (the device then
-// connected within the window after expiry). It returns the updated device,
-// or nil when nothing was due.
-func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, kv *store.KeyVersion) (*store.Device, error) {
-	if kv.State != store.StateActive {
+// renewIfDue opens a rotation of slot, on the policy's behalf, for a
+// device whose active certificate kv is in its renewal window or expired
+// (the device then connected within the window after expiry). It returns
+// the updated device, or nil when nothing was due.
+func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, slot protocol.Slot, kv *store.KeyVersion) (*store.Device, error) {
+	if kv.State != lifecycle.StateActive {
 		return nil, nil
 	}
-	if l := d.Slot(protocol.SlotIdentity).Latest(); l != nil && (l.State == store.StatePending || l.State == store.StateIssued) {
+	if d.Slot(slot).Open() != nil {
 		return nil, nil // a rotation is already open
 	}
 	c, err := x509.ParseCertificate(kv.Cert)
 	if err != nil {
-		return nil, fmt.Errorf("rotation: certificate of %s v%d: %w", d.ID, kv.Version, err)
+		return nil, fmt.Errorf("rotation: certificate of %s %v v%d: %w", d.ID, slot, kv.Version, err)
 	}
 	now := e.now()
 	due, why := e.opts.Policy.NeedsRenewal(d.ID, c.NotBefore, c.NotAfter, now)
@@ -261,73 +218,74 @@ func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, kv *store.KeyV
 		return nil, nil
 	}
 	expired := !now.Before(c.NotAfter)
-	r, err := e.requestRotation(ctx, d.ID, "policy", false)
+	r, err := e.requestRotation(ctx, d.ID, slot, "policy", false)
 	if err != nil {
 		return nil, err
 	}
-	e.log.Info("renewal due", "device", d.ID, "slot", "identity", "version", kv.Version, "reason", why,
+	e.log.Info("renewal due", "device", d.ID, "slot", slot.String(), "version", kv.Version, "reason", why,
 		"rotation", fmt.Sprintf("%x", r.RID), "expired", expired)
 	return e.st.GetDevice(ctx, d.ID)
 }
 
-// reconcile sends what takes the device from rep to the desired state.
+// reconcile sends what takes the device's slot rep.Slot from what it
+// reports (rep) to the desired state.
 func (e *Engine) reconcile(ctx context.Context, d *store.Device, rep protocol.SlotVersion) error {
-	slot := d.Slot(protocol.SlotIdentity)
-	if latest := slot.Latest(); latest != nil {
-		switch latest.State {
-		case store.StatePending:
-			if err := e.sendRotate(ctx, d.ID, latest); err != nil {
+	slot := d.Slot(rep.Slot)
+	if open := slot.Open(); open != nil {
+		switch open.State {
+		case lifecycle.StatePending:
+			if err := e.sendRotate(ctx, d.ID, rep.Slot, open); err != nil {
 				return err
 			}
-		case store.StateIssued:
-			if rep.Active != latest.Version {
-				if err := e.sendCert(ctx, d.ID, latest); err != nil {
+		case lifecycle.StateIssued:
+			if rep.Active != open.Version {
+				if err := e.sendCert(ctx, d.ID, rep.Slot, open); err != nil {
 					return err
 				}
 			}
 		}
 	}
 	if rep.Previous != 0 {
-		if pv := slot.Version(rep.Previous); pv == nil || pv.State == store.StateRetired || pv.State == store.StateRevoked {
-			return e.sendRetire(ctx, d.ID, rep.Previous)
+		if pv := slot.Version(rep.Previous); pv == nil || pv.State.Dead() {
+			return e.sendRetire(ctx, d.ID, rep.Slot, rep.Previous)
 		}
 	}
 	return nil
 }
 
 func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Enroll) error {
-	if m.Slot != protocol.SlotIdentity {
-		return reject("unknown-slot", "device %s: slot %v", d.ID, m.Slot)
+	if !rotatesByCSR(m.Slot) {
+		return reject(ReasonUnknownSlot, "device %s: slot %v", d.ID, m.Slot)
 	}
-	if kv.State != store.StateActive {
-		return reject("not-current-key", "device %s: enroll signed by version %d (%v), not the active one", d.ID, kv.Version, kv.State)
+	if kv.State != lifecycle.StateActive {
+		return reject(ReasonNotCurrentKey, "device %s: enroll signed by version %d (%v), not the active one", d.ID, kv.Version, kv.State)
 	}
-	slot := d.Slot(protocol.SlotIdentity)
+	slot := d.Slot(m.Slot)
 	sv := slot.Version(m.Version)
 	if sv == nil || !bytes.Equal(sv.RID, m.RID) {
-		return reject("no-rotation", "device %s: no rotation %x to version %d", d.ID, m.RID, m.Version)
+		return reject(ReasonNoRotation, "device %s: no rotation %x to version %d", d.ID, m.RID, m.Version)
 	}
-	if bytes.Equal(sv.EnrollID, m.ID) {
-		return reject("replay", "device %s: enroll %x already processed", d.ID, m.ID)
+	if bytes.Equal(sv.EnrollID, m.ID) && sv.State != lifecycle.StateIssued {
+		return reject(ReasonReplay, "device %s: enroll %x already processed", d.ID, m.ID)
 	}
 	pub, kid, err := checkCSR(d.ID, m.CSR)
 	if err != nil {
 		return err
 	}
 	if old := slot.ByKeyID(kid); old != nil && old.Version != sv.Version {
-		return reject("key-reuse", "device %s: the CSR's key is version %d's", d.ID, old.Version)
+		return reject(ReasonKeyReuse, "device %s: the CSR's key is version %d's", d.ID, old.Version)
 	}
 	switch sv.State {
-	case store.StatePending:
-	case store.StateIssued:
+	case lifecycle.StatePending:
+	case lifecycle.StateIssued:
 		if bytes.Equal(sv.KeyID, kid) {
 			// The device did not get its certificate: send it again.
 			e.stats.Resent.Add(1)
-			return e.sendCert(ctx, d.ID, sv)
+			return e.sendCert(ctx, d.ID, m.Slot, sv)
 		}
-		return reject("already-issued", "device %s: version %d was issued for another key", d.ID, sv.Version)
+		return reject(ReasonAlreadyIssued, "device %s: version %d was issued for another key", d.ID, sv.Version)
 	default:
-		return reject("not-pending", "device %s: version %d is %v", d.ID, sv.Version, sv.State)
+		return reject(ReasonNotPending, "device %s: version %d is %v", d.ID, sv.Version, sv.State)
 	}
 
 	cert, err := e.issuer.Issue(ctx, certs.Request{
@@ -335,33 +293,58 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 		PublicKey: pub,
 	})
 	if err != nil {
-		return fmt.Errorf("rotation: issue %s v%d: %w", d.ID, sv.Version, err)
+		return fmt.Errorf("rotation: issue %s %v v%d: %w", d.ID, m.Slot, sv.Version, err)
 	}
 	now := e.now()
 	var issued *store.KeyVersion
+	var changes []lifecycle.Change
 	_, err = e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
-		v := d.Slot(protocol.SlotIdentity).Version(m.Version)
-		if v == nil || v.State != store.StatePending || !bytes.Equal(v.RID, m.RID) {
-			return nil, reject("not-pending", "device %s: version %d changed meanwhile", d.ID, m.Version)
+		s := d.Slot(m.Slot)
+		v := s.Version(m.Version)
+		if v == nil || v.State != lifecycle.StatePending || !bytes.Equal(v.RID, m.RID) {
+			return nil, reject(ReasonNotPending, "device %s: version %d changed meanwhile", d.ID, m.Version)
 		}
-		v.State = store.StateIssued
-		v.Cert = cert.Raw
-		v.KeyID = kid
-		v.Serial = cert.SerialNumber.Text(16)
-		v.NotAfter = cert.NotAfter
-		v.EnrollID = m.ID
-		v.IssuedAt = now
+		var err error
+		changes, err = lifecycle.Manage(s, d.ID, m.Slot, "device").Issue(m.Version, credential(cert, kid, false), m.ID, now)
+		if err != nil {
+			return nil, err
+		}
 		issued = v
-		return []store.Event{{Action: "issued", Device: d.ID, Slot: uint8(m.Slot), Version: m.Version, RID: m.RID,
-			Actor: "device", Detail: "serial " + v.Serial}}, nil
+		ev := events(m.Slot, changes)
+		ev[0].Detail = "serial " + v.Serial
+		return ev, nil
 	})
 	if err != nil {
 		return err
 	}
 	e.stats.Issued.Add(1)
-	e.emit(StateChange{Device: d.ID, Slot: m.Slot, Version: m.Version, State: store.StateIssued, RID: m.RID,
-		Latency: now.Sub(issued.RequestedAt)})
-	return e.sendCert(ctx, d.ID, issued)
+	e.emit(changes)
+	return e.sendCert(ctx, d.ID, m.Slot, issued)
+}
+
+// duplicateEnroll answers an enroll whose id was seen before (a QoS
+// redelivery): while its version is issued for the same key, with the same
+// certificate again, changing nothing; otherwise it is the replay it looks
+// like.
+func (e *Engine) duplicateEnroll(ctx context.Context, d *store.Device, m *protocol.Enroll, replay error) error {
+	if !rotatesByCSR(m.Slot) {
+		return replay
+	}
+	sv := d.Slot(m.Slot).Version(m.Version)
+	if sv == nil || sv.State != lifecycle.StateIssued || !bytes.Equal(sv.RID, m.RID) {
+		return replay
+	}
+	if _, kid, err := checkCSR(d.ID, m.CSR); err != nil || !bytes.Equal(sv.KeyID, kid) {
+		return replay
+	}
+	e.stats.Resent.Add(1)
+	return e.sendCert(ctx, d.ID, m.Slot, sv)
+}
+
+// credential is what the store records of an issued certificate.
+func credential(cert *x509.Certificate, kid []byte, reenrolled bool) lifecycle.Credential {
+	return lifecycle.Credential{Cert: cert.Raw, KeyID: kid, Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter,
+		Reenrolled: reenrolled}
 }
 
 // checkCSR applies the enrolment policy to a device's CSR (DER) and
@@ -369,100 +352,87 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 func checkCSR(device string, der []byte) (*ecdsa.PublicKey, []byte, error) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+		return nil, nil, reject(ReasonBadCSR, "device %s: %w", device, err)
 	}
 	pub, err := certs.CheckCSR(csr, device)
 	if errors.Is(err, certs.ErrCSRIdentity) {
-		return nil, nil, reject("csr-identity", "device %s: %w", device, err)
+		return nil, nil, reject(ReasonCSRIdentity, "device %s: %w", device, err)
 	} else if err != nil {
-		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+		return nil, nil, reject(ReasonBadCSR, "device %s: %w", device, err)
 	}
 	kid, err := protocol.KeyID(pub)
 	if err != nil {
-		return nil, nil, reject("bad-csr", "device %s: %w", device, err)
+		return nil, nil, reject(ReasonBadCSR, "device %s: %w", device, err)
 	}
 	return pub, kid, nil
 }
 
 func (e *Engine) onActivated(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Activated) error {
-	if m.Slot != protocol.SlotIdentity {
-		return reject("unknown-slot", "device %s: slot %v", d.ID, m.Slot)
+	if !rotatesByCSR(m.Slot) {
+		return reject(ReasonUnknownSlot, "device %s: slot %v", d.ID, m.Slot)
 	}
 	if kv.Version != m.Version || !bytes.Equal(kv.RID, m.RID) {
-		return reject("unknown-version", "device %s: activation of version %d signed by version %d's key", d.ID, m.Version, kv.Version)
+		return reject(ReasonUnknownVersion, "device %s: activation of version %d signed by version %d's key", d.ID, m.Version, kv.Version)
 	}
 	switch kv.State {
-	case store.StateIssued:
-		nd, err := e.activate(ctx, d.ID, m.Version, m.RID, m.ID)
+	case lifecycle.StateIssued:
+		nd, err := e.activate(ctx, d.ID, m.Slot, m.Version, m.ID)
 		if err != nil {
 			return err
 		}
 		// The activation is the device's report after a rotation (it sends
 		// no hello then): anything else pending goes out now.
-		return e.reconcile(ctx, nd, protocol.SlotVersion{Slot: protocol.SlotIdentity, Active: m.Version})
-	case store.StateActive:
+		return e.reconcile(ctx, nd, protocol.SlotVersion{Slot: m.Slot, Active: m.Version})
+	case lifecycle.StateActive:
 		if bytes.Equal(kv.ActivatedID, m.ID) {
-			return reject("replay", "device %s: activation %x already processed", d.ID, m.ID)
+			return reject(ReasonReplay, "device %s: activation %x already processed", d.ID, m.ID)
 		}
 		e.stats.Resent.Add(1)
 		return nil // a retried activation: already done
 	}
-	return reject("unknown-version", "device %s: version %d is %v", d.ID, m.Version, kv.State)
+	return reject(ReasonUnknownVersion, "device %s: version %d is %v", d.ID, m.Version, kv.State)
 }
 
-// activate makes version the active one and starts the previous active
-// version's grace window.
-func (e *Engine) activate(ctx context.Context, device string, version uint32, rid, msgID []byte) (*store.Device, error) {
+// activate makes issued version the active one of slot and starts the
+// previous active version's grace window.
+func (e *Engine) activate(ctx context.Context, device string, slot protocol.Slot, version uint32, msgID []byte) (*store.Device, error) {
 	now := e.now()
 	graceUntil := now.Add(e.opts.Grace)
-	var superseded []uint32
-	var latency time.Duration
+	var changes []lifecycle.Change
 	var renewedExpired bool
 	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
-		superseded, latency = nil, 0
-		s := d.Slot(protocol.SlotIdentity)
+		changes, renewedExpired = nil, false
+		s := d.Slot(slot)
 		v := s.Version(version)
-		if v == nil || v.State != store.StateIssued {
+		if v == nil || v.State != lifecycle.StateIssued {
 			return nil, store.ErrNoChange
 		}
-		var events []store.Event
-		renewedExpired = false
-		for _, o := range s.Versions {
-			if o.State == store.StateActive {
-				if !v.Reenrolled && !now.Before(o.NotAfter) {
-					renewedExpired = true // renewed with a key whose certificate had expired
-				}
-				o.State = store.StateSuperseded
-				o.GraceUntil = graceUntil
-				superseded = append(superseded, o.Version)
-				events = append(events, store.Event{Action: "superseded", Device: device, Slot: uint8(protocol.SlotIdentity),
-					Version: o.Version, RID: rid, Actor: "device"})
-			}
+		if old := s.Active(); old != nil && !v.Reenrolled && !now.Before(old.NotAfter) {
+			renewedExpired = true // renewed with a key whose certificate had expired
 		}
-		v.State = store.StateActive
-		v.ActivatedAt = now
-		v.ActivatedID = msgID
+		var err error
+		if changes, err = lifecycle.Manage(s, device, slot, "device").Activate(version, msgID, now, graceUntil); err != nil {
+			return nil, err
+		}
 		s.Reported = version
-		latency = now.Sub(v.RequestedAt)
-		events = append(events, store.Event{Action: "activated", Device: device, Slot: uint8(protocol.SlotIdentity),
-			Version: version, RID: rid, Actor: "device"})
-		return events, nil
+		return events(slot, changes), nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("rotation: activate %s v%d: %w", device, version, err)
+		return nil, fmt.Errorf("rotation: activate %s %v v%d: %w", device, slot, version, err)
 	}
-	if latency == 0 && superseded == nil {
+	if changes == nil {
 		return d, nil // already active
 	}
 	e.stats.Activated.Add(1)
 	if renewedExpired {
 		e.stats.RenewedExpired.Add(1)
 	}
-	e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: version, State: store.StateActive, RID: rid, Latency: latency})
-	for _, v := range superseded {
-		e.grace.push(graceItem{device: device, slot: protocol.SlotIdentity, version: v, at: graceUntil})
-		e.emit(StateChange{Device: device, Slot: protocol.SlotIdentity, Version: v, State: store.StateSuperseded, RID: rid})
+	for _, c := range changes {
+		if c.To == lifecycle.StateSuperseded {
+			e.grace.push(graceItem{device: device, slot: slot, version: c.Version, at: graceUntil})
+		}
 	}
+	e.emit(changes)
 	return d, nil
 }
 
@@ -485,8 +455,8 @@ func (e *Engine) publish(ctx context.Context, topic string, b []byte) error {
 	return nil
 }
 
-func (e *Engine) sendRotate(ctx context.Context, device string, v *store.KeyVersion) error {
-	m := protocol.Stamp(&protocol.Rotate{Slot: protocol.SlotIdentity, Version: v.Version}, e.now(), e.opts.CommandTTL)
+func (e *Engine) sendRotate(ctx context.Context, device string, slot protocol.Slot, v *store.KeyVersion) error {
+	m := protocol.Stamp(&protocol.Rotate{Slot: slot, Version: v.Version}, e.now(), e.opts.CommandTTL)
 	m.RID = v.RID
 	b, err := e.seal(m, device)
 	if err != nil {
@@ -495,19 +465,26 @@ func (e *Engine) sendRotate(ctx context.Context, device string, v *store.KeyVers
 	return e.send(ctx, device, b)
 }
 
-func (e *Engine) sendCert(ctx context.Context, device string, v *store.KeyVersion) error {
-	m := protocol.Stamp(&protocol.Cert{Slot: protocol.SlotIdentity, Version: v.Version, Cert: v.Cert}, e.now(), 0)
+// certMessage is the cert message of version v; it is not signed, since
+// the CA's signature on the certificate vouches for it.
+func (e *Engine) certMessage(slot protocol.Slot, v *store.KeyVersion) ([]byte, error) {
+	m := protocol.Stamp(&protocol.Cert{Slot: slot, Version: v.Version, Cert: v.Cert}, e.now(), 0)
 	m.RID = v.RID
 	m.IAT = 0 // the certificate's own validity dates it
-	b, err := e.codec.Bare(m)
+	return e.codec.Bare(m)
+}
+
+func (e *Engine) sendCert(ctx context.Context, device string, slot protocol.Slot, v *store.KeyVersion) error {
+	b, err := e.certMessage(slot, v)
 	if err != nil {
 		return err
 	}
 	return e.send(ctx, device, b)
 }
 
-func (e *Engine) sendRetire(ctx context.Context, device string, version uint32) error {
-	m := protocol.Stamp(&protocol.Retire{Slot: protocol.SlotIdentity, Version: version}, e.now(), e.opts.CommandTTL)
+// sendRetire tells the device to delete version of slot.
+func (e *Engine) sendRetire(ctx context.Context, device string, slot protocol.Slot, version uint32) error {
+	m := protocol.Stamp(&protocol.Retire{Slot: slot, Version: version}, e.now(), e.opts.CommandTTL)
 	b, err := e.seal(m, device)
 	if err != nil {
 		return err

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -19,7 +21,10 @@ func benchStore(b *testing.B, devices int) *store.Bolt {
 	b.Cleanup(func() { s.Close() })
 	for i := 0; i < devices; i++ {
 		d := &store.Device{ID: fmt.Sprintf("d%06d", i)}
-		d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive, Cert: make([]byte, 450)}}
+		if _, err := lifecycle.Manage(d.Slot(protocol.SlotIdentity), d.ID, protocol.SlotIdentity, "bench").
+			Provision(lifecycle.Credential{Cert: make([]byte, 450)}, time.Time{}); err != nil {
+			b.Fatal(err)
+		}
 		if err := s.CreateDevice(context.Background(), d); err != nil {
 			b.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -165,7 +166,7 @@ func graceKeys(d *Device) []string {
 	var out []string
 	for slot, st := range d.Slots {
 		for _, k := range st.Versions {
-			if k.State != StateSuperseded {
+			if k.State != lifecycle.StateSuperseded {
 				continue
 			}
 			b := make([]byte, 0, 8+len(d.ID)+6)

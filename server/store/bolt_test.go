@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 	"github.com/keyfleet/keyfleet/server/store/storetest"
 )
@@ -71,11 +72,19 @@ func TestBoltDurable(t *testing.T) {
 	}
 	grace := time.Date(2030, 1, 2, 3, 4, 5, 6789, time.UTC)
 	d := &store.Device{ID: "dev-1", CreatedAt: grace.Add(-time.Hour)}
-	st := d.Slot(protocol.SlotIdentity)
-	st.Desired = 2
-	st.Versions = []*store.KeyVersion{
-		{Version: 1, State: store.StateSuperseded, KeyID: []byte("k1"), GraceUntil: grace, NotAfter: grace.Add(time.Hour)},
-		{Version: 2, State: store.StateActive, KeyID: []byte("k2"), NotAfter: grace.Add(48 * time.Hour)},
+	// Version 1 superseded until grace, version 2 active.
+	m := lifecycle.Manage(d.Slot(protocol.SlotIdentity), "dev-1", protocol.SlotIdentity, "test")
+	if _, err := m.Provision(lifecycle.Credential{KeyID: []byte("k1"), NotAfter: grace.Add(time.Hour)}, d.CreatedAt); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.Request([]byte("rid-2"), d.CreatedAt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Issue(2, lifecycle.Credential{KeyID: []byte("k2"), NotAfter: grace.Add(48 * time.Hour)}, nil, d.CreatedAt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Activate(2, nil, d.CreatedAt, grace); err != nil {
+		t.Fatal(err)
 	}
 	if err := s.CreateDevice(ctx, d, store.Event{Action: "create", Device: "dev-1"}); err != nil {
 		t.Fatalf("CreateDevice: got error %v, want nil", err)
@@ -110,8 +119,8 @@ func TestBoltDurable(t *testing.T) {
 	if g := gst.Version(1).GraceUntil; !g.Equal(grace) {
 		t.Errorf("GraceUntil after re-open: got %v, want %v (to the nanosecond)", g, grace)
 	}
-	if g := gst.Version(2).State; g != store.StateActive {
-		t.Errorf("version 2 state after re-open: got %v, want %v", g, store.StateActive)
+	if g := gst.Version(2).State; g != lifecycle.StateActive {
+		t.Errorf("version 2 state after re-open: got %v, want %v", g, lifecycle.StateActive)
 	}
 	n, err := s.VerifyAudit(ctx)
 	if err != nil || n != 3 {
@@ -298,7 +307,9 @@ func TestBoltGraceIndex(t *testing.T) {
 	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	mk := func(id string) *store.Device {
 		d := &store.Device{ID: id}
-		d.Slot(protocol.SlotIdentity).Versions = []*store.KeyVersion{{Version: 1, State: store.StateActive}}
+		if _, err := lifecycle.Manage(d.Slot(protocol.SlotIdentity), id, protocol.SlotIdentity, "test").Provision(lifecycle.Credential{}, t0); err != nil {
+			t.Fatal(err)
+		}
 		return d
 	}
 	for _, id := range []string{"a", "b"} {
@@ -308,10 +319,15 @@ func TestBoltGraceIndex(t *testing.T) {
 	}
 	supersede := func(id string, until time.Time) {
 		if _, err := s.UpdateDevice(ctx, id, func(d *store.Device) ([]store.Event, error) {
-			st := d.Slot(protocol.SlotIdentity)
-			st.Versions[0].State, st.Versions[0].GraceUntil = store.StateSuperseded, until
-			st.Versions = append(st.Versions, &store.KeyVersion{Version: 2, State: store.StateActive})
-			return nil, nil
+			m := lifecycle.Manage(d.Slot(protocol.SlotIdentity), id, protocol.SlotIdentity, "test")
+			if _, _, err := m.Request([]byte("rid-2"), t0); err != nil {
+				return nil, err
+			}
+			if _, err := m.Issue(2, lifecycle.Credential{}, nil, t0); err != nil {
+				return nil, err
+			}
+			_, err := m.Activate(2, nil, t0, until)
+			return nil, err
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -333,8 +349,8 @@ func TestBoltGraceIndex(t *testing.T) {
 		t.Fatalf("grace index: got %v, want %v", got, want)
 	}
 	if _, err := s.UpdateDevice(ctx, "b", func(d *store.Device) ([]store.Event, error) {
-		d.Slot(protocol.SlotIdentity).Versions[0].State = store.StateRetired
-		return nil, nil
+		_, err := lifecycle.Manage(d.Slot(protocol.SlotIdentity), "b", protocol.SlotIdentity, "test").Retire(1, t0.Add(3*time.Hour))
+		return nil, err
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,182 +1,17 @@
 package store_test
 
 import (
-	"fmt"
-	"slices"
+	"bytes"
+	"encoding/hex"
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
-
-func TestKeyVersionAccepted(t *testing.T) {
-	now := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
-	later := now.Add(time.Hour)
-	earlier := now.Add(-time.Hour)
-	for _, tc := range []struct {
-		name  string
-		k     store.KeyVersion
-		at    time.Time
-		wantA bool
-	}{
-		{"issued before NotAfter", store.KeyVersion{State: store.StateIssued, NotAfter: later}, now, true},
-		{"issued at NotAfter", store.KeyVersion{State: store.StateIssued, NotAfter: now}, now, false},
-		{"issued after NotAfter", store.KeyVersion{State: store.StateIssued, NotAfter: earlier}, now, false},
-		{"active before NotAfter", store.KeyVersion{State: store.StateActive, NotAfter: later}, now, true},
-		{"active one ns before NotAfter", store.KeyVersion{State: store.StateActive, NotAfter: now.Add(time.Nanosecond)}, now, true},
-		{"active after NotAfter", store.KeyVersion{State: store.StateActive, NotAfter: earlier}, now, false},
-		{"active zero NotAfter", store.KeyVersion{State: store.StateActive}, now, false},
-		{"superseded before GraceUntil", store.KeyVersion{State: store.StateSuperseded, NotAfter: later, GraceUntil: later}, now, true},
-		{"superseded at GraceUntil", store.KeyVersion{State: store.StateSuperseded, NotAfter: later, GraceUntil: now}, now, false},
-		{"superseded after GraceUntil", store.KeyVersion{State: store.StateSuperseded, NotAfter: later, GraceUntil: earlier}, now, false},
-		{"superseded in grace after NotAfter", store.KeyVersion{State: store.StateSuperseded, NotAfter: earlier, GraceUntil: later}, now, false},
-		{"superseded zero GraceUntil", store.KeyVersion{State: store.StateSuperseded, NotAfter: later}, now, false},
-		{"retired before NotAfter", store.KeyVersion{State: store.StateRetired, NotAfter: later, GraceUntil: later}, now, false},
-		{"revoked before NotAfter", store.KeyVersion{State: store.StateRevoked, NotAfter: later, GraceUntil: later}, now, false},
-		{"pending", store.KeyVersion{State: store.StatePending, NotAfter: later, GraceUntil: later}, now, false},
-		{"unknown state", store.KeyVersion{State: store.StateUnknown, NotAfter: later, GraceUntil: later}, now, false},
-		{"out-of-range state", store.KeyVersion{State: store.KeyState(200), NotAfter: later, GraceUntil: later}, now, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.k.Accepted(tc.at); got != tc.wantA {
-				t.Errorf("Accepted(%v) of %v version (NotAfter %v, GraceUntil %v): got %v, want %v",
-					tc.at, tc.k.State, tc.k.NotAfter, tc.k.GraceUntil, got, tc.wantA)
-			}
-		})
-	}
-}
-
-func TestKeyStateString(t *testing.T) {
-	for _, tc := range []struct {
-		s    store.KeyState
-		want string
-	}{
-		{store.StateUnknown, "unknown"},
-		{store.StatePending, "pending"},
-		{store.StateIssued, "issued"},
-		{store.StateActive, "active"},
-		{store.StateSuperseded, "superseded"},
-		{store.StateRetired, "retired"},
-		{store.StateRevoked, "revoked"},
-		{store.KeyState(7), "state(7)"},
-	} {
-		t.Run(tc.want, func(t *testing.T) {
-			if got := tc.s.String(); got != tc.want {
-				t.Errorf("KeyState(%d).String(): got %q, want %q", uint8(tc.s), got, tc.want)
-			}
-		})
-	}
-}
-
-// versions builds a slot's versions from a string of state letters, oldest
-// first: p pending, i issued, a active, s superseded, r retired, x revoked.
-func versions(states string) []*store.KeyVersion {
-	m := map[rune]store.KeyState{
-		'p': store.StatePending, 'i': store.StateIssued, 'a': store.StateActive,
-		's': store.StateSuperseded, 'r': store.StateRetired, 'x': store.StateRevoked,
-	}
-	var out []*store.KeyVersion
-	for i, c := range states {
-		st, ok := m[c]
-		if !ok {
-			panic(fmt.Sprintf("versions: unknown state letter %q", c))
-		}
-		out = append(out, &store.KeyVersion{Version: uint32(i + 1), State: st})
-	}
-	return out
-}
-
-func isDead(k *store.KeyVersion) bool {
-	return k.State == store.StateRetired || k.State == store.StateRevoked
-}
-
-func TestSlotStatePrune(t *testing.T) {
-	if store.MaxHistory < 1 {
-		t.Fatalf("MaxHistory: got %d, want at least 1", store.MaxHistory)
-	}
-	for _, tc := range []struct {
-		name   string
-		states string
-		// want lists the version numbers kept, oldest first.
-		want []uint32
-	}{
-		{"empty", "", nil},
-		{"all live", "sssaip", []uint32{1, 2, 3, 4, 5, 6}},
-		{"many live, no dead", "ssssssssssa", []uint32{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}},
-		{"exactly MaxHistory dead", "rrrrsa", []uint32{1, 2, 3, 4, 5, 6}},
-		{"one dead too many", "rrrrrsa", []uint32{2, 3, 4, 5, 6, 7}},
-		{"many dead", "rrrrrrrrrrsap", []uint32{7, 8, 9, 10, 11, 12, 13}},
-		{"revoked count as dead", "xrxrxa", []uint32{2, 3, 4, 5, 6}},
-		{"dead interleaved with live", "rsrsrsrsrsa", []uint32{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}},
-		{"live oldest, dead newest", "srrrrrr", []uint32{1, 4, 5, 6, 7}},
-		{"only dead", "rrrrrrrr", []uint32{5, 6, 7, 8}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := &store.SlotState{Versions: versions(tc.states)}
-			orig := slices.Clone(s.Versions)
-			s.Prune()
-
-			var got []uint32
-			dead := 0
-			for _, k := range s.Versions {
-				got = append(got, k.Version)
-				if isDead(k) {
-					dead++
-				}
-			}
-			if !slices.Equal(got, tc.want) {
-				t.Errorf("Prune(%q): got versions %v, want %v", tc.states, got, tc.want)
-			}
-			if dead > store.MaxHistory {
-				t.Errorf("Prune(%q): got %d dead versions, want at most %d", tc.states, dead, store.MaxHistory)
-			}
-			for _, k := range orig {
-				if !isDead(k) && s.Version(k.Version) != k {
-					t.Errorf("Prune(%q): live version %d (%v) got dropped, want kept", tc.states, k.Version, k.State)
-				}
-			}
-			// Idempotent.
-			before := slices.Clone(s.Versions)
-			s.Prune()
-			if !slices.Equal(s.Versions, before) {
-				t.Errorf("second Prune(%q): got %d versions, want the same %d", tc.states, len(s.Versions), len(before))
-			}
-		})
-	}
-}
-
-func TestSlotStateLookups(t *testing.T) {
-	s := &store.SlotState{Versions: versions("rsas")}
-	for i, k := range s.Versions {
-		k.KeyID = []byte{byte('a' + i)}
-	}
-	// "rsas" is not a valid life cycle (two superseded around an active),
-	// but lookups must not care.
-	for _, tc := range []struct {
-		name string
-		got  *store.KeyVersion
-		want uint32 // 0: nil
-	}{
-		{"Version(2)", s.Version(2), 2},
-		{"Version(9)", s.Version(9), 0},
-		{"Latest", s.Latest(), 4},
-		{"Active", s.Active(), 3},
-		{"ByKeyID(b)", s.ByKeyID([]byte("b")), 2},
-		{"ByKeyID(z)", s.ByKeyID([]byte("z")), 0},
-		{"Latest of empty", (&store.SlotState{}).Latest(), 0},
-		{"Active of empty", (&store.SlotState{}).Active(), 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var got uint32
-			if tc.got != nil {
-				got = tc.got.Version
-			}
-			if got != tc.want {
-				t.Errorf("%s: got version %d, want %d (0 = nil)", tc.name, got, tc.want)
-			}
-		})
-	}
-}
 
 func TestDeviceSlotCreates(t *testing.T) {
 	var d store.Device
@@ -187,5 +22,65 @@ func TestDeviceSlotCreates(t *testing.T) {
 	}
 	if got := len(d.Slots); got != 1 {
 		t.Errorf("len(Slots): got %d, want 1", got)
+	}
+}
+
+// oldSlot is a slot with version 1 superseded and version 2 active, as
+// the store encoded it before key versions moved to package lifecycle
+// (KeyState then, lifecycle.State now): records on disk must keep
+// decoding, and new records must encode the same way.
+const oldSlot = "a3674465736972656402685265706f72746564026856657273696f6e7382af63524944f66443657274423001654b65794944426b31655374617465046653657269616c6230316756657273696f6e0168456e726f6c6c4944f6684973737565644174781e323033312d30332d31345431353a30393a32362e3533353839373933325a684e6f744166746572781e323033312d30362d31325431353a30393a32362e3533353839373933325a69526574697265644174f66a4772616365556e74696c781e323033312d30332d31345431363a30393a32362e3533353839373933325a6a5265656e726f6c6c6564f46b4163746976617465644174781e323033312d30332d31345431353a30393a32362e3533353839373933325a6b4163746976617465644944f66b5265717565737465644174781e323033312d30332d31345431353a30393a32362e3533353839373933325aaf63524944457269642d326443657274423002654b65794944426b32655374617465036653657269616c6230326756657273696f6e0268456e726f6c6c4944426532684973737565644174781e323033312d30332d31345431353a31313a32362e3533353839373933325a684e6f744166746572781e323033312d30362d31335431353a30393a32362e3533353839373933325a69526574697265644174f66a4772616365556e74696cf66a5265656e726f6c6c6564f46b4163746976617465644174781e323033312d30332d31345431353a31323a32362e3533353839373933325a6b41637469766174656449444261326b5265717565737465644174781e323033312d30332d31345431353a31303a32362e3533353839373933325a"
+
+func TestSlotEncodingKept(t *testing.T) {
+	golden, err := hex.DecodeString(oldSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got store.SlotState
+	if err := cbor.Unmarshal(golden, &got); err != nil {
+		t.Fatalf("decode a record of the old encoding: %v", err)
+	}
+	if len(got.Versions) != 2 || got.Version(1).State != lifecycle.StateSuperseded || got.Version(2).State != lifecycle.StateActive ||
+		string(got.Version(2).RID) != "rid-2" || got.Desired != 2 || got.Reported != 2 {
+		t.Errorf("decoded: got %+v, want v1 superseded, v2 active (rid-2), desired and reported 2", got)
+	}
+
+	at := time.Date(2031, 3, 14, 15, 9, 26, 535897932, time.UTC)
+	s := &store.SlotState{}
+	m := lifecycle.Manage(s, "d1", protocol.SlotIdentity, "test")
+	steps := []func() error{
+		func() error {
+			_, err := m.Provision(lifecycle.Credential{Cert: []byte{0x30, 1}, KeyID: []byte("k1"), Serial: "01", NotAfter: at.Add(90 * 24 * time.Hour)}, at)
+			return err
+		},
+		func() error { _, _, err := m.Request([]byte("rid-2"), at.Add(time.Minute)); return err },
+		func() error {
+			_, err := m.Issue(2, lifecycle.Credential{Cert: []byte{0x30, 2}, KeyID: []byte("k2"), Serial: "02", NotAfter: at.Add(91 * 24 * time.Hour)},
+				[]byte("e2"), at.Add(2*time.Minute))
+			return err
+		},
+		func() error {
+			_, err := m.Activate(2, []byte("a2"), at.Add(3*time.Minute), at.Add(time.Hour))
+			return err
+		},
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Reported = 2
+	o := cbor.CoreDetEncOptions()
+	o.Time = cbor.TimeRFC3339Nano // as store.OpenBolt encodes
+	em, err := o.EncMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := em.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, golden) {
+		t.Errorf("encoding changed:\n got %x\nwant %s", b, oldSlot)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -68,33 +69,39 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 var epoch = time.Date(2031, 3, 14, 15, 9, 26, 535897932, time.UTC)
 
 // sampleDevice returns a device with every field set, so that a backend
-// that drops one fails the round trip.
+// that drops one fails the round trip: version 1 retired, 2 superseded, 3
+// issued, reached through the life cycle's moves.
 func sampleDevice(id string) *store.Device {
 	d := &store.Device{ID: id, CreatedAt: epoch, LastSeen: epoch.Add(time.Hour)}
 	st := d.Slot(protocol.SlotIdentity)
-	st.Desired, st.Reported = 3, 2
-	st.Versions = []*store.KeyVersion{
-		{
-			Version: 1, State: store.StateRetired,
-			Cert: []byte{0x30, 0x01}, KeyID: []byte("kid-1"), Serial: "01",
-			NotAfter: epoch.Add(90 * 24 * time.Hour), GraceUntil: epoch.Add(24 * time.Hour),
-			IssuedAt: epoch, ActivatedAt: epoch.Add(time.Second), RetiredAt: epoch.Add(48 * time.Hour),
-		},
-		{
-			Version: 2, State: store.StateSuperseded, RID: []byte("rid-2"),
-			Cert: []byte{0x30, 0x02}, KeyID: []byte("kid-2"), Serial: "02",
-			NotAfter: epoch.Add(91 * 24 * time.Hour), GraceUntil: epoch.Add(7*24*time.Hour + time.Nanosecond),
-			EnrollID: []byte("enroll-2"), ActivatedID: []byte("act-2"),
-			RequestedAt: epoch.Add(time.Minute), IssuedAt: epoch.Add(2 * time.Minute), ActivatedAt: epoch.Add(3 * time.Minute),
-		},
-		{
-			Version: 3, State: store.StateIssued, RID: []byte("rid-3"),
-			Cert: []byte{0x30, 0x03}, KeyID: []byte("kid-3"), Serial: "03",
-			NotAfter: epoch.Add(92 * 24 * time.Hour), EnrollID: []byte("enroll-3"),
-			RequestedAt: epoch.Add(4 * time.Minute), IssuedAt: epoch.Add(5 * time.Minute),
-		},
+	cred := func(n byte, validity time.Duration) lifecycle.Credential {
+		return lifecycle.Credential{Cert: []byte{0x30, n}, KeyID: []byte(fmt.Sprintf("kid-%d", n)), Serial: fmt.Sprintf("%02x", n),
+			NotAfter: epoch.Add(validity)}
 	}
+	m := lifecycle.Manage(st, id, protocol.SlotIdentity, "storetest")
+	must(m.Provision(cred(1, 90*24*time.Hour), epoch))
+	must(request(m, "rid-2", epoch.Add(time.Minute)))
+	must(m.Issue(2, cred(2, 91*24*time.Hour), []byte("enroll-2"), epoch.Add(2*time.Minute)))
+	must(m.Activate(2, []byte("act-2"), epoch.Add(3*time.Minute), epoch.Add(24*time.Hour)))
+	must(m.Retire(1, epoch.Add(48*time.Hour)))
+	must(m.Supersede(2, epoch.Add(7*24*time.Hour+time.Nanosecond)))
+	must(request(m, "rid-3", epoch.Add(4*time.Minute)))
+	must(m.Issue(3, cred(3, 92*24*time.Hour), []byte("enroll-3"), epoch.Add(5*time.Minute)))
+	st.Reported = 2
 	return d
+}
+
+// request opens a rotation with rotation id rid.
+func request(m *lifecycle.Manager, rid string, at time.Time) ([]lifecycle.Change, error) {
+	_, c, err := m.Request([]byte(rid), at)
+	return c, err
+}
+
+// must stops a test whose own set-up is wrong.
+func must(_ []lifecycle.Change, err error) {
+	if err != nil {
+		panic("storetest: " + err.Error())
+	}
 }
 
 // normalize returns a copy of d in a canonical form: times in UTC, empty
@@ -226,10 +233,11 @@ func testCopies(t *testing.T, s store.Store) {
 		d.LastSeen = d.LastSeen.Add(time.Hour)
 		st := d.Slot(protocol.SlotIdentity)
 		st.Desired = 99
-		st.Versions[0].State = store.StateRevoked
 		st.Versions[1].Cert[1] = 0xff
 		st.Versions[2].KeyID[0] = 'X'
-		st.Versions = append(st.Versions, &store.KeyVersion{Version: 4, State: store.StatePending})
+		m := lifecycle.Manage(st, d.ID, protocol.SlotIdentity, "storetest")
+		m.RevokeAll(epoch.Add(time.Hour))
+		must(request(m, "rid-4", epoch.Add(time.Hour)))
 		d.Slot(protocol.Slot(9)).Desired = 1
 	}
 	for _, tc := range []struct {
@@ -315,9 +323,9 @@ func testUpdatePersists(t *testing.T, s store.Store) {
 	mustCreate(t, s, sampleDevice("dev-1"), ev("create", "dev-1"))
 	want := normalize(sampleDevice("dev-1"))
 	apply := func(d *store.Device) {
-		st := d.Slot(protocol.SlotIdentity)
-		st.Desired = 4
-		st.Versions = append(st.Versions, &store.KeyVersion{Version: 4, State: store.StatePending, RID: []byte("rid-4"), RequestedAt: epoch.Add(time.Hour)})
+		m := lifecycle.Manage(d.Slot(protocol.SlotIdentity), d.ID, protocol.SlotIdentity, "storetest")
+		must(m.Cancel(3, epoch.Add(time.Hour)))
+		must(request(m, "rid-4", epoch.Add(time.Hour)))
 		d.LastSeen = epoch.Add(2 * time.Hour)
 	}
 	apply(want)

@@ -3,7 +3,30 @@ package rotation
 import (
 	"sync"
 	"time"
+
+	"github.com/keyfleet/keyfleet/protocol"
 )
+
+// checkFresh is the one check of an authenticated uplink's age and
+// uniqueness, shared by the up and the re-enrolment topics: not expired
+// and not issued in the future (protocol.CheckTime), issued within the
+// command lifetime (older is stale), and not seen before (replay). It
+// returns the message's replay key, which the caller forgets when it fails
+// the message for an internal reason, so that the device may retry it
+// unchanged; a replay also returns its key.
+func (e *Engine) checkFresh(device string, h *protocol.Header, now time.Time) (string, error) {
+	if err := protocol.CheckTime(h, now); err != nil {
+		return "", reject(ReasonExpired, "device %s: %w", device, err)
+	}
+	if time.Unix(int64(h.IAT), 0).Add(e.opts.CommandTTL).Before(now) {
+		return "", reject(ReasonStale, "device %s: %v issued at %d", device, h.Type, h.IAT)
+	}
+	key := device + "/" + string(h.ID)
+	if e.replays.seen(key, now) {
+		return key, reject(ReasonReplay, "device %s: message %x seen before", device, h.ID)
+	}
+	return key, nil
+}
 
 // replayCache remembers (device, message id) pairs for a window. Messages
 // older than the window are refused as stale anyway, so nothing older needs
