@@ -13,6 +13,13 @@
 // delivery is not, because the certificate is already signed by the CA and
 // bound to a key the device generated.
 //
+// The package also holds the CBOR and COSE code every keyfleet format
+// shares (cbor.go, cose.go): the deterministic encoding and strict decoding
+// modes, built once (MarshalCanonical, UnmarshalStrict, NewCBOR for other
+// limits), and COSE_Sign1 signing and parsing with external AAD and the
+// key id in the protected header (SignSign1, ParseSign1). Packages anchors,
+// firmware and datakey use them rather than building their own.
+//
 // Decoders treat their input as hostile: they cap the packet at MaxPacketSize
 // and reject duplicate map keys, indefinite lengths, tags inside payloads,
 // deep nesting, long arrays, unknown fields and invalid UTF-8.

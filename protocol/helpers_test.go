@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 // Shared fixtures of the protocol tests.
@@ -236,4 +238,27 @@ func receive(c *Codec, data []byte, pub *ecdsa.PublicKey) (Message, error) {
 		}
 	}
 	return c.Message(env)
+}
+
+// signSign1WithKID builds a COSE_Sign1 in our layout, signed by k but
+// naming kid, which SignSign1 never does: the tests of a kid that lies.
+func signSign1WithKID(tb testing.TB, k *ecdsa.PrivateKey, kid, payload, aad []byte) []byte {
+	tb.Helper()
+	protected := append(bytes.Clone(sign1ProtectedPrefix), kid...)
+	digest, err := sign1Digest(protected, payload, aad)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, s, err := ecdsa.Sign(rand.Reader, k, digest)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sig := make([]byte, es256SignatureSize)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	body, err := MarshalCanonical(&sign1{Protected: protected, Unprotected: cbor.RawMessage{0xa0}, Payload: payload, Signature: sig})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return append([]byte{0xd2}, body...)
 }

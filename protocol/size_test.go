@@ -49,7 +49,7 @@ func TestMessageSizes(t *testing.T) {
 				}
 			}
 			if Signed(typ) {
-				// tag (1) + array (1) + protected (4) + unprotected (11)
+				// tag (1) + array (1) + protected {alg, kid} (14) + unprotected {} (1)
 				// + payload head (2 or 3) + signature (66).
 				overhead := len(packet) - len(payload)
 				if overhead < 84 || overhead > 86 {
