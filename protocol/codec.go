@@ -19,11 +19,21 @@ type Codec struct{}
 func NewCodec() *Codec { return &Codec{} }
 
 // Marshal encodes m deterministically, filling in the protocol version and
-// the message type. It refuses a message that would not pass Decode.
+// the message type. It refuses a message that would not pass Decode. A
+// Cert's certificate goes out compact (CompactLeaf); m is not changed.
 func (c *Codec) Marshal(m Message) ([]byte, error) {
 	h := m.Hdr()
 	h.V = Version
 	h.Type = TypeOf(m)
+	if c, ok := m.(*Cert); ok && len(c.Cert) > 0 {
+		compact, err := CompactLeaf(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("protocol: encode %v: %w", h.Type, err)
+		}
+		cc := *c
+		cc.Cert = compact
+		m = &cc
+	}
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("protocol: encode %v: %w", h.Type, err)
 	}

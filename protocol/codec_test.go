@@ -33,8 +33,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Decode(Marshal(m)): %v", err)
 			}
-			if !reflect.DeepEqual(back, m) {
-				t.Errorf("Decode(Marshal(m)) = %+v, want %+v", back, m)
+			if want := onWire(t, m); !reflect.DeepEqual(back, want) {
+				t.Errorf("Decode(Marshal(m)) = %+v, want %+v", back, want)
 			}
 			second, err := c.Marshal(back)
 			if err != nil {
@@ -86,8 +86,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Message: %v", err)
 			}
-			if !reflect.DeepEqual(got, m) {
-				t.Errorf("Message() = %+v, want %+v", got, m)
+			if want := onWire(t, m); !reflect.DeepEqual(got, want) {
+				t.Errorf("Message() = %+v, want %+v", got, want)
 			}
 		})
 	}

@@ -11,7 +11,9 @@
 // from 10 up carry the type's own fields. Messages that need authenticity are
 // wrapped in a tagged COSE_Sign1 (RFC 9052) signed with ES256; a certificate
 // delivery is not, because the certificate is already signed by the CA and
-// bound to a key the device generated.
+// bound to a key the device generated. It even leaves that key out (the
+// device sent it in its CSR) and the device puts it back before checking
+// the certificate (CompactLeaf, ExpandLeaf).
 //
 // The package also holds the CBOR and COSE code every keyfleet format
 // shares (cbor.go, cose.go): the deterministic encoding and strict decoding

@@ -198,6 +198,12 @@ func TestFuzzCorpus(t *testing.T) {
 			corpus.Add("FuzzDecode", "raw-"+fuzzseed.Slug(tc.name), tc.raw)
 		}
 	}
+	full, err := MarshalCanonical(&Cert{Header: Header{V: Version, Type: TypeCert, ID: id(0x40), RID: id(0xa0)},
+		Slot: SlotIdentity, Version: 4, Cert: realisticMaterial(t).cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corpus.Add("FuzzDecode", "raw-cert-with-its-key", full)
 	kid := fmt.Sprintf("%x", keyID(t, key))
 	zeroSig := "58 40 " + strings.Repeat("00", 64)
 	corpus.Add("FuzzOpen", "raw-wrong-alg", unhex(t, coseHex("4e a2 01 38 22 04 48 "+kid, "a0", "58 29 "+rotateHex, zeroSig)))
