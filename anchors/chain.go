@@ -1,6 +1,10 @@
 package anchors
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/keyfleet/keyfleet/protocol"
+)
 
 // EncodeChain encodes signed sets, oldest first, as one chain message: a
 // CBOR array of byte strings, each a set as Sign returned it. It checks
@@ -10,7 +14,7 @@ func EncodeChain(sets [][]byte) ([]byte, error) {
 	if err := checkChain(sets); err != nil {
 		return nil, fmt.Errorf("anchors: encode chain: %w", err)
 	}
-	b, err := encMode.Marshal(sets)
+	b, err := protocol.MarshalCanonical(sets)
 	if err != nil {
 		return nil, fmt.Errorf("anchors: encode chain: %w", err)
 	}
@@ -29,11 +33,14 @@ func DecodeChain(b []byte) ([][]byte, error) {
 		return nil, fmt.Errorf("anchors: decode chain: %w: %d bytes, max %d", ErrTooLarge, len(b), MaxChainBytes)
 	}
 	var sets [][]byte
-	if err := decodeStrict(b, &sets); err != nil {
+	if err := protocol.UnmarshalStrict(b, &sets); err != nil {
 		return nil, fmt.Errorf("anchors: decode chain: %w: %v", ErrMalformed, err)
 	}
 	if err := checkChain(sets); err != nil {
 		return nil, fmt.Errorf("anchors: decode chain: %w", err)
+	}
+	if err := protocol.RequireCanonical(b, sets); err != nil {
+		return nil, fmt.Errorf("anchors: decode chain: %w: %v", ErrMalformed, err)
 	}
 	return sets, nil
 }

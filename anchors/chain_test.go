@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 func TestChainRoundTrip(t *testing.T) {
@@ -41,7 +43,7 @@ func chainCases(tb testing.TB) []chainCase {
 	tb.Helper()
 	entry := bytes.Repeat([]byte{0xab}, 100)
 	enc := func(sets [][]byte) []byte {
-		b, err := encMode.Marshal(sets)
+		b, err := protocol.MarshalCanonical(sets)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/keyfleet/keyfleet/internal/fuzzseed"
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // The fuzz targets check invariants, not only the absence of panics:
@@ -67,7 +68,7 @@ func FuzzParse(f *testing.F) {
 		if err := s.validate(); err != nil {
 			t.Fatalf("Parse accepted a set that Sign refuses: %v", err)
 		}
-		payload, err := encMode.Marshal(s.Set)
+		payload, err := protocol.MarshalCanonical(s.Set)
 		if err != nil || !bytes.Contains(data, payload) {
 			t.Fatalf("accepted %x, but its set re-encodes to %x (%v), which it does not carry", data, payload, err)
 		}

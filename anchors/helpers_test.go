@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
@@ -191,7 +193,7 @@ func fourSets(tb testing.TB) *history {
 // tool of an attacker or a buggy server.
 func signRaw(tb testing.TB, s *Set, signers ...crypto.Signer) []byte {
 	tb.Helper()
-	payload, err := encMode.Marshal(s)
+	payload, err := protocol.MarshalCanonical(s)
 	if err != nil {
 		tb.Fatalf("encode set: %v", err)
 	}
@@ -223,11 +225,17 @@ func after(tb testing.TB, prev *Signed, e era) *Set {
 func mutateEnvelope(tb testing.TB, b []byte, f func(*rawSign)) []byte {
 	tb.Helper()
 	var env rawSign
-	if err := decMode.Unmarshal(b[len(coseSignPrefix):], &env); err != nil {
+	if err := protocol.UnmarshalStrict(b[len(coseSignPrefix):], &env); err != nil {
 		tb.Fatalf("decode envelope: %v", err)
 	}
 	f(&env)
-	out, err := encMode.Marshal(env)
+	// Core deterministic, but nil is null: an attacker's encoder writes
+	// what ours (nil as empty) never does, such as a detached payload.
+	enc, err := cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out, err := enc.Marshal(env)
 	if err != nil {
 		tb.Fatalf("encode envelope: %v", err)
 	}

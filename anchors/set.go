@@ -6,11 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"slices"
-
-	"github.com/fxamacker/cbor/v2"
 
 	"github.com/keyfleet/keyfleet/protocol"
 )
@@ -98,41 +95,6 @@ type Set struct {
 	// IssuedAt is when the server issued the set, Unix seconds. It is
 	// informational: Walk has no clock and orders sets by Version only.
 	IssuedAt uint64 `cbor:"7,keyasint"`
-}
-
-var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
-)
-
-func init() {
-	enc, err := cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(fmt.Sprintf("anchors: cbor enc mode: %v", err)) // static options: cannot fail
-	}
-	// The strict limits of DESIGN.md, shared with protocol.
-	dec, err := protocol.StrictDecOptions().DecMode()
-	if err != nil {
-		panic(fmt.Sprintf("anchors: cbor dec mode: %v", err))
-	}
-	encMode, decMode = enc, dec
-}
-
-// decodeStrict decodes b into v under the strict options and accepts it
-// only if it is the canonical encoding of what it decoded to, so that every
-// value has exactly one accepted encoding.
-func decodeStrict(b []byte, v any) error {
-	if err := decMode.Unmarshal(b, v); err != nil {
-		return err
-	}
-	again, err := encMode.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(again, b) {
-		return errors.New("not in core deterministic encoding")
-	}
-	return nil
 }
 
 // RootCert parses the root certificate, for the pool that device and

@@ -119,15 +119,18 @@ func parse(b []byte) (*Signed, error) {
 		return nil, fmt.Errorf("%w: not a tagged COSE_Sign", ErrMalformed)
 	}
 	var env rawSign
-	if err := decodeStrict(b[len(coseSignPrefix):], &env); err != nil {
+	if err := protocol.UnmarshalStrict(b[len(coseSignPrefix):], &env); err != nil {
 		return nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
 	}
 	sigs, err := checkEnvelope(&env)
 	if err != nil {
 		return nil, err
 	}
+	if err := protocol.RequireCanonical(b[len(coseSignPrefix):], &env); err != nil {
+		return nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
+	}
 	var s Set
-	if err := decodeStrict(env.Payload, &s); err != nil {
+	if err := protocol.UnmarshalCanonical(env.Payload, &s); err != nil {
 		return nil, fmt.Errorf("%w: set: %v", ErrMalformed, err)
 	}
 	if err := s.validate(); err != nil {
@@ -243,7 +246,7 @@ func sign(s *Set, signers []crypto.Signer) ([]byte, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	payload, err := encMode.Marshal(s)
+	payload, err := protocol.MarshalCanonical(s)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
+
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 func TestSignParseRoundTrip(t *testing.T) {
@@ -307,7 +309,7 @@ func rawCases(tb testing.TB) []rawCase {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	payload, err := encMode.Marshal(base)
+	payload, err := protocol.MarshalCanonical(base)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -317,7 +319,7 @@ func rawCases(tb testing.TB) []rawCase {
 		for i := 0; i < len(kv); i += 2 {
 			mm[kv[i].(int)] = kv[i+1]
 		}
-		b, err := encMode.Marshal(mm)
+		b, err := protocol.MarshalCanonical(mm)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -406,7 +408,7 @@ func rawCases(tb testing.TB) []rawCase {
 
 func mustEncode(tb testing.TB, s *Set) []byte {
 	tb.Helper()
-	b, err := encMode.Marshal(s)
+	b, err := protocol.MarshalCanonical(s)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 func TestWalk(t *testing.T) {
@@ -206,7 +208,7 @@ func flipSignatureOf(t *testing.T, b, kid []byte) []byte {
 func swapPayload(t *testing.T, b, other []byte) []byte {
 	t.Helper()
 	var o rawSign
-	if err := decMode.Unmarshal(other[len(coseSignPrefix):], &o); err != nil {
+	if err := protocol.UnmarshalStrict(other[len(coseSignPrefix):], &o); err != nil {
 		t.Fatal(err)
 	}
 	return mutateEnvelope(t, b, func(env *rawSign) { env.Payload = o.Payload })

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -484,6 +485,14 @@ func TestNewRoot(t *testing.T) {
 	}
 	if !root.NotBefore.Before(now) {
 		t.Errorf("root NotBefore: got %v, want before %v", root.NotBefore, now)
+	}
+	// Every leaf repeats the root's key id: 8 bytes of SHA-256 over the key.
+	spki, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(spki); !bytes.Equal(root.SubjectKeyId, sum[:8]) {
+		t.Errorf("root SubjectKeyId: got %x, want %x", root.SubjectKeyId, sum[:8])
 	}
 }
 

@@ -1,10 +1,10 @@
 package datakey
 
 import (
-	"bytes"
 	"fmt"
+	"sync"
 
-	"github.com/fxamacker/cbor/v2"
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // Stored keyset format, in CDDL:
@@ -43,32 +43,15 @@ type storedVersion struct {
 	Key     []byte
 }
 
-var (
-	storeEnc cbor.EncMode
-	storeDec cbor.DecMode
-)
+// storeLimits are the strict decoding limits of a stored keyset: the
+// nesting of the format and up to maxStoredVersions versions. Everything
+// else about strictness is protocol's, shared by every keyfleet decoder.
+var storeLimits = protocol.CBORLimits{MaxNestedLevels: 4, MaxArrayElements: maxStoredVersions, MaxMapPairs: 16}
 
-func init() {
-	encOpts := cbor.CoreDetEncOptions()
-	encOpts.NilContainers = cbor.NilContainerAsEmpty // an empty keyset stores [], and a tombstone h''
-	var err error
-	if storeEnc, err = encOpts.EncMode(); err != nil {
-		panic(fmt.Sprintf("datakey: cbor enc mode: %v", err)) // static options: cannot fail
-	}
-	storeDec, err = cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   4,
-		MaxArrayElements:  maxStoredVersions,
-		MaxMapPairs:       16,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		IntDec:            cbor.IntDecConvertNone,
-	}.DecMode()
-	if err != nil {
-		panic(fmt.Sprintf("datakey: cbor dec mode: %v", err))
-	}
-}
+// storeCBOR is the CBOR of storeLimits, built once, on first use. The
+// limits are constants in range, so it never fails in practice; if it
+// did, encoding and decoding would return the error.
+var storeCBOR = sync.OnceValues(func() (*protocol.CBOR, error) { return protocol.NewCBOR(storeLimits) })
 
 // MarshalBinary encodes the keyset, key material included and in the
 // clear, for the device's disk. The encoding is deterministic: the same
@@ -78,7 +61,11 @@ func (ks *Keyset) MarshalBinary() ([]byte, error) {
 	for i, e := range ks.versions {
 		s.Versions[i] = storedVersion{Version: e.version, Status: e.status, Key: e.key.bytes()}
 	}
-	b, err := storeEnc.Marshal(s)
+	c, err := storeCBOR()
+	if err != nil {
+		return nil, fmt.Errorf("datakey: encode keyset: %w", err)
+	}
+	b, err := c.Marshal(s)
 	if err != nil {
 		return nil, fmt.Errorf("datakey: encode keyset: %w", err)
 	}
@@ -93,8 +80,12 @@ func (ks *Keyset) MarshalBinary() ([]byte, error) {
 // On error the keyset is unchanged. It copies the key material out of
 // data.
 func (ks *Keyset) UnmarshalBinary(data []byte) error {
+	c, err := storeCBOR()
+	if err != nil {
+		return fmt.Errorf("datakey: decode keyset: %w", err)
+	}
 	var s storedKeyset
-	if err := storeDec.Unmarshal(data, &s); err != nil {
+	if err := c.Unmarshal(data, &s); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if s.Format != storeFormat {
@@ -103,8 +94,8 @@ func (ks *Keyset) UnmarshalBinary(data []byte) error {
 	if s.Versions == nil {
 		return fmt.Errorf("%w: no version list", ErrCorrupt)
 	}
-	if canon, err := storeEnc.Marshal(s); err != nil || !bytes.Equal(canon, data) {
-		return fmt.Errorf("%w: not in core deterministic encoding", ErrCorrupt)
+	if err := c.RequireCanonical(data, s); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	var (
 		next      = make([]entry, 0, len(s.Versions))

@@ -708,7 +708,17 @@ func (a *Agent) onCert(m *protocol.Cert) error {
 	if m.Slot != protocol.SlotIdentity || m.Version != st.Pending || !bytes.Equal(m.RID, st.PendingRID) {
 		return a.reject("unexpected-cert", fmt.Errorf("cert for v%d, pending v%d", m.Version, st.Pending))
 	}
-	if _, err := a.ks.StorePendingCert(m.Version, m.Cert, a.opts.Now()); err != nil {
+	// The delivery leaves out the key we sent in the CSR: put it back,
+	// then check the certificate as a whole.
+	key, err := a.ks.Key(m.Version)
+	if err != nil {
+		return a.reject("bad-cert", err)
+	}
+	der, err := protocol.ExpandLeaf(m.Cert, &key.PublicKey)
+	if err != nil {
+		return a.reject("bad-cert", err)
+	}
+	if _, err := a.ks.StorePendingCert(m.Version, der, a.opts.Now()); err != nil {
 		return a.reject("bad-cert", err)
 	}
 	a.waiting = false

@@ -248,7 +248,12 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 					return err
 				}
 			case *protocol.Cert:
-				if _, err := a.ks.AdoptReenrolled(msg.Version, msg.RID, msg.Cert, a.opts.Now()); err != nil {
+				der, err := protocol.ExpandLeaf(msg.Cert, &key.PublicKey)
+				if err != nil {
+					a.log.Warn("re-enrolled certificate refused", "err", err)
+					continue
+				}
+				if _, err := a.ks.AdoptReenrolled(msg.Version, msg.RID, der, a.opts.Now()); err != nil {
 					a.log.Warn("re-enrolled certificate refused", "err", err)
 					continue
 				}

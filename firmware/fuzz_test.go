@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/keyfleet/keyfleet/internal/fuzzseed"
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // FuzzVerify checks invariants, not only the absence of panics:
@@ -47,14 +48,14 @@ func FuzzVerify(f *testing.F) {
 		if err := m.validate(); err != nil {
 			t.Fatalf("Verify accepted an invalid manifest %+v: %v", m, err)
 		}
-		msg, gotKID, err := openSign1(data)
+		msg, err := openSign1(data)
 		if err != nil {
 			t.Fatalf("Verify accepted %x, which openSign1 refuses: %v", data, err)
 		}
-		if !bytes.Equal(gotKID, kid) {
-			t.Fatalf("Verify accepted kid %x, trusted %x", gotKID, kid)
+		if !bytes.Equal(msg.KID, kid) {
+			t.Fatalf("Verify accepted kid %x, trusted %x", msg.KID, kid)
 		}
-		canon, err := encMode.Marshal(m.wire())
+		canon, err := protocol.MarshalCanonical(m.wire())
 		if err != nil || !bytes.Equal(canon, msg.Payload) {
 			t.Fatalf("accepted payload %x, canonical encoding of %+v is %x (err %v)", msg.Payload, m, canon, err)
 		}

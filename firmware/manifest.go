@@ -5,16 +5,14 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/fxamacker/cbor/v2"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/veraison/go-cose"
 )
 
 // Limits and wire constants of the manifest format.
@@ -140,44 +138,10 @@ type wireManifest struct {
 	URI      string `cbor:"7,keyasint,omitempty"`
 }
 
-// protectedHeader is the only COSE protected header a manifest may carry:
-// the algorithm and the signer's key id, both under the signature.
-type protectedHeader struct {
-	Alg int64  `cbor:"1,keyasint"`
-	KID []byte `cbor:"4,keyasint"`
-}
-
 // externalAAD separates firmware signatures from every other COSE_Sign1 in
 // keyfleet: even if one key signed both, a protocol message could never
 // verify as a manifest.
 var externalAAD = []byte("keyfleet/firmware/v1")
-
-// coseSign1Tag starts a tagged COSE_Sign1: tag 18, then a 4-element array.
-var coseSign1Tag = []byte{0xd2, 0x84}
-
-var (
-	encMode   cbor.EncMode // core deterministic
-	strictDec cbor.DecMode // manifest payloads and protected headers
-	coseDec   cbor.DecMode // the COSE_Sign1 envelope: strict, but tag 18 allowed
-)
-
-func init() {
-	var err error
-	if encMode, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(fmt.Sprintf("firmware: cbor enc mode: %v", err)) // static options: cannot fail
-	}
-	// The same limits as protocol.NewCodec.
-	strict := protocol.StrictDecOptions()
-	if strictDec, err = strict.DecMode(); err != nil {
-		panic(fmt.Sprintf("firmware: cbor dec mode: %v", err))
-	}
-	coseOpts := strict
-	coseOpts.TagsMd = cbor.TagsAllowed
-	coseOpts.ExtraReturnErrors = cbor.ExtraDecErrorNone
-	if coseDec, err = coseOpts.DecMode(); err != nil {
-		panic(fmt.Sprintf("firmware: cbor cose mode: %v", err))
-	}
-}
 
 // validate checks what the CBOR schema cannot: required fields and bounds.
 func (m *Manifest) validate() error {
@@ -215,7 +179,7 @@ func (m *Manifest) wire() *wireManifest {
 // byte form, and a device can compare or log manifests by their bytes.
 func decodeManifest(payload []byte) (*Manifest, error) {
 	var w wireManifest
-	if err := strictDec.Unmarshal(payload, &w); err != nil {
+	if err := protocol.UnmarshalStrict(payload, &w); err != nil {
 		return nil, fmt.Errorf("%w: payload: %v", ErrMalformed, err)
 	}
 	if w.Format != FormatVersion {
@@ -234,8 +198,7 @@ func decodeManifest(payload []byte) (*Manifest, error) {
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
-	canon, err := encMode.Marshal(m.wire())
-	if err != nil || !bytes.Equal(canon, payload) {
+	if err := protocol.RequireCanonical(payload, m.wire()); err != nil {
 		return nil, fmt.Errorf("%w: payload not in canonical encoding", ErrMalformed)
 	}
 	return m, nil
@@ -268,7 +231,7 @@ func Sign(m *Manifest, key crypto.Signer) ([]byte, error) {
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("firmware: sign v%d: %w", m.Version, err)
 	}
-	payload, err := encMode.Marshal(m.wire())
+	payload, err := protocol.MarshalCanonical(m.wire())
 	if err != nil {
 		return nil, fmt.Errorf("firmware: sign v%d: %w", m.Version, err)
 	}
@@ -282,27 +245,10 @@ func Sign(m *Manifest, key crypto.Signer) ([]byte, error) {
 // signPayload wraps payload in a tagged COSE_Sign1 signed by key. It does
 // not look at the payload, which lets tests sign malformed ones.
 func signPayload(payload []byte, key crypto.Signer) ([]byte, error) {
-	_, kid, err := p256(key.Public())
-	if err != nil {
+	if _, _, err := p256(key.Public()); err != nil {
 		return nil, err
 	}
-	signer, err := cose.NewSigner(cose.AlgorithmES256, key)
-	if err != nil {
-		return nil, err
-	}
-	msg := cose.Sign1Message{
-		Headers: cose.Headers{
-			Protected: cose.ProtectedHeader{
-				cose.HeaderLabelAlgorithm: cose.AlgorithmES256,
-				cose.HeaderLabelKeyID:     kid,
-			},
-		},
-		Payload: payload,
-	}
-	if err := msg.Sign(rand.Reader, externalAAD, signer); err != nil {
-		return nil, err
-	}
-	out, err := msg.MarshalCBOR()
+	out, err := protocol.SignSign1(key, payload, externalAAD)
 	if err != nil {
 		return nil, err
 	}
@@ -313,48 +259,32 @@ func signPayload(payload []byte, key crypto.Signer) ([]byte, error) {
 }
 
 // openSign1 parses a signed manifest's envelope under the size cap and the
-// strict limits, and returns it with the kid it names. It checks the shape
-// only: exactly {alg: ES256, kid} protected, nothing unprotected, an
-// attached payload.
-func openSign1(signed []byte) (*cose.Sign1Message, []byte, error) {
+// strict limits of protocol.ParseSign1, which accepts exactly {alg: ES256,
+// kid} protected, nothing unprotected and an attached payload. It checks
+// the shape only.
+func openSign1(signed []byte) (*protocol.Sign1, error) {
 	if len(signed) > MaxManifestSize {
-		return nil, nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(signed))
+		return nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(signed))
 	}
-	if !bytes.HasPrefix(signed, coseSign1Tag) {
-		return nil, nil, fmt.Errorf("%w: not a tagged COSE_Sign1", ErrMalformed)
+	msg, err := protocol.ParseSign1(signed)
+	if err != nil {
+		return nil, coseError(err)
 	}
-	// Well-formedness under our limits before go-cose parses it.
-	var raw any
-	if err := coseDec.Unmarshal(signed, &raw); err != nil {
-		return nil, nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
+	return msg, nil
+}
+
+// coseError restates a refusal of protocol's COSE_Sign1 code with this
+// package's sentinels: the algorithm, key or signature is
+// ErrBadSignature, anything else ErrMalformed.
+func coseError(err error) error {
+	var ce *protocol.COSEError
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	var msg cose.Sign1Message
-	if err := msg.UnmarshalCBOR(signed); err != nil {
-		return nil, nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
+	if errors.Is(ce.Err, protocol.ErrBadSignature) {
+		return fmt.Errorf("%w: %s", ErrBadSignature, ce.Detail)
 	}
-	// go-cose accepts any header labels and tags inside the protected
-	// header; we accept exactly alg and kid, strictly encoded.
-	var wrapped []byte
-	var ph protectedHeader
-	if err := strictDec.Unmarshal(msg.Headers.RawProtected, &wrapped); err != nil {
-		return nil, nil, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
-	}
-	if err := strictDec.Unmarshal(wrapped, &ph); err != nil {
-		return nil, nil, fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
-	}
-	if ph.Alg != int64(cose.AlgorithmES256) {
-		return nil, nil, fmt.Errorf("%w: algorithm %d, want ES256", ErrBadSignature, ph.Alg)
-	}
-	if len(ph.KID) != protocol.KeyIDSize {
-		return nil, nil, fmt.Errorf("%w: kid of %d bytes", ErrMalformed, len(ph.KID))
-	}
-	if len(msg.Headers.Unprotected) != 0 {
-		return nil, nil, fmt.Errorf("%w: unprotected header not empty", ErrMalformed)
-	}
-	if msg.Payload == nil {
-		return nil, nil, fmt.Errorf("%w: detached payload", ErrMalformed)
-	}
-	return &msg, ph.KID, nil
+	return fmt.Errorf("%w: %s", ErrMalformed, ce.Detail)
 }
 
 // Verify parses a signed manifest strictly, checks that it names the
@@ -372,19 +302,15 @@ func Verify(signed []byte, trusted crypto.PublicKey) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg, got, err := openSign1(signed)
+	msg, err := openSign1(signed)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(got, kid) {
-		return nil, fmt.Errorf("%w: kid %x, trusted key is %x", ErrUntrustedKey, got, kid)
+	if !bytes.Equal(msg.KID, kid) {
+		return nil, fmt.Errorf("%w: kid %x, trusted key is %x", ErrUntrustedKey, msg.KID, kid)
 	}
-	v, err := cose.NewVerifier(cose.AlgorithmES256, pub)
-	if err != nil {
-		return nil, err
-	}
-	if err := msg.Verify(externalAAD, v); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	if err := msg.Verify(pub, externalAAD); err != nil {
+		return nil, coseError(err)
 	}
 	return decodeManifest(msg.Payload)
 }
@@ -393,7 +319,7 @@ func Verify(signed []byte, trusted crypto.PublicKey) (*Manifest, error) {
 // verifying the signature. Slots uses it for manifests it verified at
 // install time and kept in its own state file.
 func decodeSigned(signed []byte) (*Manifest, error) {
-	msg, _, err := openSign1(signed)
+	msg, err := openSign1(signed)
 	if err != nil {
 		return nil, err
 	}

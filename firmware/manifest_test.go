@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/veraison/go-cose"
+
+	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // cborPairs builds a CBOR map from already-encoded key/value pairs, in the
@@ -27,7 +29,7 @@ func cborPairs(pairs ...[]byte) []byte {
 
 func enc(tb testing.TB, v any) []byte {
 	tb.Helper()
-	b, err := encMode.Marshal(v)
+	b, err := protocol.MarshalCanonical(v)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -445,7 +445,8 @@ func TestCDDLAgreement(t *testing.T) {
 	t.Run("envelope", func(t *testing.T) {
 		for _, want := range []string{
 			"signed-message = #6.18([",
-			"unprotected: {4: bstr .size 8}",
+			"protected-header = {1: -7, 4: bstr .size 8}",
+			"unprotected: {},",
 			"signature: bstr .size 64",
 			fmt.Sprintf("msg-id = bstr .size %d", MessageIDSize),
 			fmt.Sprintf("tstr .size (0..%d)", MaxDetailLen),

@@ -1,91 +1,43 @@
 package protocol
 
 import (
-	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
-
-	"github.com/fxamacker/cbor/v2"
-	"github.com/veraison/go-cose"
 )
 
-// Codec encodes and decodes messages. Its zero value is not usable; build
-// one with NewCodec. A Codec is safe for concurrent use.
-type Codec struct {
-	enc     cbor.EncMode
-	dec     cbor.DecMode
-	peek    cbor.DecMode
-	coseDec cbor.DecMode
-}
+// Codec encodes and decodes messages. It holds no state of its own (the
+// CBOR modes are built once for the package, see MarshalCanonical), so its
+// zero value works and it is safe for concurrent use; NewCodec exists so
+// that callers keep one value to pass around.
+type Codec struct{}
 
 // NewCodec returns a codec with core deterministic encoding and the strict
-// decoding limits of DESIGN.md.
-func NewCodec() *Codec {
-	encOpts := cbor.CoreDetEncOptions()
-	encOpts.NilContainers = cbor.NilContainerAsEmpty // an empty slot list is [], as the CDDL says
-	enc, err := encOpts.EncMode()
-	if err != nil {
-		panic(fmt.Sprintf("protocol: cbor enc mode: %v", err)) // static options: cannot fail
-	}
-	strict := StrictDecOptions()
-	dec, err := strict.DecMode()
-	if err != nil {
-		panic(fmt.Sprintf("protocol: cbor dec mode: %v", err))
-	}
-	peekOpts := strict
-	peekOpts.ExtraReturnErrors = cbor.ExtraDecErrorNone
-	peek, err := peekOpts.DecMode()
-	if err != nil {
-		panic(fmt.Sprintf("protocol: cbor peek mode: %v", err))
-	}
-	// The COSE structure itself carries tag 18; everything else keeps the
-	// strict limits.
-	coseOpts := strict
-	coseOpts.TagsMd = cbor.TagsAllowed
-	coseOpts.ExtraReturnErrors = cbor.ExtraDecErrorNone
-	coseDec, err := coseOpts.DecMode()
-	if err != nil {
-		panic(fmt.Sprintf("protocol: cbor cose mode: %v", err))
-	}
-	return &Codec{enc: enc, dec: dec, peek: peek, coseDec: coseDec}
-}
-
-// StrictDecOptions are the limits of DESIGN.md for CBOR from untrusted
-// input: no duplicate map keys, no indefinite lengths, no tags, at most 8
-// levels, 64 array elements and 32 map pairs, no unknown fields, valid
-// UTF-8 only. Every keyfleet decoder of device-facing bytes starts from
-// them (protocol, anchors, firmware), so that the limits are set in one
-// place.
-func StrictDecOptions() cbor.DecOptions {
-	return cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   8,
-		MaxArrayElements:  64,
-		MaxMapPairs:       32,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-		UTF8:              cbor.UTF8RejectInvalid,
-		IntDec:            cbor.IntDecConvertNone,
-	}
-}
+// decoding limits of DESIGN.md (StrictLimits).
+func NewCodec() *Codec { return &Codec{} }
 
 // Marshal encodes m deterministically, filling in the protocol version and
-// the message type. It refuses a message that would not pass Decode.
+// the message type. It refuses a message that would not pass Decode. A
+// Cert's certificate goes out compact (CompactLeaf); m is not changed.
 func (c *Codec) Marshal(m Message) ([]byte, error) {
 	h := m.Hdr()
 	h.V = Version
 	h.Type = TypeOf(m)
+	if c, ok := m.(*Cert); ok && len(c.Cert) > 0 {
+		compact, err := CompactLeaf(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("protocol: encode %v: %w", h.Type, err)
+		}
+		cc := *c
+		cc.Cert = compact
+		m = &cc
+	}
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("protocol: encode %v: %w", h.Type, err)
 	}
-	b, err := c.enc.Marshal(m)
+	b, err := MarshalCanonical(m)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encode %v: %w", h.Type, err)
 	}
@@ -101,7 +53,7 @@ func (c *Codec) Decode(payload []byte) (Message, error) {
 		V    uint8 `cbor:"1,keyasint"`
 		Type Type  `cbor:"2,keyasint"`
 	}
-	if err := c.peek.Unmarshal(payload, &hdr); err != nil {
+	if err := peekStrict(payload, &hdr); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if hdr.V != Version {
@@ -111,7 +63,7 @@ func (c *Codec) Decode(payload []byte) (Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.dec.Unmarshal(payload, m); err != nil {
+	if err := UnmarshalStrict(payload, m); err != nil {
 		return nil, fmt.Errorf("%w: %v: %v", ErrMalformed, hdr.Type, err)
 	}
 	if err := m.validate(); err != nil {
@@ -132,8 +84,8 @@ func KeyID(pub crypto.PublicKey) ([]byte, error) {
 }
 
 // Seal encodes m and signs it into a tagged COSE_Sign1 with ES256 and a
-// P-256 key. The kid in the unprotected header names the key, so the
-// receiver can pick the right verification key without trying several.
+// P-256 key (SignSign1). The kid in the protected header names the key, so
+// the receiver can pick the right verification key without trying several.
 //
 // audience binds the signature to the device the message is for (downlinks)
 // or from (uplinks), as COSE external AAD: a message replayed onto another
@@ -146,29 +98,7 @@ func (c *Codec) Seal(m Message, key crypto.Signer, audience string) ([]byte, err
 	if !Signed(TypeOf(m)) {
 		return nil, fmt.Errorf("protocol: seal %v: %w", TypeOf(m), ErrUnsigned)
 	}
-	pub, ok := key.Public().(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("protocol: seal %v: key must be ECDSA P-256", TypeOf(m))
-	}
-	kid, err := KeyID(pub)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := cose.NewSigner(cose.AlgorithmES256, key)
-	if err != nil {
-		return nil, fmt.Errorf("protocol: seal %v: %w", TypeOf(m), err)
-	}
-	msg := cose.Sign1Message{
-		Headers: cose.Headers{
-			Protected:   cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES256},
-			Unprotected: cose.UnprotectedHeader{cose.HeaderLabelKeyID: kid},
-		},
-		Payload: payload,
-	}
-	if err := msg.Sign(rand.Reader, externalAAD(audience), signer); err != nil {
-		return nil, fmt.Errorf("protocol: sign %v: %w", TypeOf(m), err)
-	}
-	out, err := msg.MarshalCBOR()
+	out, err := SignSign1(key, payload, externalAAD(audience))
 	if err != nil {
 		return nil, fmt.Errorf("protocol: seal %v: %w", TypeOf(m), err)
 	}
@@ -201,14 +131,11 @@ type Envelope struct {
 	KID []byte
 	// Payload is the message CBOR inside the envelope.
 	Payload []byte
-	sign1   *cose.Sign1Message
+	sign1   *Sign1
 }
 
 // IsSigned reports whether the packet came inside COSE_Sign1.
 func (e *Envelope) IsSigned() bool { return e.sign1 != nil }
-
-// coseSign1Tag starts a tagged COSE_Sign1: tag 18, then a 4-element array.
-var coseSign1Tag = []byte{0xd2, 0x84}
 
 // Open parses a packet into an envelope: a tagged COSE_Sign1 or a bare
 // message. It checks the size and the envelope's shape only; call Verify
@@ -217,33 +144,14 @@ func (c *Codec) Open(data []byte) (*Envelope, error) {
 	if len(data) > MaxPacketSize {
 		return nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))
 	}
-	if !bytes.HasPrefix(data, coseSign1Tag) {
+	if !IsSign1(data) {
 		return &Envelope{Payload: data}, nil
 	}
-	// Check well-formedness under our limits before go-cose parses it.
-	var raw any
-	if err := c.coseDec.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
+	s, err := ParseSign1(data)
+	if err != nil {
+		return nil, err
 	}
-	var msg cose.Sign1Message
-	if err := msg.UnmarshalCBOR(data); err != nil {
-		return nil, fmt.Errorf("%w: cose: %v", ErrMalformed, err)
-	}
-	alg, err := msg.Headers.Protected.Algorithm()
-	if err != nil || alg != cose.AlgorithmES256 {
-		return nil, fmt.Errorf("%w: cose algorithm %v", ErrBadSignature, alg)
-	}
-	if len(msg.Headers.Protected) != 1 || len(msg.Headers.Unprotected) != 1 {
-		return nil, fmt.Errorf("%w: cose headers must be exactly alg (protected) and kid (unprotected)", ErrMalformed)
-	}
-	kid, ok := msg.Headers.Unprotected[cose.HeaderLabelKeyID].([]byte)
-	if !ok || len(kid) != KeyIDSize {
-		return nil, fmt.Errorf("%w: cose kid", ErrMalformed)
-	}
-	if msg.Payload == nil {
-		return nil, fmt.Errorf("%w: detached payload", ErrMalformed)
-	}
-	return &Envelope{KID: kid, Payload: msg.Payload, sign1: &msg}, nil
+	return &Envelope{KID: s.KID, Payload: s.Payload, sign1: s}, nil
 }
 
 // Verify checks the envelope's signature with pub (an *ecdsa.PublicKey on
@@ -252,25 +160,7 @@ func (e *Envelope) Verify(pub crypto.PublicKey, audience string) error {
 	if e.sign1 == nil {
 		return ErrUnsigned
 	}
-	ek, ok := pub.(*ecdsa.PublicKey)
-	if !ok || ek.Curve != elliptic.P256() {
-		return fmt.Errorf("%w: key type %T", ErrBadSignature, pub)
-	}
-	kid, err := KeyID(ek)
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(kid, e.KID) {
-		return fmt.Errorf("%w: kid %x is not key %x", ErrBadSignature, e.KID, kid)
-	}
-	v, err := cose.NewVerifier(cose.AlgorithmES256, ek)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrBadSignature, err)
-	}
-	if err := e.sign1.Verify(externalAAD(audience), v); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadSignature, err)
-	}
-	return nil
+	return e.sign1.Verify(pub, externalAAD(audience))
 }
 
 // Message decodes the payload and checks that the message type is signed

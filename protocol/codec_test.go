@@ -3,14 +3,11 @@ package protocol
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"reflect"
 	"strings"
 	"testing"
-
-	"github.com/veraison/go-cose"
 )
 
 // TestRoundTrip encodes one message of every type and decodes it back, bare
@@ -36,8 +33,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Decode(Marshal(m)): %v", err)
 			}
-			if !reflect.DeepEqual(back, m) {
-				t.Errorf("Decode(Marshal(m)) = %+v, want %+v", back, m)
+			if want := onWire(t, m); !reflect.DeepEqual(back, want) {
+				t.Errorf("Decode(Marshal(m)) = %+v, want %+v", back, want)
 			}
 			second, err := c.Marshal(back)
 			if err != nil {
@@ -89,8 +86,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Message: %v", err)
 			}
-			if !reflect.DeepEqual(got, m) {
-				t.Errorf("Message() = %+v, want %+v", got, m)
+			if want := onWire(t, m); !reflect.DeepEqual(got, want) {
+				t.Errorf("Message() = %+v, want %+v", got, want)
 			}
 		})
 	}
@@ -405,24 +402,13 @@ func TestEnvelopeRejects(t *testing.T) {
 	kidHex := fmt.Sprintf("%x", kid)
 	rotatePayload := "58 29 " + rotateHex // bstr(41)
 	zeroSig := "58 40 " + strings.Repeat("00", 64)
-	protES256 := "43 a1 01 26" // bstr .cbor {1: -7}
-	unprot := "a1 04 48 " + kidHex
+	prot := "4d a2 01 26 04 48 " + kidHex // bstr .cbor {1: -7, 4: kid}
+	unprot := "a0"
 
 	// sign1 signs payload with k into a tagged COSE_Sign1 whose kid is kid,
 	// bypassing Seal's checks on the message type.
 	sign1 := func(k *ecdsa.PrivateKey, kid, payload []byte) []byte {
-		signer, err := cose.NewSigner(cose.AlgorithmES256, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := cose.Sign1(rand.Reader, signer, cose.Headers{
-			Protected:   cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES256},
-			Unprotected: cose.UnprotectedHeader{cose.HeaderLabelKeyID: kid},
-		}, payload, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
+		return signSign1WithKID(t, k, kid, payload, nil)
 	}
 	rotate := &Rotate{Header: Header{ID: id(0x20), RID: id(0xa0), IAT: 1700000000, Exp: 1700086400}, Slot: SlotIdentity, Version: 4}
 	sealed, err := c.Seal(rotate, key, "")
@@ -457,26 +443,32 @@ func TestEnvelopeRejects(t *testing.T) {
 		{rawCase: rawCase{"payload byte flipped", flip(sealed, idAt), ErrBadSignature, "verification error"}},
 		{rawCase: rawCase{"verified with another key", sealed, ErrBadSignature, "kid"}, pub: &other.PublicKey},
 		{rawCase: rawCase{"another key claims our kid", sign1(other, kid, h(rotateHex)), ErrBadSignature, "verification error"}},
-		{rawCase: rawCase{"wrong alg in protected header (ES384)", h(coseHex("44 a1 01 38 22", unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
-		{rawCase: rawCase{"wrong alg in protected header (EdDSA)", h(coseHex("43 a1 01 27", unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
+		{rawCase: rawCase{"wrong alg in protected header (ES384)", h(coseHex("4e a2 01 38 22 04 48 "+kidHex, unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
+		{rawCase: rawCase{"wrong alg in protected header (EdDSA)", h(coseHex("4d a2 01 27 04 48 "+kidHex, unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
 		{rawCase: rawCase{"no alg (empty protected header)", h(coseHex("40", unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
+		{rawCase: rawCase{"no alg (kid only)", h(coseHex("4b a1 04 48 "+kidHex, unprot, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
 		{rawCase: rawCase{"alg only in unprotected header", h(coseHex("40", "a2 01 26 04 48 "+kidHex, rotatePayload, zeroSig)), ErrBadSignature, "algorithm"}},
-		{rawCase: rawCase{"zero signature", h(coseHex(protES256, unprot, rotatePayload, zeroSig)), ErrBadSignature, ""}},
-		{rawCase: rawCase{"short signature", h(coseHex(protES256, unprot, rotatePayload, "58 20 "+strings.Repeat("00", 32))), ErrBadSignature, ""}},
+		{rawCase: rawCase{"zero signature", h(coseHex(prot, unprot, rotatePayload, zeroSig)), ErrBadSignature, ""}},
+		{rawCase: rawCase{"short signature", h(coseHex(prot, unprot, rotatePayload, "58 20 "+strings.Repeat("00", 32))), ErrBadSignature, ""}},
 
-		// Envelope shape.
-		{rawCase: rawCase{"kid missing", h(coseHex(protES256, "a0", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
-		{rawCase: rawCase{"kid 4 bytes", h(coseHex(protES256, "a1 04 44 00010203", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
-		{rawCase: rawCase{"kid as text", h(coseHex(protES256, "a1 04 68 6b69642d31323334", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
-		{rawCase: rawCase{"detached payload", h(coseHex(protES256, unprot, "f6", zeroSig)), ErrMalformed, "detached"}},
-		{rawCase: rawCase{"empty signature", h(coseHex(protES256, unprot, rotatePayload, "40")), ErrMalformed, "signature"}},
-		{rawCase: rawCase{"three-element array", h("d2 83 " + protES256 + " " + unprot + " " + rotatePayload), ErrMalformed, ""}},
-		{rawCase: rawCase{"indefinite-length envelope", h("d2 9f " + protES256 + " " + unprot + " " + rotatePayload + " " + zeroSig + " ff"), ErrMalformed, ""}},
+		// Envelope shape: exactly {alg, kid} protected, nothing unprotected.
+		{rawCase: rawCase{"kid missing", h(coseHex("43 a1 01 26", "a0", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"kid in the unprotected header", h(coseHex("43 a1 01 26", "a1 04 48 "+kidHex, rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"kid in both headers", h(coseHex(prot, "a1 04 48 "+kidHex, rotatePayload, zeroSig)), ErrMalformed, "unprotected header must be empty"}},
+		{rawCase: rawCase{"kid 4 bytes", h(coseHex("49 a2 01 26 04 44 00010203", "a0", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"kid as text", h(coseHex("4d a2 01 26 04 68 6b69642d31323334", "a0", rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"protected header keys out of order", h(coseHex("4d a2 04 48 "+kidHex+" 01 26", unprot, rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"extra protected header", h(coseHex("4f a3 01 26 04 48 "+kidHex+" 03 00", unprot, rotatePayload, zeroSig)), ErrMalformed, "kid"}},
+		{rawCase: rawCase{"payload length not minimal", h(coseHex(prot, unprot, "59 00 29 "+rotateHex, zeroSig)), ErrMalformed, "deterministic"}},
+		{rawCase: rawCase{"detached payload", h(coseHex(prot, unprot, "f6", zeroSig)), ErrMalformed, "detached"}},
+		{rawCase: rawCase{"empty signature", h(coseHex(prot, unprot, rotatePayload, "40")), ErrMalformed, "signature"}},
+		{rawCase: rawCase{"three-element array", h("d2 83 " + prot + " " + unprot + " " + rotatePayload), ErrMalformed, ""}},
+		{rawCase: rawCase{"indefinite-length envelope", h("d2 9f " + prot + " " + unprot + " " + rotatePayload + " " + zeroSig + " ff"), ErrMalformed, ""}},
 		{rawCase: rawCase{"untagged COSE_Sign1", sealed[1:], ErrMalformed, ""}},
-		{rawCase: rawCase{"COSE_Sign tag 98", h("d8 62 84 " + protES256 + " " + unprot + " " + rotatePayload + " " + zeroSig), ErrMalformed, "tag isn't allowed"}},
+		{rawCase: rawCase{"COSE_Sign tag 98", h("d8 62 84 " + prot + " " + unprot + " " + rotatePayload + " " + zeroSig), ErrMalformed, "tag isn't allowed"}},
 		{rawCase: rawCase{"trailing bytes after envelope", append(bytes.Clone(sealed), 0x00), ErrMalformed, "extraneous data"}},
-		{rawCase: rawCase{"nesting too deep in unprotected header", h(coseHex(protES256, "a2 04 48 "+kidHex+" 18 63 81 81 81 81 81 81 81 80", rotatePayload, zeroSig)), ErrMalformed, "nested level"}},
-		{rawCase: rawCase{"indefinite-length unprotected header", h(coseHex(protES256, "bf 04 48 "+kidHex+" ff", rotatePayload, zeroSig)), ErrMalformed, "indefinite-length"}},
+		{rawCase: rawCase{"nesting too deep in unprotected header", h(coseHex(prot, "a1 18 63 81 81 81 81 81 81 81 80", rotatePayload, zeroSig)), ErrMalformed, "nested level"}},
+		{rawCase: rawCase{"indefinite-length unprotected header", h(coseHex(prot, "bf ff", rotatePayload, zeroSig)), ErrMalformed, "indefinite-length"}},
 
 		// Strict decoding applies inside the envelope.
 		{rawCase: rawCase{"tag inside signed payload", sign1(key, kid, h(`d8 18 `+"58 29 "+rotateHex)), ErrMalformed, "tag isn't allowed"}},

@@ -11,7 +11,16 @@
 // from 10 up carry the type's own fields. Messages that need authenticity are
 // wrapped in a tagged COSE_Sign1 (RFC 9052) signed with ES256; a certificate
 // delivery is not, because the certificate is already signed by the CA and
-// bound to a key the device generated.
+// bound to a key the device generated. It even leaves that key out (the
+// device sent it in its CSR) and the device puts it back before checking
+// the certificate (CompactLeaf, ExpandLeaf).
+//
+// The package also holds the CBOR and COSE code every keyfleet format
+// shares (cbor.go, cose.go): the deterministic encoding and strict decoding
+// modes, built once (MarshalCanonical, UnmarshalStrict, NewCBOR for other
+// limits), and COSE_Sign1 signing and parsing with external AAD and the
+// key id in the protected header (SignSign1, ParseSign1). Packages anchors,
+// firmware and datakey use them rather than building their own.
 //
 // Decoders treat their input as hostile: they cap the packet at MaxPacketSize
 // and reject duplicate map keys, indefinite lengths, tags inside payloads,

@@ -7,7 +7,6 @@ import (
 	"crypto/hpke"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
@@ -108,19 +107,10 @@ type encrypt0 struct {
 	Ciphertext  []byte
 }
 
-// encrypt0Codec holds the CBOR modes shared with the rest of the package:
-// core deterministic encoding and the strict decoding limits of NewCodec.
-var encrypt0Codec = sync.OnceValue(NewCodec)
-
 // hpke0Protected is the only protected header we emit or accept, {1: 35}
-// in core deterministic encoding: a1 01 18 23.
-var hpke0Protected = sync.OnceValue(func() []byte {
-	b, err := encrypt0Codec().enc.Marshal(map[int64]int64{cose.HeaderLabelAlgorithm: int64(AlgorithmHPKE0)})
-	if err != nil {
-		panic(fmt.Sprintf("protocol: encode encrypt0 protected header: %v", err)) // static value: cannot fail
-	}
-	return b
-})
+// in core deterministic encoding (TestEncrypt0DraftExample checks it
+// against the draft's example).
+func hpke0Protected() []byte { return []byte{0xa1, 0x01, 0x18, 0x23} }
 
 // SealEncrypt0 encrypts plaintext (a data key) to a device's P-256
 // identity key and returns a tagged COSE_Encrypt0 with HPKE-0.
@@ -149,9 +139,8 @@ func SealEncrypt0(recipient *ecdsa.PublicKey, plaintext []byte, audience string)
 	if err != nil {
 		return nil, err
 	}
-	c := encrypt0Codec()
 	protected := hpke0Protected()
-	aad, err := encStructure(c, protected, audience)
+	aad, err := encStructure(protected, audience)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +153,7 @@ func SealEncrypt0(recipient *ecdsa.PublicKey, plaintext []byte, audience string)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: seal encrypt0: %w", err)
 	}
-	out, err := marshalEncrypt0(c, &encrypt0{
+	out, err := marshalEncrypt0(&encrypt0{
 		Protected: protected,
 		Unprotected: map[int64][]byte{
 			cose.HeaderLabelKeyID:      kid,
@@ -195,8 +184,7 @@ func OpenEncrypt0(recipient *ecdsa.PrivateKey, data []byte, audience string) ([]
 	if recipient == nil || recipient.Curve != elliptic.P256() {
 		return nil, errors.New("protocol: open encrypt0: recipient must be an ECDSA P-256 key")
 	}
-	c := encrypt0Codec()
-	msg, err := parseEncrypt0(c, data)
+	msg, err := parseEncrypt0(data)
 	if err != nil {
 		return nil, err
 	}
@@ -215,14 +203,14 @@ func OpenEncrypt0(recipient *ecdsa.PrivateKey, data []byte, audience string) ([]
 	if err != nil {
 		return nil, fmt.Errorf("protocol: open encrypt0: recipient key: %w", err)
 	}
-	return openHPKE0(c, sk, msg, audience)
+	return openHPKE0(sk, msg, audience)
 }
 
 // openHPKE0 runs the HPKE half of OpenEncrypt0 on a parsed message; the
 // test of the draft's example uses it directly, since that example's kid
 // is not one of ours.
-func openHPKE0(c *Codec, sk hpke.PrivateKey, msg *encrypt0, audience string) ([]byte, error) {
-	aad, err := encStructure(c, msg.Protected, audience)
+func openHPKE0(sk hpke.PrivateKey, msg *encrypt0, audience string) ([]byte, error) {
+	aad, err := encStructure(msg.Protected, audience)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +229,7 @@ func openHPKE0(c *Codec, sk hpke.PrivateKey, msg *encrypt0, audience string) ([]
 // parseEncrypt0 checks the shape of a COSE_Encrypt0 and returns it with a
 // protected header known to be {alg: HPKE-0} and an unprotected header
 // holding exactly a well-sized kid and ek.
-func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
+func parseEncrypt0(data []byte) (*encrypt0, error) {
 	if len(data) > MaxEncrypt0Size {
 		return nil, fmt.Errorf("%w: encrypt0 of %d bytes", ErrTooLarge, len(data))
 	}
@@ -251,7 +239,7 @@ func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
 		return nil, fmt.Errorf("%w: not a tagged COSE_Encrypt0", ErrMalformed)
 	}
 	var msg encrypt0
-	if err := c.dec.Unmarshal(data[1:], &msg); err != nil {
+	if err := UnmarshalStrict(data[1:], &msg); err != nil {
 		return nil, fmt.Errorf("%w: encrypt0: %v", ErrMalformed, err)
 	}
 	if msg.Protected == nil || msg.Unprotected == nil || msg.Ciphertext == nil {
@@ -259,7 +247,7 @@ func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
 	}
 
 	var prot map[int64]cbor.RawMessage
-	if err := c.dec.Unmarshal(msg.Protected, &prot); err != nil {
+	if err := UnmarshalStrict(msg.Protected, &prot); err != nil {
 		return nil, fmt.Errorf("%w: encrypt0 protected header: %v", ErrMalformed, err)
 	}
 	rawAlg, ok := prot[cose.HeaderLabelAlgorithm]
@@ -267,7 +255,7 @@ func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
 		return nil, fmt.Errorf("%w: encrypt0 protected header must be exactly alg", ErrMalformed)
 	}
 	var alg int64
-	if err := c.dec.Unmarshal(rawAlg, &alg); err != nil {
+	if err := UnmarshalStrict(rawAlg, &alg); err != nil {
 		return nil, fmt.Errorf("%w: encrypt0 alg: %v", ErrMalformed, err)
 	}
 	if alg != int64(AlgorithmHPKE0) {
@@ -295,7 +283,7 @@ func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
 	// One byte form per message: the decoder tolerates non-minimal
 	// integers and lengths and any map order, so compare with our own
 	// encoding.
-	canon, err := marshalEncrypt0(c, &msg)
+	canon, err := marshalEncrypt0(&msg)
 	if err != nil || !bytes.Equal(canon, data) {
 		return nil, fmt.Errorf("%w: encrypt0 not in core deterministic encoding", ErrMalformed)
 	}
@@ -303,8 +291,8 @@ func parseEncrypt0(c *Codec, data []byte) (*encrypt0, error) {
 }
 
 // marshalEncrypt0 encodes msg as a tagged COSE_Encrypt0, deterministically.
-func marshalEncrypt0(c *Codec, msg *encrypt0) ([]byte, error) {
-	out, err := c.enc.Marshal(cbor.Tag{Number: coseEncrypt0Tag, Content: msg})
+func marshalEncrypt0(msg *encrypt0) ([]byte, error) {
+	out, err := MarshalCanonical(cbor.Tag{Number: coseEncrypt0Tag, Content: msg})
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encode encrypt0: %w", err)
 	}
@@ -314,12 +302,12 @@ func marshalEncrypt0(c *Codec, msg *encrypt0) ([]byte, error) {
 // encStructure returns the COSE Enc_structure (RFC 9052 §5.3) that HPKE
 // authenticates as its aad: ["Encrypt0", protected, external_aad]. An
 // absent external AAD is the empty byte string, never null.
-func encStructure(c *Codec, protected []byte, audience string) ([]byte, error) {
+func encStructure(protected []byte, audience string) ([]byte, error) {
 	external := externalAAD(audience)
 	if external == nil {
 		external = []byte{}
 	}
-	b, err := c.enc.Marshal([]any{encrypt0Context, protected, external})
+	b, err := MarshalCanonical([]any{encrypt0Context, protected, external})
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encode Enc_structure: %w", err)
 	}

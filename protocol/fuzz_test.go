@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/keyfleet/keyfleet/internal/fuzzseed"
 )
 
 // The fuzz targets check invariants, not only the absence of panics:
@@ -179,58 +180,35 @@ func FuzzOpen(f *testing.F) {
 // KEYFLEET_WRITE_FUZZ_CORPUS=1 it rewrites the corpus instead. The files are
 // checked in, so that plain `go test` runs the fuzz bodies on them.
 func TestFuzzCorpus(t *testing.T) {
-	rewrite := os.Getenv("KEYFLEET_WRITE_FUZZ_CORPUS") == "1"
+	corpus := fuzzseed.New(t, "go test -run TestFuzzCorpus ./protocol")
 	c := NewCodec()
 	key := fixedKey(t, "A")
-	write := func(target, name string, data []byte) {
-		dir := filepath.Join("testdata", "fuzz", target)
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%+q)\n", data)
-		path := filepath.Join(dir, name)
-		if !rewrite {
-			// The examples carry fresh keys and signatures, so the bytes
-			// differ from run to run: check the seed is there.
-			if _, err := os.Stat(path); err != nil {
-				t.Errorf("seed %s missing (KEYFLEET_WRITE_FUZZ_CORPUS=1 go test -run TestFuzzCorpus ./protocol writes it): %v", path, err)
-			}
-			return
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, m := range examples(t) {
 		b, err := c.Marshal(m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		write("FuzzDecode", TypeOf(m).String(), b)
-		write("FuzzOpen", TypeOf(m).String(), encode(t, c, m, key))
+		corpus.Add("FuzzDecode", TypeOf(m).String(), b)
+		corpus.Add("FuzzOpen", TypeOf(m).String(), encode(t, c, m, key))
 	}
 	for _, tc := range payloadCases(t) {
 		switch tc.name {
 		case "duplicate map key", "indefinite-length map", "tag inside payload",
 			"invalid UTF-8 in Error.Detail", "nesting too deep", "hello with 64 slots":
-			write("FuzzDecode", "raw-"+slug(tc.name), tc.raw)
+			corpus.Add("FuzzDecode", "raw-"+fuzzseed.Slug(tc.name), tc.raw)
 		}
 	}
+	full, err := MarshalCanonical(&Cert{Header: Header{V: Version, Type: TypeCert, ID: id(0x40), RID: id(0xa0)},
+		Slot: SlotIdentity, Version: 4, Cert: realisticMaterial(t).cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corpus.Add("FuzzDecode", "raw-cert-with-its-key", full)
 	kid := fmt.Sprintf("%x", keyID(t, key))
-	write("FuzzOpen", "raw-wrong-alg", unhex(t, coseHex("44 a1 01 38 22", "a1 04 48 "+kid, "58 29 "+rotateHex, "58 40 "+string(bytes.Repeat([]byte("00"), 64)))))
-	write("FuzzOpen", "raw-rotate-bare", unhex(t, rotateHex))
-}
-
-func slug(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
-		case c >= 'A' && c <= 'Z':
-			b[i] = c + 'a' - 'A'
-		default:
-			b[i] = '-'
-		}
-	}
-	return string(b)
+	zeroSig := "58 40 " + strings.Repeat("00", 64)
+	corpus.Add("FuzzOpen", "raw-wrong-alg", unhex(t, coseHex("4e a2 01 38 22 04 48 "+kid, "a0", "58 29 "+rotateHex, zeroSig)))
+	corpus.Add("FuzzOpen", "raw-kid-unprotected", unhex(t, coseHex("43 a1 01 26", "a1 04 48 "+kid, "58 29 "+rotateHex, zeroSig)))
+	corpus.Add("FuzzOpen", "raw-kid-in-both-headers", unhex(t, coseHex("4d a2 01 26 04 48 "+kid, "a1 04 48 "+kid, "58 29 "+rotateHex, zeroSig)))
+	corpus.Add("FuzzOpen", "raw-payload-length-not-minimal", unhex(t, coseHex("4d a2 01 26 04 48 "+kid, "a0", "59 00 29 "+rotateHex, zeroSig)))
+	corpus.Add("FuzzOpen", "raw-rotate-bare", unhex(t, rotateHex))
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 // Shared fixtures of the protocol tests.
@@ -88,9 +90,11 @@ func id(b byte) []byte {
 // realistic holds a CSR and a certificate as a device and the fleet CA
 // would produce them, built once per test binary.
 type realistic struct {
-	csr     []byte // PKCS#10, P-256, CN=device id, URI SAN
-	cert    []byte // DER leaf, P-256, issued by a P-256 CA
+	csr     []byte // PKCS#10, P-256, CN=device id (as device.CSR makes it)
+	cert    []byte // DER leaf, P-256, issued by a P-256 CA (as certs.CA issues it)
 	onlineK []byte // PKIX SubjectPublicKeyInfo of an online signing key
+	devKey  *ecdsa.PrivateKey
+	ca      *x509.Certificate
 }
 
 var (
@@ -129,7 +133,6 @@ func buildRealistic() (realistic, error) {
 	}
 	r.csr, err = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: testDevice},
-		URIs:    []*url.URL{uri},
 	}, devKey)
 	if err != nil {
 		return r, err
@@ -142,6 +145,7 @@ func buildRealistic() (realistic, error) {
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,
+		SubjectKeyId:          []byte{1, 2, 3, 4, 5, 6, 7, 8}, // an 8-byte key id, as certs.NewRoot sets
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
 	if err != nil {
@@ -150,9 +154,10 @@ func buildRealistic() (realistic, error) {
 	if ca, err = x509.ParseCertificate(caDER); err != nil {
 		return r, err
 	}
-	// A leaf as a CA would issue it for the CSR: 128-bit serial, the
-	// subject and SAN of the request, client-auth usage.
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	// A leaf as certs.CA issues it for the CSR: 72-bit serial, the
+	// subject of the request and the identity URI, client-auth usage, the
+	// authority key id.
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 72))
 	if err != nil {
 		return r, err
 	}
@@ -169,12 +174,15 @@ func buildRealistic() (realistic, error) {
 	if err != nil {
 		return r, err
 	}
+	r.devKey, r.ca = devKey, ca
 	r.onlineK, err = x509.MarshalPKIXPublicKey(&online.PublicKey)
 	return r, err
 }
 
 // examples returns one valid message of every type, with realistic content
-// and a fixed clock. Each call returns fresh values.
+// and a fixed clock, and the header fields fleetd and the agent set (a
+// command carries an expiry and no issued-at; a retire no rotation id).
+// Each call returns fresh values.
 func examples(tb testing.TB) []Message {
 	tb.Helper()
 	r := realisticMaterial(tb)
@@ -184,11 +192,11 @@ func examples(tb testing.TB) []Message {
 	return []Message{
 		&Hello{Header: Header{ID: id(0x10), IAT: iat},
 			Slots: []SlotVersion{{Slot: SlotIdentity, Active: 3, Pending: 4, Previous: 2}}},
-		&Rotate{Header: Header{ID: id(0x20), RID: rid, IAT: iat, Exp: exp}, Slot: SlotIdentity, Version: 4},
+		&Rotate{Header: Header{ID: id(0x20), RID: rid, Exp: exp}, Slot: SlotIdentity, Version: 4},
 		&Enroll{Header: Header{ID: id(0x30), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4, CSR: r.csr},
-		&Cert{Header: Header{ID: id(0x40), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4, Cert: r.cert},
+		&Cert{Header: Header{ID: id(0x40), RID: rid}, Slot: SlotIdentity, Version: 4, Cert: r.cert},
 		&Activated{Header: Header{ID: id(0x50), RID: rid, IAT: iat}, Slot: SlotIdentity, Version: 4},
-		&Retire{Header: Header{ID: id(0x60), RID: rid, IAT: iat, Exp: exp}, Slot: SlotIdentity, Version: 3},
+		&Retire{Header: Header{ID: id(0x60), Exp: exp}, Slot: SlotIdentity, Version: 3},
 		&Error{Header: Header{ID: id(0x70), RID: rid, IAT: iat}, Code: CodeBadCSR, Ref: id(0x30),
 			Detail: "csr subject does not match device"},
 		&Delegation{Header: Header{ID: id(0x80), IAT: iat}, Key: r.onlineK,
@@ -236,4 +244,44 @@ func receive(c *Codec, data []byte, pub *ecdsa.PublicKey) (Message, error) {
 		}
 	}
 	return c.Message(env)
+}
+
+// signSign1WithKID builds a COSE_Sign1 in our layout, signed by k but
+// naming kid, which SignSign1 never does: the tests of a kid that lies.
+func signSign1WithKID(tb testing.TB, k *ecdsa.PrivateKey, kid, payload, aad []byte) []byte {
+	tb.Helper()
+	protected := append(bytes.Clone(sign1ProtectedPrefix), kid...)
+	digest, err := sign1Digest(protected, payload, aad)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, s, err := ecdsa.Sign(rand.Reader, k, digest)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sig := make([]byte, es256SignatureSize)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	body, err := MarshalCanonical(&sign1{Protected: protected, Unprotected: cbor.RawMessage{0xa0}, Payload: payload, Signature: sig})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return append([]byte{0xd2}, body...)
+}
+
+// onWire returns m as the receiver decodes it: a Cert's certificate
+// compact (CompactLeaf), everything else as it is.
+func onWire(tb testing.TB, m Message) Message {
+	tb.Helper()
+	c, ok := m.(*Cert)
+	if !ok {
+		return m
+	}
+	compact, err := CompactLeaf(c.Cert)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cc := *c
+	cc.Cert = compact
+	return &cc
 }

@@ -146,7 +146,11 @@ type Enroll struct {
 	CSR     []byte `cbor:"12,keyasint"`
 }
 
-// Cert delivers the certificate issued for an enroll (DER leaf).
+// Cert delivers the certificate issued for an enroll. On the wire Cert is
+// the DER leaf without its SubjectPublicKeyInfo (see CompactLeaf): the
+// sender may set the full certificate, which Marshal compacts; a received
+// Cert holds the compact leaf, which the device expands with its pending
+// key (ExpandLeaf) before checking it.
 type Cert struct {
 	Header
 	Slot    Slot   `cbor:"10,keyasint"`
@@ -321,7 +325,7 @@ func (m *Cert) validate() error {
 	if len(m.Cert) == 0 {
 		return fmt.Errorf("%w: cert", ErrMissingField)
 	}
-	return first(needID(&m.Header), needRID(&m.Header), needSlotVersion(m.Slot, m.Version))
+	return first(needID(&m.Header), needRID(&m.Header), needSlotVersion(m.Slot, m.Version), checkNotFullLeaf(m.Cert))
 }
 
 func (m *Activated) validate() error {

@@ -9,6 +9,11 @@ import (
 const (
 	maxEnrollSize    = 512 // enroll with a P-256 CSR
 	maxActivatedSize = 200
+	// maxRotationSize bounds one identity rotation's application payload
+	// (rotate, enroll, cert, activated), which fleetsim reports as
+	// bytes_per_rotation: at most 1,000 bytes, with room for DER
+	// signatures, longer device ids and CA names.
+	maxRotationSize = 960
 )
 
 // TestMessageSizes measures every message as it goes on the wire, with
@@ -22,6 +27,7 @@ func TestMessageSizes(t *testing.T) {
 	t.Logf("CSR %d bytes DER, leaf certificate %d bytes DER, online key SPKI %d bytes", len(r.csr), len(r.cert), len(r.onlineK))
 	t.Logf("| message | payload (B) | on the wire (B) | envelope |")
 	t.Logf("|---|---:|---:|---|")
+	rotation := 0
 	for _, m := range examples(t) {
 		typ := TypeOf(m)
 		t.Run(typ.String(), func(t *testing.T) {
@@ -35,6 +41,10 @@ func TestMessageSizes(t *testing.T) {
 				envelope = "bare"
 			}
 			t.Logf("| %s | %d | %d | %s |", typ, len(payload), len(packet), envelope)
+			switch typ {
+			case TypeRotate, TypeEnroll, TypeCert, TypeActivated:
+				rotation += len(packet)
+			}
 			if len(packet) > MaxPacketSize {
 				t.Errorf("%v: %d bytes, want <= MaxPacketSize %d", typ, len(packet), MaxPacketSize)
 			}
@@ -49,7 +59,7 @@ func TestMessageSizes(t *testing.T) {
 				}
 			}
 			if Signed(typ) {
-				// tag (1) + array (1) + protected (4) + unprotected (11)
+				// tag (1) + array (1) + protected {alg, kid} (14) + unprotected {} (1)
 				// + payload head (2 or 3) + signature (66).
 				overhead := len(packet) - len(payload)
 				if overhead < 84 || overhead > 86 {
@@ -57,5 +67,9 @@ func TestMessageSizes(t *testing.T) {
 				}
 			}
 		})
+	}
+	t.Logf("one identity rotation (rotate, enroll, cert, activated): %d bytes", rotation)
+	if rotation > maxRotationSize {
+		t.Errorf("one identity rotation: %d bytes, want <= %d", rotation, maxRotationSize)
 	}
 }

@@ -40,7 +40,18 @@ func TestReenroll(t *testing.T) {
 	if cert.Version != 2 {
 		t.Errorf("re-enrolled version %d, want 2", cert.Version)
 	}
-	c, _ := x509.ParseCertificate(cert.Cert)
+	// The delivery leaves out the key the device sent; the device puts it back.
+	der, err := protocol.ExpandLeaf(cert.Cert, &newKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckSignatureFrom(h.ca.Certificate()); err != nil {
+		t.Errorf("certificate is not the CA's for the CSR's key: %v", err)
+	}
 	if !newKey.PublicKey.Equal(c.PublicKey) {
 		t.Error("certificate is not for the CSR's key")
 	}
