@@ -214,6 +214,10 @@ func (e *Embedded) DisconnectCredential(device, serial string) int {
 	return n
 }
 
+// Retained returns how many retained messages the broker holds for topics
+// matching filter, for checks that devices left none (they may not retain).
+func (e *Embedded) Retained(filter string) int { return len(e.srv.Topics.Messages(filter)) }
+
 // Connected returns how many authenticated clients are connected.
 func (e *Embedded) Connected() int {
 	n := 0

@@ -177,7 +177,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	if access != policy.AccessFull {
-		h.log.Info("broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
+		h.logs.Log(h.log, slog.LevelInfo, cl.ID+"/restricted", "broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
 	}
 	h.settleTakeover(cl)
 	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access})
@@ -210,7 +210,7 @@ func (h *AuthHook) settleTakeover(cl *mqtt.Client) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	h.log.Warn("broker: previous session of a client id did not end in time", "client", cl.ID)
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/takeover-slow", "broker: previous session of a client id did not end in time", "client", cl.ID)
 }
 
 // takeoverWait bounds how long a connection waits for the session it takes
@@ -279,7 +279,7 @@ func (h *AuthHook) restore(live *mqtt.Client) {
 	}
 	if restored {
 		h.denials.add("broker:session-restored")
-		h.log.Warn("broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
+		h.logs.Log(h.log, slog.LevelWarn, live.ID+"/session-restored", "broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
 		// Whatever was published to it meanwhile is lost: ask for it again.
 		if s, ok := h.ids.get(live); ok && h.onRestore != nil && s.id.Role == certs.RoleDevice {
 			h.onRestore(live.ID)
