@@ -57,7 +57,7 @@ type Token struct {
 	label string
 	ops   atomic.Uint64
 	genMu sync.Mutex // makes look-up-then-generate atomic within the process
-	raw   *rawToken  // raw PKCS#11 for data keys (aes.go), started lazily
+	raw   *rawToken  // raw PKCS#11 for the KEK and data keys (session.go), started lazily
 }
 
 // Open logs in to the token cfg names.
@@ -89,7 +89,7 @@ func (t *Token) Close() error {
 }
 
 // Ops returns how many key operations this Token has performed: signatures
-// and data-key wraps and unwraps under a KEK (aes.go).
+// and data-key wraps and unwraps under a KEK (datakey.go).
 func (t *Token) Ops() uint64 { return t.ops.Load() }
 
 // URI returns the RFC 7512 URI of the private key with the given label.
