@@ -1,4 +1,4 @@
-package logx_test
+package logx
 
 import (
 	"bytes"
@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/keyfleet/keyfleet/internal/logx"
 )
 
 type fakeClock struct {
@@ -26,7 +24,7 @@ func (c *fakeClock) advance(d time.Duration) {
 
 func TestLimiterAllow(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	l := logx.NewLimiter(10*time.Second, clk.now)
+	l := NewLimiter(10*time.Second, clk.now)
 	type step struct {
 		advance    time.Duration
 		key        string
@@ -57,16 +55,16 @@ func TestLimiterAllow(t *testing.T) {
 // and the next line carries the number left out.
 func TestLimiterLog(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	l := logx.NewLimiter(0, clk.now)
+	l := NewLimiter(0, clk.now)
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	logged := 0
-	for range 100_000 {
+	for range 10_000 {
 		if l.Log(log, slog.LevelWarn, "dev-1/flood", "refused", "device", "dev-1") {
 			logged++
 		}
 	}
-	clk.advance(logx.DefaultLogEvery)
+	clk.advance(DefaultLogEvery)
 	if l.Log(log, slog.LevelWarn, "dev-1/flood", "refused", "device", "dev-1") {
 		logged++
 	}
@@ -74,22 +72,33 @@ func TestLimiterLog(t *testing.T) {
 		t.Errorf("lines logged: got %d, want 2", logged)
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 2 || strings.Contains(lines[0], "suppressed") || !strings.Contains(lines[1], "suppressed=99999") {
+	if len(lines) != 2 || strings.Contains(lines[0], "suppressed") || !strings.Contains(lines[1], "suppressed=9999") {
 		t.Errorf("log:\n%s", buf.String())
 	}
 }
 
 // TestLimiterManyKeys: distinct keys beyond the bound do not grow memory
-// without end, and a key seen again after being forgotten logs again.
+// without end: idle keys are forgotten first, and a key seen again after
+// being forgotten logs again; keys still within their interval are kept
+// while there is room.
 func TestLimiterManyKeys(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	l := logx.NewLimiter(time.Second, clk.now)
-	for i := range 300_000 {
+	l := NewLimiter(time.Second, clk.now)
+	l.maxKeys = 100
+	for i := range 1000 {
 		if ok, _ := l.Allow(fmt.Sprintf("k%d", i)); !ok {
 			t.Fatalf("first line of key %d suppressed", i)
 		}
+		if len(l.keys) > l.maxKeys {
+			t.Fatalf("%d keys kept, want at most %d", len(l.keys), l.maxKeys)
+		}
 	}
-	if ok, _ := l.Allow("k299999"); ok {
+	if ok, _ := l.Allow("k999"); ok {
 		t.Error("a key just seen logged again within the interval")
+	}
+	clk.advance(time.Second)
+	l.Allow("fresh") // the sweep drops the idle keys, not the new one
+	if len(l.keys) != 1 {
+		t.Errorf("after an interval of quiet, %d keys kept, want 1", len(l.keys))
 	}
 }
