@@ -50,7 +50,9 @@ type Options struct {
 	// UplinkRate (messages per second) and UplinkBurst are each device's
 	// token bucket for publishes; a device over it is disconnected and
 	// counted as "flood". Zero means DefaultUplinkRate and
-	// DefaultUplinkBurst; a negative UplinkRate turns the limit off.
+	// DefaultUplinkBurst; a negative UplinkRate turns the limit off. The
+	// bucket runs on the wall clock, not Now: a flood happens in real time
+	// even when fleetd's clock is simulated.
 	UplinkRate  float64
 	UplinkBurst int
 }
