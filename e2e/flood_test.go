@@ -56,11 +56,16 @@ func TestFloodDoesNotStallOthers(t *testing.T) {
 	}
 	var mu sync.Mutex
 	activated := map[string]time.Time{}
+	events := map[string][]device.Event{} // each device's steps, to show where a slow rotation spent its time
 	runAgents(t, dirs, func(o *device.Options) {
 		// The agents' own fsyncs measure the test machine's disk, not
 		// fleetd under a flood; fleetd keeps its own.
 		o.NoSync = true
 		o.OnEvent = func(ev device.Event) {
+			ev.At = time.Now()
+			mu.Lock()
+			events[ev.Device] = append(events[ev.Device], ev)
+			mu.Unlock()
 			if ev.Kind == device.EventActivated && ev.Version == 2 {
 				mu.Lock()
 				activated[ev.Device] = time.Now()
@@ -124,9 +129,20 @@ func TestFloodDoesNotStallOthers(t *testing.T) {
 	bg.Wait()
 
 	var lat []time.Duration
+	slowest := ""
 	mu.Lock()
 	for _, id := range ids {
-		lat = append(lat, activated[id].Sub(requested[id]))
+		d := activated[id].Sub(requested[id])
+		if slowest == "" || d > activated[slowest].Sub(requested[slowest]) {
+			slowest = id
+		}
+		lat = append(lat, d)
+	}
+	var steps []string
+	for _, ev := range events[slowest] {
+		if ev.At.After(requested[slowest]) {
+			steps = append(steps, fmt.Sprintf("%s v%d +%v", ev.Kind, ev.Version, ev.At.Sub(requested[slowest]).Round(time.Millisecond)))
+		}
 	}
 	mu.Unlock()
 	slices.Sort(lat)
@@ -141,6 +157,7 @@ func TestFloodDoesNotStallOthers(t *testing.T) {
 	t.Logf("status: %d calls, %d failed, max %v", statusCalls.Load(), statusFailed.Load(), time.Duration(statusMax.Load()).Round(time.Millisecond))
 	t.Logf("fleetd log: %d bytes, %d lines; setup %v, test %v", logw.bytes(), logw.lines(), setup.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 
+	t.Logf("slowest rotation, %s: %s", slowest, strings.Join(steps, ", "))
 	if p99 >= maxP99 {
 		t.Errorf("time-to-rotate p99 under the flood: %v, want < %v (all: %v)", p99, maxP99, lat)
 	}
