@@ -17,7 +17,12 @@ import (
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
-func TestMain(m *testing.M) { os.Exit(fleettest.Main(m)) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(floodEnv); spec != "" {
+		os.Exit(flooderMain(spec)) // the flood test's flooder process
+	}
+	os.Exit(fleettest.Main(m))
+}
 
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {

@@ -1,5 +1,6 @@
 // Package logx builds the slog loggers of keyfleet's commands from their
-// --log-level and --log-format flags.
+// --log-level and --log-format flags, and bounds repeated lines (Limiter)
+// so that a flood of refused input cannot fill a disk with log.
 package logx
 
 import (

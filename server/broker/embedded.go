@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
+	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
@@ -45,6 +47,14 @@ type Options struct {
 	// MaxSessionExpiry bounds how long a disconnected session is kept;
 	// 0 means 30 days, for devices that stay away long.
 	MaxSessionExpiry time.Duration
+	// UplinkRate (messages per second) and UplinkBurst are each device's
+	// token bucket for publishes; a device over it is disconnected and
+	// counted as "flood". Zero means DefaultUplinkRate and
+	// DefaultUplinkBurst; a negative UplinkRate turns the limit off. The
+	// bucket runs on the wall clock, not Now: a flood happens in real time
+	// even when fleetd's clock is simulated.
+	UplinkRate  float64
+	UplinkBurst int
 }
 
 // Embedded is a running mochi-mqtt broker with keyfleet's hooks.
@@ -71,11 +81,33 @@ func Start(o Options) (*Embedded, error) {
 	if o.MaxSessionExpiry == 0 {
 		o.MaxSessionExpiry = 30 * 24 * time.Hour
 	}
+	if o.UplinkRate == 0 {
+		o.UplinkRate = DefaultUplinkRate
+	}
+	if o.UplinkBurst == 0 {
+		o.UplinkBurst = DefaultUplinkBurst
+	}
+	var limits *uplinkLimits
+	if o.UplinkRate > 0 {
+		limits = newUplinkLimits(o.UplinkRate, o.UplinkBurst)
+	}
+	den := &Denials{}
+	logs := logx.NewLimiter(logx.DefaultLogEvery, nil)
 	tlsConf := o.TLS.Clone()
-	// The handshake requires a certificate and its proof of possession;
-	// AuthHook decides trust (Classify), on fleetd's clock.
+	// The handshake requires a certificate and its proof of possession, and
+	// that it chains to one of the fleet's CAs (ChainsToFleet, expiry
+	// aside); AuthHook then decides what it may do (Classify), on fleetd's
+	// clock.
 	tlsConf.ClientAuth = tls.RequireAnyClientCert
 	tlsConf.ClientCAs = nil
+	tlsConf.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		err := verifyRaw(raw, o.Trust, o.Now())
+		if err != nil {
+			den.add("tls:untrusted")
+			logs.Log(o.Logger, slog.LevelWarn, "tls:untrusted", "broker: client certificate refused in the TLS handshake", "err", err)
+		}
+		return err
+	}
 	if tlsConf.MinVersion < tls.VersionTLS12 {
 		tlsConf.MinVersion = tls.VersionTLS12
 	}
@@ -99,16 +131,15 @@ func Start(o Options) (*Embedded, error) {
 		Logger: slog.New(minLevel{slog.LevelError, o.Logger.Handler()}).With("component", "mqtt"),
 	})
 	ids := &identities{}
-	den := &Denials{}
 	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
-		onRestore: o.OnRestore, denials: den, log: o.Logger}
+		onRestore: o.OnRestore, denials: den, log: o.Logger, logs: logs}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}
-	if err := srv.AddHook(&ACLHook{ids: ids, topics: o.Topics, denials: den, log: o.Logger}, nil); err != nil {
+	if err := srv.AddHook(&ACLHook{srv: srv, ids: ids, topics: o.Topics, denials: den, log: o.Logger, logs: logs, limits: limits}, nil); err != nil {
 		return nil, fmt.Errorf("broker: acl hook: %w", err)
 	}
-	if err := srv.AddHook(&dropHook{denials: den, log: o.Logger}, nil); err != nil {
+	if err := srv.AddHook(&dropHook{denials: den, log: o.Logger, logs: logs}, nil); err != nil {
 		return nil, fmt.Errorf("broker: drop hook: %w", err)
 	}
 	// Listen ourselves so that the address is bound (and errors surface)
@@ -185,6 +216,10 @@ func (e *Embedded) DisconnectCredential(device, serial string) int {
 	return n
 }
 
+// Retained returns how many retained messages the broker holds for topics
+// matching filter, for checks that devices left none (they may not retain).
+func (e *Embedded) Retained(filter string) int { return len(e.srv.Topics.Messages(filter)) }
+
 // Connected returns how many authenticated clients are connected.
 func (e *Embedded) Connected() int {
 	n := 0
@@ -213,6 +248,7 @@ type dropHook struct {
 	mqtt.HookBase
 	denials *Denials
 	log     *slog.Logger
+	logs    *logx.Limiter
 }
 
 func (h *dropHook) ID() string { return "keyfleet-drops" }
@@ -221,5 +257,19 @@ func (h *dropHook) Provides(b byte) bool { return b == mqtt.OnPublishDropped }
 
 func (h *dropHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.denials.add("broker:dropped")
-	h.log.Warn("broker: message dropped, client queue full", "client", cl.ID, "topic", pk.TopicName)
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/broker:dropped", "broker: message dropped, client queue full", "client", cl.ID, "topic", pk.TopicName)
+}
+
+// verifyRaw parses the certificates a client presented and checks them
+// with ChainsToFleet.
+func verifyRaw(raw [][]byte, trust Trust, now time.Time) error {
+	chain := make([]*x509.Certificate, 0, len(raw))
+	for _, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("%w: client certificate: %v", errUntrusted, err)
+		}
+		chain = append(chain, c)
+	}
+	return ChainsToFleet(chain, trust, now)
 }

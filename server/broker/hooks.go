@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
+	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
@@ -99,6 +100,7 @@ type AuthHook struct {
 	now       func() time.Time
 	denials   *Denials
 	log       *slog.Logger
+	logs      *logx.Limiter // one refusal line per client and reason per interval
 	accepted  atomic.Uint64
 }
 
@@ -160,7 +162,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 				// failure and retries, instead of a refusal that counts
 				// towards re-enrolment.
 				h.denials.add("auth:unavailable")
-				h.log.Error("broker: credential check failed; connection dropped", "client", cl.ID, "err", err)
+				h.logs.Log(h.log, slog.LevelError, cl.ID+"/auth:unavailable", "broker: credential check failed; connection dropped", "client", cl.ID, "err", err)
 				cl.Stop(err)
 				return false
 			}
@@ -177,7 +179,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	if access != policy.AccessFull {
-		h.log.Info("broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
+		h.logs.Log(h.log, slog.LevelInfo, cl.ID+"/restricted", "broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
 	}
 	h.settleTakeover(cl)
 	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access})
@@ -210,7 +212,7 @@ func (h *AuthHook) settleTakeover(cl *mqtt.Client) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	h.log.Warn("broker: previous session of a client id did not end in time", "client", cl.ID)
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/takeover-slow", "broker: previous session of a client id did not end in time", "client", cl.ID)
 }
 
 // takeoverWait bounds how long a connection waits for the session it takes
@@ -279,7 +281,7 @@ func (h *AuthHook) restore(live *mqtt.Client) {
 	}
 	if restored {
 		h.denials.add("broker:session-restored")
-		h.log.Warn("broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
+		h.logs.Log(h.log, slog.LevelWarn, live.ID+"/session-restored", "broker: restored a session an overlapping connection's clean-up had removed", "client", live.ID)
 		// Whatever was published to it meanwhile is lost: ask for it again.
 		if s, ok := h.ids.get(live); ok && h.onRestore != nil && s.id.Role == identity.RoleDevice {
 			h.onRestore(live.ID)
@@ -293,27 +295,41 @@ func (h *AuthHook) deny(cl *mqtt.Client, reason string, err error) {
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
-	h.log.Warn("broker: connection refused", attrs...)
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/auth:"+reason, "broker: connection refused", attrs...)
 }
 
-// ACLHook enforces the topic rules.
+// ACLHook enforces the topic rules, and the limits on what a device may
+// publish: no retained messages, and no more than its token bucket allows.
 type ACLHook struct {
 	mqtt.HookBase
+	srv     *mqtt.Server // to disconnect; nil in tests of the rules alone
 	ids     *identities
 	topics  protocol.Topics
 	denials *Denials
 	log     *slog.Logger
+	logs    *logx.Limiter // one line per client and reason per interval
+	limits  *uplinkLimits // nil: no per-device limit
 }
 
 // ID names the hook.
 func (h *ACLHook) ID() string { return "keyfleet-acl" }
 
 // Provides lists the events the hook handles.
-func (h *ACLHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
+func (h *ACLHook) Provides(b byte) bool { return b == mqtt.OnACLCheck || b == mqtt.OnPublish }
 
-// OnACLCheck allows what the identity's role may do and nothing else.
+// OnACLCheck allows what the identity's role may do and nothing else. Every
+// publish a device attempts passes here first, allowed or not, so this is
+// also where it spends a token of its bucket: a device over its limit is
+// refused, disconnected and counted as "flood".
 func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	s, ok := h.ids.get(cl)
+	if ok && write && h.limits != nil && isDevice(s.id.Role) && !h.limits.allow(s.id.Name, time.Now()) {
+		h.denials.add("flood")
+		h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/flood", "broker: device over its uplink limit; disconnected",
+			"client", cl.ID, "rate", h.limits.rate, "burst", h.limits.burst)
+		h.disconnect(cl, packets.ErrQuotaExceeded)
+		return false
+	}
 	if ok && Allowed(h.topics, s.id, s.access, topic, write) {
 		return true
 	}
@@ -322,9 +338,39 @@ func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		dir = "write"
 	}
 	h.denials.add("acl:" + dir)
-	h.log.Warn("broker: topic denied", "client", cl.ID, "topic", topic, "write", write)
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/acl:"+dir, "broker: topic denied", "client", cl.ID, "topic", topic, "write", write)
 	return false
 }
+
+// OnPublish refuses a device's retained publish (counted as acl:retain) and
+// disconnects the device: a retained uplink would be handed to every later
+// subscriber of the up topics, and no agent sets the flag. It runs after
+// OnACLCheck allowed the topic.
+func (h *ACLHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !pk.FixedHeader.Retain {
+		return pk, nil
+	}
+	s, ok := h.ids.get(cl)
+	if ok && !isDevice(s.id.Role) {
+		return pk, nil
+	}
+	h.denials.add("acl:retain")
+	h.logs.Log(h.log, slog.LevelWarn, cl.ID+"/acl:retain", "broker: retained publish refused; disconnected", "client", cl.ID, "topic", pk.TopicName)
+	h.disconnect(cl, packets.ErrNotAuthorized)
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *ACLHook) disconnect(cl *mqtt.Client, code packets.Code) {
+	if h.srv != nil {
+		_ = h.srv.DisconnectClient(cl, code)
+		return
+	}
+	cl.Stop(code)
+}
+
+// isDevice reports whether role is a device's (its identity or its birth
+// credential): the clients the per-device limits apply to.
+func isDevice(r identity.Role) bool { return r == identity.RoleDevice || r == identity.RoleIDevID }
 
 // Allowed is the access rule, kept pure so it can be table-tested and
 // reused to derive a Mosquitto ACL:

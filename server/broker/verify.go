@@ -97,3 +97,45 @@ func Classify(chain []*x509.Certificate, trust Trust, pol policy.Policy, now tim
 	}
 	return id, acc, nil
 }
+
+// ChainsToFleet reports, for the TLS handshake, whether chain (leaf first,
+// as presented) chains to any root the fleet trusts: the identity roots
+// (every anchor root not revoked, read now, so roots an anchor rotation
+// added count at once) or the birth roots. It is checked before any MQTT
+// byte is read, so a client with a certificate from anywhere else gets no
+// further than the handshake.
+//
+// Expiry is not its business: the chain is verified at a time within the
+// leaf's validity (now, clamped to it), so an expired identity that may
+// still renew reaches the auth hook, where Classify decides on fleetd's
+// clock. Nor are roles and key usages: Classify checks those too.
+func ChainsToFleet(chain []*x509.Certificate, trust Trust, now time.Time) error {
+	if len(chain) == 0 {
+		return errors.New("broker: no client certificate")
+	}
+	leaf := chain[0]
+	at := now
+	if at.After(leaf.NotAfter) {
+		at = leaf.NotAfter
+	}
+	if at.Before(leaf.NotBefore) {
+		at = leaf.NotBefore
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	var errs []error
+	for _, roots := range []*x509.CertPool{trust.Roots(), trust.BirthRoots()} {
+		if roots == nil {
+			continue
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("%w: chains to no fleet CA: %v", errUntrusted, errors.Join(errs...))
+}

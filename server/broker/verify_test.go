@@ -101,3 +101,72 @@ func mustRoot(t *testing.T, k *ecdsa.PrivateKey) *x509.Certificate {
 	}
 	return r
 }
+
+// swappableTrust is a Trust whose roots change, as anchor rotation changes
+// fleetd's.
+type swappableTrust struct{ roots, birth *x509.CertPool }
+
+func (s *swappableTrust) Roots() *x509.CertPool      { return s.roots }
+func (s *swappableTrust) BirthRoots() *x509.CertPool { return s.birth }
+
+// TestChainsToFleet is the handshake's check: any certificate from one of
+// the fleet's CAs passes whatever its expiry or role (the auth hook decides
+// those); anything else fails.
+func TestChainsToFleet(t *testing.T) {
+	now := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	rk, bk, nk := key(t), key(t), key(t)
+	root, _ := certs.NewRoot(rk, "fleet", now.Add(-400*day), 3650*day)
+	newRoot, _ := certs.NewRoot(nk, "fleet 2", now.Add(-day), 3650*day)
+	birthRoot, _ := certs.NewRoot(bk, "factory", now.Add(-400*day), 3650*day)
+	issue := func(r *x509.Certificate, k *ecdsa.PrivateKey, at time.Time, role identity.Role) *x509.Certificate {
+		c, err := certs.NewCA(r, k, certs.CAOptions{Validity: 90 * day, Now: func() time.Time { return at }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		crt, err := c.Issue(context.Background(), certs.Request{Identity: identity.Identity{Role: role, Name: "dev-1"}, PublicKey: key(t).Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crt
+	}
+	sk := key(t)
+	selfSigned, _ := certs.NewRoot(sk, "dev-1", now.Add(-day), 90*day)
+	fk := key(t)
+	foreignRoot := mustRoot(t, fk)
+	trust := &swappableTrust{roots: pool(root), birth: pool(birthRoot)}
+	tests := []struct {
+		name  string
+		chain []*x509.Certificate
+		ok    bool
+	}{
+		{"valid identity", []*x509.Certificate{issue(root, rk, now.Add(-10*day), identity.RoleDevice)}, true},
+		{"identity expired long ago", []*x509.Certificate{issue(root, rk, now.Add(-300*day), identity.RoleDevice)}, true},
+		{"birth credential", []*x509.Certificate{issue(birthRoot, bk, now.Add(-day), identity.RoleIDevID)}, true},
+		{"operator certificate from the fleet CA", []*x509.Certificate{issue(root, rk, now.Add(-day), identity.RoleAdmin)}, true},
+		{"self-signed", []*x509.Certificate{selfSigned}, false},
+		{"self-signed with the fleet root appended", []*x509.Certificate{selfSigned, root}, false},
+		{"foreign CA", []*x509.Certificate{issue(foreignRoot, fk, now.Add(-day), identity.RoleDevice)}, false},
+		{"a root added later, before it is added", []*x509.Certificate{issue(newRoot, nk, now.Add(-day), identity.RoleDevice)}, false},
+		{"no certificate", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := broker.ChainsToFleet(tt.chain, trust, now); (err == nil) != tt.ok {
+				t.Errorf("ChainsToFleet: got %v, want ok %v", err, tt.ok)
+			}
+		})
+	}
+	t.Run("a root added later, once added", func(t *testing.T) {
+		trust.roots = pool(root, newRoot) // read at each check: no restart
+		if err := broker.ChainsToFleet([]*x509.Certificate{issue(newRoot, nk, now.Add(-day), identity.RoleDevice)}, trust, now); err != nil {
+			t.Errorf("ChainsToFleet: got %v, want nil", err)
+		}
+	})
+	t.Run("no roots at all", func(t *testing.T) {
+		empty := broker.StaticTrust{}
+		if err := broker.ChainsToFleet([]*x509.Certificate{issue(root, rk, now.Add(-day), identity.RoleDevice)}, empty, now); err == nil {
+			t.Error("ChainsToFleet with no roots: got nil, want an error (never the system roots)")
+		}
+	})
+}

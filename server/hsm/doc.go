@@ -8,8 +8,17 @@
 //
 // Open a token with Open(Config); create keys once with GenerateP256 and
 // look them up afterwards with Signer. Keys are named by their CKA_LABEL and
-// presented to operators as RFC 7512 pkcs11: URIs. Private keys are created
-// CKA_SENSITIVE and not CKA_EXTRACTABLE: the token never lets them out.
+// presented to operators as RFC 7512 pkcs11: URIs. Keys are created with
+// only the attributes they need: a signing key's private half signs and
+// nothing else (no decrypt, unwrap or derive), is CKA_SENSITIVE, not
+// CKA_EXTRACTABLE (the token never lets it out) and not CKA_MODIFIABLE (no
+// one can switch more on later); the KEK wraps and unwraps only.
+//
+// The files follow the concerns: hsm.go opens the token and holds the
+// signing keys, attributes.go their templates and the attribute read-back,
+// session.go the raw PKCS#11 session pool the AES work needs, kek.go the
+// escrow KEK, datakey.go the data keys wrapped under it, softkeys.go the
+// software stand-in, keywrap.go RFC 5649 in software.
 // Every signature made through a Signer from this package is counted, which
 // is how fleetd reports HSM operations per rotation.
 //

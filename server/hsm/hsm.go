@@ -57,7 +57,7 @@ type Token struct {
 	label string
 	ops   atomic.Uint64
 	genMu sync.Mutex // makes look-up-then-generate atomic within the process
-	raw   *rawToken  // raw PKCS#11 for data keys (aes.go), started lazily
+	raw   *rawToken  // raw PKCS#11 for the KEK and data keys (session.go), started lazily
 }
 
 // Open logs in to the token cfg names.
@@ -89,15 +89,17 @@ func (t *Token) Close() error {
 }
 
 // Ops returns how many key operations this Token has performed: signatures
-// and data-key wraps and unwraps under a KEK (aes.go).
+// and data-key wraps and unwraps under a KEK (datakey.go).
 func (t *Token) Ops() uint64 { return t.ops.Load() }
 
 // URI returns the RFC 7512 URI of the private key with the given label.
 func (t *Token) URI(label string) string { return KeyURI(t.label, label) }
 
-// GenerateP256 creates an ECDSA P-256 key pair named label inside the token.
-// The private key is sensitive and non-extractable (crypto11's template); its
-// CKA_ID is the label, so that both halves can be found by either attribute.
+// GenerateP256 creates an ECDSA P-256 key pair named label inside the token,
+// with only the attributes a signing key needs (signingKeyTemplates): the
+// private key signs and does nothing else, is sensitive, non-extractable
+// and not modifiable. Its CKA_ID is the label, so that both halves can be
+// found by either attribute.
 func (t *Token) GenerateP256(label string) (crypto.Signer, error) {
 	t.genMu.Lock()
 	defer t.genMu.Unlock()
@@ -106,7 +108,11 @@ func (t *Token) GenerateP256(label string) (crypto.Signer, error) {
 	} else if len(existing) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrKeyExists, t.URI(label))
 	}
-	s, err := t.ctx.GenerateECDSAKeyPairWithLabel([]byte(label), []byte(label), elliptic.P256())
+	pub, priv, err := signingKeyTemplates(label)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: template of %s: %w", t.URI(label), err)
+	}
+	s, err := t.ctx.GenerateECDSAKeyPairWithAttributes(pub, priv, elliptic.P256())
 	if err != nil {
 		return nil, fmt.Errorf("hsm: generate %s: %w", t.URI(label), err)
 	}

@@ -105,3 +105,137 @@ func (s *SoftKeys) Signer(label string) (crypto.Signer, error) {
 }
 
 var _ io.Closer = (*SoftKeys)(nil)
+
+// kekPath is where SoftKeys keeps the KEK named label.
+func (s *SoftKeys) kekPath(label string) string { return filepath.Join(s.dir, label+".kek") }
+
+// checkSoftLabel also keeps a label from naming a file outside the directory.
+func checkSoftLabel(label string) error {
+	if err := checkLabel(label); err != nil {
+		return err
+	}
+	if filepath.Base(label) != label || label == "." || label == ".." {
+		return fmt.Errorf("hsm: soft key label %q is not a plain file name", label)
+	}
+	return nil
+}
+
+// GenerateKEK writes a random 32-byte KEK to a file (0600) in the key
+// directory; it refuses to overwrite one (ErrKeyExists), since that would
+// orphan every blob wrapped under it. Anyone who can read the file can
+// unwrap every escrowed data key: this is the insecure mode.
+func (s *SoftKeys) GenerateKEK(label string) error {
+	if err := checkSoftLabel(label); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kek := make([]byte, KEKSize)
+	defer clear(kek)
+	if _, err := rand.Read(kek); err != nil {
+		return fmt.Errorf("hsm: soft generate KEK %s: %w", label, err)
+	}
+	path := s.kekPath(label)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w: file://%s", ErrKeyExists, path)
+	} else if err != nil {
+		return fmt.Errorf("hsm: soft generate KEK %s: %w", label, err)
+	}
+	_, err = f.Write(kek)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path) // a short KEK file would fail every later use
+		return fmt.Errorf("hsm: soft write KEK %s: %w", label, err)
+	}
+	return nil
+}
+
+// HasKEK reports whether the KEK file named label exists.
+func (s *SoftKeys) HasKEK(label string) (bool, error) {
+	if err := checkSoftLabel(label); err != nil {
+		return false, err
+	}
+	_, err := os.Stat(s.kekPath(label))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("hsm: soft KEK %s: %w", label, err)
+	}
+	return true, nil
+}
+
+// readKEK loads the KEK named label; the caller clears it.
+func (s *SoftKeys) readKEK(label string) ([]byte, error) {
+	if err := checkSoftLabel(label); err != nil {
+		return nil, err
+	}
+	path := s.kekPath(label)
+	kek, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: file://%s", ErrKeyNotFound, path)
+	} else if err != nil {
+		return nil, fmt.Errorf("hsm: soft read KEK %s: %w", label, err)
+	}
+	if len(kek) != KEKSize {
+		clear(kek)
+		return nil, fmt.Errorf("hsm: soft read KEK %s: %d bytes, want %d", label, len(kek), KEKSize)
+	}
+	return kek, nil
+}
+
+// NewDataKey makes a random data key of size bytes (16 or 32) and wraps it
+// under the KEK file named kek with WrapPad, the software twin of
+// Token.NewDataKey: the blobs are the same format, so escrow moved from a
+// soft KEK to a token KEK of the same value would still unwrap. Each call
+// counts one operation in Ops.
+func (s *SoftKeys) NewDataKey(kek string, size int) (key, wrapped []byte, err error) {
+	if err := checkDataKeySize(size); err != nil {
+		return nil, nil, err
+	}
+	k, err := s.readKEK(kek)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(k)
+	key = make([]byte, size)
+	if _, err := rand.Read(key); err != nil {
+		return nil, nil, fmt.Errorf("hsm: soft data key: %w", err)
+	}
+	s.ops.Add(1)
+	wrapped, err = WrapPad(k, key)
+	if err != nil {
+		clear(key)
+		return nil, nil, err
+	}
+	return key, wrapped, nil
+}
+
+// UnwrapDataKey reverses NewDataKey with UnwrapPad. Errors are those of
+// Token.UnwrapDataKey: ErrUnwrap for a wrong KEK or a damaged blob,
+// ErrKeyNotFound for an unknown kek.
+func (s *SoftKeys) UnwrapDataKey(kek string, wrapped []byte) ([]byte, error) {
+	if err := checkWrappedLen(wrapped); err != nil {
+		return nil, err
+	}
+	k, err := s.readKEK(kek)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(k)
+	s.ops.Add(1)
+	key, err := UnwrapPad(k, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	if checkDataKeySize(len(key)) != nil {
+		clear(key)
+		return nil, fmt.Errorf("%w: not a 16- or 32-byte key", ErrUnwrap)
+	}
+	return key, nil
+}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/online"
@@ -51,9 +51,14 @@ type Options struct {
 	// Workers is the number of uplink workers; 0 means 64 (enough for the
 	// HSM's sessions and for group commits to fill).
 	Workers int
-	// QueueLen is each worker's queue; 0 means 1024.
+	// QueueLen bounds the uplinks waiting for one device (one up or
+	// re-enrolment topic); 0 means 64. Its excess is dropped, and counted
+	// as queue-full, without delaying any other device (see intake).
 	QueueLen int
-	Topics   protocol.Topics
+	// MaxQueued bounds the uplinks waiting for all devices together; 0
+	// means 65,536.
+	MaxQueued int
+	Topics    protocol.Topics
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -103,7 +108,8 @@ type Engine struct {
 	log    *slog.Logger
 
 	closer  SessionCloser
-	shards  []chan uplink
+	intake  *intake
+	logs    *logx.Limiter // rejection lines: one per topic and reason per interval
 	wg      sync.WaitGroup
 	replays *replayCache
 	grace   *graceQueue
@@ -130,7 +136,10 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		opts.Workers = 64
 	}
 	if opts.QueueLen == 0 {
-		opts.QueueLen = 1024
+		opts.QueueLen = defaultDeviceQueue
+	}
+	if opts.MaxQueued == 0 {
+		opts.MaxQueued = defaultTotalQueue
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -143,6 +152,8 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		log:     opts.Logger,
 		replays: newReplayCache(2 * opts.CommandTTL),
 		grace:   newGraceQueue(),
+		intake:  newIntake(opts.QueueLen, opts.MaxQueued),
+		logs:    logx.NewLimiter(logx.DefaultLogEvery, nil),
 	}
 	e.stats.rejected = map[Reason]*atomic.Uint64{}
 	return e
@@ -190,23 +201,26 @@ func (e *Engine) Start(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("rotation: load grace windows: %w", err)
 	}
-	e.shards = make([]chan uplink, e.opts.Workers)
-	for i := range e.shards {
-		ch := make(chan uplink, e.opts.QueueLen)
-		e.shards[i] = ch
+	for range e.opts.Workers {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
 			for {
-				select {
-				case <-ctx.Done():
+				q, u, ok := e.intake.next()
+				if !ok {
 					return
-				case u := <-ch:
-					_ = e.HandleUplink(ctx, u.topic, u.payload)
 				}
+				_ = e.HandleUplink(ctx, u.topic, u.payload)
+				e.intake.done(q)
 			}
 		}()
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		<-ctx.Done()
+		e.intake.close()
+	}()
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -218,20 +232,19 @@ func (e *Engine) Start(ctx context.Context) error {
 // Wait blocks until the workers have stopped.
 func (e *Engine) Wait() { e.wg.Wait() }
 
-// Submit queues an uplink for its device's worker. It never blocks: it
-// runs on the MQTT client's one reading goroutine, which also carries the
+// Submit queues an uplink for the workers. It never blocks: it runs on
+// the MQTT client's one reading goroutine, which also carries the
 // acknowledgements the workers wait for, so blocking it would stall them
-// all. A message that finds its worker's queue full is dropped and counted
-// ("queue-full"); the device says hello again and gets what it missed.
+// all. Each device (topic) has its own bounded queue, served round-robin
+// with the others (see intake), so one device's backlog never delays
+// another's messages. A message that finds its device's queue full is
+// dropped and counted ("queue-full"); the device says hello again and gets
+// what it missed.
 func (e *Engine) Submit(ctx context.Context, topic string, payload []byte) {
-	h := fnv.New32a()
-	h.Write([]byte(topic))
-	ch := e.shards[h.Sum32()%uint32(len(e.shards))]
 	p := append([]byte(nil), payload...)
-	select {
-	case ch <- uplink{topic, p}:
-	default:
+	if !e.intake.add(topic, uplink{topic, p}) {
 		e.stats.reject("queue-full")
+		e.logs.Log(e.log, slog.LevelWarn, topic+"/queue-full", "uplink dropped: queue full", "topic", topic)
 	}
 }
 

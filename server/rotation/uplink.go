@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
@@ -27,7 +28,10 @@ func (e *Engine) HandleUplink(ctx context.Context, topic string, payload []byte)
 	}
 	reason := ReasonOf(err)
 	if reason != "" {
-		e.log.Warn("uplink rejected", "topic", topic, "reason", reason, "err", err)
+		// Counted always (below); logged once per topic and reason per
+		// interval, so a device sending garbage in a loop cannot fill
+		// the disk.
+		e.logs.Log(e.log, slog.LevelWarn, topic+"/"+string(reason), "uplink rejected", "topic", topic, "reason", reason, "err", err)
 	} else {
 		reason = ReasonInternal
 		e.log.Error("uplink failed", "topic", topic, "err", err)
