@@ -12,13 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -165,7 +165,7 @@ func TestHostileInputIsRefusedAndChangesNothing(t *testing.T) {
 	eventually(t, 10*time.Second, "alice connected", func() bool { return f.Broker().Connected() >= 2 })
 
 	// An open rotation for mallory, whose "agent" is this test.
-	rot, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"mallory"}})
+	rot, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"mallory"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestHostileInputIsRefusedAndChangesNothing(t *testing.T) {
 		refused(t, f, "mallory", "replay", func() { m.publish(act) })
 	})
 	t.Run("enroll signed by the superseded key", func(t *testing.T) {
-		rot3, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"mallory"}})
+		rot3, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"mallory"}})
 		if err != nil {
 			t.Fatal(err)
 		}

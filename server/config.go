@@ -9,8 +9,10 @@ import (
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
-	"github.com/keyfleet/keyfleet/server/rotation"
+	"github.com/keyfleet/keyfleet/server/store"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
 // Key labels in the token.
@@ -71,8 +73,13 @@ type Config struct {
 	Now func() time.Time
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// OnStateChange is called after every durable key state change.
-	OnStateChange func(rotation.StateChange)
+	// OnStateChange, if set, is called after every durable state change
+	// of every slot: identity and data keys per device, anchors and
+	// firmware fleet-wide (Device "").
+	OnStateChange func(lifecycle.Change)
+	// Store, if set, is used instead of the bbolt store in DataDir;
+	// fleetd closes it at Close.
+	Store store.Store
 }
 
 func (c *Config) setDefaults() error {
@@ -132,3 +139,8 @@ func (p Paths) BirthCA() string    { return filepath.Join(p.Dir, "pki", "idevid-
 func (p Paths) Anchors() string    { return filepath.Join(p.Dir, "pki", "anchors") }
 func (p Paths) Firmware() string   { return filepath.Join(p.Dir, "firmware", "current.json") }
 func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }
+
+func (p Paths) trust() trust.Files {
+	return trust.Files{Anchors: p.Anchors(), CACert: p.CACert(), UpdateKey: p.UpdateKey(),
+		ServerCert: p.ServerCert(), ServerKey: p.ServerKey(), AdminDir: p.AdminDir()}
+}

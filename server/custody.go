@@ -1,25 +1,21 @@
 package server
 
 import (
-	"crypto"
 	"io"
 	"log/slog"
 
+	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
 // custody is what fleetd needs of a key store: a token or soft keys.
 type custody interface {
-	GenerateP256(label string) (crypto.Signer, error)
-	Signer(label string) (crypto.Signer, error)
+	trust.Keys // the signing keys (CA, update, firmware, birth CA)
+	escrow.HSM // the escrow's key-encryption key and data keys
 	URI(label string) string
 	Ops() uint64
 	io.Closer
-	// The escrow's key-encryption key and data keys.
-	GenerateKEK(label string) error
-	HasKEK(label string) (bool, error)
-	NewDataKey(kek string, size int) (key, wrapped []byte, err error)
-	UnwrapDataKey(kek string, wrapped []byte) ([]byte, error)
 }
 
 var (

@@ -11,7 +11,9 @@
 // destroyed (their wrapped key is wiped). Unwrap turns an escrowed version
 // back into key material inside the HSM, for sealing (HPKE) to a device or
 // to an operator; nothing here stores, returns in an error or logs key
-// material.
+// material. RotateDataKeys is the operator's rotation: Rotate, with each
+// new key pushed to its device at once and every version that changes
+// state reported through Hooks.OnChange.
 //
 // # Caveats
 //
@@ -26,11 +28,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"strconv"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -72,6 +77,41 @@ type Escrow struct {
 	st     Store
 	policy policy.Policy
 	now    func() time.Time
+	hooks  atomic.Pointer[Hooks]
+}
+
+// Pusher delivers a device's current data keys at once if it is
+// connected; the rotation engine satisfies it.
+type Pusher interface {
+	PushDataKeys(ctx context.Context, device string) error
+}
+
+// Hooks connect the escrow to the rest of fleetd. The engine that pushes
+// keys reads them from the escrow, so the hooks are set after both exist.
+type Hooks struct {
+	// Push, if set, delivers new keys to connected devices after
+	// RotateDataKeys.
+	Push Pusher
+	// OnChange, if set, is told of every data-key version that changes
+	// state (Slot lifecycle.SlotData, per device).
+	OnChange func(lifecycle.Change)
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// SetHooks sets the hooks; call it before the escrow is used.
+func (e *Escrow) SetHooks(h Hooks) {
+	if h.Logger == nil {
+		h.Logger = slog.Default()
+	}
+	e.hooks.Store(&h)
+}
+
+func (e *Escrow) getHooks() *Hooks {
+	if h := e.hooks.Load(); h != nil {
+		return h
+	}
+	return &Hooks{Logger: slog.Default()}
 }
 
 // New returns an escrow, making the KEK if the token has none.
@@ -108,6 +148,21 @@ const rotateWorkers = 16
 type Result struct {
 	Rotated []string // devices that got a new version
 	Failed  map[string]error
+}
+
+// RotateDataKeys is the operator's data-key rotation: Rotate, with every
+// new key pushed at once to its device if it is connected (the others get
+// theirs at their next hello).
+func (e *Escrow) RotateDataKeys(ctx context.Context, actor string) (Result, error) {
+	h := e.getHooks()
+	return e.Rotate(ctx, actor, func(device string) {
+		if h.Push == nil {
+			return
+		}
+		if err := h.Push.PushDataKeys(ctx, device); err != nil {
+			h.Logger.Debug("data key not pushed; the device gets it at its next hello", "device", device, "err", err)
+		}
+	})
 }
 
 // Rotate gives every device that is not revoked a new primary data key and
@@ -159,16 +214,53 @@ func (e *Escrow) rotateOne(ctx context.Context, id, actor string) error {
 	}
 	clear(key) // only the escrowed copy is kept; delivery unwraps it again
 	now := e.now()
+	var changes []lifecycle.Change
 	_, err = e.st.UpdateDevice(ctx, id, func(d *store.Device) ([]store.Event, error) {
 		if d.Revoked {
 			return nil, store.ErrNoChange
 		}
-		return Advance(d, wrapped, KEKLabel, e.policy, now, actor), nil
+		before := map[uint32]store.DataKeyStatus{}
+		for _, k := range d.DataKeys {
+			before[k.Version] = k.Status
+		}
+		events := Advance(d, wrapped, KEKLabel, e.policy, now, actor)
+		changes = changes[:0]
+		for _, k := range d.DataKeys {
+			if from, ok := before[k.Version]; !ok || from != k.Status {
+				if c, ok := dataKeyChange(id, k.Version, from, k.Status, actor); ok {
+					changes = append(changes, c)
+				}
+			}
+		}
+		return events, nil
 	})
 	if err != nil {
 		return fmt.Errorf("escrow: rotate %s: %w", id, err)
 	}
+	if fn := e.getHooks().OnChange; fn != nil {
+		for _, c := range changes {
+			fn(c)
+		}
+	}
 	return nil
+}
+
+// dataKeyStates maps a data key's status to the life-cycle word it is
+// reported with. A destroyed version has none: it was retired before, and
+// destroying it only wipes the escrowed copy.
+var dataKeyStates = map[store.DataKeyStatus]lifecycle.State{
+	store.DataKeyPrimary:     lifecycle.StateActive,
+	store.DataKeyDecryptOnly: lifecycle.StateSuperseded,
+	store.DataKeyRetired:     lifecycle.StateRetired,
+}
+
+func dataKeyChange(device string, version uint32, from, to store.DataKeyStatus, actor string) (lifecycle.Change, bool) {
+	t, ok := dataKeyStates[to]
+	if !ok {
+		return lifecycle.Change{}, false
+	}
+	return lifecycle.Change{Device: device, Slot: lifecycle.SlotData, Version: version,
+		From: dataKeyStates[from], To: t, Actor: actor}, true
 }
 
 // Advance adds a new primary version with the given wrapped key to d and
@@ -220,12 +312,6 @@ type Recovery struct {
 	Audience string // the binding to open it with
 }
 
-// RecoveryAudience binds a released key to the device and version it was
-// asked for, so a sealed answer cannot be passed off as another's.
-func RecoveryAudience(device string, version uint32) string {
-	return "keyfleet/escrow/" + device + "/" + strconv.FormatUint(uint64(version), 10)
-}
-
 // Recover releases version of device's data key to the operator whose
 // certificate is op, sealed to that certificate's key: the key never
 // crosses the wire or reaches a log in plaintext. The release is audited
@@ -249,7 +335,7 @@ func (e *Escrow) Recover(ctx context.Context, device string, version uint32, op 
 	if err != nil {
 		return Recovery{}, fmt.Errorf("escrow: %s v%d: %w", device, version, err)
 	}
-	aud := RecoveryAudience(device, version)
+	aud := adminapi.RecoveryAudience(device, version)
 	sealed, err := protocol.SealEncrypt0(pub, raw, aud)
 	clear(raw)
 	if err != nil {
