@@ -32,7 +32,7 @@ func TestOnlineKeyRenewal(t *testing.T) {
 
 	before := f.Engine().Stats()
 	clk.Advance(40 * time.Second) // past half the lifetime: fleetd renews
-	eventually(t, 10*time.Second, "online key renewed", func() bool { return f.OnlineKeyRenewals() > 0 })
+	eventually(t, 10*time.Second, "online key renewed", func() bool { return f.Trust().OnlineKeyRenewals() > 0 })
 
 	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"online"}}); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/keyfleet/keyfleet/server/provisioning"
+	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
 
@@ -34,10 +34,7 @@ func Init(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer keys.Close()
-	if _, err := provisioning.OpenBirthCA(keys, LabelBirthCA, p.BirthCA(), cfg.Now); err != nil {
-		return err
-	}
-	if err := trust.Bootstrap(ctx, p.trust(), keys, firstLabels, cfg.ServerNames, cfg.Now); err != nil {
+	if err := trust.Bootstrap(ctx, trust.Options{Files: p.trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames); err != nil {
 		return err
 	}
 	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(LabelCA), "update_key", keys.URI(LabelUpdate),
@@ -45,5 +42,11 @@ func Init(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// firstLabels are the HSM labels of anchor set version 1.
-var firstLabels = trust.Labels{CA: LabelCA, Update: LabelUpdate, Firmware: LabelFirmware}
+// openCustody opens the token, or the soft keys with InsecureSoftKeys.
+func openCustody(c *Config) (custody.Keys, error) {
+	var soft string
+	if c.InsecureSoftKeys {
+		soft = Paths{c.DataDir}.SoftKeys()
+	}
+	return custody.Open(c.HSM, soft, c.Logger)
+}

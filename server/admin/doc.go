@@ -9,7 +9,7 @@
 // through one small interface per area (Devices, Provisioner, Rotations,
 // Revoker, Anchors, DataKeys, Escrow, Firmware, Status, Audit), each
 // declared next to the routes that use it, and turns their domain values
-// into wire types.
+// into wire types. Listen serves it on its own mutual-TLS listener.
 //
 // # Caveats
 //

@@ -7,7 +7,7 @@
 //
 // # Basics
 //
-// Dial connects once (an error there is fleetd failing to start) and then
+// Start connects once (an error there is fleetd failing to start) and then
 // keeps the session up until the context ends or Close is called. After
 // every successful connect, OnConnect runs: fleetd republishes the
 // retained anchors there.

@@ -3,9 +3,11 @@ package link
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -20,10 +22,14 @@ var ErrNotConnected = errors.New("link: not connected to the broker")
 type Options struct {
 	// Broker is host:port; TLS is always used. Required.
 	Broker string
-	// TLS returns the client configuration for each dial: read again every
-	// time, so that a rotated root or a re-issued certificate is used by
-	// the next connection. Required.
-	TLS func() *tls.Config
+	// Certificate gives fleetd's client certificate and Roots the roots
+	// the broker's certificate must chain to. Both are read per
+	// connection, so a re-issued certificate or a rotated root is used by
+	// the next one. Required.
+	Certificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	Roots       func() *x509.CertPool
+	// Now is the clock certificates are checked with; nil means time.Now.
+	Now func() time.Time
 	// Subscriptions are made before a connect counts as done.
 	Subscriptions []string
 	// OnMessage receives every message on the client's reading goroutine;
@@ -31,12 +37,13 @@ type Options struct {
 	OnMessage func(topic string, payload []byte)
 	// OnConnect, if set, runs after each successful connect, with the
 	// session already usable through Publish.
-	OnConnect func(ctx context.Context, l *Link)
+	OnConnect func(ctx context.Context)
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Link is fleetd's MQTT session, reconnected as needed.
+// Link is fleetd's MQTT session, reconnected as needed. The zero Link is
+// usable as a publisher before Start: it fails with ErrNotConnected.
 type Link struct {
 	opts Options
 	id   string
@@ -49,29 +56,32 @@ type Link struct {
 	wg     sync.WaitGroup
 }
 
-// Dial connects and subscribes, then keeps the session up in the
-// background until ctx ends or Close is called.
-func Dial(ctx context.Context, opts Options) (*Link, error) {
+// Start connects and subscribes, then keeps the session up in the
+// background until ctx ends or Close is called. Call it once.
+func (l *Link) Start(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	l := &Link{opts: opts, id: fmt.Sprintf("fleetd-%x", protocol.NewID()[:4]), cancel: cancel}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	ctx, l.cancel = context.WithCancel(ctx)
+	l.opts, l.id = opts, fmt.Sprintf("fleetd-%x", protocol.NewID()[:4])
 	lost, err := l.connect(ctx)
 	if err != nil {
-		cancel()
-		return nil, err
+		l.cancel()
+		return err
 	}
 	l.wg.Add(1)
 	go func() { defer l.wg.Done(); l.keep(ctx, lost) }()
-	return l, nil
+	return nil
 }
 
 func (l *Link) connect(ctx context.Context) (chan struct{}, error) {
 	lost := make(chan struct{})
 	var once sync.Once
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker: l.opts.Broker, ClientID: l.id, TLS: l.opts.TLS(),
+		Broker: l.opts.Broker, ClientID: l.id, TLS: l.tlsConfig(),
 		Subscriptions: l.opts.Subscriptions, OnMessage: l.opts.OnMessage,
 		OnLost: func(err error) {
 			l.opts.Logger.Warn("fleetd lost its broker connection; reconnecting", "err", err)
@@ -90,9 +100,20 @@ func (l *Link) connect(ctx context.Context) (chan struct{}, error) {
 	l.conn, l.lost = conn, lost
 	l.mu.Unlock()
 	if l.opts.OnConnect != nil {
-		l.opts.OnConnect(ctx, l)
+		l.opts.OnConnect(ctx)
 	}
 	return lost, nil
+}
+
+// tlsConfig names the broker as it is dialled; a wildcard listen address
+// is reached as localhost.
+func (l *Link) tlsConfig() *tls.Config {
+	host, _, _ := net.SplitHostPort(l.opts.Broker)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "localhost"
+	}
+	return &tls.Config{GetClientCertificate: l.opts.Certificate, RootCAs: l.opts.Roots(), ServerName: host,
+		MinVersion: tls.VersionTLS12, Time: l.opts.Now}
 }
 
 // keep waits for the session to drop and reconnects, backing off from
@@ -153,7 +174,9 @@ func (l *Link) PublishRetained(ctx context.Context, topic string, payload []byte
 
 // Close ends the session and stops reconnecting.
 func (l *Link) Close() {
-	l.cancel()
+	if l.cancel != nil {
+		l.cancel()
+	}
 	l.mu.Lock()
 	if l.conn != nil {
 		l.conn.Close()

@@ -13,6 +13,6 @@
 // # Caveats
 //
 // In a real supply chain the birth CA lives at the factory; fleetd holds
-// it (key in the token) so that fleetctl device add and the simulator can
-// play both parts.
+// it (server/trust, key in the token) so that fleetctl device add and the
+// simulator can play both parts.
 package provisioning

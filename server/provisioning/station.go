@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/rotation"
 )
 
@@ -62,14 +63,6 @@ func New(engine Engine, birth *certs.CA, anchors Anchors, broker string) *Statio
 	return &Station{engine: engine, birth: birth, anchors: anchors, broker: broker}
 }
 
-// BirthRoots are the manufacturer roots birth credentials chain to: what
-// the broker accepts for re-enrolment sessions.
-func (s *Station) BirthRoots() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(s.birth.Certificate())
-	return p
-}
-
 // Bundle returns the trust material that goes with a registration.
 func (s *Station) Bundle() (Bundle, error) {
 	cur := s.anchors.Current()
@@ -118,4 +111,22 @@ func (s *Station) ProvisionBatch(ctx context.Context, items []rotation.Provision
 		}
 	}
 	return out
+}
+
+// issueBirth issues a birth credential (IDevID) for device.
+func (s *Station) issueBirth(ctx context.Context, device string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
+	if err := protocol.ValidateDeviceID(device); err != nil {
+		return nil, err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: birth CSR: %v", certs.ErrBadCSR, err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: birth key must be ECDSA P-256", certs.ErrBadCSR)
+	}
+	if csr.Subject.CommonName != device {
+		return nil, fmt.Errorf("%w: birth CSR names %q", certs.ErrCSRIdentity, csr.Subject.CommonName)
+	}
+	return s.birth.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleIDevID, Name: device}, PublicKey: pub})
 }

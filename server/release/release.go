@@ -42,6 +42,9 @@ type Options struct {
 	Key func() (crypto.Signer, error)
 	// Audit records publications. Required.
 	Audit Auditor
+	// Publisher is fleetd's MQTT session releases are broadcast on.
+	// Required.
+	Publisher Publisher
 	// Codec encodes the broadcast. Required.
 	Codec  *protocol.Codec
 	Topics protocol.Topics
@@ -71,11 +74,8 @@ type Info struct {
 type Releases struct {
 	opts Options
 	cur  atomic.Pointer[Release]
-	pub  atomic.Pointer[publisherBox]
 	mu   sync.Mutex // one Publish at a time
 }
-
-type publisherBox struct{ Publisher }
 
 // Open loads the current release, if any was published.
 func Open(opts Options) (*Releases, error) {
@@ -99,10 +99,6 @@ func Open(opts Options) (*Releases, error) {
 	r.cur.Store(&rel)
 	return r, nil
 }
-
-// SetPublisher sets the MQTT session releases are broadcast on; until it
-// is set devices get a release only in answer to their hellos.
-func (r *Releases) SetPublisher(p Publisher) { r.pub.Store(&publisherBox{p}) }
 
 // CurrentFirmware implements rotation.FirmwareSource: the current
 // release's version and signed manifest, or 0 and nil.
@@ -168,15 +164,11 @@ func (r *Releases) Publish(ctx context.Context, m *firmware.Manifest, actor stri
 // device reports its version in each hello and is offered the release
 // then, so a retained copy would only add its bytes to every reconnect.
 func (r *Releases) broadcast(ctx context.Context, rel *Release) error {
-	pb := r.pub.Load()
-	if pb == nil {
-		return errors.New("release: no MQTT session")
-	}
 	m := protocol.Stamp(&protocol.Firmware{Manifest: rel.Manifest}, r.opts.Now(), 0)
 	m.IAT = 0
 	b, err := r.opts.Codec.Bare(m)
 	if err != nil {
 		return err
 	}
-	return pb.Publish(ctx, r.opts.Topics.FirmwareTopic(), b)
+	return r.opts.Publisher.Publish(ctx, r.opts.Topics.FirmwareTopic(), b)
 }

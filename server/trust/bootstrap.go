@@ -21,13 +21,18 @@ import (
 // FirstRootValidity is the lifetime of the root made at init.
 const FirstRootValidity = 10 * 365 * 24 * time.Hour
 
-// Bootstrap makes a new deployment's trust material: the CA and
-// update-signing keys in custody (labels.CA, labels.Update), the first
-// root, anchor set version 1, fleetd's TLS credential (for localhost and
-// names) and the first operator credential in files.AdminDir. The first
-// root is written last, to files.CACert: its presence marks a finished
-// init.
-func Bootstrap(ctx context.Context, files Files, keys Keys, labels Labels, names []string, now func() time.Time) error {
+// Bootstrap makes a new deployment's trust material from opts (Files,
+// Keys, FirstLabels, BirthLabel, Now): the CA, update-signing and birth CA
+// keys in custody, the first root, anchor set version 1, the birth CA,
+// fleetd's TLS credential (for localhost and names) and the first operator
+// credential in Files.AdminDir. The first root is written last, to
+// Files.CACert: its presence marks a finished init.
+func Bootstrap(ctx context.Context, opts Options, names []string) error {
+	opts.setDefaults()
+	files, keys, labels, now := opts.Files, opts.Keys, opts.FirstLabels, opts.Now
+	if _, err := OpenBirthCA(keys, opts.BirthLabel, files.BirthCA, now); err != nil {
+		return err
+	}
 	caKey, err := keys.GenerateP256(labels.CA)
 	if err != nil {
 		return err

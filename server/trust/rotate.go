@@ -43,14 +43,20 @@ func (s *Service) Info() (Info, error) {
 	return info, nil
 }
 
-// PublishAnchors puts the newest sets, retained, on the anchors topic, and
-// with live also on the live anchors topic: devices connected when the
-// anchors rotate walk at once. fleetd calls it after each connect too.
-func (s *Service) PublishAnchors(ctx context.Context, live bool) error {
-	p := s.publisher()
-	if p == nil {
-		return errors.New("trust: no MQTT session to publish anchors on")
+// Announce publishes the anchors, retained, for devices that connect
+// later; fleetd calls it after each connect of its MQTT session. A failure
+// is logged: devices get the anchors at their next hello anyway.
+func (s *Service) Announce(ctx context.Context) {
+	if err := s.publishAnchors(ctx, false); err != nil {
+		s.log.Warn("anchors not published", "err", err)
 	}
+}
+
+// publishAnchors puts the newest sets, retained, on the anchors topic, and
+// with live also on the live anchors topic: devices connected when the
+// anchors rotate walk at once.
+func (s *Service) publishAnchors(ctx context.Context, live bool) error {
+	p := s.opts.Publisher
 	m := protocol.Stamp(&protocol.Anchors{Sets: s.chain.Latest(protocol.MaxChainSets)}, s.opts.Now(), 0)
 	m.IAT = 0
 	b, err := s.opts.Codec.Bare(m)
@@ -92,7 +98,7 @@ func (s *Service) Rotate(ctx context.Context, roles []string, actor string) (Inf
 			errs = append(errs, err)
 		}
 	}
-	if err := s.PublishAnchors(ctx, true); err != nil {
+	if err := s.publishAnchors(ctx, true); err != nil {
 		s.log.Warn("anchors not published; devices get them at their next hello", "err", err)
 	}
 	if !bytes.Equal(prev.UpdateKey, set.UpdateKey) {
@@ -100,10 +106,8 @@ func (s *Service) Rotate(ctx context.Context, roles []string, actor string) (Inf
 			errs = append(errs, err)
 		} else if k, err := s.keeper.SetUpdate(upd, s.opts.Now()); err != nil {
 			errs = append(errs, err)
-		} else if p := s.publisher(); p != nil {
-			if err := p.Publish(ctx, s.opts.Topics.Delegation(), k.Delegation); err != nil {
-				s.log.Warn("delegation broadcast failed", "err", err)
-			}
+		} else if err := s.opts.Publisher.Publish(ctx, s.opts.Topics.Delegation(), k.Delegation); err != nil {
+			s.log.Warn("delegation broadcast failed", "err", err)
 		}
 	}
 	if err := s.opts.Audit.Audit(ctx, store.Event{Action: "anchors-rotated", Version: set.Version, Actor: actor,

@@ -34,6 +34,8 @@ type Files struct {
 	ServerCert, ServerKey string
 	// AdminDir receives the first operator credential at init.
 	AdminDir string
+	// BirthCA is the birth CA's root certificate.
+	BirthCA string
 }
 
 // Publisher sends on fleetd's MQTT session; *link.Link satisfies it.
@@ -52,9 +54,12 @@ type Options struct {
 	Files Files
 	// Keys is the key custody (token or soft keys). Required.
 	Keys Keys
-	// FirstLabels name the keys of anchor version 1: a deployment made
-	// before anchor chains gets its chain made from them at start.
+	// FirstLabels name the keys of anchor version 1 (a deployment made
+	// before anchor chains gets its chain made from them at start); zero
+	// means LabelCA, LabelUpdate, LabelFirmware.
 	FirstLabels Labels
+	// BirthLabel names the birth CA's key; empty means LabelBirthCA.
+	BirthLabel string
 	// CertValidity is the lifetime of device certificates. Required.
 	CertValidity time.Duration
 	// OnlineKeyLifetime is the lifetime of each online signing key.
@@ -65,6 +70,9 @@ type Options struct {
 	Topics protocol.Topics
 	// Audit records anchor rotations. Required.
 	Audit Auditor
+	// Publisher is fleetd's MQTT session: anchors and delegations go out
+	// on it. Required.
+	Publisher Publisher
 	// OnChange, if set, is told of every anchor set made current.
 	OnChange func(lifecycle.Change)
 	// Now is the clock; nil means time.Now.
@@ -86,24 +94,18 @@ type Service struct {
 	tls    atomic.Pointer[tls.Certificate]
 	tlsKey crypto.Signer
 	keeper *online.Keeper
-	pub    atomic.Pointer[publisherBox]
+	birth  *certs.CA
 
 	rotMu    sync.Mutex // one anchor rotation, or TLS renewal, at a time
 	renewals atomic.Uint64
 }
 
-type publisherBox struct{ Publisher }
-
-// NewService loads the chain (making version 1 for a deployment that predates
-// chains), the issuing CA, fleetd's TLS credential (re-issuing it if it is
-// not under the current root or is old) and a first online key.
+// NewService loads the chain (making version 1 for a deployment that
+// predates chains), the issuing CA, the birth CA (made if the deployment
+// predates it), fleetd's TLS credential (re-issued if it is not under the
+// current root or is old) and makes a first online key.
 func NewService(ctx context.Context, opts Options) (*Service, error) {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.setDefaults()
 	s := &Service{opts: opts, log: opts.Logger}
 	var err error
 	if s.chain, err = Open(opts.Files.Anchors, opts.Keys, opts.Now); errors.Is(err, ErrNoChain) {
@@ -114,6 +116,9 @@ func NewService(ctx context.Context, opts Options) (*Service, error) {
 		s.chain, err = Genesis(opts.Files.Anchors, opts.Keys, roots[0], opts.FirstLabels, opts.Now)
 	}
 	if err != nil {
+		return nil, err
+	}
+	if s.birth, err = OpenBirthCA(opts.Keys, opts.BirthLabel, opts.Files.BirthCA, opts.Now); err != nil {
 		return nil, err
 	}
 	if err := s.loadTLS(); err != nil {
@@ -135,25 +140,33 @@ func NewService(ctx context.Context, opts Options) (*Service, error) {
 	return s, nil
 }
 
+func (o *Options) setDefaults() {
+	if o.FirstLabels == (Labels{}) {
+		o.FirstLabels = Labels{CA: LabelCA, Update: LabelUpdate, Firmware: LabelFirmware}
+	}
+	if o.BirthLabel == "" {
+		o.BirthLabel = LabelBirthCA
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
 // Chain is the anchor chain.
 func (s *Service) Chain() *Chain { return s.chain }
 
 // Keeper holds the online signing key the engine seals downlinks with.
 func (s *Service) Keeper() *online.Keeper { return s.keeper }
 
-// Roots implements broker.Trust's identity half: every root of the chain.
+// Roots implements broker.Trust's identity half (and is what fleetd's own
+// clients trust): every root of the chain.
 func (s *Service) Roots() *x509.CertPool { return s.chain.Roots() }
 
-// SetPublisher sets the MQTT session anchors and delegations go out on;
-// until it is set they reach devices only in answer to hellos.
-func (s *Service) SetPublisher(p Publisher) { s.pub.Store(&publisherBox{p}) }
-
-func (s *Service) publisher() Publisher {
-	if b := s.pub.Load(); b != nil {
-		return b.Publisher
-	}
-	return nil
-}
+// FirmwareKey is the current anchor set's firmware-signing key.
+func (s *Service) FirmwareKey() (crypto.Signer, error) { return s.chain.Signer(RoleFirmware) }
 
 // Issue implements certs.Issuer with the current root's CA: a rotation of
 // the root takes effect for the next certificate.
@@ -215,10 +228,8 @@ func (s *Service) renewOnlineKey(ctx context.Context) {
 	}
 	// Devices connected now learn it at once; the others get it in answer
 	// to their next hello, which names the one they hold.
-	if p := s.publisher(); p != nil {
-		if err := p.Publish(ctx, s.opts.Topics.Delegation(), k.Delegation); err != nil {
-			s.log.Error("delegation broadcast failed", "err", err)
-		}
+	if err := s.opts.Publisher.Publish(ctx, s.opts.Topics.Delegation(), k.Delegation); err != nil {
+		s.log.Error("delegation broadcast failed", "err", err)
 	}
 	s.renewals.Add(1)
 	s.log.Info("online signing key renewed", "kid", fmt.Sprintf("%x", k.KID()), "not_after", k.NotAfter)

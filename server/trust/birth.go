@@ -1,9 +1,6 @@
-package provisioning
+package trust
 
 import (
-	"context"
-	"crypto"
-	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -12,17 +9,22 @@ import (
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/internal/fsutil"
-	"github.com/keyfleet/keyfleet/protocol"
 )
 
 // BirthValidity is the lifetime of the manufacturer root; birth
 // credentials live as long as devices do.
 const BirthValidity = 30 * 365 * 24 * time.Hour
 
-// Keys is the key custody the birth CA needs.
-type Keys interface {
-	GenerateP256(label string) (crypto.Signer, error)
-	Signer(label string) (crypto.Signer, error)
+// BirthCA is the manufacturer CA that issues birth credentials (IDevID):
+// fleetd plays the factory for fleetctl device add and the simulator.
+func (s *Service) BirthCA() *certs.CA { return s.birth }
+
+// BirthRoots implements broker.Trust's re-enrolment half: the roots birth
+// credentials chain to.
+func (s *Service) BirthRoots() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(s.birth.Certificate())
+	return p
 }
 
 // OpenBirthCA loads the manufacturer CA that issues birth credentials:
@@ -33,7 +35,7 @@ func OpenBirthCA(keys Keys, label, path string, now func() time.Time) (*certs.CA
 	if cs, err := certs.LoadPEM(path); err == nil {
 		root = cs[0]
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("provisioning: birth CA: %w", err)
+		return nil, fmt.Errorf("trust: birth CA: %w", err)
 	}
 	key, err := keys.Signer(label)
 	if err != nil {
@@ -46,26 +48,8 @@ func OpenBirthCA(keys Keys, label, path string, now func() time.Time) (*certs.CA
 			return nil, err
 		}
 		if err := fsutil.WriteAtomic(path, certs.EncodePEM(root), 0o644); err != nil {
-			return nil, fmt.Errorf("provisioning: birth CA: %w", err)
+			return nil, fmt.Errorf("trust: birth CA: %w", err)
 		}
 	}
 	return certs.NewCA(root, key, certs.CAOptions{Validity: BirthValidity, Now: now})
-}
-
-// issueBirth issues a birth credential (IDevID) for device.
-func (s *Station) issueBirth(ctx context.Context, device string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
-	if err := protocol.ValidateDeviceID(device); err != nil {
-		return nil, err
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: birth CSR: %v", certs.ErrBadCSR, err)
-	}
-	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("%w: birth key must be ECDSA P-256", certs.ErrBadCSR)
-	}
-	if csr.Subject.CommonName != device {
-		return nil, fmt.Errorf("%w: birth CSR names %q", certs.ErrCSRIdentity, csr.Subject.CommonName)
-	}
-	return s.birth.Issue(ctx, certs.Request{Identity: certs.Identity{Role: certs.RoleIDevID, Name: device}, PublicKey: pub})
 }
