@@ -93,7 +93,6 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.engine.Start(ctx); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, func() error { s.engine.Wait(); return nil })
 	if cfg.ExternalBroker != "" {
 		s.cfg.MQTTAddr = cfg.ExternalBroker
 	} else if err := s.startBroker(ctx); err != nil {
@@ -110,10 +109,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.trust.Run(ctx) }()
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
-	status := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
+	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine,
-		Revoker: s.engine, Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: status,
+		Revoker: s.engine, Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters,
 		Audit: s.st}, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
 	}
@@ -184,6 +183,9 @@ func (s *Server) HSMOps() uint64 { return s.keys.Ops() }
 func (s *Server) Close() error {
 	s.cancel()
 	s.wg.Wait()
+	if s.engine != nil { // its workers stop with ctx; wait for them before the broker and the store close
+		s.engine.Wait()
+	}
 	var errs []error
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		errs = append(errs, s.closers[i]())
