@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // The admin API lets in operators' certificates only.
@@ -65,9 +66,9 @@ func TestAdminAPIRefusesNonOperators(t *testing.T) {
 		{"fleetd's own certificate", []tls.Certificate{fleetdCred}, http.StatusForbidden},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := admin.NewClient(f.AdminAddr(), &tls.Config{Certificates: tc.creds, RootCAs: roots})
+			c := client.New(f.AdminAddr(), &tls.Config{Certificates: tc.creds, RootCAs: roots})
 			_, err := c.Devices(context.Background())
-			var apiErr *admin.APIError
+			var apiErr *client.APIError
 			switch {
 			case tc.wantStatus == 0 && err == nil:
 				t.Fatal("got a response, want the TLS handshake refused")
@@ -95,11 +96,11 @@ func TestAdminAPIBadRequests(t *testing.T) {
 		want int
 	}{
 		{"rotate unknown device", func() error {
-			_, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"nope"}})
+			_, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"nope"}})
 			return err
 		}, http.StatusNotFound},
 		{"rotate with neither devices nor all", func() error {
-			_, err := f.Admin.Rotate(ctx, admin.RotateRequest{})
+			_, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{})
 			return err
 		}, http.StatusBadRequest},
 		{"show unknown device", func() error { _, err := f.Admin.Device(ctx, "nope"); return err }, http.StatusNotFound},
@@ -123,7 +124,7 @@ func TestAdminAPIBadRequests(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before, _ := f.Store().VerifyAudit(ctx)
 			err := tc.call()
-			var apiErr *admin.APIError
+			var apiErr *client.APIError
 			if !errors.As(err, &apiErr) || apiErr.Status != tc.want {
 				t.Fatalf("got %v, want HTTP %d", err, tc.want)
 			}
@@ -156,7 +157,7 @@ func TestAdminBatchProvision(t *testing.T) {
 		return der
 	}
 	before, _ := f.Store().VerifyAudit(ctx)
-	resp, err := f.Admin.ProvisionBatch(ctx, admin.BatchProvisionRequest{Devices: []admin.BatchDevice{
+	resp, err := f.Admin.ProvisionBatch(ctx, adminapi.BatchProvisionRequest{Devices: []adminapi.BatchDevice{
 		{ID: "b-1", CSR: csr("b-1")},
 		{ID: "taken", CSR: csr("taken")},
 		{ID: "b-2", CSR: csr("someone-else")},
@@ -182,7 +183,7 @@ func TestAdminBatchProvision(t *testing.T) {
 	if got := activeVersions(t, f.Admin); len(got) != 3 {
 		t.Errorf("devices: %v, want taken, b-1, b-4", got)
 	}
-	if _, err := f.Admin.ProvisionBatch(ctx, admin.BatchProvisionRequest{}); err == nil {
+	if _, err := f.Admin.ProvisionBatch(ctx, adminapi.BatchProvisionRequest{}); err == nil {
 		t.Error("empty batch: got nil error")
 	}
 }

@@ -15,11 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -150,11 +151,11 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 			"--admin-listen", adminAddr, "--grace", "1h"}, common...)...)
 	}
 	fleetd := run()
-	tc, err := admin.LoadCredential(server.Paths{Dir: data}.AdminDir())
+	tc, err := client.LoadCredential(server.Paths{Dir: data}.AdminDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := admin.NewClient(adminAddr, tc)
+	c := client.New(adminAddr, tc)
 	ctx := context.Background()
 	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := c.Status(ctx); return err == nil })
 
@@ -196,7 +197,7 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 		s, err := c.Status(ctx)
 		return err == nil && s.ConnectedClient >= n+1
 	})
-	if _, err := c.Rotate(ctx, admin.RotateRequest{All: true}); err != nil {
+	if _, err := c.Rotate(ctx, adminapi.RotateRequest{All: true}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "every agent in mid-rotation", func() bool { return held.Load() == n })
@@ -252,7 +253,7 @@ func TestAgentKilledAtEachStep(t *testing.T) {
 				d, err := f.Admin.Device(ctx, id)
 				return err == nil && d.Reported == 1 && f.Broker().Connected() >= 2
 			})
-			if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{id}}); err != nil {
+			if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{id}}); err != nil {
 				t.Fatal(err)
 			}
 			if err := a.wait(t, 20*time.Second); !killedBySIGKILL(err) {

@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // fleetd renews its online signing key; a connected device learns the new
@@ -24,7 +24,7 @@ func TestOnlineKeyRenewal(t *testing.T) {
 	away := f.AddDevice(t, "away")
 	runAgents(t, []string{online}, nil)
 	stopAway := runAgentsStoppable(t, []string{away})
-	if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{All: true}); err != nil {
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{All: true}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "both at v2", allAt(t, f.Admin, 2, 2))
@@ -32,15 +32,15 @@ func TestOnlineKeyRenewal(t *testing.T) {
 
 	before := f.Engine().Stats()
 	clk.Advance(40 * time.Second) // past half the lifetime: fleetd renews
-	eventually(t, 10*time.Second, "online key renewed", func() bool { return f.OnlineKeyRenewals() > 0 })
+	eventually(t, 10*time.Second, "online key renewed", func() bool { return f.Trust().OnlineKeyRenewals() > 0 })
 
-	if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"online"}}); err != nil {
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"online"}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "connected device rotates under the new key", func() bool {
 		return activeVersions(t, f.Admin)["online"] == 3
 	})
-	if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"away"}}); err != nil {
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"away"}}); err != nil {
 		t.Fatal(err)
 	}
 	runAgents(t, []string{away}, nil)

@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
 )
 
@@ -116,7 +116,7 @@ func TestFloodDoesNotStallOthers(t *testing.T) {
 	gap := (floodFor - 5*time.Second) / honest
 	for _, id := range ids {
 		requested[id] = time.Now()
-		if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{id}}); err != nil {
+		if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{id}}); err != nil {
 			t.Fatalf("rotate %s: %v", id, err)
 		}
 		time.Sleep(gap)

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -79,7 +79,7 @@ func runAgents(t *testing.T, dirs []string, mod func(*device.Options)) []*device
 }
 
 // activeVersions returns each device's active version as fleetd records it.
-func activeVersions(t *testing.T, c *admin.Client) map[string]uint32 {
+func activeVersions(t *testing.T, c *client.Client) map[string]uint32 {
 	t.Helper()
 	ds, err := c.Devices(context.Background())
 	if err != nil {
@@ -92,7 +92,7 @@ func activeVersions(t *testing.T, c *admin.Client) map[string]uint32 {
 	return out
 }
 
-func allAt(t *testing.T, c *admin.Client, n int, v uint32) func() bool {
+func allAt(t *testing.T, c *client.Client, n int, v uint32) func() bool {
 	return func() bool {
 		ds, err := c.Devices(context.Background())
 		if err != nil || len(ds) != n {

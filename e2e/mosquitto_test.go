@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // mosquittoConf configures Mosquitto as keyfleet needs an external broker:
@@ -120,7 +120,7 @@ func TestRotationThroughMosquitto(t *testing.T) {
 	runAgents(t, dirs, nil)
 	ctx := context.Background()
 	for _, v := range []uint32{2, 3} {
-		if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{All: true}); err != nil {
+		if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{All: true}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 30*time.Second, fmt.Sprintf("all at v%d through Mosquitto", v), allAt(t, f.Admin, n, v))
@@ -149,7 +149,7 @@ func TestRotationThroughMosquitto(t *testing.T) {
 	if c != nil {
 		defer c.Close()
 	}
-	if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"mq-1"}}); err != nil {
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"mq-1"}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "mq-1 at v4", func() bool { return activeVersions(t, f.Admin)["mq-1"] == 4 })

@@ -16,13 +16,13 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/datakey"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -150,7 +150,7 @@ func TestRevokedDeviceRefusedEverywhere(t *testing.T) {
 			t.Errorf("version %d is %v, want revoked", v.Version, v.State)
 		}
 	}
-	if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"fine"}}); err != nil {
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"fine"}}); err != nil {
 		t.Fatalf("the other device: %v", err)
 	}
 	eventually(t, 10*time.Second, "the other device rotated", func() bool { return activeVersions(t, f.Admin)["fine"] == 2 })
@@ -295,7 +295,7 @@ func TestFirmwareRollbackReported(t *testing.T) {
 		uri := "test://cam/" + content
 		images.Store(uri, img)
 		d := sha256.Sum256(img)
-		if _, err := f.Admin.PublishFirmware(ctx, admin.FirmwareRequest{Vendor: vendor.String(), Class: class.String(),
+		if _, err := f.Admin.PublishFirmware(ctx, adminapi.FirmwareRequest{Vendor: vendor.String(), Class: class.String(),
 			Version: v, Digest: d[:], Size: uint64(len(img)), URI: uri}); err != nil {
 			t.Fatalf("publish v%d: %v", v, err)
 		}

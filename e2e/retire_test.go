@@ -5,11 +5,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // A session opened with a credential before its grace ended does not live
@@ -20,7 +20,7 @@ func TestRetiredCredentialSessionDropped(t *testing.T) {
 	f := fleettest.StartFleet(t, func(c *server.Config) { c.Grace = time.Minute; c.Now = clk.Now })
 	ctx := context.Background()
 	dir := f.AddDevice(t, "old")
-	rot, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"old"}})
+	rot, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"old"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
+
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // dialAs connects to the broker with a device credential, as the device
@@ -80,7 +81,7 @@ func TestTwentyDevicesRotateTwice(t *testing.T) {
 	runAgents(t, dirs, nil)
 
 	for _, v := range []uint32{2, 3} {
-		resp, err := f.Admin.Rotate(ctx, admin.RotateRequest{All: true})
+		resp, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{All: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // A device whose session is taken over again and again (as when it
@@ -36,7 +36,7 @@ func TestSessionTakeoverKeepsDelivering(t *testing.T) {
 				t.Fatalf("take-over dial: %v", err)
 			}
 		}
-		if _, err := f.Admin.Rotate(ctx, admin.RotateRequest{Devices: []string{"flappy"}}); err != nil {
+		if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"flappy"}}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 20*time.Second, fmt.Sprintf("flappy at v%d", round), func() bool {

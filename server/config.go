@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,17 +12,15 @@ import (
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
+	"github.com/keyfleet/keyfleet/server/store"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
-// Key labels in the token.
+// Labels of the first CA and update keys in the token (package trust
+// names every key).
 const (
-	LabelCA       = "keyfleet-ca"
-	LabelUpdate   = "keyfleet-update"
-	LabelFirmware = "keyfleet-firmware"
-	// LabelBirthCA is the manufacturer CA that issues birth credentials
-	// (IDevID). In a real supply chain it lives at the factory; fleetd
-	// plays that role for fleetctl device add and the simulator.
-	LabelBirthCA = "keyfleet-idevid-ca"
+	LabelCA     = trust.LabelCA
+	LabelUpdate = trust.LabelUpdate
 )
 
 // Config configures fleetd. Zero values take the documented defaults.
@@ -71,8 +70,13 @@ type Config struct {
 	Now func() time.Time
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// OnStateChange is called after every durable key state change.
+	// OnStateChange, if set, is called after every durable state change
+	// of every slot: identity and data keys per device, anchors and
+	// firmware fleet-wide (Device "").
 	OnStateChange func(lifecycle.Change)
+	// Store, if set, is used instead of the bbolt store in DataDir;
+	// fleetd closes it at Close.
+	Store store.Store
 }
 
 func (c *Config) setDefaults() error {
@@ -81,11 +85,6 @@ func (c *Config) setDefaults() error {
 	}
 	if !c.InsecureSoftKeys && (c.HSM.Module == "" || c.HSM.TokenLabel == "" || c.HSM.PIN == "") {
 		return errors.New("server: PKCS#11 module, token label and PIN are required (or --insecure-soft-keys)")
-	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
 	}
 	c.Policy = c.Policy.WithDefaults()
 	if c.Grace != 0 {
@@ -98,28 +97,23 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("server: %w", err)
 	}
 	c.Grace, c.CertValidity = c.Policy.Grace.D(), c.Policy.CertValidity.D()
-	def(&c.CommandTTL, 10*time.Minute)
-	def(&c.OnlineKeyLifetime, 24*time.Hour)
+	c.CommandTTL = cmp.Or(c.CommandTTL, 10*time.Minute)
+	c.OnlineKeyLifetime = cmp.Or(c.OnlineKeyLifetime, 24*time.Hour)
 	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {
 		return fmt.Errorf("server: durations out of range (grace %v, validity %v, command ttl %v, online key %v)",
 			c.Grace, c.CertValidity, c.CommandTTL, c.OnlineKeyLifetime)
 	}
-	if c.MQTTAddr == "" {
-		c.MQTTAddr = "127.0.0.1:8883"
-	}
-	if c.AdminAddr == "" {
-		c.AdminAddr = "127.0.0.1:8443"
-	}
+	c.MQTTAddr, c.AdminAddr = cmp.Or(c.MQTTAddr, "127.0.0.1:8883"), cmp.Or(c.AdminAddr, "127.0.0.1:8443")
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	if c.Now == nil {
 		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
 	}
 	return nil
 }
 
-// Paths of the files in DataDir.
+// Paths of the files in DataDir: the store, the trust material (pki/),
+// the operator credential fleetd init writes (admin/), the firmware
+// release and, with InsecureSoftKeys, the keys.
 type Paths struct{ Dir string }
 
 func (p Paths) Store() string      { return filepath.Join(p.Dir, "fleet.db") }
@@ -132,3 +126,8 @@ func (p Paths) BirthCA() string    { return filepath.Join(p.Dir, "pki", "idevid-
 func (p Paths) Anchors() string    { return filepath.Join(p.Dir, "pki", "anchors") }
 func (p Paths) Firmware() string   { return filepath.Join(p.Dir, "firmware", "current.json") }
 func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }
+
+func (p Paths) trust() trust.Files {
+	return trust.Files{Anchors: p.Anchors(), CACert: p.CACert(), UpdateKey: p.UpdateKey(),
+		ServerCert: p.ServerCert(), ServerKey: p.ServerKey(), AdminDir: p.AdminDir(), BirthCA: p.BirthCA()}
+}

@@ -10,10 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // The fleet model (--fleet N --max-connected M): the real IoT pattern of
@@ -32,7 +33,7 @@ type sleeper struct {
 	tok uint32 // version it must reach
 }
 
-func runFleet(ctx context.Context, cfg Config, client *admin.Client, hsmOps func(context.Context) uint64, rep *Report) error {
+func runFleet(ctx context.Context, cfg Config, client *client.Client, hsmOps func(context.Context) uint64, rep *Report) error {
 	n := cfg.Fleet
 	run := protocol.NewID()[:2]
 	sl := make([]sleeper, n)
@@ -64,7 +65,7 @@ func runFleet(ctx context.Context, cfg Config, client *admin.Client, hsmOps func
 		for j := i; j < min(i+rotateChunk, n); j++ {
 			ids = append(ids, sl[j].id)
 		}
-		resp, err := client.Rotate(ctx, admin.RotateRequest{Devices: ids})
+		resp, err := client.Rotate(ctx, adminapi.RotateRequest{Devices: ids})
 		if err != nil {
 			return fmt.Errorf("simulator: request rotations: %w", err)
 		}
@@ -182,21 +183,21 @@ func wake(ctx context.Context, cfg Config, s *sleeper) (took time.Duration, up, 
 // registerFleet makes keys and CSRs on every core and registers the devices
 // a batch at a time; two batches are in flight so fleetd's issuing and the
 // simulator's key making overlap.
-func registerFleet(ctx context.Context, fl *fleet, client *admin.Client, sl []sleeper) error {
+func registerFleet(ctx context.Context, fl *fleet, client *client.Client, sl []sleeper) error {
 	bar := fl.bar(len(sl), "registering")
 	type batch struct {
 		lo, hi int
 		keys   []*ecdsa.PrivateKey
-		req    admin.BatchProvisionRequest
+		req    adminapi.BatchProvisionRequest
 	}
 	batches := make(chan *batch, 2)
 	errc := make(chan error, 1)
 	go func() {
 		defer close(batches)
-		for lo := 0; lo < len(sl); lo += admin.MaxBatch {
-			b := &batch{lo: lo, hi: min(lo+admin.MaxBatch, len(sl))}
+		for lo := 0; lo < len(sl); lo += adminapi.MaxBatch {
+			b := &batch{lo: lo, hi: min(lo+adminapi.MaxBatch, len(sl))}
 			b.keys = make([]*ecdsa.PrivateKey, b.hi-b.lo)
-			b.req.Devices = make([]admin.BatchDevice, b.hi-b.lo)
+			b.req.Devices = make([]adminapi.BatchDevice, b.hi-b.lo)
 			var wg sync.WaitGroup
 			var firstErr atomic.Value
 			per := (b.hi - b.lo + runtime.NumCPU() - 1) / runtime.NumCPU()
@@ -210,7 +211,7 @@ func registerFleet(ctx context.Context, fl *fleet, client *admin.Client, sl []sl
 							var csr []byte
 							if csr, err = device.CSR(sl[i].id, k); err == nil {
 								b.keys[i-b.lo] = k
-								b.req.Devices[i-b.lo] = admin.BatchDevice{ID: sl[i].id, CSR: csr}
+								b.req.Devices[i-b.lo] = adminapi.BatchDevice{ID: sl[i].id, CSR: csr}
 								continue
 							}
 						}

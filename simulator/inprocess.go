@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/hsm"
 )
 
@@ -22,7 +22,7 @@ import (
 // clientTime, if set, is the clock the client checks fleetd's certificate
 // with (a simulated clock, when fleetd runs on one).
 func startInProcess(ctx context.Context, dir string, log *slog.Logger, mod func(*server.Config),
-	clientTime func() time.Time) (*server.Server, *admin.Client, error) {
+	clientTime func() time.Time) (*server.Server, *client.Client, error) {
 	if _, err := softhsm.Configure(filepath.Join(dir, "softhsm")); err != nil {
 		return nil, nil, err
 	}
@@ -49,7 +49,7 @@ func startInProcess(ctx context.Context, dir string, log *slog.Logger, mod func(
 	if err != nil {
 		return nil, nil, err
 	}
-	tc, err := admin.LoadCredential(server.Paths{Dir: cfg.DataDir}.AdminDir())
+	tc, err := client.LoadCredential(server.Paths{Dir: cfg.DataDir}.AdminDir())
 	if err != nil {
 		srv.Close()
 		return nil, nil, err
@@ -57,12 +57,12 @@ func startInProcess(ctx context.Context, dir string, log *slog.Logger, mod func(
 	if clientTime != nil {
 		tc.Time = clientTime
 	}
-	return srv, admin.NewClient(srv.AdminAddr(), tc), nil
+	return srv, client.New(srv.AdminAddr(), tc), nil
 }
 
 // provisionAll provisions every id through the admin API into dirOf(id),
 // parallel at a time, calling done after each; it returns the first error.
-func provisionAll(ctx context.Context, c *admin.Client, ids []string, dirOf func(string) string, parallel int, done func()) error {
+func provisionAll(ctx context.Context, c *client.Client, ids []string, dirOf func(string) string, parallel int, done func()) error {
 	sem := make(chan struct{}, parallel)
 	errc := make(chan error, 1)
 	var wg sync.WaitGroup

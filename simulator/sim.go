@@ -15,12 +15,13 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // Config configures a run. Zero values take the defaults.
@@ -238,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 }
 
 // connectServer starts an in-process fleetd or connects to cfg.Server.
-func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(context.Context) uint64, func(), string, error) {
+func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(context.Context) uint64, func(), string, error) {
 	if cfg.FleetdBin != "" {
 		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
 			return nil, nil, nil, "", err
@@ -255,11 +256,11 @@ func connectServer(ctx context.Context, cfg *Config) (*admin.Client, func(contex
 		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
 			return nil, nil, nil, "", err
 		}
-		tc, err := admin.LoadCredential(cfg.Credential)
+		tc, err := client.LoadCredential(cfg.Credential)
 		if err != nil {
 			return nil, nil, nil, "", err
 		}
-		c := admin.NewClient(cfg.Server, tc)
+		c := client.New(cfg.Server, tc)
 		ops := func(ctx context.Context) uint64 {
 			s, err := c.Status(ctx)
 			if err != nil {
@@ -346,7 +347,7 @@ func (f *fleet) bar(n int, desc string) *progressbar.ProgressBar {
 		progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
 }
 
-func (f *fleet) provision(ctx context.Context, c *admin.Client) error {
+func (f *fleet) provision(ctx context.Context, c *client.Client) error {
 	bar := f.bar(len(f.ids), "provisioning")
 	return provisionAll(ctx, c, f.ids, func(id string) string { return filepath.Join(f.cfg.DeviceDir, id) }, 32, func() {
 		if bar != nil {
@@ -478,7 +479,7 @@ func (f *fleet) bytes() (up, down uint64) {
 const rotateChunk = 1000
 
 // round rotates every device once and waits for their activations.
-func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.Duration, []string, map[string]int, error) {
+func (f *fleet) round(ctx context.Context, c *client.Client, round int) ([]time.Duration, []string, map[string]int, error) {
 	f.goOffline()
 	// Rotate this run's devices only, in chunks the API takes in one call,
 	// all at once or paced at --rate.
@@ -487,14 +488,14 @@ func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.D
 		tick = 50 * time.Millisecond
 		chunk = max(1, int(f.cfg.Rate*tick.Seconds()+0.5))
 	}
-	var resp admin.RotateResponse
+	var resp adminapi.RotateResponse
 	next := time.Now()
 	for i := 0; i < len(f.ids); i += chunk {
 		if tick > 0 {
 			time.Sleep(time.Until(next))
 			next = next.Add(tick)
 		}
-		r, err := c.Rotate(ctx, admin.RotateRequest{Devices: f.ids[i:min(i+chunk, len(f.ids))]})
+		r, err := c.Rotate(ctx, adminapi.RotateRequest{Devices: f.ids[i:min(i+chunk, len(f.ids))]})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
 		}
@@ -557,7 +558,7 @@ func (f *fleet) round(ctx context.Context, c *admin.Client, round int) ([]time.D
 
 // confirm polls fleetd until every device's active version reaches want,
 // for at most ten seconds.
-func (f *fleet) confirm(ctx context.Context, c *admin.Client, want map[string]uint32) (map[string]bool, error) {
+func (f *fleet) confirm(ctx context.Context, c *client.Client, want map[string]uint32) (map[string]bool, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ds, err := c.Devices(ctx)

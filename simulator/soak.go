@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/keyfleet/keyfleet/server/admin"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 )
 
 // Soak holds fleetd's cost over a long run with every device connected and
@@ -36,7 +36,7 @@ type SoakSample struct {
 // soak keeps the fleet connected for d, making churn of the devices
 // reconnect each minute (spread over the minute), and samples fleetd's
 // status every sample.
-func (f *fleet) soak(ctx context.Context, c *admin.Client, d time.Duration, churn float64, sample time.Duration) *Soak {
+func (f *fleet) soak(ctx context.Context, c *client.Client, d time.Duration, churn float64, sample time.Duration) *Soak {
 	out := &Soak{WarmupS: (d / 5).Seconds()}
 	start := time.Now()
 	perSecond := churn * float64(len(f.ids)) / 60

@@ -11,8 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // spawned is a fleetd the simulator runs as a child process (--fleetd-bin),
@@ -22,7 +22,7 @@ type spawned struct {
 	bin, data string
 	env       []string
 	args      []string
-	client    *admin.Client
+	client    *client.Client
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -65,11 +65,11 @@ func spawnFleetd(ctx context.Context, bin, dir string, extra []string) (*spawned
 	if s.log, err = os.Create(filepath.Join(dir, "fleetd.log")); err != nil {
 		return nil, err
 	}
-	tc, err := admin.LoadCredential(server.Paths{Dir: s.data}.AdminDir())
+	tc, err := client.LoadCredential(server.Paths{Dir: s.data}.AdminDir())
 	if err != nil {
 		return nil, err
 	}
-	s.client = admin.NewClient(adm, tc)
+	s.client = client.New(adm, tc)
 	if err := s.start(ctx); err != nil {
 		return nil, err
 	}

@@ -15,13 +15,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/datakey"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/internal/clock"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -120,7 +121,7 @@ type yearFleet struct {
 	cfg    YearConfig
 	clk    *clock.Sim
 	srv    *server.Server
-	admin  *admin.Client
+	admin  *client.Client
 	ids    []string
 	dir    string
 	images sync.Map // uri -> image
@@ -435,7 +436,7 @@ func (y *yearFleet) anchorsSettled() int {
 }
 
 func (y *yearFleet) anchorVersion() uint32 {
-	info, err := y.srv.Anchors(context.Background())
+	info, err := y.srv.Trust().Info()
 	if err != nil {
 		return 0
 	}
@@ -479,7 +480,7 @@ func dataKeysCurrent(d *store.Device, ks *datakey.Keyset) bool {
 }
 
 func (y *yearFleet) firmwareSettled() int {
-	cur, _ := y.srv.CurrentFirmware()
+	cur, _ := y.srv.Releases().CurrentFirmware()
 	n := 0
 	for _, a := range y.online() {
 		if a.FirmwareVersion() == cur {
@@ -505,7 +506,7 @@ func (y *yearFleet) timeline(offA, offB []string) ([]yearEvent, int) {
 		uri := fmt.Sprintf("sim://firmware/%d", fwVersion)
 		y.images.Store(uri, img)
 		d := sha256.Sum256(img)
-		_, err := y.admin.PublishFirmware(ctx, admin.FirmwareRequest{Vendor: simVendor.String(), Class: simClass.String(),
+		_, err := y.admin.PublishFirmware(ctx, adminapi.FirmwareRequest{Vendor: simVendor.String(), Class: simClass.String(),
 			Version: fwVersion, Digest: d[:], Size: uint64(len(img)), URI: uri})
 		return err
 	}
@@ -517,7 +518,7 @@ func (y *yearFleet) timeline(offA, offB []string) ([]yearEvent, int) {
 		return err
 	}
 	rotateAll := func(ctx context.Context) error {
-		_, err := y.admin.Rotate(ctx, admin.RotateRequest{All: true})
+		_, err := y.admin.Rotate(ctx, adminapi.RotateRequest{All: true})
 		return err
 	}
 	anchors := func(keys ...string) func(context.Context) error {
@@ -591,7 +592,7 @@ func (y *yearFleet) allSettled() int {
 
 func (y *yearFleet) converged(id string, a *device.Agent) bool {
 	d := y.device(id)
-	fw, _ := y.srv.CurrentFirmware()
+	fw, _ := y.srv.Releases().CurrentFirmware()
 	cur := y.anchorVersion()
 	return identityCurrent(d) && d.Anchors == cur && a.AnchorVersion() == cur &&
 		dataKeysCurrent(d, a.DataKeys()) && a.FirmwareVersion() == fw && d.Firmware == fw
@@ -638,7 +639,7 @@ func (y *yearFleet) finish(ctx context.Context, rep *YearReport) {
 		rep.AuditError = err.Error()
 	}
 	rep.Current.Anchors = y.anchorVersion()
-	rep.Current.Firmware, _ = y.srv.CurrentFirmware()
+	rep.Current.Firmware, _ = y.srv.Releases().CurrentFirmware()
 	if d := y.device(y.ids[0]); d != nil && len(d.DataKeys) > 0 {
 		rep.Current.DataKey = d.DataKeys[len(d.DataKeys)-1].Version
 	}

@@ -31,8 +31,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/provision"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 func main() {
@@ -48,12 +49,12 @@ type app struct {
 	output     string
 }
 
-func (a *app) client() (*admin.Client, error) {
-	tc, err := admin.LoadCredential(a.cred)
+func (a *app) client() (*client.Client, error) {
+	tc, err := client.LoadCredential(a.cred)
 	if err != nil {
 		return nil, err
 	}
-	return admin.NewClient(a.addr, tc), nil
+	return client.New(a.addr, tc), nil
 }
 
 func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
@@ -158,7 +159,7 @@ func newRoot(out io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			resp, err := c.Rotate(cmd.Context(), admin.RotateRequest{Devices: args, All: all})
+			resp, err := c.Rotate(cmd.Context(), adminapi.RotateRequest{Devices: args, All: all})
 			if err != nil {
 				return err
 			}

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 func TestMain(m *testing.M) { os.Exit(fleettest.Main(m)) }
@@ -82,7 +82,7 @@ func TestFleetctl(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ds []admin.DeviceSummary
+		var ds []adminapi.DeviceSummary
 		if err := json.Unmarshal([]byte(out), &ds); err != nil {
 			t.Fatalf("-o json is not JSON: %v\n%s", err, out)
 		}

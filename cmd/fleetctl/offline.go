@@ -14,9 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server/admin"
-	"github.com/keyfleet/keyfleet/server/escrow"
 )
 
 // offlineCommands are the commands for devices that come back after long
@@ -123,7 +123,7 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 			if err != nil {
 				return err
 			}
-			if want := escrow.RecoveryAudience(args[0], uint32(v)); r.Audience != want {
+			if want := adminapi.RecoveryAudience(args[0], uint32(v)); r.Audience != want {
 				return fmt.Errorf("answer bound to %q, asked for %q", r.Audience, want)
 			}
 			raw, err := protocol.OpenEncrypt0(key, r.Sealed, r.Audience)
@@ -147,7 +147,7 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 	recoverCmd.Flags().StringVar(&outFile, "out", "", "file to write the key to, hex (created 0600)")
 	escrowCmd.AddCommand(recoverCmd)
 
-	var fw admin.FirmwareRequest
+	var fw adminapi.FirmwareRequest
 	var image string
 	firmwareCmd := &cobra.Command{Use: "firmware", Short: "firmware releases"}
 	publish := &cobra.Command{Use: "publish --image FILE --version N --uri URI --vendor UUID --class UUID",
@@ -185,7 +185,7 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 	return []*cobra.Command{anchorsCmd, datakeys, escrowCmd, firmwareCmd}, []*cobra.Command{revoke}
 }
 
-func anchorsTable(info admin.AnchorsInfo) func(w *tabwriter.Writer) {
+func anchorsTable(info adminapi.AnchorsInfo) func(w *tabwriter.Writer) {
 	return func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "version\t%d\nroot\t%s (key %s)\nupdate key\t%s\nfirmware key\t%s\nissued\t%s\n",
 			info.Version, info.Root, info.RootKeyID, info.UpdateKeyID, info.FirmwareKID, stamp(info.IssuedAt))
@@ -195,7 +195,7 @@ func anchorsTable(info admin.AnchorsInfo) func(w *tabwriter.Writer) {
 // operatorKey loads the operator's private key, to open what fleetd
 // sealed to its certificate.
 func (a *app) operatorKey() (*ecdsa.PrivateKey, error) {
-	tc, err := admin.LoadCredential(a.cred)
+	tc, err := client.LoadCredential(a.cred)
 	if err != nil {
 		return nil, err
 	}

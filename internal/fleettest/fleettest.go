@@ -15,10 +15,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
-	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/hsm"
 )
 
@@ -65,7 +65,7 @@ func NewToken(t testing.TB) hsm.Config {
 type Fleet struct {
 	*server.Server
 	Config server.Config
-	Admin  *admin.Client
+	Admin  *client.Client
 	Dir    string
 }
 
@@ -126,11 +126,11 @@ func (f *Fleet) Restart(t testing.TB) {
 	f.Server = srv
 	// Keep the ports for restarts, so devices find the broker again.
 	f.Config.MQTTAddr, f.Config.AdminAddr = srv.MQTTAddr(), srv.AdminAddr()
-	tc, err := admin.LoadCredential(server.Paths{Dir: f.Config.DataDir}.AdminDir())
+	tc, err := client.LoadCredential(server.Paths{Dir: f.Config.DataDir}.AdminDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Admin = admin.NewClient(srv.AdminAddr(), tc)
+	f.Admin = client.New(srv.AdminAddr(), tc)
 	t.Cleanup(func() { _ = srv.Close() })
 }
 

@@ -9,36 +9,37 @@ import (
 	"encoding/pem"
 	"fmt"
 
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
-	"github.com/keyfleet/keyfleet/server/admin"
 )
 
 // Device makes the keys for id, registers the device and installs its
 // keystore in dir. broker, if not empty, overrides the broker address
 // fleetd reports. The private keys go only into dir.
-func Device(ctx context.Context, c *admin.Client, id, dir, broker string) (admin.ProvisionResponse, error) {
+func Device(ctx context.Context, c *client.Client, id, dir, broker string) (adminapi.ProvisionResponse, error) {
 	return To(ctx, c, id, &device.DirStorage{Dir: dir}, broker)
 }
 
 // To is Device into any keystore storage.
-func To(ctx context.Context, c *admin.Client, id string, st device.Storage, broker string) (admin.ProvisionResponse, error) {
+func To(ctx context.Context, c *client.Client, id string, st device.Storage, broker string) (adminapi.ProvisionResponse, error) {
 	key, err := device.NewKey()
 	if err != nil {
-		return admin.ProvisionResponse{}, err
+		return adminapi.ProvisionResponse{}, err
 	}
 	birth, err := device.NewKey()
 	if err != nil {
-		return admin.ProvisionResponse{}, err
+		return adminapi.ProvisionResponse{}, err
 	}
 	csr, err := device.CSR(id, key)
 	if err != nil {
-		return admin.ProvisionResponse{}, err
+		return adminapi.ProvisionResponse{}, err
 	}
 	bcsr, err := device.CSR(id, birth)
 	if err != nil {
-		return admin.ProvisionResponse{}, err
+		return adminapi.ProvisionResponse{}, err
 	}
-	resp, err := c.ProvisionDevice(ctx, admin.ProvisionRequest{ID: id, CSR: pemCSR(csr), BirthCSR: pemCSR(bcsr)})
+	resp, err := c.ProvisionDevice(ctx, adminapi.ProvisionRequest{ID: id, CSR: pemCSR(csr), BirthCSR: pemCSR(bcsr)})
 	if err != nil {
 		return resp, fmt.Errorf("provision %s: %w", id, err)
 	}

@@ -6,9 +6,9 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/trust"
 )
 
 // TestDeploymentKeysNonExtractable is the acceptance check: the private keys
@@ -17,7 +17,7 @@ import (
 func TestDeploymentKeysNonExtractable(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
 	cfg := f.Config.HSM
-	for _, label := range []string{server.LabelCA, server.LabelUpdate} {
+	for _, label := range []string{trust.LabelCA, trust.LabelUpdate} {
 		t.Run(label, func(t *testing.T) {
 			sensitive, extractable, err := hsm.KeyAttributes(cfg.Module, cfg.TokenLabel, cfg.PIN, label)
 			if err != nil {
@@ -39,7 +39,7 @@ func TestDeploymentKeysNonExtractable(t *testing.T) {
 			t.Fatalf("Open: got error %v, want nil", err)
 		}
 		defer tok.Close()
-		for _, label := range []string{server.LabelCA, server.LabelUpdate} {
+		for _, label := range []string{trust.LabelCA, trust.LabelUpdate} {
 			if _, err := tok.Signer(label); err != nil {
 				t.Errorf("Signer(%q): got error %v, want nil", label, err)
 			}
@@ -135,7 +135,7 @@ func TestSigningKeyAttributes(t *testing.T) {
 func TestDeploymentKeyUsage(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
 	r := openRaw(t, f.Config.HSM)
-	for _, label := range []string{server.LabelCA, server.LabelUpdate, server.LabelFirmware, server.LabelBirthCA} {
+	for _, label := range []string{trust.LabelCA, trust.LabelUpdate, trust.LabelFirmware, trust.LabelBirthCA} {
 		t.Run(label, func(t *testing.T) {
 			checkAttrs(t, r, pkcs11.CKO_PRIVATE_KEY, label, signingPrivate)
 			checkAttrs(t, r, pkcs11.CKO_PUBLIC_KEY, label, signingPublic)

@@ -115,9 +115,6 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 // Close closes the file.
 func (s *Bolt) Close() error { return s.db.Close() }
 
-// DB exposes the bbolt handle for tests that check file consistency.
-func (s *Bolt) DB() *bolt.DB { return s.db }
-
 func (s *Bolt) getDevice(tx *bolt.Tx, id string) (*Device, error) {
 	v := tx.Bucket(bucketDevices).Get([]byte(id))
 	if v == nil {

@@ -57,6 +57,18 @@ type Labels struct {
 	Firmware string `json:"firmware"`
 }
 
+// Key labels in custody: those of anchor set version 1 and of the birth
+// CA. A rotation names its new keys after them ("keyfleet-ca-v2").
+const (
+	LabelCA       = "keyfleet-ca"
+	LabelUpdate   = "keyfleet-update"
+	LabelFirmware = "keyfleet-firmware"
+	// LabelBirthCA is the manufacturer CA that issues birth credentials
+	// (IDevID). In a real supply chain it lives at the factory; fleetd
+	// plays that role for fleetctl device add and the simulator.
+	LabelBirthCA = "keyfleet-idevid-ca"
+)
+
 // Roles a rotation may replace.
 const (
 	RoleCA       = "ca"
@@ -348,7 +360,7 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 	root, rec := cur.root, &record{}
 	now := c.now()
 	if want[RoleCA] {
-		labels.CA = next("keyfleet-ca")
+		labels.CA = next(LabelCA)
 		k, err := signerOrNew(c.keys, labels.CA)
 		if err != nil {
 			return nil, err
@@ -364,7 +376,7 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 	}
 	var revoked [][]byte
 	if want[RoleUpdate] {
-		labels.Update = next("keyfleet-update")
+		labels.Update = next(LabelUpdate)
 		kid, err := protocol.KeyID(oldUpd.Public())
 		if err != nil {
 			return nil, err
@@ -372,7 +384,7 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 		revoked = append(revoked, kid)
 	}
 	if want[RoleFirmware] {
-		labels.Firmware = next("keyfleet-firmware")
+		labels.Firmware = next(LabelFirmware)
 		kid, err := cur.signed.FirmwarePublicKey()
 		if err != nil {
 			return nil, err

@@ -1,6 +1,9 @@
-package admin
+package adminapi
 
-import "time"
+import (
+	"strconv"
+	"time"
+)
 
 // DeviceSummary is one line of `fleetctl devices`.
 type DeviceSummary struct {
@@ -212,4 +215,12 @@ type FirmwareInfo struct {
 	Version  uint32 `json:"version"`
 	Manifest []byte `json:"manifest"`
 	KeyID    string `json:"kid"`
+}
+
+// RecoveryAudience binds an escrowed key released to an operator to the
+// device and version asked for (the HPKE info of EscrowResponse.Sealed):
+// a client checks it, so a sealed answer cannot be passed off as
+// another's.
+func RecoveryAudience(device string, version uint32) string {
+	return "keyfleet/escrow/" + device + "/" + strconv.FormatUint(uint64(version), 10)
 }

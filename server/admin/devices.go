@@ -1,0 +1,198 @@
+package admin
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+
+	"github.com/keyfleet/keyfleet/certs/identity"
+
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/provisioning"
+	"github.com/keyfleet/keyfleet/server/rotation"
+	"github.com/keyfleet/keyfleet/server/store"
+	"github.com/keyfleet/keyfleet/server/trust"
+)
+
+// Devices reads device records; the store satisfies it.
+type Devices interface {
+	GetDevice(ctx context.Context, id string) (*store.Device, error)
+	ForEachDevice(ctx context.Context, fn func(*store.Device) error) error
+}
+
+// Provisioner registers devices; *provisioning.Station satisfies it.
+type Provisioner interface {
+	Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (provisioning.Credential, error)
+	ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) []provisioning.Result
+	Bundle() (provisioning.Bundle, error)
+}
+
+// summarize turns a store record into the API's summary.
+func summarize(d *store.Device) adminapi.DeviceSummary {
+	s := d.Slot(protocol.SlotIdentity)
+	out := adminapi.DeviceSummary{ID: d.ID, Revoked: d.Revoked, Desired: s.Desired, Reported: s.Reported, Created: d.CreatedAt}
+	if a := s.Active(); a != nil {
+		out.Active = a.Version
+	}
+	if l := s.Latest(); l != nil {
+		out.State = l.State.String()
+	}
+	return out
+}
+
+// detail turns a store record into the API's detailed view.
+func detail(d *store.Device) adminapi.Device {
+	out := adminapi.Device{DeviceSummary: summarize(d)}
+	for slot, s := range d.Slots {
+		for _, k := range s.Versions {
+			out.Versions = append(out.Versions, adminapi.Version{
+				Slot: slot.String(), Version: k.Version, State: k.State.String(), RotationID: fmt.Sprintf("%x", k.RID),
+				Serial: k.Serial, NotAfter: k.NotAfter, GraceUntil: k.GraceUntil, RequestedAt: k.RequestedAt,
+				IssuedAt: k.IssuedAt, ActivatedAt: k.ActivatedAt, RetiredAt: k.RetiredAt,
+			})
+		}
+	}
+	return out
+}
+
+func (h *handler) devices(w http.ResponseWriter, r *http.Request) {
+	out := []adminapi.DeviceSummary{}
+	if err := h.p.Devices.ForEachDevice(r.Context(), func(d *store.Device) error {
+		out = append(out, summarize(d))
+		return nil
+	}); err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) device(w http.ResponseWriter, r *http.Request) {
+	d, err := h.p.Devices.GetDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, detail(d))
+}
+
+// parseCSR reads a PEM CERTIFICATE REQUEST; field names it in errors.
+func parseCSR(field, s string) (*x509.CertificateRequest, error) {
+	blk, _ := pem.Decode([]byte(s))
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, fmt.Errorf("admin: %s must be a PEM CERTIFICATE REQUEST", field)
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %s: %w", field, err)
+	}
+	return csr, nil
+}
+
+// bundlePEM is the trust material in the wire's PEM form.
+func bundlePEM(b provisioning.Bundle) (ca, update string, err error) {
+	upd, err := trust.PublicKeyPEM(b.UpdateKey)
+	if err != nil {
+		return "", "", fmt.Errorf("admin: update key: %w", err)
+	}
+	return string(identity.EncodePEM(b.Root)), string(upd), nil
+}
+
+func (h *handler) provision(w http.ResponseWriter, r *http.Request) {
+	var req adminapi.ProvisionRequest
+	if err := decode(r, &req); err != nil {
+		invalid(w, err)
+		return
+	}
+	csr, err := parseCSR("csr", req.CSR)
+	if err != nil {
+		invalid(w, err)
+		return
+	}
+	var birth *x509.CertificateRequest
+	if req.BirthCSR != "" {
+		if birth, err = parseCSR("birth_csr", req.BirthCSR); err != nil {
+			invalid(w, err)
+			return
+		}
+	}
+	cred, err := h.p.Provision.Provision(r.Context(), req.ID, csr, birth, actor(r))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	b, err := h.p.Provision.Bundle()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	resp := adminapi.ProvisionResponse{ID: req.ID, Cert: string(identity.EncodePEM(cred.Cert)), Broker: b.Broker, Anchors: b.Anchors}
+	if resp.CA, resp.UpdateKey, err = bundlePEM(b); err != nil {
+		fail(w, err)
+		return
+	}
+	if cred.Birth != nil {
+		resp.Birth = string(identity.EncodePEM(cred.Birth))
+	}
+	h.log.Info("device provisioned", "device", req.ID, "actor", actor(r))
+	writeJSON(w, http.StatusCreated, resp)
+}
+
+func (h *handler) provisionBatch(w http.ResponseWriter, r *http.Request) {
+	var req adminapi.BatchProvisionRequest
+	if err := decodeLimit(r, &req, maxBatchBody); err != nil {
+		invalid(w, err)
+		return
+	}
+	if len(req.Devices) == 0 || len(req.Devices) > adminapi.MaxBatch {
+		invalid(w, fmt.Errorf("admin: a batch holds 1 to %d devices, not %d", adminapi.MaxBatch, len(req.Devices)))
+		return
+	}
+	b, err := h.p.Provision.Bundle()
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	resp := adminapi.BatchProvisionResponse{Broker: b.Broker, Anchors: b.Anchors, Results: make([]adminapi.BatchResult, len(req.Devices))}
+	if resp.CA, resp.UpdateKey, err = bundlePEM(b); err != nil {
+		fail(w, err)
+		return
+	}
+	// Items with unparseable CSRs are answered here, the rest by the
+	// station.
+	var good []rotation.ProvisionItem
+	var goodIdx []int
+	for i, d := range req.Devices {
+		resp.Results[i].ID = d.ID
+		it := rotation.ProvisionItem{ID: d.ID}
+		var err error
+		if it.CSR, err = x509.ParseCertificateRequest(d.CSR); err != nil {
+			resp.Results[i].Error = fmt.Errorf("admin: csr: %w", err).Error()
+			continue
+		}
+		if len(d.BirthCSR) > 0 {
+			if it.BirthCSR, err = x509.ParseCertificateRequest(d.BirthCSR); err != nil {
+				resp.Results[i].Error = fmt.Errorf("admin: birth_csr: %w", err).Error()
+				continue
+			}
+		}
+		good, goodIdx = append(good, it), append(goodIdx, i)
+	}
+	for k, res := range h.p.Provision.ProvisionBatch(r.Context(), good, actor(r)) {
+		out := &resp.Results[goodIdx[k]]
+		switch {
+		case res.Err != nil:
+			out.Error = res.Err.Error()
+		default:
+			out.Cert = res.Cert.Raw
+			if res.Birth != nil {
+				out.Birth = res.Birth.Raw
+			}
+		}
+	}
+	h.log.Info("devices provisioned in a batch", "count", len(req.Devices), "actor", actor(r))
+	writeJSON(w, http.StatusOK, resp)
+}

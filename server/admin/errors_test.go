@@ -1,0 +1,44 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/certs"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/escrow"
+	"github.com/keyfleet/keyfleet/server/release"
+	"github.com/keyfleet/keyfleet/server/rotation"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// TestStatusOf: every error a part returns on purpose maps to its HTTP
+// status and API code, wrapped or not; anything else is internal.
+func TestStatusOf(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{release.ErrInvalid, http.StatusBadRequest, adminapi.CodeInvalid},
+		{escrow.ErrOperatorKey, http.StatusBadRequest, adminapi.CodeInvalid},
+		{protocol.ErrBadDeviceID, http.StatusBadRequest, adminapi.CodeInvalid},
+		{certs.ErrBadCSR, http.StatusBadRequest, adminapi.CodeInvalid},
+		{certs.ErrCSRIdentity, http.StatusBadRequest, adminapi.CodeInvalid},
+		{escrow.ErrNoKey, http.StatusNotFound, adminapi.CodeNotFound},
+		{store.ErrNotExist, http.StatusNotFound, adminapi.CodeNotFound},
+		{store.ErrExists, http.StatusConflict, adminapi.CodeExists},
+		{rotation.ErrRevoked, http.StatusConflict, adminapi.CodeRevoked},
+		{fmt.Errorf("revoke: %w", &rotation.AlreadyRevokedError{Device: "d1"}), http.StatusConflict, adminapi.CodeAlreadyRevoked},
+		{errors.New("disk on fire"), http.StatusInternalServerError, adminapi.CodeInternal},
+	} {
+		for _, err := range []error{tc.err, fmt.Errorf("context: %w", tc.err)} {
+			if status, code := statusOf(err); status != tc.status || code != tc.code {
+				t.Errorf("%v: got %d %q, want %d %q", err, status, code, tc.status, tc.code)
+			}
+		}
+	}
+}
