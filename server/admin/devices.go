@@ -33,12 +33,14 @@ type Provisioner interface {
 // summarize turns a store record into the API's summary.
 func summarize(d *store.Device) adminapi.DeviceSummary {
 	s := d.Slot(protocol.SlotIdentity)
-	out := adminapi.DeviceSummary{ID: d.ID, Revoked: d.Revoked, Desired: s.Desired, Reported: s.Reported, Created: d.CreatedAt}
+	var latest string // the state name of the newest version, for display
+	if l := s.Latest(); l != nil {
+		latest = l.State.String()
+	}
+	out := adminapi.DeviceSummary{ID: d.ID, Revoked: d.Revoked, Desired: s.Desired, Reported: s.Reported, Created: d.CreatedAt,
+		State: latest}
 	if a := s.Active(); a != nil {
 		out.Active = a.Version
-	}
-	if l := s.Latest(); l != nil {
-		out.State = l.State.String()
 	}
 	return out
 }
