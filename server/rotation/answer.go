@@ -2,7 +2,6 @@ package rotation
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -32,7 +31,7 @@ func (e *Engine) answer(ctx context.Context, from sender, reason Reason) {
 	if from.device == "" || from.quiet || !info.Answered {
 		return
 	}
-	if ok, _ := e.answers.allow(from.device, reason, e.now()); !ok {
+	if ok, _ := e.answers.Allow(from.device + "/" + string(reason)); !ok {
 		return
 	}
 	topic := e.opts.Topics.Down(from.device)
@@ -47,59 +46,4 @@ func (e *Engine) answer(ctx context.Context, from sender, reason Reason) {
 	if err != nil {
 		e.log.Warn("error answer not sent", "device", from.device, "reason", string(reason), "err", err)
 	}
-}
-
-// answerLimiter remembers when each (device, reason) was last let through
-// and how many were held back since: what bounds the answers to refused
-// uplinks, and what a bounded rejection log needs too.
-type answerLimiter struct {
-	mu   sync.Mutex
-	last map[answerKey]*answerEntry
-}
-
-type answerKey struct {
-	device string
-	reason Reason
-}
-
-type answerEntry struct {
-	at         time.Time
-	suppressed uint64
-}
-
-// maxAnswerKeys bounds the limiter's memory: past it, the entries whose
-// interval is over are dropped (all of them if none is), which at worst
-// lets a few answers through early.
-const maxAnswerKeys = 100_000
-
-// allow reports whether (device, reason) may be let through at now, at
-// most once per AnswerInterval, and how many were held back since the last
-// one let through.
-func (l *answerLimiter) allow(device string, reason Reason, now time.Time) (ok bool, suppressed uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last = map[answerKey]*answerEntry{}
-	}
-	k := answerKey{device, reason}
-	if e := l.last[k]; e != nil {
-		if now.Sub(e.at) < AnswerInterval && !now.Before(e.at) {
-			e.suppressed++
-			return false, 0
-		}
-		suppressed, e.at, e.suppressed = e.suppressed, now, 0
-		return true, suppressed
-	}
-	if len(l.last) >= maxAnswerKeys {
-		for k, e := range l.last {
-			if now.Sub(e.at) >= AnswerInterval || now.Before(e.at) {
-				delete(l.last, k)
-			}
-		}
-		if len(l.last) >= maxAnswerKeys {
-			clear(l.last)
-		}
-	}
-	l.last[k] = &answerEntry{at: now}
-	return true, 0
 }

@@ -115,7 +115,7 @@ type Engine struct {
 	grace   *graceQueue
 	stats   Stats
 	refused refusals
-	answers answerLimiter
+	answers *logx.Limiter // error answers: one per device and reason per AnswerInterval
 }
 
 type uplink struct {
@@ -155,6 +155,7 @@ func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, op
 		intake:  newIntake(opts.QueueLen, opts.MaxQueued),
 		logs:    logx.NewLimiter(logx.DefaultLogEvery, nil),
 	}
+	e.answers = logx.NewLimiter(AnswerInterval, e.now)
 	e.stats.rejected = map[Reason]*atomic.Uint64{}
 	return e
 }
