@@ -71,9 +71,7 @@ func runFleet(ctx context.Context, cfg Config, client *admin.Client, hsmOps func
 		for k, r := range resp.Rotations {
 			sl[i+k].tok = r.Version
 		}
-		if bar != nil {
-			_ = bar.Add(len(ids))
-		}
+		bar.Add(len(ids))
 	}
 
 	var (
@@ -83,6 +81,7 @@ func runFleet(ctx context.Context, cfg Config, client *admin.Client, hsmOps func
 		up, down atomic.Uint64
 		done     atomic.Int64
 	)
+	bar.Finish()
 	bar = fl.bar(n, fmt.Sprintf("fleet (%d awake at most)", cfg.MaxConnected))
 	sem := make(chan struct{}, cfg.MaxConnected)
 	var wg sync.WaitGroup
@@ -106,12 +105,11 @@ func runFleet(ctx context.Context, cfg Config, client *admin.Client, hsmOps func
 			}
 			mu.Unlock()
 			done.Add(1)
-			if bar != nil {
-				_ = bar.Add(1)
-			}
+			bar.Add(1)
 		}(&sl[i])
 	}
 	wg.Wait()
+	bar.Finish()
 	dur := time.Since(start)
 
 	rep.Devices = n
@@ -184,6 +182,7 @@ func wake(ctx context.Context, cfg Config, s *sleeper) (took time.Duration, up, 
 // simulator's key making overlap.
 func registerFleet(ctx context.Context, fl *fleet, client *admin.Client, sl []sleeper) error {
 	bar := fl.bar(len(sl), "registering")
+	defer bar.Finish()
 	type batch struct {
 		lo, hi int
 		keys   []*ecdsa.PrivateKey
@@ -266,9 +265,7 @@ func registerFleet(ctx context.Context, fl *fleet, client *admin.Client, sl []sl
 					return
 				}
 			}
-			if bar != nil {
-				_ = bar.Add(b.hi - b.lo)
-			}
+			bar.Add(b.hi - b.lo)
 		}()
 	}
 	wg.Wait()

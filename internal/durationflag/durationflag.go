@@ -52,8 +52,12 @@ func Parse(s string) (time.Duration, error) {
 }
 
 // Format writes d in days where it is a whole number of them, else as Go
-// does, so a flag's default reads as the operator would type it.
+// does, so a flag's default reads as the operator would type it; zero is
+// "0", which help output treats as no default.
 func Format(d time.Duration) string {
+	if d == 0 {
+		return "0"
+	}
 	if d > 0 && d%Day == 0 {
 		return strconv.FormatInt(int64(d/Day), 10) + "d"
 	}

@@ -57,7 +57,7 @@ func TestFormat(t *testing.T) {
 		{7 * Day, "7d"},
 		{Day + time.Hour, "25h0m0s"},
 		{10 * time.Minute, "10m0s"},
-		{0, "0s"},
+		{0, "0"},
 	} {
 		if got := Format(tc.in); got != tc.want {
 			t.Errorf("Format(%v) = %q, want %q", tc.in, got, tc.want)
