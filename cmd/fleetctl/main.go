@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -87,6 +88,9 @@ type app struct {
 
 func (a *app) client() (*admin.Client, error) {
 	tc, err := admin.LoadCredential(a.credential())
+	if errors.Is(err, fs.ErrNotExist) && a.cred == "" && os.Getenv("KEYFLEET_CREDENTIAL") == "" {
+		return nil, fmt.Errorf("%w (run fleetctl where make run runs, or give --credential or KEYFLEET_CREDENTIAL; see fleetctl --help)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
