@@ -77,21 +77,26 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
+# bg CMD...: run CMD as a job and wait for it. The wait builtin returns at
+# once on Ctrl-C, whereas bash ignores a SIGINT that arrives while a
+# foreground command exits normally (it takes the command to have
+# handled it), which would leave the loop running.
+bg() { "$@" & wait $!; }
 
 # fleetd prints one readable line per key state change on stdout; its log
 # goes to the file.
 "$BIN/fleetd" run --data "$VAR/fleetd" --pin-file "$PIN_FILE" --mqtt-listen "$MQTT" --admin-listen "$ADMIN" \
   --grace 20s --print-changes 2>>"$LOG" &
 FLEETD_PID=$!
-for _ in $(seq 100); do "$BIN/fleetctl" status >/dev/null 2>&1 && break; sleep 0.1; done
-if ! "$BIN/fleetctl" status >/dev/null 2>&1; then
+for _ in $(seq 100); do bg "$BIN/fleetctl" status >/dev/null 2>&1 && break; bg sleep 0.1; done
+if ! bg "$BIN/fleetctl" status >/dev/null 2>&1; then
   echo "fleetd did not start; the end of $LOG:"; tail -n 20 "$LOG"; exit 1
 fi
 
 for i in $(seq 1 "$DEVICES"); do
   id=$(printf "dev-%02d" "$i")
   if [ ! -f "$VAR/devices/$id/state.json" ]; then
-    "$BIN/fleetctl" device add "$id" --out "$VAR/devices/$id" >/dev/null
+    bg "$BIN/fleetctl" device add "$id" --out "$VAR/devices/$id" >/dev/null
     echo "== provisioned $id"
   fi
   "$BIN/fleet-agent" --dir "$VAR/devices/$id" --log-level warn 2>>"$VAR/log/$id.log" &
@@ -106,11 +111,11 @@ else
 fi
 echo "== $DEVICES agents running; rotating every device every ${EVERY}s (Ctrl-C to stop)"
 warned=0
-sleep 2 & wait $!
+bg sleep 2
 while true; do
-  "$BIN/fleetctl" rotate --all >/dev/null || echo "rotate request failed"
-  sleep "$EVERY" & wait $!   # wait, unlike sleep, returns at once on Ctrl-C
-  "$BIN/fleetctl" devices || true
+  bg "$BIN/fleetctl" rotate --all >/dev/null || echo "rotate request failed"
+  bg sleep "$EVERY"
+  bg "$BIN/fleetctl" devices || true
   # Warnings and errors stay in the log; the screen gets their count.
   n=$(grep -cE 'level=(WARN|ERROR)' "$LOG" || true)
   if [ "${n:-0}" -gt "$warned" ]; then
