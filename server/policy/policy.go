@@ -26,12 +26,12 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyfleet/keyfleet/internal/durationflag"
+	"github.com/keyfleet/keyfleet/internal/yamlerr"
 )
 
 // Policy is the operator's rule set. Zero fields take the defaults of
@@ -100,23 +100,10 @@ func Parse(b []byte) (Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&p); err != nil && !errors.Is(err, io.EOF) {
-		return Policy{}, fmt.Errorf("%w: %w", ErrInvalid, yamlError(err))
+		return Policy{}, fmt.Errorf("%w: %w", ErrInvalid, yamlerr.Clean(err))
 	}
 	p = p.WithDefaults()
 	return p, p.Validate()
-}
-
-// yamlError says what the YAML decoder found without its "yaml:" prefix
-// and on one line, so the message reads "policy: invalid: line 1: ...".
-func yamlError(err error) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		return errors.New(strings.Join(te.Errors, "; "))
-	}
-	if msg, ok := strings.CutPrefix(err.Error(), "yaml: "); ok {
-		return errors.New(msg)
-	}
-	return err
 }
 
 // WithDefaults fills zero fields from Default.
