@@ -82,6 +82,13 @@ trap 'exit 0' INT TERM
 # foreground command exits normally (it takes the command to have
 # handled it), which would leave the loop running.
 bg() { "$@" & wait $!; }
+# status_line: fleetd's main counters on one line.
+status_line() {
+  "$BIN/fleetctl" status | awk -F '  +' '
+    /^(connected clients|rotations activated|versions retired|HSM operations|anchors version)\t?/ {
+      printf "%s%s %s", sep, $1, $2; sep = ", " }
+    END { if (sep != "") print "" }' | sed 's/^/== status: /'
+}
 
 # fleetd prints one readable line per key state change on stdout; its log
 # goes to the file.
@@ -116,6 +123,7 @@ while true; do
   bg "$BIN/fleetctl" rotate --all >/dev/null || echo "rotate request failed"
   bg sleep "$EVERY"
   bg "$BIN/fleetctl" devices || true
+  bg status_line || true
   # Warnings and errors stay in the log; the screen gets their count.
   n=$(grep -cE 'level=(WARN|ERROR)' "$LOG" || true)
   if [ "${n:-0}" -gt "$warned" ]; then
