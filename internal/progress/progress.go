@@ -175,7 +175,7 @@ func (b *Bar) rate() string {
 
 // frame is one terminal frame: "connecting  45% [=====>     ] 450/1000 120 dev/s".
 func (b *Bar) frame() string {
-	const width = 30
+	const width = 20
 	filled := 0
 	pct := 0
 	if b.total > 0 {

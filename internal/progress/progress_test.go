@@ -84,7 +84,7 @@ func TestTerminalFrames(t *testing.T) {
 	if len(frames) != 5 { // "", frame 1, frame 2, blank, ""
 		t.Fatalf("got %d frames: %q", len(frames), out.String())
 	}
-	if !strings.HasPrefix(frames[1], "provisioning  10% [===>") || !strings.Contains(frames[2], "5/10 4.5 dev/s") {
+	if !strings.HasPrefix(frames[1], "provisioning  10% [==>") || !strings.Contains(frames[2], "5/10 4.5 dev/s") {
 		t.Errorf("frames %q", frames)
 	}
 	if strings.TrimSpace(frames[3]) != "" {
