@@ -20,6 +20,10 @@ func Setup(root *cobra.Command) {
 	root.Version = buildinfo.String(root.Name())
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SilenceUsage, root.SilenceErrors = true, true
+	// cobra adds these at Execute; added now, "completion bsh" is refused
+	// like any other mistyped word.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
 	walk(root)
 }
 

@@ -35,6 +35,7 @@ func TestSetup(t *testing.T) {
 		{[]string{"device", "frobnicate", "x"}, `unknown command "frobnicate" for "fleetctl device" (see fleetctl device --help)`, "", ""},
 		{[]string{"anchors", "rotat"}, `unknown command "rotat" for "fleetctl anchors"`, "", ""},
 		{[]string{"devcie"}, `unknown command "devcie" for "fleetctl"`, "", ""},
+		{[]string{"completion", "bsh"}, `unknown command "bsh" for "fleetctl completion"; did you mean bash`, "", ""},
 		{[]string{"device", "show", "dev-1"}, "", "show dev-1", ""},
 		{[]string{"anchors", "rotate"}, "", "rotate", ""},
 		{[]string{"device"}, "", "", "Usage:"},
