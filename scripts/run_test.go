@@ -109,8 +109,9 @@ func TestRunScript(t *testing.T) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	adminAddr := freeAddr(t)
 	cmd.Env = append(cmd.Env, "VAR="+varDir, "BIN="+bin, "DEVICES=2", "EVERY=1",
-		"MQTT="+freeAddr(t), "ADMIN="+freeAddr(t))
+		"MQTT="+freeAddr(t), "ADMIN="+adminAddr)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -171,6 +172,11 @@ func TestRunScript(t *testing.T) {
 	}
 	if strings.Contains(screen, "level=") || strings.Contains(screen, "time=") {
 		t.Errorf("log lines on the screen:\n%s", screen)
+	}
+	// fleetctl in a second shell finds this fleet from the credential
+	// directory: fleetd recorded its admin address there.
+	if b, err := os.ReadFile(filepath.Join(varDir, "fleetd", "admin", "address")); err != nil || strings.TrimSpace(string(b)) != adminAddr {
+		t.Errorf("admin address file: %q, %v; want %s", b, err, adminAddr)
 	}
 	pinFile := filepath.Join(varDir, "hsm.pin")
 	if fi, err := os.Stat(pinFile); err != nil || fi.Mode().Perm() != 0o600 {
