@@ -72,9 +72,7 @@ func runFleet(ctx context.Context, cfg Config, client *client.Client, hsmOps fun
 		for k, r := range resp.Rotations {
 			sl[i+k].tok = r.Version
 		}
-		if bar != nil {
-			_ = bar.Add(len(ids))
-		}
+		bar.Add(len(ids))
 	}
 
 	var (
@@ -84,6 +82,7 @@ func runFleet(ctx context.Context, cfg Config, client *client.Client, hsmOps fun
 		up, down atomic.Uint64
 		done     atomic.Int64
 	)
+	bar.Finish()
 	bar = fl.bar(n, fmt.Sprintf("fleet (%d awake at most)", cfg.MaxConnected))
 	sem := make(chan struct{}, cfg.MaxConnected)
 	var wg sync.WaitGroup
@@ -107,12 +106,11 @@ func runFleet(ctx context.Context, cfg Config, client *client.Client, hsmOps fun
 			}
 			mu.Unlock()
 			done.Add(1)
-			if bar != nil {
-				_ = bar.Add(1)
-			}
+			bar.Add(1)
 		}(&sl[i])
 	}
 	wg.Wait()
+	bar.Finish()
 	dur := time.Since(start)
 
 	rep.Devices = n
@@ -185,6 +183,7 @@ func wake(ctx context.Context, cfg Config, s *sleeper) (took time.Duration, up, 
 // simulator's key making overlap.
 func registerFleet(ctx context.Context, fl *fleet, client *client.Client, sl []sleeper) error {
 	bar := fl.bar(len(sl), "registering")
+	defer bar.Finish()
 	type batch struct {
 		lo, hi int
 		keys   []*ecdsa.PrivateKey
@@ -267,9 +266,7 @@ func registerFleet(ctx context.Context, fl *fleet, client *client.Client, sl []s
 					return
 				}
 			}
-			if bar != nil {
-				_ = bar.Add(b.hi - b.lo)
-			}
+			bar.Add(b.hi - b.lo)
 		}()
 	}
 	wg.Wait()

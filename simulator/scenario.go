@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keyfleet/keyfleet/internal/yamlerr"
 )
 
 // Scenario is a YAML file that combines faults (and the run's size) for
@@ -39,7 +41,7 @@ func LoadScenario(path string) (*Scenario, error) {
 	dec.KnownFields(true)
 	var sc Scenario
 	if err := dec.Decode(&sc); err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", path, err)
+		return nil, fmt.Errorf("scenario %s: %w", path, yamlerr.Clean(err))
 	}
 	if err := sc.Faults.Validate(); err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", path, err)

@@ -13,12 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/procstat"
+	"github.com/keyfleet/keyfleet/internal/progress"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
@@ -338,21 +337,17 @@ func newFleet(cfg Config) *fleet {
 	return f
 }
 
-func (f *fleet) bar(n int, desc string) *progressbar.ProgressBar {
-	if f.cfg.Progress == nil {
-		return nil
-	}
-	return progressbar.NewOptions(n, progressbar.OptionSetWriter(f.cfg.Progress), progressbar.OptionSetDescription(desc),
-		progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("dev"),
-		progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+// bar shows a phase's progress on cfg.Progress (nil: none): a bar on a
+// terminal, a line every 5 s in a log.
+func (f *fleet) bar(n int, desc string) *progress.Bar {
+	return progress.New(f.cfg.Progress, n, desc, progress.Options{Unit: "dev"})
 }
 
 func (f *fleet) provision(ctx context.Context, c *client.Client) error {
 	bar := f.bar(len(f.ids), "provisioning")
+	defer bar.Finish()
 	return provisionAll(ctx, c, f.ids, func(id string) string { return filepath.Join(f.cfg.DeviceDir, id) }, 32, func() {
-		if bar != nil {
-			_ = bar.Add(1)
-		}
+		bar.Add(1)
 	})
 }
 
@@ -403,13 +398,9 @@ func (f *fleet) waitFor(ctx context.Context, n int, desc string, done func() int
 		f.mu.Lock()
 		got := done()
 		f.mu.Unlock()
-		if bar != nil {
-			_ = bar.Set(got)
-		}
+		bar.Set(got)
 		if got >= n {
-			if bar != nil {
-				_ = bar.Finish()
-			}
+			bar.Finish()
 			return got, nil
 		}
 		select {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/adminapi/client"
+	"github.com/keyfleet/keyfleet/internal/progress"
 )
 
 // Soak holds fleetd's cost over a long run with every device connected and
@@ -44,7 +45,9 @@ func (f *fleet) soak(ctx context.Context, c *client.Client, d time.Duration, chu
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	nextSample := start
-	bar := f.bar(int(d/time.Second), "soak")
+	// Seconds, not devices: no rate.
+	bar := progress.New(f.cfg.Progress, int(d/time.Second), "soak (s)", progress.Options{})
+	defer bar.Finish()
 	for time.Since(start) < d {
 		select {
 		case <-ctx.Done():
@@ -69,9 +72,7 @@ func (f *fleet) soak(ctx context.Context, c *client.Client, d time.Duration, chu
 					Goroutines: st.Goroutines, Connected: st.ConnectedClient - 1})
 			}
 		}
-		if bar != nil {
-			_ = bar.Set(int(time.Since(start) / time.Second))
-		}
+		bar.Set(int(time.Since(start) / time.Second))
 	}
 	var sum float64
 	var n int

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/cmdtree"
 	"github.com/keyfleet/keyfleet/internal/logx"
 )
 
@@ -77,6 +78,7 @@ func main() {
 	f.Uint32Var(&fwFactory, "firmware-factory-version", 1, "firmware version the device shipped with")
 	f.StringVar(&bootCheck, "boot-check", "", "command run with a new image's path and version after install; exit status 0 confirms, else roll back")
 	_ = cmd.MarkFlagRequired("dir")
+	cmdtree.Setup(cmd)
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet-agent:", err)
 		os.Exit(1)

@@ -15,6 +15,12 @@
 //	fleetctl firmware publish --image FILE --version N --uri URI --vendor UUID --class UUID
 //
 // Output is a table for people, or JSON with -o json for scripts.
+//
+// Where fleetd is, and with which credential, comes from (first found):
+// the --admin and --credential flags; KEYFLEET_ADMIN and
+// KEYFLEET_CREDENTIAL; ./var/fleetd/admin, the credential make run's fleet
+// writes, and the admin address fleetd run records in the credential
+// directory (file "address"); else 127.0.0.1:8443.
 package main
 
 import (
@@ -23,7 +29,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -33,15 +41,45 @@ import (
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
+	"github.com/keyfleet/keyfleet/internal/cmdtree"
 	"github.com/keyfleet/keyfleet/internal/provision"
 )
 
-func main() {
-	if err := newRoot(os.Stdout).Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "fleetctl:", err)
-		os.Exit(1)
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run executes fleetctl with args and returns its exit status: 0, or 1
+// after printing the error once.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(stderr, "fleetctl:", err)
+		return 1
 	}
+	return 0
 }
+
+// Defaults of the connection, in the order fleetctl looks for them.
+const (
+	// localCredential is where make run's fleetd keeps its operator
+	// credential, relative to the repository root.
+	localCredential = "var/fleetd/admin"
+	// addressFile, in a credential directory, holds the admin address
+	// fleetd run listens on (fleetd writes it at start).
+	addressFile  = "address"
+	defaultAdmin = "127.0.0.1:8443"
+)
+
+const lookupHelp = `Where fleetd is, and with which operator credential, comes from the
+first of:
+  1. --admin ADDR and --credential DIR;
+  2. the environment: KEYFLEET_ADMIN and KEYFLEET_CREDENTIAL;
+  3. the credential directory ./var/fleetd/admin, as make run leaves it
+     (run fleetctl from the repository root in a second shell);
+  4. for the address: the file "address" in the credential directory,
+     which fleetd run writes; else 127.0.0.1:8443.`
 
 type app struct {
 	out        io.Writer
@@ -50,11 +88,42 @@ type app struct {
 }
 
 func (a *app) client() (*client.Client, error) {
-	tc, err := client.LoadCredential(a.cred)
+	tc, err := client.LoadCredential(a.credential())
+	if errors.Is(err, fs.ErrNotExist) && a.cred == "" && os.Getenv("KEYFLEET_CREDENTIAL") == "" {
+		return nil, fmt.Errorf("%w (run fleetctl where make run runs, or give --credential or KEYFLEET_CREDENTIAL; see fleetctl --help)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return client.New(a.addr, tc), nil
+	return client.New(a.address(), tc), nil
+}
+
+// credential is the operator credential directory, looked up as
+// lookupHelp says.
+func (a *app) credential() string {
+	if a.cred != "" {
+		return a.cred
+	}
+	if v := os.Getenv("KEYFLEET_CREDENTIAL"); v != "" {
+		return v
+	}
+	return localCredential
+}
+
+// address is fleetd's admin API address, looked up as lookupHelp says.
+func (a *app) address() string {
+	if a.addr != "" {
+		return a.addr
+	}
+	if v := os.Getenv("KEYFLEET_ADMIN"); v != "" {
+		return v
+	}
+	if b, err := os.ReadFile(filepath.Join(a.credential(), addressFile)); err == nil {
+		if v := strings.TrimSpace(string(b)); v != "" {
+			return v
+		}
+	}
+	return defaultAdmin
 }
 
 func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
@@ -71,19 +140,12 @@ func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
 	return fmt.Errorf("output format %q: want table or json", a.output)
 }
 
-func env(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
 func newRoot(out io.Writer) *cobra.Command {
 	a := &app{out: out}
-	root := &cobra.Command{Use: "fleetctl", Short: "keyfleet operator CLI", SilenceUsage: true, SilenceErrors: true}
+	root := &cobra.Command{Use: "fleetctl", Short: "keyfleet operator CLI", Long: "keyfleet operator CLI.\n\n" + lookupHelp}
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.addr, "admin", env("KEYFLEET_ADMIN", "127.0.0.1:8443"), "fleetd admin API address (env KEYFLEET_ADMIN)")
-	pf.StringVar(&a.cred, "credential", env("KEYFLEET_CREDENTIAL", "var/fleetd/admin"), "operator credential directory (env KEYFLEET_CREDENTIAL)")
+	pf.StringVar(&a.addr, "admin", "", "fleetd admin API address (default: KEYFLEET_ADMIN, the credential's address file, 127.0.0.1:8443)")
+	pf.StringVar(&a.cred, "credential", "", "operator credential directory (default: KEYFLEET_CREDENTIAL, ./var/fleetd/admin)")
 	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
 
 	devices := &cobra.Command{Use: "devices", Short: "list devices", Args: cobra.NoArgs,
@@ -240,11 +302,12 @@ func newRoot(out io.Writer) *cobra.Command {
 		}}
 	audit.AddCommand(verify)
 
-	top, devSub := a.offlineCommands()
+	top, devSub := a.keyCommands()
 	deviceCmd.AddCommand(devSub...)
 	root.AddCommand(devices, deviceCmd, rotate, status, audit)
 	root.AddCommand(top...)
 	root.SetContext(context.Background())
+	cmdtree.Setup(root)
 	return root
 }
 

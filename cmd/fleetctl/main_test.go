@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/server"
 )
@@ -28,6 +32,10 @@ func TestFleetctl(t *testing.T) {
 		return out.String(), err
 	}
 	devDir := filepath.Join(t.TempDir(), "dev-1")
+	existing := filepath.Join(t.TempDir(), "key.hex")
+	if err := os.WriteFile(existing, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, tc := range []struct {
 		name    string
@@ -55,6 +63,7 @@ func TestFleetctl(t *testing.T) {
 		{"datakeys rotate", []string{"datakeys", "rotate"}, "", []string{"devices", "1"}},
 		{"escrow recover without --out", []string{"escrow", "recover", "dev-1", "1"}, "--out is required", nil},
 		{"escrow recover bad version", []string{"escrow", "recover", "dev-1", "zero", "--out", "x"}, "want a positive number", nil},
+		{"escrow recover to an existing file", []string{"escrow", "recover", "dev-1", "1", "--out", existing}, "exists", nil},
 		{"escrow recover unknown version", []string{"escrow", "recover", "dev-1", "9", "--out", filepath.Join(t.TempDir(), "k")}, "404", nil},
 		{"firmware publish missing flags", []string{"firmware", "publish", "--version", "2"}, "are required", nil},
 	} {
@@ -77,6 +86,11 @@ func TestFleetctl(t *testing.T) {
 		})
 	}
 
+	t.Run("existing file untouched", func(t *testing.T) {
+		if b, err := os.ReadFile(existing); err != nil || string(b) != "keep\n" {
+			t.Errorf("existing --out file now holds %q, %v", b, err)
+		}
+	})
 	t.Run("json for scripts", func(t *testing.T) {
 		out, err := run("devices", "-o", "json")
 		if err != nil {
@@ -122,4 +136,158 @@ func TestFleetctl(t *testing.T) {
 			t.Fatal("got nil error without an operator credential")
 		}
 	})
+}
+
+// A mistyped or unknown subcommand exits non-zero and names the word; a
+// correct one without a fleetd to talk to fails on the connection, not on
+// the command line.
+func TestExitStatus(t *testing.T) {
+	for _, tc := range []struct {
+		args       []string
+		wantStatus int
+		wantStderr string
+		wantStdout string
+	}{
+		{[]string{"device", "shw", "dev-1"}, 1, `fleetctl: unknown command "shw" for "fleetctl device"; did you mean show?`, ""},
+		{[]string{"anchors", "rotat"}, 1, `unknown command "rotat" for "fleetctl anchors"`, ""},
+		{[]string{"escrow", "recovr"}, 1, `unknown command "recovr" for "fleetctl escrow"`, ""},
+		{[]string{"devcies"}, 1, `unknown command "devcies" for "fleetctl"`, ""},
+		{[]string{"devices", "extra"}, 1, `unknown command "extra" for "fleetctl devices"`, ""},
+		{[]string{"device", "show"}, 1, "accepts 1 arg(s), received 0", ""},
+		{[]string{"--version"}, 0, "", "fleetctl "},
+		{[]string{"device"}, 0, "", "Available Commands"},
+		{[]string{"--help"}, 0, "", "KEYFLEET_CREDENTIAL"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			status := run(tc.args, &stdout, &stderr)
+			if status != tc.wantStatus || !strings.Contains(stderr.String(), tc.wantStderr) || !strings.Contains(stdout.String(), tc.wantStdout) {
+				t.Errorf("got status %d, stdout %q, stderr %q; want %d, stdout with %q, stderr with %q",
+					status, stdout.String(), stderr.String(), tc.wantStatus, tc.wantStdout, tc.wantStderr)
+			}
+		})
+	}
+}
+
+// The connection's defaults are looked up in the documented order: flag,
+// environment, make run's ./var/fleetd/admin and the address fleetd
+// recorded there, built-in address.
+func TestLookup(t *testing.T) {
+	work := t.TempDir()
+	t.Chdir(work)
+	local := filepath.Join(work, localCredential)
+	other := filepath.Join(work, "other")
+	for _, dir := range []string{local, other} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(local, addressFile), []byte("127.0.0.1:18443\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name               string
+		flagAddr, flagCred string
+		envAddr, envCred   string
+		wantAddr, wantCred string
+	}{
+		{"make run's fleet", "", "", "", "", "127.0.0.1:18443", localCredential},
+		{"flags first", "10.0.0.1:1", other, "10.0.0.2:2", local, "10.0.0.1:1", other},
+		{"environment next", "", "", "10.0.0.2:2", other, "10.0.0.2:2", other},
+		{"credential from env, no address file", "", "", "", other, defaultAdmin, other},
+		{"address from the env credential's file", "", "", "", local, "127.0.0.1:18443", local},
+		{"address from env, credential local", "", "", "10.0.0.2:2", "", "10.0.0.2:2", localCredential},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KEYFLEET_ADMIN", tc.envAddr)
+			t.Setenv("KEYFLEET_CREDENTIAL", tc.envCred)
+			a := &app{addr: tc.flagAddr, cred: tc.flagCred}
+			if got := a.credential(); got != tc.wantCred {
+				t.Errorf("credential: got %q, want %q", got, tc.wantCred)
+			}
+			if got := a.address(); got != tc.wantAddr {
+				t.Errorf("address: got %q, want %q", got, tc.wantAddr)
+			}
+		})
+	}
+}
+
+// A released key goes only into a new file of mode 0600; an existing path,
+// a symlink included, is refused and left as it was.
+func TestCreateSecret(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "existing")
+	if err := os.WriteFile(existing, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(filepath.Join(dir, "target"), link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		wantErr string
+	}{
+		{"new file", filepath.Join(dir, "key.hex"), ""},
+		{"existing file", existing, "exists"},
+		{"dangling symlink", link, "exists"},
+		{"missing directory", filepath.Join(dir, "no", "key.hex"), "no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := createSecret(tc.path)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.write([]byte("00ff\n")); err != nil {
+				t.Fatal(err)
+			}
+			s.discard() // after a write: keeps the file
+			fi, err := os.Stat(tc.path)
+			if err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("got %v, %v; want a 0600 file", fi, err)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(existing); string(b) != "old" {
+		t.Errorf("existing file now holds %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "target")); err == nil {
+		t.Error("the symlink's target was created")
+	}
+	t.Run("discarded when not written", func(t *testing.T) {
+		path := filepath.Join(dir, "unused")
+		s, err := createSecret(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.discard()
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("unwritten key file left behind: %v", err)
+		}
+	})
+}
+
+func TestAlreadyRevoked(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&client.APIError{Status: http.StatusConflict, Code: adminapi.CodeAlreadyRevoked, Message: "device already revoked"}, true},
+		{fmt.Errorf("revoke: %w", &client.APIError{Status: http.StatusConflict, Code: adminapi.CodeAlreadyRevoked}), true},
+		{&client.APIError{Status: http.StatusConflict, Code: adminapi.CodeRevoked}, false}, // another conflict
+		{&client.APIError{Status: http.StatusNotFound}, false},
+		{errors.New("connection refused"), false},
+		{nil, false},
+	} {
+		if got := alreadyRevoked(tc.err); got != tc.want {
+			t.Errorf("alreadyRevoked(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
 }

@@ -5,6 +5,10 @@
 //	fleetd run  --data DIR                     serve devices and operators
 //
 // The token PIN is read from --pin-file or KEYFLEET_HSM_PIN, never a flag.
+// Durations take days as well as Go durations (--grace 7d).
+//
+// fleetd run writes the admin API's address to the file "address" in the
+// operator credential directory (DATA/admin), where fleetctl looks for it.
 package main
 
 import (
@@ -13,12 +17,15 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyfleet/keyfleet/internal/cmdtree"
+	"github.com/keyfleet/keyfleet/internal/durationflag"
 	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
@@ -33,6 +40,7 @@ type flags struct {
 	mqtt, admin, external, advertise, policy          string
 	names                                             []string
 	grace, validity, ttl                              time.Duration
+	printChanges                                      bool
 }
 
 func main() {
@@ -42,9 +50,13 @@ func main() {
 	}
 }
 
+// addressFile, in the operator credential directory, holds the admin
+// API's address for fleetctl.
+const addressFile = "address"
+
 func root() *cobra.Command {
 	f := &flags{}
-	cmd := &cobra.Command{Use: "fleetd", Short: "keyfleet fleet server", SilenceUsage: true, SilenceErrors: true}
+	cmd := &cobra.Command{Use: "fleetd", Short: "keyfleet fleet server"}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.data, "data", "var/fleetd", "data directory")
 	pf.StringVar(&f.module, "pkcs11-module", "", "PKCS#11 library (default: SoftHSM2 if installed)")
@@ -95,11 +107,23 @@ func root() *cobra.Command {
 			} else {
 				cfg.Logger.Info("open-file limit", "max_files", limit)
 			}
+			if f.printChanges {
+				p := &changePrinter{w: cmd.OutOrStdout(), now: time.Now}
+				cfg.OnStateChange = p.print
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			srv, err := server.Start(ctx, cfg)
 			if err != nil {
 				return err
+			}
+			addrFile := filepath.Join(server.Paths{Dir: cfg.DataDir}.AdminDir(), addressFile)
+			if err := os.WriteFile(addrFile, []byte(srv.AdminAddr()+"\n"), 0o644); err != nil {
+				cfg.Logger.Warn("cannot record the admin address for fleetctl", "err", err)
+			}
+			if f.printChanges {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s\n",
+					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr())
 			}
 			<-ctx.Done()
 			cfg.Logger.Info("fleetd stopping")
@@ -111,12 +135,14 @@ func root() *cobra.Command {
 	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
 	rf.StringVar(&f.policy, "policy", "", "policy file (YAML): certificate validity, grace and renewal windows, data-key retention")
-	rf.DurationVar(&f.grace, "grace", 0, "how long a superseded identity stays accepted (overrides the policy; default 7 days)")
-	rf.DurationVar(&f.validity, "cert-validity", 0, "validity of device certificates (overrides the policy; default 90 days)")
-	rf.DurationVar(&f.ttl, "command-ttl", 10*time.Minute, "expiry of commands and freshness window of uplinks")
+	durationflag.Var(rf, &f.grace, "grace", 0, "how long a superseded identity stays accepted, e.g. 7d or 36h (overrides the policy; default 7d)")
+	durationflag.Var(rf, &f.validity, "cert-validity", 0, "validity of device certificates, e.g. 90d (overrides the policy; default 90d)")
+	durationflag.Var(rf, &f.ttl, "command-ttl", 10*time.Minute, "expiry of commands and freshness window of uplinks")
+	rf.BoolVar(&f.printChanges, "print-changes", false, "print one readable line per key state change on stdout (make run's screen)")
 
 	cmd.AddCommand(initCmd, runCmd)
 	cmd.SetContext(context.Background())
+	cmdtree.Setup(cmd)
 	return cmd
 }
 

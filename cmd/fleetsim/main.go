@@ -21,6 +21,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyfleet/keyfleet/internal/cmdtree"
+	"github.com/keyfleet/keyfleet/internal/durationflag"
 	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/simulator"
@@ -39,9 +41,14 @@ func root() *cobra.Command {
 	var workers int
 	var scenario, jsonOut string
 	var progress bool
-	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator", SilenceUsage: true, SilenceErrors: true}
+	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator"}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Everything the end needs is checked before the run, which
+			// may take an hour.
+			if err := checkReport(report); err != nil {
+				return err
+			}
 			log, closeLog, err := openLog(logFile, logLevel)
 			if err != nil {
 				return err
@@ -59,7 +66,7 @@ func root() *cobra.Command {
 				cfg.ServerMod = func(c *server.Config) { c.Workers = workers }
 			}
 			if progress {
-				cfg.Progress = os.Stderr
+				cfg.Progress = cmd.ErrOrStderr()
 			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
@@ -98,8 +105,6 @@ func root() *cobra.Command {
 				if err := rep.WriteTable(os.Stdout); err != nil {
 					return err
 				}
-			default:
-				return fmt.Errorf("--report %q: want json or table", report)
 			}
 			if rep.RotationsFailed > 0 {
 				return fmt.Errorf("%d rotations failed", rep.RotationsFailed)
@@ -113,29 +118,29 @@ func root() *cobra.Command {
 	f.StringVar(&cfg.Credential, "credential", "var/fleetd/admin", "operator credential directory for --server")
 	f.StringVar(&cfg.Dir, "dir", "", "work directory for the in-process fleetd (default: a temporary one, removed at the end)")
 	f.StringVar(&cfg.DeviceDir, "device-dir", "", "directory for the simulated devices' keystores (default: a temporary one in /dev/shm, else under --dir)")
-	f.DurationVar(&cfg.RoundTimeout, "round-timeout", 0, "time allowed per rotation round (default: 2m + 20ms per device)")
+	durationflag.Var(f, &cfg.RoundTimeout, "round-timeout", 0, "time allowed per rotation round (default: 2m + 20ms per device)")
 	f.StringVar(&report, "report", "table", "json or table")
 	f.StringVar(&jsonOut, "json-out", "", "also write the JSON report to this file")
 	f.BoolVar(&progress, "progress", true, "show a progress bar on stderr")
 	f.StringVar(&logFile, "log-file", "", "write fleetd and agent logs here")
 	f.StringVar(&logLevel, "log-level", "info", "log level for --log-file")
-	f.DurationVar(&cfg.Baseline, "baseline", 2*time.Second, "measure the raw HSM sign and certificate rates this long first, for ratios (0: skip)")
-	f.DurationVar(&cfg.Soak, "soak", 0, "keep every device connected this long first, some reconnecting, and sample fleetd's memory and goroutines")
+	durationflag.Var(f, &cfg.Baseline, "baseline", 2*time.Second, "measure the raw HSM sign and certificate rates this long first, for ratios (0: skip)")
+	durationflag.Var(f, &cfg.Soak, "soak", 0, "keep every device connected this long first, some reconnecting, and sample fleetd's memory and goroutines")
 	f.Float64Var(&cfg.SoakChurn, "soak-churn", 0.05, "fraction of devices reconnecting per minute during --soak")
 	f.IntVar(&cfg.Fleet, "fleet", 0, "fleet model: this many devices that wake, converge and sleep, at most --max-connected at once")
 	f.IntVar(&cfg.MaxConnected, "max-connected", 1000, "fleet model: devices awake (connected) at once")
 	f.Float64Var(&cfg.Rate, "rate", 0, "offer rotations at this many per second (default: every device at once)")
 	f.Float64Var(&cfg.Faults.CrashFraction, "crash", 0, "fraction of devices whose agent crashes once mid-rotation and restarts from its keystore")
 	f.Float64Var(&cfg.Faults.OfflineFraction, "offline", 0, "fraction of devices offline when rotations are requested")
-	f.DurationVar(&cfg.Faults.OfflineFor, "offline-for", 5*time.Second, "how long offline devices stay away")
+	durationflag.Var(f, &cfg.Faults.OfflineFor, "offline-for", 5*time.Second, "how long offline devices stay away")
 	f.Float64Var(&cfg.Faults.FlapFraction, "flap", 0, "fraction of devices whose connection drops every --flap-every")
-	f.DurationVar(&cfg.Faults.FlapEvery, "flap-every", time.Second, "interval between connection drops of flapping devices")
+	durationflag.Var(f, &cfg.Faults.FlapEvery, "flap-every", time.Second, "interval between connection drops of flapping devices")
 	f.Float64Var(&cfg.Faults.DropRate, "drop", 0, "probability of losing each message, both directions")
 	f.Float64Var(&cfg.Faults.DupRate, "dup", 0, "probability of delivering each message twice")
 	f.Float64Var(&cfg.Faults.DelayRate, "delay", 0, "probability of holding each message for --delay-for")
-	f.DurationVar(&cfg.Faults.Delay, "delay-for", 2*time.Second, "how long a delayed message is held")
+	durationflag.Var(f, &cfg.Faults.Delay, "delay-for", 2*time.Second, "how long a delayed message is held")
 	f.Float64Var(&cfg.Faults.SkewFraction, "skew", 0, "fraction of devices with a skewed clock")
-	f.DurationVar(&cfg.Faults.Skew, "skew-max", 2*time.Minute, "largest clock skew, either way")
+	durationflag.Var(f, &cfg.Faults.Skew, "skew-max", 2*time.Minute, "largest clock skew, either way")
 	f.StringVar(&cfg.FleetdBin, "fleetd-bin", "", "run fleetd from this binary as a child process (needed to kill or restart it)")
 	f.StringArrayVar(&cfg.FleetdArgs, "fleetd-arg", nil, "extra argument for the spawned fleetd run, e.g. --fleetd-arg=--grace=10s (repeatable)")
 	f.IntVar(&cfg.Faults.FleetdKills, "kill-fleetd", 0, "SIGKILL fleetd this many times during the first round (needs --fleetd-bin)")
@@ -145,7 +150,17 @@ func root() *cobra.Command {
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run, yearCmd())
+	cmdtree.Setup(cmd)
 	return cmd
+}
+
+// checkReport refuses a --report format before a run rather than after it.
+func checkReport(report string) error {
+	switch report {
+	case "json", "table":
+		return nil
+	}
+	return fmt.Errorf("--report %q: want json or table", report)
 }
 
 // openLog returns the logger for fleetd and the agents: the file at path

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyfleet/keyfleet/internal/durationflag"
 	"github.com/keyfleet/keyfleet/simulator"
 )
 
@@ -21,13 +22,16 @@ func yearCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "year", Short: "a fleet lives through a year of rotations while part of it is switched off; the absent devices must come back",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkReport(report); err != nil {
+				return err
+			}
 			log, closeLog, err := openLog(logFile, logLevel)
 			if err != nil {
 				return err
 			}
 			defer closeLog()
 			cfg.Logger = log
-			cfg.Progress = os.Stderr
+			cfg.Progress = cmd.ErrOrStderr()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rep, err := simulator.RunYear(ctx, cfg)
@@ -50,8 +54,6 @@ func yearCmd() *cobra.Command {
 				if err := rep.WriteTable(os.Stdout); err != nil {
 					return err
 				}
-			default:
-				return fmt.Errorf("--report %q: want json or table", report)
 			}
 			if rep.Bricked > 0 {
 				return fmt.Errorf("%d of %d devices bricked", rep.Bricked, rep.Devices)
@@ -66,8 +68,8 @@ func yearCmd() *cobra.Command {
 	f.IntVar(&cfg.AnchorRotations, "anchor-rotations", 2, "trust-anchor rotations (CA root and update key)")
 	f.IntVar(&cfg.DataKeyVersions, "data-key-versions", 3, "new data-key versions")
 	f.IntVar(&cfg.FirmwareKeyRotations, "firmware-key-rotations", 1, "firmware-key rotations, each followed by a release")
-	f.DurationVar(&cfg.DayDelay, "day-delay", 0, "real time per quiet simulated day (default 10ms)")
-	f.DurationVar(&cfg.Timeout, "timeout", 0, "bound on each wait for convergence (default 2m)")
+	durationflag.Var(f, &cfg.DayDelay, "day-delay", 0, "real time per quiet simulated day (default 10ms)")
+	durationflag.Var(f, &cfg.Timeout, "timeout", 0, "bound on each wait for convergence (default 2m)")
 	f.StringVar(&cfg.Dir, "dir", "", "work directory (default: a temporary one)")
 	f.StringVar(&report, "report", "table", "json or table")
 	f.StringVar(&jsonOut, "json-out", "", "also write the JSON report to this file")

@@ -25,11 +25,13 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"math"
 	"os"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keyfleet/keyfleet/internal/durationflag"
+	"github.com/keyfleet/keyfleet/internal/yamlerr"
 )
 
 // Policy is the operator's rule set. Zero fields take the defaults of
@@ -73,7 +75,7 @@ func Default() Policy {
 }
 
 // Day is 24 hours; policies speak in days.
-const Day = 24 * time.Hour
+const Day = durationflag.Day
 
 // Errors of policy files.
 var (
@@ -98,7 +100,7 @@ func Parse(b []byte) (Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&p); err != nil && !errors.Is(err, io.EOF) {
-		return Policy{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Policy{}, fmt.Errorf("%w: %w", ErrInvalid, yamlerr.Clean(err))
 	}
 	p = p.WithDefaults()
 	return p, p.Validate()
@@ -210,11 +212,12 @@ type Duration time.Duration
 // D returns the time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// UnmarshalYAML accepts Go durations and a whole number of days ("30d").
+// UnmarshalYAML accepts what durationflag.Parse accepts: Go durations and
+// days ("30d", "1d12h"), as fleetd's duration flags do.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := ParseDuration(n.Value)
+	v, err := durationflag.Parse(n.Value)
 	if err != nil {
-		return err
+		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*d = Duration(v)
 	return nil
@@ -223,19 +226,12 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MarshalText writes the duration as Go does.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
-// ParseDuration reads a Go duration or a number of days ("400d").
+// ParseDuration reads a duration as a policy file does (durationflag.Parse);
+// its errors wrap ErrInvalid.
 func ParseDuration(s string) (time.Duration, error) {
-	if n := len(s); n > 1 && s[n-1] == 'd' {
-		var days int64
-		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err != nil || fmt.Sprint(days) != s[:n-1] ||
-			days < 0 || days > int64(math.MaxInt64/Day) {
-			return 0, fmt.Errorf("%w: duration %q", ErrInvalid, s)
-		}
-		return time.Duration(days) * Day, nil
-	}
-	v, err := time.ParseDuration(s)
+	v, err := durationflag.Parse(s)
 	if err != nil {
-		return 0, fmt.Errorf("%w: duration %q", ErrInvalid, s)
+		return 0, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return v, nil
 }

@@ -124,3 +124,21 @@ func TestRenewalJitter(t *testing.T) {
 		t.Errorf("renewal starts spread over %v, want most of %v", spread, 90*Day/20)
 	}
 }
+
+// An error names the policy once and the YAML decoder not at all, so
+// fleetd prints "fleetd: policy: invalid: line 1: ..." and no stutter.
+func TestParseErrorMessages(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+	}{
+		{"grace: soon\n", `policy: invalid: line 1: duration "soon": want a duration like 90s, 12h or 7d`},
+		{"grase: 30d\n", "policy: invalid: line 1: field grase not found in type policy.Policy"},
+		{"grace: [1\n", "policy: invalid: line 1: did not find expected ',' or ']'"},
+		{"renew_before: 2\n", "policy: invalid: renew_before 2 must lie strictly between 0 and 1"},
+	} {
+		_, err := Parse([]byte(tc.in))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("Parse(%q): got %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,10 +20,10 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
-// offlineCommands are the commands for devices that come back after long
-// absences, and for the incidents around them: revocation, anchor
-// rotation, data keys and their escrow, firmware.
-func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) {
+// keyCommands are the commands for the keys beyond a device's identity
+// rotation: revoking a device's keys, the trust anchors, data keys and
+// their escrow, and the firmware signing key's releases.
+func (a *app) keyCommands() (top []*cobra.Command, device []*cobra.Command) {
 	var reason string
 	revoke := &cobra.Command{Use: "revoke ID --reason TEXT", Short: "revoke a device at once: sessions dropped, every credential refused",
 		Args: cobra.ExactArgs(1),
@@ -35,6 +36,12 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 				return err
 			}
 			r, err := c.Revoke(cmd.Context(), args[0], reason)
+			if alreadyRevoked(err) {
+				// Revoking is idempotent for the operator: the device is
+				// refused either way, and a script may run this twice.
+				_, err := fmt.Fprintf(a.out, "%s was already revoked\n", args[0])
+				return err
+			}
 			if err != nil {
 				return err
 			}
@@ -111,6 +118,13 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 			if outFile == "" {
 				return errors.New("--out is required: the key goes to a file (mode 0600), not to the terminal")
 			}
+			// The file is made before the key is released, so a path
+			// that exists is refused before the release is audited.
+			secret, err := createSecret(outFile)
+			if err != nil {
+				return err
+			}
+			defer secret.discard()
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -131,7 +145,7 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 				return fmt.Errorf("open the released key: %w", err)
 			}
 			defer clear(raw)
-			if err := os.WriteFile(outFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
+			if err := secret.write([]byte(hex.EncodeToString(raw) + "\n")); err != nil {
 				return err
 			}
 			out := struct {
@@ -144,7 +158,7 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 				fmt.Fprintf(w, "device\t%s\nversion\t%d\nstatus\t%s\nkey written to\t%s (hex)\n", out.Device, out.Version, out.Status, out.File)
 			})
 		}}
-	recoverCmd.Flags().StringVar(&outFile, "out", "", "file to write the key to, hex (created 0600)")
+	recoverCmd.Flags().StringVar(&outFile, "out", "", "new file to write the key to, hex (created with mode 0600; an existing path is refused)")
 	escrowCmd.AddCommand(recoverCmd)
 
 	var fw adminapi.FirmwareRequest
@@ -185,6 +199,54 @@ func (a *app) offlineCommands() (top []*cobra.Command, device []*cobra.Command) 
 	return []*cobra.Command{anchorsCmd, datakeys, escrowCmd, firmwareCmd}, []*cobra.Command{revoke}
 }
 
+// alreadyRevoked reports whether the admin API refused a revocation because
+// the device was revoked before (409).
+func alreadyRevoked(err error) bool {
+	var apiErr *client.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == adminapi.CodeAlreadyRevoked
+}
+
+// secretFile is a new file for key material: created with mode 0600 and
+// O_EXCL, so an existing path (a file another user can read, a planted
+// symlink) is refused rather than written through.
+type secretFile struct {
+	f       *os.File
+	written bool
+}
+
+// createSecret creates path for a secret; it fails if path exists.
+func createSecret(path string) (*secretFile, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("%s exists: name a new file for the key", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &secretFile{f: f}, nil
+}
+
+// write writes b and closes the file.
+func (s *secretFile) write(b []byte) error {
+	if _, err := s.f.Write(b); err != nil {
+		return err
+	}
+	if err := s.f.Close(); err != nil {
+		return err
+	}
+	s.written = true
+	return nil
+}
+
+// discard removes the file unless write succeeded, so a failed recovery
+// leaves no empty or partial key file behind.
+func (s *secretFile) discard() {
+	if !s.written {
+		s.f.Close()
+		os.Remove(s.f.Name())
+	}
+}
+
 func anchorsTable(info adminapi.AnchorsInfo) func(w *tabwriter.Writer) {
 	return func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "version\t%d\nroot\t%s (key %s)\nupdate key\t%s\nfirmware key\t%s\nissued\t%s\n",
@@ -195,12 +257,12 @@ func anchorsTable(info adminapi.AnchorsInfo) func(w *tabwriter.Writer) {
 // operatorKey loads the operator's private key, to open what fleetd
 // sealed to its certificate.
 func (a *app) operatorKey() (*ecdsa.PrivateKey, error) {
-	tc, err := client.LoadCredential(a.cred)
+	tc, err := client.LoadCredential(a.credential())
 	if err != nil {
 		return nil, err
 	}
 	if len(tc.Certificates) == 0 {
-		return nil, fmt.Errorf("no operator certificate in %s", filepath.Clean(a.cred))
+		return nil, fmt.Errorf("no operator certificate in %s", filepath.Clean(a.credential()))
 	}
 	k, ok := tc.Certificates[0].PrivateKey.(*ecdsa.PrivateKey)
 	if !ok {

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Bad flags are refused at once, before any fleetd or device starts: a
+// typo must not cost a whole run.
+func TestFlagsCheckedFirst(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"run", "--report", "yaml", "--dir", dir}, `--report "yaml": want json or table`},
+		{[]string{"year", "--report", "yaml", "--dir", dir}, `--report "yaml": want json or table`},
+		{[]string{"run", "--devices", "0", "--dir", dir}, "--devices must be positive"},
+		{[]string{"run", "--crash", "2", "--dir", dir}, "crash_fraction 2 is not between 0 and 1"},
+		{[]string{"run", "--offline-for", "soon"}, `duration "soon"`},
+		{[]string{"run", "--kill-fleetd", "1", "--dir", dir}, "needs --fleetd-bin"},
+		{[]string{"run", "--log-file", dir + "/l", "--log-level", "loud"}, `log level "loud"`},
+		{[]string{"rn"}, `unknown command "rn" for "fleetsim"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			cmd := root()
+			var out bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetErr(&out)
+			cmd.SetArgs(tc.args)
+			start := time.Now()
+			err := cmd.Execute()
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("refused after %v: the run started first", took)
+			}
+		})
+	}
+}
+
+func TestDurationFlagsTakeDays(t *testing.T) {
+	cmd := root()
+	run, _, err := cmd.Find([]string{"run"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run.ParseFlags([]string{"--soak", "1d", "--offline-for", "1d2h"}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"soak": "1d", "offline-for": "26h0m0s"} {
+		if got := run.Flags().Lookup(name).Value.String(); got != want {
+			t.Errorf("--%s: got %s, want %s", name, got, want)
+		}
+	}
+}
