@@ -1,19 +1,20 @@
-// Package progress shows how far a long phase of a command has come: a
-// redrawn bar on a terminal, and plain lines every few seconds when the
-// output is a file or a CI log, where carriage-return frames would pile up
-// by the thousand. The rate is counted from the phase's start and is shown
-// only once a second has passed, so a phase that finds its work already
-// done does not report billions of items a second.
+// Package progress shows how far a long phase of a command has come: on a
+// terminal, a bar drawn by github.com/schollz/progressbar; in a file or a
+// CI log, where carriage-return frames would pile up by the thousand, a
+// plain line every few seconds. The rate is counted here, from the phase's
+// start, and shown only once a second has passed, so a phase that finds its
+// work already done does not report billions of items a second (the
+// library's own rate is off for that reason).
 package progress
 
 import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
 
@@ -44,7 +45,8 @@ type Bar struct {
 	start   time.Time
 	last    time.Time // last output
 	n       int
-	drawn   int // width of the last terminal frame
+	pb      *progressbar.ProgressBar // the terminal bar; nil in plain mode
+	drawn   bool                     // a terminal frame was drawn
 	written bool
 	done    bool
 }
@@ -68,6 +70,13 @@ func New(w io.Writer, total int, desc string, opts Options) *Bar {
 		b.tty = IsTerminal(w)
 	}
 	b.last = b.start
+	if b.tty {
+		// The library draws and throttles; the rate goes in the
+		// description (see rate), set on each update.
+		b.pb = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(desc),
+			progressbar.OptionShowCount(), progressbar.OptionSetWidth(20), progressbar.OptionSetPredictTime(false),
+			progressbar.OptionClearOnFinish())
+	}
 	return b
 }
 
@@ -112,9 +121,7 @@ func (b *Bar) Finish() {
 	}
 	b.done = true
 	if b.tty {
-		if b.drawn > 0 {
-			fmt.Fprintf(b.w, "\r%s\r", strings.Repeat(" ", b.drawn))
-		}
+		_ = b.pb.Finish() // clears the line
 		return
 	}
 	if b.written {
@@ -129,21 +136,25 @@ func (b *Bar) update() {
 		return
 	}
 	now := b.opts.Now()
-	interval := b.opts.Every
 	if b.tty {
-		interval = 200 * time.Millisecond
+		// At most five frames a second, by this package's clock (the
+		// first at once); Describe draws the frame.
+		if b.drawn && now.Sub(b.last) < 200*time.Millisecond {
+			return
+		}
+		b.last, b.drawn = now, true
+		desc := b.desc
+		if r := b.rate(); r != "" {
+			desc += " " + r
+		}
+		_ = b.pb.Set(b.n)
+		b.pb.Describe(desc)
+		return
 	}
-	if now.Sub(b.last) < interval && !(b.tty && b.drawn == 0) {
+	if now.Sub(b.last) < b.opts.Every {
 		return
 	}
 	b.last = now
-	if b.tty {
-		line := b.frame()
-		pad := max(b.drawn-len(line), 0)
-		fmt.Fprintf(b.w, "\r%s%s", line, strings.Repeat(" ", pad))
-		b.drawn = len(line)
-		return
-	}
 	fmt.Fprintf(b.w, "%s: %s\n", b.desc, b.counts())
 	b.written = true
 }
@@ -171,24 +182,4 @@ func (b *Bar) rate() string {
 		return fmt.Sprintf("%.0f %s/s", r, b.opts.Unit)
 	}
 	return fmt.Sprintf("%.1f %s/s", r, b.opts.Unit)
-}
-
-// frame is one terminal frame: "connecting  45% [=====>     ] 450/1000 120 dev/s".
-func (b *Bar) frame() string {
-	const width = 20
-	filled := 0
-	pct := 0
-	if b.total > 0 {
-		filled = min(width, width*b.n/b.total)
-		pct = 100 * b.n / b.total
-	}
-	bar := strings.Repeat("=", filled)
-	if filled < width {
-		bar += ">" + strings.Repeat(" ", width-filled-1)
-	}
-	s := fmt.Sprintf("%s %3d%% [%s] %d/%d", b.desc, pct, bar, b.n, b.total)
-	if r := b.rate(); r != "" {
-		s += " " + r
-	}
-	return s
 }
