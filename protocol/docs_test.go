@@ -985,15 +985,32 @@ func expandNote(t reporter, compact []byte, pub *ecdsa.PublicKey) string {
 		"the TBSCertificate's header `%s` (%d bytes of content) becomes `%s` (%d), and the Certificate's "+
 		"header `%s` (%d) becomes `%s` (%d). The signature algorithm and the signature stay as they were. "+
 		"The result, %d bytes, is the certificate the fleet CA signed; the device verifies it as any "+
-		"certificate, so a leaf issued for another key fails the signature check:\n\n",
+		"certificate, so a leaf issued for another key fails the signature check:",
 		len(spkiDER), spaced(spkiDER[:len(spkiDER)-64]),
 		spaced(subject[:4]), spaced(subject[len(subject)-2:]), len(subject),
 		spaced(exts[:2]),
 		derHeader(cTBS), len(cTBS.Bytes), derHeader(fTBS), len(fTBS.Bytes),
 		derHeader(cCert), len(cCert.Bytes), derHeader(fCert), len(fCert.Bytes),
 		len(full))
-	fmt.Fprintf(&w, "```der-hex cert-expanded\n%s```\n", hexBlock(full))
-	return w.String()
+	text := wrap(w.String(), 75) + "\n"
+	return text + fmt.Sprintf("```der-hex cert-expanded\n%s```\n", hexBlock(full))
+}
+
+// wrap breaks text into lines of at most width characters at spaces.
+func wrap(text string, width int) string {
+	var out, line strings.Builder
+	for _, word := range strings.Fields(text) {
+		if line.Len() > 0 && line.Len()+1+len(word) > width {
+			out.WriteString(line.String() + "\n")
+			line.Reset()
+		}
+		if line.Len() > 0 {
+			line.WriteByte(' ')
+		}
+		line.WriteString(word)
+	}
+	out.WriteString(line.String() + "\n")
+	return out.String()
 }
 
 // TestDocReasons checks that docs/protocol.md's table "Reasons and their
