@@ -21,6 +21,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -41,6 +42,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/firmware"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/rotation"
 )
 
 var update = flag.Bool("update", false, "rewrite the examples and the size table in docs/protocol.md from the current encoders")
@@ -104,6 +106,10 @@ type docExample struct {
 	// randomness (CSR, certificate, sealed key, anchor set, manifest),
 	// which the test cannot regenerate byte for byte.
 	check func(t reporter, m protocol.Message)
+	// note, if set, renders text shown under the example, derived from
+	// the decoded message (the cert's worked ExpandLeaf); the document
+	// must contain it as rendered from its own example.
+	note func(t reporter, m protocol.Message) string
 }
 
 func docID(b byte) []byte {
@@ -279,6 +285,9 @@ func docExamples(t reporter) []docExample {
 				if err != nil || id != (identity.Identity{Role: identity.RoleDevice, Name: docDevice}) {
 					t.Errorf("certificate identity %v (%v), want device:%s", id, err, docDevice)
 				}
+			},
+			note: func(t reporter, m protocol.Message) string {
+				return expandNote(t, m.(*protocol.Cert).Cert, &k.identity4.PublicKey)
 			}},
 		{name: "activated", title: "device → server, signed by the new identity key (v4)",
 			msg:    &protocol.Activated{Header: protocol.Header{ID: docID(0x50), RID: rid, IAT: iat}, Slot: protocol.SlotIdentity, Version: 4},
@@ -689,6 +698,13 @@ func renderExamples(t reporter, exs []docExample, packets map[string][]byte) str
 		fmt.Fprintf(&w, "\n#### `%s`\n\n%s.\n\n", e.name, e.title)
 		fmt.Fprintf(&w, "```cbor-hex %s\n%s```\n\n", e.name, hexBlock(packets[e.name]))
 		fmt.Fprintf(&w, "```cbor-diag %s\n%s```\n", e.name, diagnostic(t, packets[e.name], e.msg))
+		if e.note != nil {
+			m, err := decodeBlock(protocol.NewCodec(), e, packets[e.name])
+			if err != nil {
+				t.Fatalf("%s: %v", e.name, err)
+			}
+			w.WriteString("\n" + e.note(t, m))
+		}
 	}
 	return w.String()
 }
@@ -755,7 +771,19 @@ func TestDocExamples(t *testing.T) {
 			continue
 		}
 		packets[b.name] = b.packet
-		t.Run(fmt.Sprintf("%s_line_%d", b.name, b.line), func(t *testing.T) { checkBlock(t, c, e, b) })
+		t.Run(fmt.Sprintf("%s_line_%d", b.name, b.line), func(t *testing.T) {
+			checkBlock(t, c, e, b)
+			if e.note == nil || t.Failed() {
+				return
+			}
+			m, err := decodeBlock(c, e, b.packet)
+			if err != nil {
+				t.Fatalf("%v", err)
+			}
+			if note := e.note(t, m); !strings.Contains(doc, note) {
+				t.Errorf("protocol.md:%d: the text under example %s is stale; it should read\n%s\nrun: go test ./protocol -run TestDocExamples -update", b.line, b.name, note)
+			}
+		})
 	}
 	for _, e := range exs {
 		if seen[e.name] != 1 {
@@ -891,5 +919,129 @@ func TestDocErrorCodes(t *testing.T) {
 		if code, ok := fromMD[m[3]]; !ok || code != n {
 			t.Errorf("protocol.md: reason %s maps to %d %s, which is not in the code table", m[1], n, m[3])
 		}
+	}
+}
+
+// derHeader returns the tag and length bytes of a DER element.
+func derHeader(v asn1.RawValue) string {
+	return spaced(v.FullBytes[:len(v.FullBytes)-len(v.Bytes)])
+}
+
+func spaced(b []byte) string {
+	parts := make([]string, len(b))
+	for i, x := range b {
+		parts[i] = fmt.Sprintf("%02x", x)
+	}
+	return strings.Join(parts, " ")
+}
+
+// certParts splits a DER certificate into the Certificate, its
+// TBSCertificate and the TBSCertificate's elements.
+func certParts(t reporter, der []byte) (cert, tbs asn1.RawValue, elems []asn1.RawValue) {
+	t.Helper()
+	if _, err := asn1.Unmarshal(der, &cert); err != nil {
+		t.Fatalf("certificate: %v", err)
+	}
+	if _, err := asn1.Unmarshal(cert.Bytes, &tbs); err != nil {
+		t.Fatalf("TBSCertificate: %v", err)
+	}
+	for b := tbs.Bytes; len(b) > 0; {
+		var e asn1.RawValue
+		var err error
+		if b, err = asn1.Unmarshal(b, &e); err != nil {
+			t.Fatalf("TBSCertificate element: %v", err)
+		}
+		elems = append(elems, e)
+	}
+	return cert, tbs, elems
+}
+
+// expandNote is the worked example of protocol.ExpandLeaf under the cert
+// example: where the device puts its key back, which lengths change, and
+// the certificate it rebuilds, all taken from the compact leaf shown.
+func expandNote(t reporter, compact []byte, pub *ecdsa.PublicKey) string {
+	t.Helper()
+	full, err := protocol.ExpandLeaf(compact, pub)
+	if err != nil {
+		t.Fatalf("expand: %v", err)
+	}
+	spkiDER, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	cCert, cTBS, cElems := certParts(t, compact)
+	fCert, fTBS, _ := certParts(t, full)
+	if len(cElems) != 7 {
+		t.Fatalf("compact TBSCertificate has %d elements, want version, serial, signature, issuer, validity, subject, extensions", len(cElems))
+	}
+	subject, exts := cElems[5].FullBytes, cElems[6].FullBytes
+	var w strings.Builder
+	fmt.Fprintf(&w, "The device rebuilds the certificate the CA signed (`protocol.ExpandLeaf`). "+
+		"It encodes its pending key (identity v4) as a SubjectPublicKeyInfo, DER, as "+
+		"`x509.MarshalPKIXPublicKey` writes it: %d bytes for P-256, `%s` and then the point's X and Y, "+
+		"32 bytes each. It inserts those bytes right after the TBSCertificate's subject "+
+		"(its sixth element, counting the `[0]` version: here `%s … %s`, %d bytes) "+
+		"and before the extensions (`%s …`), then re-encodes two lengths, each in DER's shortest form: "+
+		"the TBSCertificate's header `%s` (%d bytes of content) becomes `%s` (%d), and the Certificate's "+
+		"header `%s` (%d) becomes `%s` (%d). The signature algorithm and the signature stay as they were. "+
+		"The result, %d bytes, is the certificate the fleet CA signed; the device verifies it as any "+
+		"certificate, so a leaf issued for another key fails the signature check:",
+		len(spkiDER), spaced(spkiDER[:len(spkiDER)-64]),
+		spaced(subject[:4]), spaced(subject[len(subject)-2:]), len(subject),
+		spaced(exts[:2]),
+		derHeader(cTBS), len(cTBS.Bytes), derHeader(fTBS), len(fTBS.Bytes),
+		derHeader(cCert), len(cCert.Bytes), derHeader(fCert), len(fCert.Bytes),
+		len(full))
+	text := wrap(w.String(), 75) + "\n"
+	return text + fmt.Sprintf("```der-hex cert-expanded\n%s```\n", hexBlock(full))
+}
+
+// wrap breaks text into lines of at most width characters at spaces.
+func wrap(text string, width int) string {
+	var out, line strings.Builder
+	for _, word := range strings.Fields(text) {
+		if line.Len() > 0 && line.Len()+1+len(word) > width {
+			out.WriteString(line.String() + "\n")
+			line.Reset()
+		}
+		if line.Len() > 0 {
+			line.WriteByte(' ')
+		}
+		line.WriteString(word)
+	}
+	out.WriteString(line.String() + "\n")
+	return out.String()
+}
+
+// TestDocReasons checks that docs/protocol.md's table "Reasons and their
+// codes" is rotation.Reasons, row for row and in the same order: each
+// reason's wire code (number and name) and whether the device is answered.
+func TestDocReasons(t *testing.T) {
+	md, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codeNames := map[int]string{}
+	for _, m := range regexp.MustCompile("(?m)^\\| (\\d+) \\| `([a-z-]+)` \\|").FindAllStringSubmatch(string(md), -1) {
+		n, _ := strconv.Atoi(m[1])
+		codeNames[n] = m[2]
+	}
+	type row struct {
+		reason   string
+		code     int
+		codeName string
+		answered bool
+	}
+	var doc []row
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z-]+)` \\| (\\d+) `([a-z-]+)` \\| (yes|no)\\b").FindAllStringSubmatch(string(md), -1) {
+		n, _ := strconv.Atoi(m[2])
+		doc = append(doc, row{m[1], n, m[3], m[4] == "yes"})
+	}
+	var code []row
+	for _, ri := range rotation.Reasons {
+		code = append(code, row{string(ri.Reason), int(ri.Code), codeNames[int(ri.Code)], ri.Answered})
+	}
+	if !reflect.DeepEqual(doc, code) {
+		t.Errorf("protocol.md's reason table differs from rotation.Reasons:\nprotocol.md        %v\nrotation.Reasons   %v", doc, code)
 	}
 }
