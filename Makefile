@@ -11,7 +11,8 @@ deps:
 	@scripts/deps.sh --with-mosquitto
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off
+	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
 
 ## run: fleetd + embedded broker + SoftHSM2 + five agents rotating every 15 s
 run: build
