@@ -69,7 +69,14 @@ type APIError struct {
 	Code string
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("admin API: %d: %s", e.Status, e.Message) }
+// Error is the server's message as it stands: it already says what was
+// refused and why; the status and code are fields for programs.
+func (e *APIError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("admin API answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return e.Message
+}
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader

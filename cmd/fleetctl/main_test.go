@@ -45,13 +45,13 @@ func TestFleetctl(t *testing.T) {
 	}{
 		{"add", []string{"device", "add", "dev-1", "--out", devDir}, "", []string{"dev-1 provisioned"}},
 		{"add without --out", []string{"device", "add", "dev-2"}, "--out is required", nil},
-		{"add twice", []string{"device", "add", "dev-1", "--out", devDir + "x"}, "409", nil},
+		{"add twice", []string{"device", "add", "dev-1", "--out", devDir + "x"}, `device "dev-1" already exists`, nil},
 		{"devices table", []string{"devices"}, "", []string{"DEVICE", "dev-1"}},
 		{"rotate one", []string{"rotate", "dev-1"}, "", []string{"dev-1", "identity", "2", "requested"}},
 		{"rotate again while open", []string{"rotate", "dev-1"}, "", []string{"already in progress"}},
 		{"rotate without target", []string{"rotate"}, "name devices or --all", nil},
 		{"rotate both", []string{"rotate", "dev-1", "--all"}, "name devices or --all", nil},
-		{"rotate unknown", []string{"rotate", "ghost"}, "404", nil},
+		{"rotate unknown", []string{"rotate", "ghost"}, `device "ghost" not found`, nil},
 		{"show", []string{"device", "show", "dev-1"}, "", []string{"pending", "active"}},
 		{"status", []string{"status"}, "", []string{"devices", "HSM operations"}},
 		{"audit verify", []string{"audit", "verify"}, "", []string{"audit chain verified"}},
@@ -64,7 +64,7 @@ func TestFleetctl(t *testing.T) {
 		{"escrow recover without --out", []string{"escrow", "recover", "dev-1", "1"}, "--out is required", nil},
 		{"escrow recover bad version", []string{"escrow", "recover", "dev-1", "zero", "--out", "x"}, "want a positive number", nil},
 		{"escrow recover to an existing file", []string{"escrow", "recover", "dev-1", "1", "--out", existing}, "exists", nil},
-		{"escrow recover unknown version", []string{"escrow", "recover", "dev-1", "9", "--out", filepath.Join(t.TempDir(), "k")}, "404", nil},
+		{"escrow recover unknown version", []string{"escrow", "recover", "dev-1", "9", "--out", filepath.Join(t.TempDir(), "k")}, "no such data key", nil},
 		{"firmware publish missing flags", []string{"firmware", "publish", "--version", "2"}, "are required", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,7 +111,7 @@ func TestFleetctl(t *testing.T) {
 			want    string
 		}{
 			{[]string{"device", "revoke", "dev-1"}, "--reason is required", ""},
-			{[]string{"device", "revoke", "ghost", "--reason", "test"}, "404", ""},
+			{[]string{"device", "revoke", "ghost", "--reason", "test"}, `device "ghost" not found`, ""},
 			{[]string{"device", "revoke", "dev-1", "--reason", "lost in transit"}, "", "revoked in"},
 			{[]string{"rotate", "dev-1"}, "device dev-1 is revoked", ""},
 			{[]string{"devices"}, "", "true"},

@@ -42,3 +42,21 @@ func TestStatusOf(t *testing.T) {
 		}
 	}
 }
+
+// TestMessage: the store's sentinels are put in the operator's words;
+// other errors pass as they are.
+func TestMessage(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("device %q: %w", "ghost", store.ErrNotExist), `device "ghost" not found`},
+		{fmt.Errorf("device %q: %w", "dev-1", store.ErrExists), `device "dev-1" already exists`},
+		{store.ErrNotExist, store.ErrNotExist.Error()},
+		{errors.New("rotation: device dev-1 is revoked"), "rotation: device dev-1 is revoked"},
+	} {
+		if got := message(tc.err); got != tc.want {
+			t.Errorf("message(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/certs"
@@ -101,7 +102,25 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, status int, code string, err error) {
-	writeJSON(w, status, adminapi.ErrorBody{Error: err.Error(), Code: code})
+	writeJSON(w, status, adminapi.ErrorBody{Error: message(err), Code: code})
+}
+
+// message is err as an operator reads it: the store's sentinels say
+// "store: does not exist" for what the operator knows as a device not
+// found, so they are put in the request's words.
+func message(err error) string {
+	msg := err.Error()
+	for _, s := range []struct {
+		sentinel error
+		words    string
+	}{{store.ErrNotExist, "not found"}, {store.ErrExists, "already exists"}} {
+		if errors.Is(err, s.sentinel) {
+			if m, ok := strings.CutSuffix(msg, ": "+s.sentinel.Error()); ok {
+				return m + " " + s.words
+			}
+		}
+	}
+	return msg
 }
 
 // invalid answers 400 for a request refused before any part saw it.
