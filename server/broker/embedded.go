@@ -60,7 +60,8 @@ type Options struct {
 // Embedded is a running mochi-mqtt broker with keyfleet's hooks.
 type Embedded struct {
 	srv     *mqtt.Server
-	ln      *listeners.TCP
+	ln      *listeners.Net
+	raw     net.Listener // the TCP listener under ln: closed first at Close
 	Denials *Denials
 	auth    *AuthHook
 	ids     *identities
@@ -148,15 +149,17 @@ func Start(o Options) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", o.Addr, err)
 	}
-	ln := listeners.NewTCP(listeners.Config{Type: "tcp", ID: "tls", Address: l.Addr().String(), TLSConfig: tlsConf})
-	l.Close()
+	// mochi serves the listener we hold, so Close can stop accepting before
+	// it drops the sessions (else agents reconnect into a closing broker).
+	ln := listeners.NewNet("tls", tls.NewListener(l, tlsConf))
 	if err := srv.AddListener(ln); err != nil {
+		l.Close()
 		return nil, fmt.Errorf("broker: listener %s: %w", o.Addr, err)
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("broker: serve: %w", err)
 	}
-	return &Embedded{srv: srv, ln: ln, Denials: den, auth: auth, ids: ids}, nil
+	return &Embedded{srv: srv, ln: ln, raw: l, Denials: den, auth: auth, ids: ids}, nil
 }
 
 // Addr returns the address the broker listens on.
@@ -166,6 +169,7 @@ func (e *Embedded) Addr() string { return e.ln.Address() }
 // after closeTimeout: a connection mochi lost track of (seen after a session
 // takeover) must not keep fleetd from stopping.
 func (e *Embedded) Close() error {
+	_ = e.raw.Close() // no new sessions from here on
 	e.ids.m.Range(func(k, _ any) bool {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown)
 		return true
