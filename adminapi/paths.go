@@ -4,16 +4,19 @@ import "net/url"
 
 // Paths of the API, relative to https://ADMIN-ADDRESS.
 const (
-	PathStatus         = "/v1/status"
-	PathDevices        = "/v1/devices"
-	PathDevicesBatch   = "/v1/devices/batch"
-	PathRotations      = "/v1/rotations"
-	PathAuditVerify    = "/v1/audit/verify"
-	PathAnchors        = "/v1/anchors"
-	PathAnchorsRotate  = "/v1/anchors/rotate"
-	PathDataKeysRotate = "/v1/datakeys/rotate"
-	PathEscrowRecover  = "/v1/escrow/recover"
-	PathFirmware       = "/v1/firmware"
+	PathStatus            = "/v1/status"
+	PathDevices           = "/v1/devices"
+	PathDevicesBatch      = "/v1/devices/batch"
+	PathRotations         = "/v1/rotations"
+	PathAuditVerify       = "/v1/audit/verify"
+	PathAudit             = "/v1/audit"
+	PathAuditExport       = "/v1/audit/export"
+	PathRotationsProgress = "/v1/rotations/progress"
+	PathAnchors           = "/v1/anchors"
+	PathAnchorsRotate     = "/v1/anchors/rotate"
+	PathDataKeysRotate    = "/v1/datakeys/rotate"
+	PathEscrowRecover     = "/v1/escrow/recover"
+	PathFirmware          = "/v1/firmware"
 )
 
 // DevicePath is the path of one device; the id is escaped.

@@ -111,6 +111,9 @@ type AuditVerify struct {
 	Records uint64 `json:"records"`
 	OK      bool   `json:"ok"`
 	Error   string `json:"error,omitempty"`
+	// Head is the hash of the last record checked (hex), empty for an
+	// empty log: an operator notes it to compare with an export later.
+	Head string `json:"head,omitempty"`
 }
 
 // BatchProvisionRequest registers up to MaxBatch devices in one call: how a

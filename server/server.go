@@ -112,13 +112,22 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine,
 		Revoker: s.engine, Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters,
-		Audit: s.st}, s.trust, cfg.Now, cfg.Logger); err != nil {
+		Audit: s.st, Presence: s.presence()}, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.admin.Close)
 	cfg.Logger.Info("fleetd serving", "mqtt", s.cfg.MQTTAddr, "admin", s.admin.Addr(),
 		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
 	return s, nil
+}
+
+// presence is the embedded broker's view of who is connected; an external
+// broker gives fleetd none.
+func (s *Server) presence() admin.Presence {
+	if s.broker == nil {
+		return nil
+	}
+	return s.broker
 }
 
 // startBroker starts the embedded broker on cfg.MQTTAddr.

@@ -78,6 +78,16 @@ func (e *APIError) Error() string {
 	return e.Message
 }
 
+// apiError reads a non-2xx answer's body.
+func apiError(status int, b []byte) *APIError {
+	var e adminapi.ErrorBody
+	_ = json.Unmarshal(b, &e)
+	if e.Error == "" {
+		e.Error = string(b)
+	}
+	return &APIError{Status: status, Message: e.Error, Code: e.Code}
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -104,12 +114,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("admin API: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e adminapi.ErrorBody
-		_ = json.Unmarshal(b, &e)
-		if e.Error == "" {
-			e.Error = string(b)
-		}
-		return &APIError{Status: resp.StatusCode, Message: e.Error, Code: e.Code}
+		return apiError(resp.StatusCode, b)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

@@ -22,7 +22,7 @@ import (
 )
 
 // Parts are what the API serves, one small interface per area. Every
-// field is required.
+// field but Presence is required.
 type Parts struct {
 	Devices   Devices
 	Provision Provisioner
@@ -34,6 +34,10 @@ type Parts struct {
 	Firmware  Firmware
 	Status    Status
 	Audit     Audit
+	// Presence tells whether a device is connected; nil when fleetd
+	// cannot tell (an external broker), and rotation progress then says
+	// nothing of it.
+	Presence Presence
 }
 
 // Handler returns the API. It trusts only connections whose verified
@@ -53,7 +57,10 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"POST", adminapi.PathDevicesBatch, h.provisionBatch},
 		{"POST", adminapi.PathDevices + "/{id}/revoke", h.revoke},
 		{"POST", adminapi.PathRotations, h.rotate},
+		{"POST", adminapi.PathRotationsProgress, h.rotationProgress},
 		{"GET", adminapi.PathAuditVerify, h.auditVerify},
+		{"GET", adminapi.PathAudit, h.auditList},
+		{"GET", adminapi.PathAuditExport, h.auditExport},
 		{"GET", adminapi.PathAnchors, h.anchors},
 		{"POST", adminapi.PathAnchorsRotate, h.rotateAnchors},
 		{"POST", adminapi.PathDataKeysRotate, h.rotateDataKeys},

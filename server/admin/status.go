@@ -13,11 +13,6 @@ type Status interface {
 	Status(ctx context.Context) (adminapi.Status, error)
 }
 
-// Audit verifies the audit chain; the store satisfies it.
-type Audit interface {
-	VerifyAudit(ctx context.Context) (uint64, error)
-}
-
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 	s, err := h.p.Status.Status(r.Context())
 	if err != nil {
@@ -25,13 +20,4 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s)
-}
-
-func (h *handler) auditVerify(w http.ResponseWriter, r *http.Request) {
-	n, err := h.p.Audit.VerifyAudit(r.Context())
-	out := adminapi.AuditVerify{Records: n, OK: err == nil}
-	if err != nil {
-		out.Error = err.Error()
-	}
-	writeJSON(w, http.StatusOK, out)
 }

@@ -231,6 +231,13 @@ func (e *Embedded) Connected() int {
 	return n
 }
 
+// Present reports whether the device has an authenticated session now
+// (a device's client id is its name).
+func (e *Embedded) Present(device string) bool {
+	_, ok := e.ids.latest.Load(device)
+	return ok
+}
+
 // minLevel drops records below min.
 type minLevel struct {
 	min slog.Level
