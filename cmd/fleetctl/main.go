@@ -5,9 +5,11 @@
 //	fleetctl devices
 //	fleetctl device show ID
 //	fleetctl device add ID --out DIR
-//	fleetctl rotate ID... | --all
+//	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
 //	fleetctl status
+//	fleetctl audit list [--since T] [--until T] [--device ID] [--kind K] [--limit N]
+//	fleetctl audit export [--out FILE]
 //	fleetctl audit verify
 //	fleetctl anchors show | rotate [--keys ca,update,firmware]
 //	fleetctl datakeys rotate
@@ -42,23 +44,24 @@ import (
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/cmdtree"
+	"github.com/keyfleet/keyfleet/internal/durationflag"
 	"github.com/keyfleet/keyfleet/internal/provision"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-// run executes fleetctl with args and returns its exit status: 0, or 1
-// after printing the error once.
+// run executes fleetctl with args and returns its exit status (exitHelp):
+// 0, or after printing the error once 1, or rotate --wait's outcome.
 func run(args []string, stdout, stderr io.Writer) int {
 	root := newRoot(stdout)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	if err := root.Execute(); err != nil {
+	err := root.Execute()
+	if err != nil {
 		fmt.Fprintln(stderr, "fleetctl:", err)
-		return 1
 	}
-	return 0
+	return exitStatus(err)
 }
 
 // Defaults of the connection, in the order fleetctl looks for them.
@@ -142,7 +145,7 @@ func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
 
 func newRoot(out io.Writer) *cobra.Command {
 	a := &app{out: out}
-	root := &cobra.Command{Use: "fleetctl", Short: "keyfleet operator CLI", Long: "keyfleet operator CLI.\n\n" + lookupHelp}
+	root := &cobra.Command{Use: "fleetctl", Short: "keyfleet operator CLI", Long: "keyfleet operator CLI.\n\n" + lookupHelp + "\n\n" + exitHelp}
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.addr, "admin", "", "fleetd admin API address (default: KEYFLEET_ADMIN, the credential's address file, 127.0.0.1:8443)")
 	pf.StringVar(&a.cred, "credential", "", "operator credential directory (default: KEYFLEET_CREDENTIAL, ./var/fleetd/admin)")
@@ -211,8 +214,11 @@ func newRoot(out io.Writer) *cobra.Command {
 	add.Flags().StringVar(&broker, "broker", "", "broker address to record for the device (default: fleetd's)")
 	deviceCmd.AddCommand(show, add)
 
-	var all bool
-	rotate := &cobra.Command{Use: "rotate ID... | --all", Short: "rotate device identities", Args: cobra.ArbitraryArgs,
+	var all, wait bool
+	wo := waitOptions{interval: 500 * time.Millisecond, now: time.Now}
+	rotate := &cobra.Command{Use: "rotate ID... | --all", Short: "rotate device identities",
+		Long: "Rotate device identities. With --wait, follow the rotations until each has activated,\nfailed, or found its device away, or until --timeout.\n\n" + exitHelp,
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
 				return errors.New("name devices or --all, not both or neither")
@@ -224,6 +230,9 @@ func newRoot(out io.Writer) *cobra.Command {
 			resp, err := c.Rotate(cmd.Context(), adminapi.RotateRequest{Devices: args, All: all})
 			if err != nil {
 				return err
+			}
+			if wait {
+				return a.waitRotations(cmd.Context(), c, resp, cmd.ErrOrStderr(), wo)
 			}
 			failed := 0
 			err = a.print(resp, func(w *tabwriter.Writer) {
@@ -245,6 +254,9 @@ func newRoot(out io.Writer) *cobra.Command {
 			return err
 		}}
 	rotate.Flags().BoolVar(&all, "all", false, "rotate every device that is not revoked")
+	rotate.Flags().BoolVar(&wait, "wait", false, "wait until every rotation has activated, failed, or found its device away; exit status by outcome")
+	durationflag.Var(rotate.Flags(), &wo.timeout, "timeout", 10*time.Minute, "with --wait: give up waiting after this long (90s, 30m, 1d)")
+	durationflag.Var(rotate.Flags(), &wo.awayAfter, "away-after", 15*time.Second, "with --wait: a device not connected this long in a row is away")
 
 	status := &cobra.Command{Use: "status", Short: "fleet and server counters", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -275,32 +287,7 @@ func newRoot(out io.Writer) *cobra.Command {
 			})
 		}}
 
-	audit := &cobra.Command{Use: "audit", Short: "audit log"}
-	verify := &cobra.Command{Use: "verify", Short: "verify the hash chain of the audit log", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			v, err := c.VerifyAudit(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if err := a.print(v, func(w *tabwriter.Writer) {
-				if v.OK {
-					fmt.Fprintf(w, "audit chain verified: %d records\n", v.Records)
-				} else {
-					fmt.Fprintf(w, "AUDIT CHAIN BROKEN after %d records: %s\n", v.Records, v.Error)
-				}
-			}); err != nil {
-				return err
-			}
-			if !v.OK {
-				return errors.New("audit chain does not verify")
-			}
-			return nil
-		}}
-	audit.AddCommand(verify)
+	audit := a.auditCommands()
 
 	top, devSub := a.keyCommands()
 	deviceCmd.AddCommand(devSub...)
