@@ -145,10 +145,6 @@ func (a *app) waitRotations(ctx context.Context, c *client.Client, resp adminapi
 		}
 	}
 	bar.Finish()
-	count := map[string]int{}
-	for _, w := range all {
-		count[w.Outcome]++
-	}
 	if err := a.print(all, func(tw *tabwriter.Writer) {
 		fmt.Fprintln(tw, "DEVICE\tVERSION\tOUTCOME\tSTATE")
 		for _, w := range all {
@@ -164,18 +160,32 @@ func (a *app) waitRotations(ctx context.Context, c *client.Client, resp adminapi
 	}); err != nil {
 		return err
 	}
+	summary, status := verdict(all)
+	if status != exitOK {
+		return &statusError{status, errors.New(summary)}
+	}
+	fmt.Fprintln(stderr, summary)
+	return nil
+}
+
+// verdict sums up the outcomes and picks the exit status: an error first,
+// then failures and timeouts, then devices away.
+func verdict(all []*waited) (string, int) {
+	count := map[string]int{}
+	for _, w := range all {
+		count[w.Outcome]++
+	}
 	summary := fmt.Sprintf("%d activated, %d failed, %d timed out, %d away, %d not requested, of %d",
 		count[outcomeActivated], count[outcomeFailed], count[outcomeTimedOut], count[outcomeAway], count[outcomeError], len(all))
 	switch {
 	case count[outcomeError] > 0:
-		return &statusError{exitError, errors.New(summary)}
+		return summary, exitError
 	case count[outcomeFailed]+count[outcomeTimedOut] > 0:
-		return &statusError{exitFailed, errors.New(summary)}
+		return summary, exitFailed
 	case count[outcomeAway] > 0:
-		return &statusError{exitAway, errors.New(summary)}
+		return summary, exitAway
 	}
-	fmt.Fprintln(stderr, summary)
-	return nil
+	return summary, exitOK
 }
 
 // poll asks for every rotation still open, MaxProgress at a time, and
