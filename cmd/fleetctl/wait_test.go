@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 )
 
@@ -80,7 +83,8 @@ func TestVerdict(t *testing.T) {
 
 // rotate --wait against a real fleetd and real agents: 0 when the
 // rotation activates, 3 for a device without an agent (also when it is
-// still away at --timeout), 1 for a rotation that cannot be requested.
+// still away at --timeout), 2 for a connected device that never answers,
+// 1 for a rotation that cannot be requested.
 func TestRotateWait(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
 	cred := server.Paths{Dir: f.Config.DataDir}.AdminDir()
@@ -91,6 +95,7 @@ func TestRotateWait(t *testing.T) {
 	}
 	online := []string{f.AddDevice(t, "dev-on-1"), f.AddDevice(t, "dev-on-2")}
 	f.AddDevice(t, "dev-away")
+	silent(t, f.AddDevice(t, "dev-silent"), "dev-silent", f.MQTTAddr())
 	f.AddDevice(t, "dev-revoked")
 	if _, err := f.Admin.Revoke(context.Background(), "dev-revoked", "test"); err != nil {
 		t.Fatal(err)
@@ -106,7 +111,7 @@ func TestRotateWait(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = a.Run(ctx) }()
 	}
-	for _, id := range []string{"dev-on-1", "dev-on-2"} {
+	for _, id := range []string{"dev-on-1", "dev-on-2", "dev-silent"} {
 		eventually(t, 30*time.Second, id+" connected", func() bool {
 			p, err := f.Admin.RotationProgress(context.Background(), []adminapi.RotationRef{{Device: id, Version: 1}})
 			return err == nil && p.Rotations[0].Connected != nil && *p.Rotations[0].Connected
@@ -126,8 +131,12 @@ func TestRotateWait(t *testing.T) {
 			[]string{"dev-away 2 away", "not connected"}, "0 activated, 0 failed, 0 timed out, 1 away"},
 		{"several: activated and away", []string{"rotate", "dev-on-1", "dev-on-2", "dev-away", "--wait", "--away-after", "1s"}, exitAway,
 			[]string{"dev-on-1 3 activated", "dev-on-2 2 activated", "dev-away 2 away"}, "2 activated, 0 failed, 0 timed out, 1 away"},
-		{"away at the timeout", []string{"rotate", "--all", "--wait", "--away-after", "1h", "--timeout", "2s"}, exitAway,
+		{"away at the timeout", []string{"rotate", "dev-on-1", "dev-on-2", "dev-away", "--wait", "--away-after", "1h", "--timeout", "2s"}, exitAway,
 			[]string{"dev-away 2 away", "dev-on-1 4 activated"}, "2 activated, 0 failed, 0 timed out, 1 away, 0 not requested, of 3"},
+		{"connected but never answering: timed out", []string{"rotate", "dev-silent", "--wait", "--timeout", "2s"}, exitFailed,
+			[]string{"dev-silent 2 timed out pending"}, "0 activated, 0 failed, 1 timed out, 0 away"},
+		{"timed out outweighs away", []string{"rotate", "dev-silent", "dev-away", "--wait", "--timeout", "2s", "--away-after", "1s"}, exitFailed,
+			[]string{"dev-silent 2 timed out", "dev-away 2 away"}, "0 activated, 0 failed, 1 timed out, 1 away"},
 		{"revoked cannot be requested", []string{"rotate", "dev-revoked", "--wait"}, exitError,
 			nil, "device dev-revoked is revoked"},
 		{"revoked among others", []string{"rotate", "dev-on-2", "dev-revoked", "--wait", "--timeout", "1m"}, exitError,
@@ -152,6 +161,30 @@ func TestRotateWait(t *testing.T) {
 			t.Errorf("got status %d, %s; want 0 and an activated outcome", status, out)
 		}
 	})
+}
+
+// silent connects as the device with its real credential and never
+// answers: a device that is there but does not rotate.
+func silent(t *testing.T, dir, id, broker string) {
+	t.Helper()
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, _, err := ks.TLSCredential(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tp protocol.Topics
+	c, err := mqttc.Dial(context.Background(), mqttc.Options{
+		Broker: broker, ClientID: id, Timeout: 5 * time.Second,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+		Subscriptions: []string{tp.Down(id)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
 }
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
