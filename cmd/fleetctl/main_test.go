@@ -157,6 +157,10 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"--version"}, 0, "", "fleetctl "},
 		{[]string{"device"}, 0, "", "Available Commands"},
 		{[]string{"--help"}, 0, "", "KEYFLEET_CREDENTIAL"},
+		{[]string{"--help"}, 0, "", "3 when none failed but some devices were away"},
+		{[]string{"rotate", "--help"}, 0, "", "2 when some rotation failed or had not finished at --timeout"},
+		{[]string{"rotate", "dev-1", "--wait", "--timeout", "soon"}, 1, `invalid argument "soon" for "--timeout" flag`, ""},
+		{[]string{"audit", "list", "--since", "yesterday"}, 1, `--since: "yesterday": want an RFC 3339 time`, ""},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
