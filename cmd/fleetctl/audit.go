@@ -128,7 +128,7 @@ func (a *app) auditCommands() *cobra.Command {
 	fl.StringVar(&f.since, "since", "", "records at or after this time: RFC 3339, or a duration back from now (24h, 7d)")
 	fl.StringVar(&f.until, "until", "", "records before this time: RFC 3339, or a duration back from now")
 	fl.StringVar(&f.device, "device", "", "records of this device")
-	fl.StringSliceVar(&f.kinds, "kind", nil, "records of these kinds (actions: requested, issued, activated, retired, revoked, anchors-rotated, ...)")
+	fl.StringSliceVar(&f.kinds, "kind", nil, "records of these kinds (actions: provisioned, requested, issued, activated, retired, failed, revoked, refused, anchors-rotated, ...)")
 	fl.IntVar(&limit, "limit", 100, "at most this many records (0: all)")
 	fl.Uint64Var(&f.after, "after", 0, "records after this sequence number (to continue a list cut by --limit)")
 
