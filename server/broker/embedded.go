@@ -220,6 +220,19 @@ func (e *Embedded) DisconnectCredential(device, serial string) int {
 	return n
 }
 
+// DeviceConnected reports whether the device has a live session, with its
+// identity or its birth credential: what `fleetctl device show` reports.
+// It walks every session, so it suits one device at a time.
+func (e *Embedded) DeviceConnected(device string) bool {
+	found := false
+	e.ids.m.Range(func(_, v any) bool {
+		s := v.(session)
+		found = (s.id.Role == identity.RoleDevice || s.id.Role == identity.RoleIDevID) && s.id.Name == device
+		return !found
+	})
+	return found
+}
+
 // Retained returns how many retained messages the broker holds for topics
 // matching filter, for checks that devices left none (they may not retain).
 func (e *Embedded) Retained(filter string) int { return len(e.srv.Topics.Messages(filter)) }
