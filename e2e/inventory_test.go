@@ -189,6 +189,9 @@ func TestInventory(t *testing.T) {
 		if want := []string{"v1 decrypt-only", "v2 primary"}; !slices.Equal(keys, want) || len(d.Versions) != 1 || d.Versions[0].State != "active" {
 			t.Errorf("device show: data keys %q, identity %+v; want %q and v1 active", keys, d.Versions, want)
 		}
+		if d.LastSeen.IsZero() || time.Since(d.LastSeen) > time.Minute {
+			t.Errorf("last seen %v, want the agent's hello just now", d.LastSeen)
+		}
 		if d, err = c.Device(ctx, "dev-e"); err != nil || d.Connection != adminapi.ConnectionDown {
 			t.Errorf("dev-e, never run: %+v, %v; want disconnected", d, err)
 		}
