@@ -22,5 +22,21 @@ const (
 // DevicePath is the path of one device; the id is escaped.
 func DevicePath(id string) string { return PathDevices + "/" + url.PathEscape(id) }
 
+// QuerySelector is the query parameter of PathDevices that selects
+// devices by labels and model, in the Kubernetes label-selector grammar
+// (`model=x,site in (a,b),!beta`).
+const QuerySelector = "selector"
+
+// DevicesPath lists the devices selector selects; "" lists all.
+func DevicesPath(selector string) string {
+	if selector == "" {
+		return PathDevices
+	}
+	return PathDevices + "?" + url.Values{QuerySelector: {selector}}.Encode()
+}
+
+// LabelsPath is the path that changes one device's labels.
+func LabelsPath(id string) string { return DevicePath(id) + "/labels" }
+
 // RevokePath is the path that revokes one device.
 func RevokePath(id string) string { return DevicePath(id) + "/revoke" }

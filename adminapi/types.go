@@ -14,6 +14,10 @@ type DeviceSummary struct {
 	Reported uint32    `json:"reported"`
 	State    string    `json:"state"` // state of the latest version
 	Created  time.Time `json:"created"`
+	// Model and Labels are the device's inventory, which selectors match
+	// (the model as the key "model").
+	Model  string            `json:"model,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Version is one key version of a device.
@@ -31,10 +35,46 @@ type Version struct {
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
 }
 
-// Device is `fleetctl device show`.
+// Device is `fleetctl device show`: every slot of the device.
 type Device struct {
 	DeviceSummary
 	Versions []Version `json:"versions"`
+	// DataKeys are the data-key versions, oldest first (never the keys).
+	DataKeys []DataKeyVersion `json:"data_keys,omitempty"`
+	// Anchors and Firmware are the versions the device last reported;
+	// 0: it has reported none.
+	Anchors  uint32    `json:"anchors_version"`
+	Firmware uint32    `json:"firmware_version"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Connection is one of the Connection constants.
+	Connection string `json:"connection"`
+}
+
+// A device's connection, as fleetd knows it.
+const (
+	// ConnectionUp: a session of the device is open at the embedded broker.
+	ConnectionUp = "connected"
+	// ConnectionDown: the embedded broker holds no session of the device.
+	ConnectionDown = "disconnected"
+	// ConnectionUnknown: fleetd uses an external broker and cannot tell.
+	ConnectionUnknown = "unknown"
+)
+
+// DataKeyVersion is one data-key version of a device and its status:
+// primary, decrypt-only, retired or destroyed.
+type DataKeyVersion struct {
+	Version   uint32    `json:"version"`
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+}
+
+// LabelRequest changes a device's labels, as kubectl label does: Set adds
+// or replaces, Remove deletes. The key "model" sets or clears the model.
+// Keys and values follow Kubernetes' label syntax.
+type LabelRequest struct {
+	Set    map[string]string `json:"set,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
 }
 
 // ProvisionRequest asks for a device's first credential. CSR is PEM.
@@ -44,6 +84,10 @@ type ProvisionRequest struct {
 	// BirthCSR, if set, asks for a birth credential (IDevID) too, as a
 	// factory station would.
 	BirthCSR string `json:"birth_csr,omitempty"`
+	// Labels and Model are recorded with the device (Kubernetes label
+	// syntax; the model is a label value).
+	Labels map[string]string `json:"labels,omitempty"`
+	Model  string            `json:"model,omitempty"`
 }
 
 // ProvisionResponse carries what a device needs to join (all PEM).
@@ -127,6 +171,9 @@ type BatchDevice struct {
 	ID       string `json:"id"`
 	CSR      []byte `json:"csr"`                 // DER, base64 in JSON
 	BirthCSR []byte `json:"birth_csr,omitempty"` // DER: ask for a birth credential too
+	// Labels and Model are recorded with the device, as in ProvisionRequest.
+	Labels map[string]string `json:"labels,omitempty"`
+	Model  string            `json:"model,omitempty"`
 }
 
 // BatchProvisionResponse carries the trust material once and a result per

@@ -125,6 +125,10 @@ func TestRotationThroughMosquitto(t *testing.T) {
 		}
 		eventually(t, 30*time.Second, fmt.Sprintf("all at v%d through Mosquitto", v), allAt(t, f.Admin, n, v))
 	}
+	// fleetd cannot see Mosquitto's sessions: device show says so.
+	if d, err := f.Admin.Device(ctx, "mq-0"); err != nil || d.Connection != adminapi.ConnectionUnknown {
+		t.Errorf("device show through Mosquitto: connection %q, %v; want %q", d.Connection, err, adminapi.ConnectionUnknown)
+	}
 	// Mosquitto enforces the same ACL: a device that subscribes to another
 	// device's commands gets none of them (Mosquitto 2.0 grants the
 	// subscription and refuses each delivery).

@@ -14,6 +14,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/escrow"
+	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/release"
@@ -110,24 +111,19 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
 	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr}
-	if s.admin, err = admin.Listen(cfg.AdminAddr, admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine,
-		Revoker: s.engine, Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters,
-		Audit: s.st, Presence: s.presence()}, s.trust, cfg.Now, cfg.Logger); err != nil {
+	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: s.engine, Anchors: s.trust,
+		DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
+		Inventory: inventory.NewLabeler(s.st)}
+	if s.broker != nil { // an external broker's sessions are unknown
+		parts.Sessions = s.broker
+	}
+	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.admin.Close)
 	cfg.Logger.Info("fleetd serving", "mqtt", s.cfg.MQTTAddr, "admin", s.admin.Addr(),
 		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
 	return s, nil
-}
-
-// presence is the embedded broker's view of who is connected; an external
-// broker gives fleetd none.
-func (s *Server) presence() admin.Presence {
-	if s.broker == nil {
-		return nil
-	}
-	return s.broker
 }
 
 // startBroker starts the embedded broker on cfg.MQTTAddr.

@@ -136,6 +136,20 @@ func (c *Client) Devices(ctx context.Context) ([]adminapi.DeviceSummary, error) 
 	return out, c.do(ctx, http.MethodGet, adminapi.PathDevices, nil, &out)
 }
 
+// SelectDevices lists the devices selector selects (Kubernetes label
+// selector grammar; the model is the key "model"); "" lists all. A bad
+// selector is an *APIError with code adminapi.CodeInvalid.
+func (c *Client) SelectDevices(ctx context.Context, selector string) ([]adminapi.DeviceSummary, error) {
+	var out []adminapi.DeviceSummary
+	return out, c.do(ctx, http.MethodGet, adminapi.DevicesPath(selector), nil, &out)
+}
+
+// Label changes a device's labels and model and returns the device.
+func (c *Client) Label(ctx context.Context, id string, req adminapi.LabelRequest) (adminapi.Device, error) {
+	var out adminapi.Device
+	return out, c.do(ctx, http.MethodPost, adminapi.LabelsPath(id), req, &out)
+}
+
 // Device returns one device.
 func (c *Client) Device(ctx context.Context, id string) (adminapi.Device, error) {
 	var out adminapi.Device

@@ -2,9 +2,10 @@
 // API over mutual TLS with an operator credential (the directory fleetd init
 // writes: admin.pem, admin.key, ca.pem).
 //
-//	fleetctl devices
+//	fleetctl devices [--selector|-l SELECTOR]
 //	fleetctl device show ID
-//	fleetctl device add ID --out DIR
+//	fleetctl device add ID --out DIR [--label KEY=VALUE]... [--model M]
+//	fleetctl device label ID KEY=VALUE... KEY-...
 //	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
 //	fleetctl status
@@ -151,26 +152,29 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&a.cred, "credential", "", "operator credential directory (default: KEYFLEET_CREDENTIAL, ./var/fleetd/admin)")
 	pf.StringVarP(&a.output, "output", "o", "table", "table or json")
 
-	devices := &cobra.Command{Use: "devices", Short: "list devices", Args: cobra.NoArgs,
+	var selector string
+	devices := &cobra.Command{Use: "devices", Short: "list devices, or those a label selector selects", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.client()
 			if err != nil {
 				return err
 			}
-			ds, err := c.Devices(cmd.Context())
+			ds, err := c.SelectDevices(cmd.Context(), selector)
 			if err != nil {
 				return err
 			}
 			return a.print(ds, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "DEVICE\tACTIVE\tDESIRED\tREPORTED\tLATEST STATE\tREVOKED")
+				fmt.Fprintln(w, "DEVICE\tACTIVE\tDESIRED\tREPORTED\tLATEST STATE\tREVOKED\tMODEL\tLABELS")
 				for _, d := range ds {
-					fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%v\n", d.ID, d.Active, d.Desired, d.Reported, d.State, d.Revoked)
+					fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\n", d.ID, d.Active, d.Desired, d.Reported, d.State, d.Revoked,
+						orDash(d.Model), formatLabels(d.Labels))
 				}
 			})
 		}}
+	devices.Flags().StringVarP(&selector, "selector", "l", "", "Kubernetes label selector, e.g. 'model=x,site in (a,b),!beta' (the model is the key model)")
 
 	deviceCmd := &cobra.Command{Use: "device", Short: "one device"}
-	show := &cobra.Command{Use: "show ID", Short: "show a device and its key versions", Args: cobra.ExactArgs(1),
+	show := &cobra.Command{Use: "show ID", Short: "show a device: every slot, labels, model, last seen, connection", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -180,20 +184,18 @@ func newRoot(out io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.print(d, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "device\t%s\nactive\t%d\ndesired\t%d\nreported\t%d\nrevoked\t%v\n\n", d.ID, d.Active, d.Desired, d.Reported, d.Revoked)
-				fmt.Fprintln(w, "SLOT\tVERSION\tSTATE\tROTATION\tSERIAL\tNOT AFTER\tGRACE UNTIL")
-				for _, v := range d.Versions {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Slot, v.Version, v.State, v.RotationID, short(v.Serial),
-						stamp(v.NotAfter), stamp(v.GraceUntil))
-				}
-			})
+			return a.print(d, func(w *tabwriter.Writer) { showDevice(w, d) })
 		}}
-	var outDir, broker string
+	var outDir, broker, model string
+	var labelFlags []string
 	add := &cobra.Command{Use: "add ID", Short: "register a device and write its first credential to --out", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if outDir == "" {
 				return errors.New("--out is required: the device's keystore directory")
+			}
+			labels, err := parseLabels(labelFlags)
+			if err != nil {
+				return err
 			}
 			c, err := a.client()
 			if err != nil {
@@ -201,7 +203,7 @@ func newRoot(out io.Writer) *cobra.Command {
 			}
 			// The key is made here, on the provisioning station, and goes
 			// only into the device's keystore; fleetd sees the CSR.
-			resp, err := provision.Device(cmd.Context(), c, args[0], outDir, broker)
+			resp, err := provision.Labelled(cmd.Context(), c, args[0], outDir, broker, provision.Inventory{Labels: labels, Model: model})
 			if err != nil {
 				return err
 			}
@@ -212,7 +214,9 @@ func newRoot(out io.Writer) *cobra.Command {
 		}}
 	add.Flags().StringVar(&outDir, "out", "", "keystore directory to create for the device")
 	add.Flags().StringVar(&broker, "broker", "", "broker address to record for the device (default: fleetd's)")
-	deviceCmd.AddCommand(show, add)
+	add.Flags().StringArrayVar(&labelFlags, "label", nil, "KEY=VALUE label to record (repeatable; Kubernetes label syntax)")
+	add.Flags().StringVar(&model, "model", "", "the device's model or class (selected as the key model)")
+	deviceCmd.AddCommand(show, add, a.labelCommand())
 
 	var all, wait bool
 	wo := waitOptions{interval: 500 * time.Millisecond, now: time.Now}

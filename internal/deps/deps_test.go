@@ -29,15 +29,16 @@ func moduleRoot(t *testing.T) string {
 
 // TestLinks: each binary links only what its users need. An operator's
 // CLI must not carry the broker or the store; a device agent carries
-// neither, nor the server-side certificate toolkit; the rotation engine
-// does not reach into the broker.
+// neither, nor the server-side certificate toolkit, nor the selector
+// library (k8s.io/apimachinery: the server selects, devices are selected);
+// the rotation engine does not reach into the broker.
 func TestLinks(t *testing.T) {
 	for _, tc := range []struct {
 		pkg       string
 		forbidden []string // import paths; each also forbids its subpackages
 	}{
-		{module + "/cmd/fleetctl", []string{"github.com/mochi-mqtt/server", "go.etcd.io/bbolt"}},
-		{module + "/cmd/fleet-agent", []string{"github.com/mochi-mqtt/server", "go.etcd.io/bbolt", "go.step.sm/crypto"}},
+		{module + "/cmd/fleetctl", []string{"github.com/mochi-mqtt/server", "go.etcd.io/bbolt", "k8s.io/apimachinery"}},
+		{module + "/cmd/fleet-agent", []string{"github.com/mochi-mqtt/server", "go.etcd.io/bbolt", "go.step.sm/crypto", "k8s.io/apimachinery"}},
 		{module + "/server/rotation", []string{module + "/server/broker"}},
 		{module + "/adminapi", []string{module + "/server"}},
 		{module + "/adminapi/client", []string{module + "/server"}},

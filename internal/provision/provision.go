@@ -21,8 +21,25 @@ func Device(ctx context.Context, c *client.Client, id, dir, broker string) (admi
 	return To(ctx, c, id, &device.DirStorage{Dir: dir}, broker)
 }
 
+// Inventory is what a registration records of a device besides its keys:
+// labels and a model (Kubernetes label syntax; fleetd checks them).
+type Inventory struct {
+	Labels map[string]string
+	Model  string
+}
+
+// Labelled is Device with the device's labels and model recorded at
+// registration (fleetctl device add --label --model).
+func Labelled(ctx context.Context, c *client.Client, id, dir, broker string, inv Inventory) (adminapi.ProvisionResponse, error) {
+	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, inv)
+}
+
 // To is Device into any keystore storage.
 func To(ctx context.Context, c *client.Client, id string, st device.Storage, broker string) (adminapi.ProvisionResponse, error) {
+	return register(ctx, c, id, st, broker, Inventory{})
+}
+
+func register(ctx context.Context, c *client.Client, id string, st device.Storage, broker string, inv Inventory) (adminapi.ProvisionResponse, error) {
 	key, err := device.NewKey()
 	if err != nil {
 		return adminapi.ProvisionResponse{}, err
@@ -39,7 +56,8 @@ func To(ctx context.Context, c *client.Client, id string, st device.Storage, bro
 	if err != nil {
 		return adminapi.ProvisionResponse{}, err
 	}
-	resp, err := c.ProvisionDevice(ctx, adminapi.ProvisionRequest{ID: id, CSR: pemCSR(csr), BirthCSR: pemCSR(bcsr)})
+	resp, err := c.ProvisionDevice(ctx, adminapi.ProvisionRequest{ID: id, CSR: pemCSR(csr), BirthCSR: pemCSR(bcsr),
+		Labels: inv.Labels, Model: inv.Model})
 	if err != nil {
 		return resp, fmt.Errorf("provision %s: %w", id, err)
 	}

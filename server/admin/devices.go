@@ -5,12 +5,15 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -38,17 +41,24 @@ func summarize(d *store.Device) adminapi.DeviceSummary {
 		latest = l.State.String()
 	}
 	out := adminapi.DeviceSummary{ID: d.ID, Revoked: d.Revoked, Desired: s.Desired, Reported: s.Reported, Created: d.CreatedAt,
-		State: latest}
+		State: latest, Model: d.Model, Labels: d.Labels}
 	if a := s.Active(); a != nil {
 		out.Active = a.Version
 	}
 	return out
 }
 
-// detail turns a store record into the API's detailed view.
-func detail(d *store.Device) adminapi.Device {
-	out := adminapi.Device{DeviceSummary: summarize(d)}
-	for slot, s := range d.Slots {
+// detail turns a store record into the API's detailed view: every slot,
+// and whether the device is connected now.
+func (h *handler) detail(d *store.Device) adminapi.Device {
+	out := adminapi.Device{DeviceSummary: summarize(d), Anchors: d.Anchors, Firmware: d.Firmware, LastSeen: d.LastSeen,
+		Connection: h.connection(d.ID)}
+	for _, k := range d.DataKeys {
+		out.DataKeys = append(out.DataKeys, adminapi.DataKeyVersion{Version: k.Version, Status: k.Status.String(),
+			CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt})
+	}
+	for _, slot := range slices.Sorted(maps.Keys(d.Slots)) {
+		s := d.Slots[slot]
 		for _, k := range s.Versions {
 			out.Versions = append(out.Versions, adminapi.Version{
 				Slot: slot.String(), Version: k.Version, State: k.State.String(), RotationID: fmt.Sprintf("%x", k.RID),
@@ -61,9 +71,16 @@ func detail(d *store.Device) adminapi.Device {
 }
 
 func (h *handler) devices(w http.ResponseWriter, r *http.Request) {
+	sel, err := inventory.ParseSelector(r.URL.Query().Get(adminapi.QuerySelector))
+	if err != nil {
+		invalid(w, err)
+		return
+	}
 	out := []adminapi.DeviceSummary{}
 	if err := h.p.Devices.ForEachDevice(r.Context(), func(d *store.Device) error {
-		out = append(out, summarize(d))
+		if sel.Matches(d) {
+			out = append(out, summarize(d))
+		}
 		return nil
 	}); err != nil {
 		fail(w, err)
@@ -78,7 +95,7 @@ func (h *handler) device(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, detail(d))
+	writeJSON(w, http.StatusOK, h.detail(d))
 }
 
 // parseCSR reads a PEM CERTIFICATE REQUEST; field names it in errors.
@@ -121,10 +138,23 @@ func (h *handler) provision(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	inv, err := registration(req.Labels, req.Model)
+	if err != nil {
+		invalid(w, err)
+		return
+	}
 	cred, err := h.p.Provision.Provision(r.Context(), req.ID, csr, birth, actor(r))
 	if err != nil {
 		fail(w, err)
 		return
+	}
+	if !inv.Empty() {
+		// A second, audited write: the labels were checked above, so only
+		// a failing store can leave the device registered without them.
+		if _, err := h.p.Inventory.Label(r.Context(), req.ID, inv, actor(r)); err != nil {
+			fail(w, fmt.Errorf("admin: device %s registered, its labels not recorded (set them with fleetctl device label): %w", req.ID, err))
+			return
+		}
 	}
 	b, err := h.p.Provision.Bundle()
 	if err != nil {
@@ -169,8 +199,17 @@ func (h *handler) provisionBatch(w http.ResponseWriter, r *http.Request) {
 	var goodIdx []int
 	for i, d := range req.Devices {
 		resp.Results[i].ID = d.ID
-		it := rotation.ProvisionItem{ID: d.ID}
-		var err error
+		inv, err := registration(d.Labels, d.Model)
+		if err != nil {
+			resp.Results[i].Error = err.Error()
+			continue
+		}
+		var rec store.Device // the labels and model as the record keeps them
+		if _, err := inventory.Apply(&rec, inv); err != nil {
+			resp.Results[i].Error = err.Error()
+			continue
+		}
+		it := rotation.ProvisionItem{ID: d.ID, Labels: rec.Labels, Model: rec.Model}
 		if it.CSR, err = x509.ParseCertificateRequest(d.CSR); err != nil {
 			resp.Results[i].Error = fmt.Errorf("admin: csr: %w", err).Error()
 			continue

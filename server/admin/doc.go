@@ -7,7 +7,8 @@
 //
 // Handler serves the routes adminapi lists. It talks to fleetd's parts
 // through one small interface per area (Devices, Provisioner, Rotations,
-// Revoker, Anchors, DataKeys, Escrow, Firmware, Status, Audit), each
+// Revoker, Anchors, DataKeys, Escrow, Firmware, Status, Audit, Labeler,
+// Sessions), each
 // declared next to the routes that use it, and turns their domain values
 // into wire types. Listen serves it on its own mutual-TLS listener.
 //

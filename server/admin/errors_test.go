@@ -10,6 +10,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/escrow"
+	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -28,6 +29,7 @@ func TestStatusOf(t *testing.T) {
 		{protocol.ErrBadDeviceID, http.StatusBadRequest, adminapi.CodeInvalid},
 		{certs.ErrBadCSR, http.StatusBadRequest, adminapi.CodeInvalid},
 		{certs.ErrCSRIdentity, http.StatusBadRequest, adminapi.CodeInvalid},
+		{inventory.ErrInvalid, http.StatusBadRequest, adminapi.CodeInvalid},
 		{escrow.ErrNoKey, http.StatusNotFound, adminapi.CodeNotFound},
 		{store.ErrNotExist, http.StatusNotFound, adminapi.CodeNotFound},
 		{store.ErrExists, http.StatusConflict, adminapi.CodeExists},

@@ -16,13 +16,15 @@ import (
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/escrow"
+	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
 // Parts are what the API serves, one small interface per area. Every
-// field but Presence is required.
+// field is required but Sessions (nil: connections are unknown, as with an
+// external broker).
 type Parts struct {
 	Devices   Devices
 	Provision Provisioner
@@ -34,10 +36,11 @@ type Parts struct {
 	Firmware  Firmware
 	Status    Status
 	Audit     Audit
-	// Presence tells whether a device is connected; nil when fleetd
-	// cannot tell (an external broker), and rotation progress then says
-	// nothing of it.
-	Presence Presence
+	Inventory Labeler
+	// Sessions tells whether a device is connected; nil when fleetd
+	// cannot tell (an external broker): device show then says "unknown"
+	// and rotation progress says nothing of it.
+	Sessions Sessions
 }
 
 // Handler returns the API. It trusts only connections whose verified
@@ -56,6 +59,7 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"POST", adminapi.PathDevices, h.provision},
 		{"POST", adminapi.PathDevicesBatch, h.provisionBatch},
 		{"POST", adminapi.PathDevices + "/{id}/revoke", h.revoke},
+		{"POST", adminapi.PathDevices + "/{id}/labels", h.label},
 		{"POST", adminapi.PathRotations, h.rotate},
 		{"POST", adminapi.PathRotationsProgress, h.rotationProgress},
 		{"GET", adminapi.PathAuditVerify, h.auditVerify},
@@ -145,7 +149,7 @@ func fail(w http.ResponseWriter, err error) {
 // codes: the one place that does.
 func statusOf(err error) (int, string) {
 	switch {
-	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey),
+	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey), errors.Is(err, inventory.ErrInvalid),
 		errors.Is(err, protocol.ErrBadDeviceID), errors.Is(err, certs.ErrBadCSR), errors.Is(err, certs.ErrCSRIdentity):
 		return http.StatusBadRequest, adminapi.CodeInvalid
 	case errors.Is(err, escrow.ErrNoKey), errors.Is(err, store.ErrNotExist):

@@ -9,13 +9,6 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
-// Presence reports whether a device has a session at the broker now; the
-// embedded broker satisfies it. `fleetctl rotate --wait` uses it to tell a
-// rotation that is slow from a device that is away.
-type Presence interface {
-	Present(device string) bool
-}
-
 func (h *handler) rotationProgress(w http.ResponseWriter, r *http.Request) {
 	var req adminapi.ProgressRequest
 	if err := decodeLimit(r, &req, maxBatchBody); err != nil {
@@ -33,8 +26,8 @@ func (h *handler) rotationProgress(w http.ResponseWriter, r *http.Request) {
 	out := adminapi.ProgressResponse{Rotations: make([]adminapi.RotationProgress, len(req.Rotations))}
 	for i, ref := range req.Rotations {
 		p := adminapi.RotationProgress{Device: ref.Device, Version: ref.Version}
-		if h.p.Presence != nil {
-			c := h.p.Presence.Present(ref.Device)
+		if h.p.Sessions != nil {
+			c := h.p.Sessions.Present(ref.Device)
 			p.Connected = &c
 		}
 		d, err := h.p.Devices.GetDevice(r.Context(), ref.Device)

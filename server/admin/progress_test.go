@@ -17,7 +17,7 @@ import (
 
 // Rotation progress refuses empty and oversized requests, answers in
 // request order, names a device it does not know, and says nothing of
-// connections when fleetd has no view of them (no Presence).
+// connections when fleetd has no view of them (no Sessions).
 func TestRotationProgressRequests(t *testing.T) {
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "fleet.db"), store.BoltOptions{})
 	if err != nil {

@@ -135,6 +135,10 @@ type ProvisionItem struct {
 	// credential once issued, which the engine records.
 	BirthCSR *x509.CertificateRequest
 	Birth    *x509.Certificate
+	// Labels and Model are recorded with the device as given (the admin
+	// API checks them).
+	Labels map[string]string
+	Model  string
 }
 
 // birthRecord is what the store keeps of a birth certificate.
@@ -193,7 +197,7 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 				res[i].Err = err
 				return
 			}
-			d := &store.Device{ID: it.ID, CreatedAt: now}
+			d := &store.Device{ID: it.ID, CreatedAt: now, Labels: it.Labels, Model: it.Model}
 			if d.Birth, err = birthRecord(it.Birth); err != nil {
 				res[i].Err = err
 				return

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
@@ -146,6 +147,12 @@ func reported(m *protocol.Hello, s protocol.Slot) protocol.SlotVersion {
 	return protocol.SlotVersion{Slot: s}
 }
 
+// lastSeenResolution is how stale a device's recorded last hello may get
+// before a hello writes it again: fine enough for an operator's "last
+// seen", coarse enough that the hellos of a reconnecting fleet do not each
+// cost a store write.
+const lastSeenResolution = time.Minute
+
 func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVersion, m *protocol.Hello) error {
 	rep := reported(m, credentialSlot)
 	// Anchors first: the delegation, the certificates and the firmware
@@ -170,16 +177,18 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 			return err
 		}
 		d = nd
-	} else if (rep.Active != slot.Reported && slot.Version(rep.Active) != nil) || m.Anchors != d.Anchors || m.Firmware != d.Firmware {
+	} else if now := e.now(); (rep.Active != slot.Reported && slot.Version(rep.Active) != nil) || m.Anchors != d.Anchors ||
+		m.Firmware != d.Firmware || now.Sub(d.LastSeen) >= lastSeenResolution {
 		nd, err := e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
 			s := d.Slot(credentialSlot)
-			if (s.Reported == rep.Active || s.Version(rep.Active) == nil) && d.Anchors == m.Anchors && d.Firmware == m.Firmware {
+			if (s.Reported == rep.Active || s.Version(rep.Active) == nil) && d.Anchors == m.Anchors && d.Firmware == m.Firmware &&
+				now.Sub(d.LastSeen) < lastSeenResolution {
 				return nil, store.ErrNoChange
 			}
 			if s.Version(rep.Active) != nil {
 				s.Reported = rep.Active
 			}
-			d.Anchors, d.Firmware = m.Anchors, m.Firmware
+			d.Anchors, d.Firmware, d.LastSeen = m.Anchors, m.Firmware, now
 			return nil, nil
 		})
 		if err != nil {

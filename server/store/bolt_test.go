@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -376,5 +378,90 @@ func TestBoltGraceIndex(t *testing.T) {
 	defer s2.Close()
 	if got := list(s2); !reflect.DeepEqual(got, want[1:]) {
 		t.Fatalf("rebuilt index: got %v, want %v", got, want[1:])
+	}
+}
+
+// A record written before devices had labels and a model (the fields the
+// record had then, encoded as OpenBolt encodes) reads back with none, and
+// takes labels afterwards.
+func TestBoltRecordWithoutLabels(t *testing.T) {
+	type oldDevice struct { // store.Device before labels and model
+		ID        string
+		CreatedAt time.Time
+		Revoked   bool
+		RevokedAt time.Time
+		LastSeen  time.Time
+		Slots     map[protocol.Slot]*store.SlotState
+		Birth     *store.BirthCredential
+		DataKeys  []*store.DataKey
+		Anchors   uint32
+		Firmware  uint32
+	}
+	at := time.Date(2031, 3, 14, 15, 9, 26, 0, time.UTC)
+	old := oldDevice{ID: "old-1", CreatedAt: at, LastSeen: at, Anchors: 2, Firmware: 7,
+		Slots: map[protocol.Slot]*store.SlotState{protocol.SlotIdentity: {Desired: 1, Reported: 1}}}
+	o := cbor.CoreDetEncOptions()
+	o.Time = cbor.TimeRFC3339Nano
+	em, err := o.EncMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := em.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("devices"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(old.ID), raw)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	d, err := s.GetDevice(ctx, "old-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Labels != nil || d.Model != "" || d.Anchors != 2 || d.Firmware != 7 || d.Slot(protocol.SlotIdentity).Desired != 1 {
+		t.Errorf("old record read as %+v, want no labels, no model, the rest kept", d)
+	}
+	if _, err := s.UpdateDevice(ctx, "old-1", func(d *store.Device) ([]store.Event, error) {
+		d.Labels, d.Model = map[string]string{"site": "a"}, "m1"
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = s.GetDevice(ctx, "old-1"); err != nil || d.Labels["site"] != "a" || d.Model != "m1" || d.Anchors != 2 {
+		t.Errorf("after labelling: %+v, %v; want site=a, model m1, anchors 2", d, err)
+	}
+	// A device without labels encodes as the old record did: nothing new
+	// on disk for a fleet that uses none.
+	var back oldDevice
+	d.Labels, d.Model = nil, ""
+	b, err := em.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cbor.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if bb, _ := em.Marshal(back); !bytes.Equal(bb, b) {
+		t.Errorf("a device without labels encodes with more than the old fields:\n got %x\nwant %x", b, bb)
 	}
 }

@@ -35,6 +35,13 @@ type Device struct {
 	// Anchors and Firmware are the versions the device last reported.
 	Anchors  uint32
 	Firmware uint32
+	// Labels are the operator's key=value tags (Kubernetes label syntax,
+	// checked by package inventory), which selectors match. A record
+	// written before labels existed decodes with none.
+	Labels map[string]string `cbor:",omitempty"`
+	// Model is the device's model or class; selectors match it as the
+	// label-like key "model". Empty: not recorded.
+	Model string `cbor:",omitempty"`
 }
 
 // BirthCredential records a device's IDevID: what the server needs to

@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -120,6 +121,10 @@ func normalize(d *store.Device) *store.Device {
 	tm := func(t time.Time) time.Time { return t.UTC() }
 	c := *d
 	c.CreatedAt, c.LastSeen = tm(d.CreatedAt), tm(d.LastSeen)
+	c.Labels = nil
+	if len(d.Labels) > 0 {
+		c.Labels = maps.Clone(d.Labels)
+	}
 	c.Slots = nil
 	for s, st := range d.Slots {
 		if c.Slots == nil {
@@ -202,6 +207,12 @@ func testCreateGet(t *testing.T, s store.Store) {
 	}{
 		{"full", sampleDevice("dev-full")},
 		{"bare", &store.Device{ID: "dev-bare"}},
+		{"labelled", func() *store.Device {
+			d := sampleDevice("dev-labelled")
+			d.Labels = map[string]string{"site": "berlin", "example.com/ring": "canary", "empty": ""}
+			d.Model = "sensor-v2"
+			return d
+		}()},
 		{"empty slot", func() *store.Device {
 			d := &store.Device{ID: "dev-empty-slot", CreatedAt: epoch}
 			d.Slot(protocol.SlotIdentity).Desired = 1
