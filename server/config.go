@@ -42,6 +42,8 @@ type Config struct {
 	ExternalBroker string
 	// AdminAddr is the admin API's mTLS listener; default 127.0.0.1:8443.
 	AdminAddr string
+	// OpsAddr is the plain-HTTP listener of /metrics, /healthz, /readyz; "" or "off": none.
+	OpsAddr string
 	// AdvertiseMQTT is the broker address devices are given at
 	// provisioning; empty means the address fleetd itself uses (MQTTAddr or
 	// ExternalBroker). Set it when devices reach the broker by another name.

@@ -61,7 +61,7 @@ func spawnFleetd(ctx context.Context, bin, dir string, extra []string) (*spawned
 	if err != nil {
 		return nil, err
 	}
-	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--log-level", "warn"}, extra...)
+	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--ops-listen", "off", "--log-level", "warn"}, extra...)
 	if s.log, err = os.Create(filepath.Join(dir, "fleetd.log")); err != nil {
 		return nil, err
 	}
