@@ -145,10 +145,10 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		t.Fatalf("fleetd init: %v\n%s", err, out)
 	}
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
+	mqttAddr, adminAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	run := func() *proc {
 		return start(t, env, filepath.Join(bin, "fleetd"), append([]string{"run", "--mqtt-listen", mqttAddr,
-			"--admin-listen", adminAddr, "--grace", "1h"}, common...)...)
+			"--admin-listen", adminAddr, "--ops-listen", opsAddr, "--grace", "1h"}, common...)...)
 	}
 	fleetd := run()
 	tc, err := client.LoadCredential(server.Paths{Dir: data}.AdminDir())
@@ -158,6 +158,7 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	c := client.New(adminAddr, tc)
 	ctx := context.Background()
 	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := c.Status(ctx); return err == nil })
+	eventually(t, 20*time.Second, "fleetd ready", func() bool { return httpStatus("http://"+opsAddr+"/readyz") == 200 })
 
 	var dirs []string
 	for i := 0; i < n; i++ {

@@ -171,11 +171,14 @@ func (e *Embedded) Addr() string { return e.ln.Address() }
 // once Close began. fleetd's readiness check asks it.
 func (e *Embedded) Serving() bool { return !e.closed.Load() }
 
-// Close stops the broker and disconnects every client. It gives up waiting
+// Close stops the broker and disconnects every client; a second Close
+// does nothing. It gives up waiting
 // after closeTimeout: a connection mochi lost track of (seen after a session
 // takeover) must not keep fleetd from stopping.
 func (e *Embedded) Close() error {
-	e.closed.Store(true)
+	if e.closed.Swap(true) {
+		return nil // closed before: mochi's Close panics the second time
+	}
 	_ = e.raw.Close() // no new sessions from here on
 	e.ids.m.Range(func(k, _ any) bool {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown)

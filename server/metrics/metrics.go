@@ -142,6 +142,8 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	m.reg.MustRegister(m.audit, m.fleet, hsmOps{keys})
 	for _, s := range []lifecycle.SlotKind{lifecycle.SlotIdentity, lifecycle.SlotData} {
 		m.requested.WithLabelValues(string(s))
+		m.toRotate.WithLabelValues(string(s))
+		m.recovery.WithLabelValues(string(s))
 		for _, r := range []string{"activated", "failed", "cancelled", "revoked"} {
 			m.rotations.WithLabelValues(string(s), r)
 		}
