@@ -142,7 +142,7 @@ func TestMetricsAndProbes(t *testing.T) {
 		{"keyfleet_connects_total", nil, 2},
 		{"keyfleet_uplink_rejections_total", []string{"reason", "malformed"}, 1},
 		{"keyfleet_broker_denials_total", []string{"reason", "auth:credential-refused"}, 1}, // M4
-		{"keyfleet_exposure_signals_total", []string{"signal", "revoked-credential"}, 1},     // M9
+		{"keyfleet_exposure_signals_total", []string{"signal", "revoked-credential"}, 1},    // M9
 		{"keyfleet_exposure_signals_total", []string{"signal", "birth-credential"}, 1},
 		{"keyfleet_certificates_issued_total", nil, 1},
 		{"keyfleet_hsm_operations_total", nil, 1},
