@@ -140,7 +140,9 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	m.audit = &auditCollector{st: st, next: head + 1, counting: err == nil}
 	m.fleet = &fleetCollector{}
 	m.reg.MustRegister(m.audit, m.fleet, hsmOps{keys})
-	for _, s := range []lifecycle.SlotKind{lifecycle.SlotIdentity, lifecycle.SlotData} {
+	// Series from the start for the slot that rotates by request and
+	// activation; the others appear when they first report one.
+	for _, s := range []lifecycle.SlotKind{lifecycle.SlotIdentity} {
 		m.requested.WithLabelValues(string(s))
 		m.toRotate.WithLabelValues(string(s))
 		m.recovery.WithLabelValues(string(s))

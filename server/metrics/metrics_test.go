@@ -105,7 +105,6 @@ func TestObserve(t *testing.T) {
 		{"cancelled identity", testutil.ToFloat64(m.rotations.WithLabelValues("identity", "cancelled")), 1},
 		{"revoked identity", testutil.ToFloat64(m.rotations.WithLabelValues("identity", "revoked")), 1},
 		{"failed identity", testutil.ToFloat64(m.rotations.WithLabelValues("identity", "failed")), 0},
-		{"activated data", testutil.ToFloat64(m.rotations.WithLabelValues("data", "activated")), 0},
 		// The identity changes of devices, the registration of d4 excepted.
 		{"audit expected", testutil.ToFloat64(m.expected.WithLabelValues("identity")), 9},
 	} {
@@ -113,8 +112,8 @@ func TestObserve(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if n := testutil.CollectAndCount(m.toRotate); n != 2 {
-		t.Errorf("rotation duration series: %d, want 2 (identity, data)", n)
+	if n := testutil.CollectAndCount(m.toRotate); n != 1 {
+		t.Errorf("rotation duration series: %d, want 1 (identity)", n)
 	}
 	h := histogram(t, m, Namespace+"_rotation_duration_seconds", "identity")
 	if h.count != 2 || h.sum != 63 {

@@ -78,7 +78,7 @@ func Listen(ctx context.Context, addr string, metrics http.Handler, ready Ready,
 		return "", nil
 	}
 	if ready.KeyLabel == "" {
-		ready.KeyLabel = trust.LabelCA
+		ready.KeyLabel = trust.LabelBirthCA
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
