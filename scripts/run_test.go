@@ -111,7 +111,7 @@ func TestRunScript(t *testing.T) {
 	}
 	adminAddr := freeAddr(t)
 	cmd.Env = append(cmd.Env, "VAR="+varDir, "BIN="+bin, "DEVICES=2", "EVERY=1",
-		"MQTT="+freeAddr(t), "ADMIN="+adminAddr)
+		"MQTT="+freeAddr(t), "ADMIN="+adminAddr, "OPS="+freeAddr(t))
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
