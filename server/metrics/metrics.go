@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -309,24 +310,7 @@ func (t timedRevoker) Revoke(ctx context.Context, device, actor, reason string) 
 // Process returns the process's resident memory and goroutines as the
 // process and Go collectors report them (0 where the platform has no
 // such figure): what fleetctl status shows.
-func (m *Metrics) Process() (rssBytes uint64, goroutines int) {
-	mfs, err := m.proc.Gather()
-	if err != nil {
-		return 0, 0
-	}
-	for _, mf := range mfs {
-		if len(mf.GetMetric()) == 0 {
-			continue
-		}
-		switch mf.GetName() {
-		case "process_resident_memory_bytes":
-			rssBytes = uint64(mf.GetMetric()[0].GetGauge().GetValue())
-		case "go_goroutines":
-			goroutines = int(mf.GetMetric()[0].GetGauge().GetValue())
-		}
-	}
-	return rssBytes, goroutines
-}
+func (m *Metrics) Process() (rssBytes uint64, goroutines int) { return procstat.Read(m.proc) }
 
 // hsmOps exposes the custody's count of private-key operations.
 type hsmOps struct{ keys interface{ Ops() uint64 } }
