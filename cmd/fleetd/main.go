@@ -123,8 +123,12 @@ func root() *cobra.Command {
 				cfg.Logger.Warn("cannot record the admin address for fleetctl", "err", err)
 			}
 			if f.printChanges {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s\n",
-					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr())
+				metrics := ""
+				if a := srv.OpsAddr(); a != "" {
+					metrics = ", metrics on http://" + a + "/metrics"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s%s\n",
+					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr(), metrics)
 			}
 			<-ctx.Done()
 			cfg.Logger.Info("fleetd stopping")
