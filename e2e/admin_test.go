@@ -18,7 +18,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // The admin API lets in operators' certificates only.
@@ -33,7 +33,7 @@ func TestAdminAPIRefusesNonOperators(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleetdCred, err := tls.LoadX509KeyPair(server.Paths{Dir: f.Config.DataDir}.ServerCert(), server.Paths{Dir: f.Config.DataDir}.ServerKey())
+	fleetdCred, err := tls.LoadX509KeyPair(datadir.Paths{Dir: f.Config.DataDir}.ServerCert(), datadir.Paths{Dir: f.Config.DataDir}.ServerKey())
 	if err != nil {
 		t.Fatal(err)
 	}

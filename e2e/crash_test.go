@@ -21,6 +21,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -145,19 +146,20 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		t.Fatalf("fleetd init: %v\n%s", err, out)
 	}
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
+	mqttAddr, adminAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	run := func() *proc {
 		return start(t, env, filepath.Join(bin, "fleetd"), append([]string{"run", "--mqtt-listen", mqttAddr,
-			"--admin-listen", adminAddr, "--grace", "1h"}, common...)...)
+			"--admin-listen", adminAddr, "--ops-listen", opsAddr, "--grace", "1h"}, common...)...)
 	}
 	fleetd := run()
-	tc, err := client.LoadCredential(server.Paths{Dir: data}.AdminDir())
+	tc, err := client.LoadCredential(datadir.Paths{Dir: data}.AdminDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := client.New(adminAddr, tc)
 	ctx := context.Background()
 	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := c.Status(ctx); return err == nil })
+	eventually(t, 20*time.Second, "fleetd ready", func() bool { return httpStatus("http://"+opsAddr+"/readyz") == 200 })
 
 	var dirs []string
 	for i := 0; i < n; i++ {
@@ -217,7 +219,7 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	if err := fleetd.wait(t, 20*time.Second); err != nil {
 		t.Fatalf("fleetd did not stop cleanly: %v", err)
 	}
-	st, err := store.OpenBolt(server.Paths{Dir: data}.Store(), store.BoltOptions{})
+	st, err := store.OpenBolt(datadir.Paths{Dir: data}.Store(), store.BoltOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/datakey"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // TestEscrowRecover: a data key recovered with fleetctl escrow recover
@@ -50,7 +50,7 @@ func TestEscrowRecover(t *testing.T) {
 		t.Fatalf("ciphertext version %d", v)
 	}
 
-	cred := server.Paths{Dir: f.Config.DataDir}.AdminDir()
+	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
 	out := filepath.Join(t.TempDir(), "key.hex")
 	cmd := exec.Command(filepath.Join(bin, "fleetctl"), "--admin", f.Server.AdminAddr(), "--credential", cred,
 		"escrow", "recover", "meter-1", "1", "--out", out)

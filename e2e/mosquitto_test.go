@@ -19,7 +19,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // mosquittoConf configures Mosquitto as keyfleet needs an external broker:
@@ -89,7 +89,7 @@ func TestRotationThroughMosquitto(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	p := server.Paths{Dir: f.Config.DataDir}
+	p := datadir.Paths{Dir: f.Config.DataDir}
 	acl := filepath.Join(dir, "acl")
 	conf := filepath.Join(dir, "mosquitto.conf")
 	if err := os.WriteFile(acl, []byte(mosquittoACL), 0o644); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
+	"github.com/keyfleet/keyfleet/server/datadir"
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
@@ -51,7 +52,7 @@ func TestTwentyDevicesRotateTwice(t *testing.T) {
 	for i := 0; i < n; i++ {
 		dirs = append(dirs, f.AddDevice(t, fmt.Sprintf("dev-%02d", i)))
 	}
-	caCerts, err := identity.LoadPEM(server.Paths{Dir: f.Config.DataDir}.CACert())
+	caCerts, err := identity.LoadPEM(datadir.Paths{Dir: f.Config.DataDir}.CACert())
 	if err != nil {
 		t.Fatal(err)
 	}

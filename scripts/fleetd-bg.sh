@@ -14,9 +14,10 @@ PIN_FILE="$WORK/hsm.pin"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
 MQTT_ADDR=127.0.0.1:$(free_port)
 ADMIN_ADDR=127.0.0.1:$(free_port)
+OPS_ADDR=127.0.0.1:$(free_port)
 bin/fleetd init --data "$WORK/fleetd" --create-token --pin-file "$PIN_FILE" --log-level warn
 bin/fleetd run --data "$WORK/fleetd" --pin-file "$PIN_FILE" --mqtt-listen "$MQTT_ADDR" --admin-listen "$ADMIN_ADDR" \
-  --log-level warn ${FLEETD_ARGS:-} 2>"$WORK/fleetd.log" &
+  --ops-listen "$OPS_ADDR" --log-level warn ${FLEETD_ARGS:-} 2>"$WORK/fleetd.log" &
 FLEETD_PID=$!
 trap 'kill $FLEETD_PID 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

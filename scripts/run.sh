@@ -6,8 +6,9 @@
 # to $VAR/log. Ctrl-C stops everything and exits 0.
 #
 # Environment: VAR (state directory, default var), DEVICES (5), EVERY (15,
-# seconds between rotations), MQTT and ADMIN (listen addresses, default
-# 127.0.0.1:8883 and 127.0.0.1:8443), BIN (the binaries, default bin).
+# seconds between rotations), MQTT, ADMIN and OPS (listen addresses, default
+# 127.0.0.1:8883, 127.0.0.1:8443 and 127.0.0.1:9464), BIN (the binaries,
+# default bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,7 @@ if [ ! -s "$PIN_FILE" ]; then
 fi
 MQTT=${MQTT:-127.0.0.1:8883}
 ADMIN=${ADMIN:-127.0.0.1:8443}
+OPS=${OPS:-127.0.0.1:9464}
 # fleetctl's connection: not secret. A second shell in this directory finds
 # the fleet without them when VAR is ./var (fleetctl --help).
 export KEYFLEET_CREDENTIAL="$VAR/fleetd/admin"
@@ -93,7 +95,7 @@ status_line() {
 # fleetd prints one readable line per key state change on stdout; its log
 # goes to the file.
 "$BIN/fleetd" run --data "$VAR/fleetd" --pin-file "$PIN_FILE" --mqtt-listen "$MQTT" --admin-listen "$ADMIN" \
-  --grace 20s --print-changes 2>>"$LOG" &
+  --ops-listen "$OPS" --grace 20s --print-changes 2>>"$LOG" &
 FLEETD_PID=$!
 for _ in $(seq 100); do bg "$BIN/fleetctl" status >/dev/null 2>&1 && break; bg sleep 0.1; done
 if ! bg "$BIN/fleetctl" status >/dev/null 2>&1; then

@@ -111,7 +111,7 @@ func TestRunScript(t *testing.T) {
 	}
 	adminAddr := freeAddr(t)
 	cmd.Env = append(cmd.Env, "VAR="+varDir, "BIN="+bin, "DEVICES=2", "EVERY=1",
-		"MQTT="+freeAddr(t), "ADMIN="+adminAddr)
+		"MQTT="+freeAddr(t), "ADMIN="+adminAddr, "OPS="+freeAddr(t))
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -164,7 +164,7 @@ func TestRunScript(t *testing.T) {
 
 	t.Logf("agents running, fleetctl seen and a rotation on the screen %v after the start", time.Since(t0))
 	screen := out.String()
-	for _, want := range []string{"fleetd serving: devices on", "== provisioned dev-02", "dev-01 identity v2 pending",
+	for _, want := range []string{"fleetd serving: devices on", "/metrics\n", "== provisioned dev-02", "dev-01 identity v2 pending",
 		"identity v2 issued", "== 2 agents running"} {
 		if !strings.Contains(screen, want) {
 			t.Errorf("screen lacks %q:\n%s", want, screen)

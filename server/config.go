@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -42,6 +41,8 @@ type Config struct {
 	ExternalBroker string
 	// AdminAddr is the admin API's mTLS listener; default 127.0.0.1:8443.
 	AdminAddr string
+	// OpsAddr is the plain-HTTP listener of /metrics, /healthz, /readyz; "" or "off": none.
+	OpsAddr string
 	// AdvertiseMQTT is the broker address devices are given at
 	// provisioning; empty means the address fleetd itself uses (MQTTAddr or
 	// ExternalBroker). Set it when devices reach the broker by another name.
@@ -109,25 +110,4 @@ func (c *Config) setDefaults() error {
 		c.Now = time.Now
 	}
 	return nil
-}
-
-// Paths of the files in DataDir: the store, the trust material (pki/),
-// the operator credential fleetd init writes (admin/), the firmware
-// release and, with InsecureSoftKeys, the keys.
-type Paths struct{ Dir string }
-
-func (p Paths) Store() string      { return filepath.Join(p.Dir, "fleet.db") }
-func (p Paths) CACert() string     { return filepath.Join(p.Dir, "pki", "ca.pem") }
-func (p Paths) UpdateKey() string  { return filepath.Join(p.Dir, "pki", "update.pub.pem") }
-func (p Paths) ServerCert() string { return filepath.Join(p.Dir, "pki", "fleetd.pem") }
-func (p Paths) ServerKey() string  { return filepath.Join(p.Dir, "pki", "fleetd.key") }
-func (p Paths) AdminDir() string   { return filepath.Join(p.Dir, "admin") }
-func (p Paths) BirthCA() string    { return filepath.Join(p.Dir, "pki", "idevid-ca.pem") }
-func (p Paths) Anchors() string    { return filepath.Join(p.Dir, "pki", "anchors") }
-func (p Paths) Firmware() string   { return filepath.Join(p.Dir, "firmware", "current.json") }
-func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }
-
-func (p Paths) trust() trust.Files {
-	return trust.Files{Anchors: p.Anchors(), CACert: p.CACert(), UpdateKey: p.UpdateKey(),
-		ServerCert: p.ServerCert(), ServerKey: p.ServerKey(), AdminDir: p.AdminDir(), BirthCA: p.BirthCA()}
 }

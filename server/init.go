@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/keyfleet/keyfleet/server/custody"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
 
@@ -23,7 +24,7 @@ func Init(ctx context.Context, cfg Config) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
-	p := Paths{cfg.DataDir}
+	p := datadir.Paths{Dir: cfg.DataDir}
 	if _, err := os.Stat(p.CACert()); err == nil {
 		return fmt.Errorf("%w: %s exists", ErrInitialized, p.CACert())
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -34,7 +35,7 @@ func Init(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer keys.Close()
-	if err := trust.Bootstrap(ctx, trust.Options{Files: p.trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames); err != nil {
+	if err := trust.Bootstrap(ctx, trust.Options{Files: p.Trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames); err != nil {
 		return err
 	}
 	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(LabelCA), "update_key", keys.URI(LabelUpdate),
@@ -46,7 +47,7 @@ func Init(ctx context.Context, cfg Config) error {
 func openCustody(c *Config) (custody.Keys, error) {
 	var soft string
 	if c.InsecureSoftKeys {
-		soft = Paths{c.DataDir}.SoftKeys()
+		soft = datadir.Paths{Dir: c.DataDir}.SoftKeys()
 	}
 	return custody.Open(c.HSM, soft, c.Logger)
 }

@@ -13,9 +13,12 @@ import (
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/custody"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/link"
+	"github.com/keyfleet/keyfleet/server/metrics"
+	"github.com/keyfleet/keyfleet/server/ops"
 	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -46,7 +49,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := Paths{cfg.DataDir}
+	p := datadir.Paths{Dir: cfg.DataDir}
 	if _, err := os.Stat(p.CACert()); err != nil {
 		return nil, fmt.Errorf("server: not initialised? %w", err)
 	}
@@ -67,8 +70,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	s.closers = append(s.closers, s.st.Close)
+	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
+	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange) // every signature timed, every change counted
 	codec := protocol.NewCodec()
-	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.trust(), Keys: s.keys, CertValidity: cfg.CertValidity,
+	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: cfg.CertValidity,
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 		return nil, err
@@ -108,11 +113,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.trust.Run(ctx) }()
+	s.closers = append(s.closers, m.Start(ctx, s.engine, s.broker)) // the closer waits for its periodic work
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
 	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
-		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr}
-	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: s.engine, Anchors: s.trust,
-		DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
+		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
+	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: m.Revoker(s.engine),
+		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
 		Inventory: inventory.NewLabeler(s.st)}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
@@ -121,6 +127,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.admin.Close)
+	if s.cfg.OpsAddr, err = ops.Listen(ctx, cfg.OpsAddr, m.Handler(), ops.Ready{Store: s.st, Keys: s.keys, Broker: s.broker,
+		Link: &s.link}, cfg.Logger); err != nil { // closed when ctx ends
+		return nil, err
+	}
 	cfg.Logger.Info("fleetd serving", "mqtt", s.cfg.MQTTAddr, "admin", s.admin.Addr(),
 		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
 	return s, nil
@@ -152,6 +162,9 @@ func (s *Server) MQTTAddr() string { return s.cfg.MQTTAddr }
 
 // AdminAddr is the admin API's address.
 func (s *Server) AdminAddr() string { return s.admin.Addr() }
+
+// OpsAddr is the ops listener's address (metrics, health); "" when off.
+func (s *Server) OpsAddr() string { return s.cfg.OpsAddr }
 
 // Engine exposes the rotation engine (tests, the simulator's in-process mode).
 func (s *Server) Engine() *rotation.Engine { return s.engine }

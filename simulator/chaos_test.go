@@ -12,6 +12,7 @@ import (
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -44,7 +45,7 @@ func TestChaos(t *testing.T) {
 		t.Errorf("faults injected: %+v, want 15 crashes, %d offline, some flaps", rep.Faults, 90*rotations)
 	}
 
-	checkAftermath(t, server.Paths{Dir: dataDir}.Store(), deviceDir, devices, rotations)
+	checkAftermath(t, datadir.Paths{Dir: dataDir}.Store(), deviceDir, devices, rotations)
 }
 
 // checkAftermath reads the store fleetd left and the devices' keystores:
@@ -145,7 +146,7 @@ func TestChaosWithFleetdKills(t *testing.T) {
 	if rep.Faults.FleetdKills != 2 || rep.Faults.BrokerRestarts != 1 {
 		t.Errorf("faults: %+v, want 2 fleetd kills and 1 broker restart", rep.Faults)
 	}
-	checkAftermath(t, server.Paths{Dir: filepath.Join(dir, "fleetd")}.Store(), deviceDir, devices, rotations)
+	checkAftermath(t, datadir.Paths{Dir: filepath.Join(dir, "fleetd")}.Store(), deviceDir, devices, rotations)
 }
 
 // Messages lost, duplicated and delayed on every link, and skewed device
@@ -171,5 +172,5 @@ func TestMessageFaults(t *testing.T) {
 	if f := rep.Faults; f.Dropped == 0 || f.Duplicated == 0 || f.Delayed == 0 || f.Skewed != 20 {
 		t.Errorf("faults: %+v, want some of each and 20 skewed clocks", f)
 	}
-	checkAftermath(t, server.Paths{Dir: dataDir}.Store(), deviceDir, devices, 1)
+	checkAftermath(t, datadir.Paths{Dir: dataDir}.Store(), deviceDir, devices, 1)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/hsm"
 )
 
@@ -49,7 +50,7 @@ func startInProcess(ctx context.Context, dir string, log *slog.Logger, mod func(
 	if err != nil {
 		return nil, nil, err
 	}
-	tc, err := client.LoadCredential(server.Paths{Dir: cfg.DataDir}.AdminDir())
+	tc, err := client.LoadCredential(datadir.Paths{Dir: cfg.DataDir}.AdminDir())
 	if err != nil {
 		srv.Close()
 		return nil, nil, err

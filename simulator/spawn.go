@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/adminapi/client"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // spawned is a fleetd the simulator runs as a child process (--fleetd-bin),
@@ -61,11 +61,11 @@ func spawnFleetd(ctx context.Context, bin, dir string, extra []string) (*spawned
 	if err != nil {
 		return nil, err
 	}
-	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--log-level", "warn"}, extra...)
+	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--ops-listen", "off", "--log-level", "warn"}, extra...)
 	if s.log, err = os.Create(filepath.Join(dir, "fleetd.log")); err != nil {
 		return nil, err
 	}
-	tc, err := client.LoadCredential(server.Paths{Dir: s.data}.AdminDir())
+	tc, err := client.LoadCredential(datadir.Paths{Dir: s.data}.AdminDir())
 	if err != nil {
 		return nil, err
 	}

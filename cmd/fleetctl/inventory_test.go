@@ -11,7 +11,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 func TestParseLabelArgs(t *testing.T) {
@@ -55,7 +55,7 @@ func TestParseLabelArgs(t *testing.T) {
 // model, select, relabel, show every slot.
 func TestFleetctlInventory(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := server.Paths{Dir: f.Config.DataDir}.AdminDir()
+	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		cmd := newRoot(&out)

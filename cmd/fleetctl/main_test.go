@@ -14,7 +14,7 @@ import (
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 func TestMain(m *testing.M) { os.Exit(fleettest.Main(m)) }
@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { os.Exit(fleettest.Main(m)) }
 // fleetctl against a real fleetd, as an operator's script would run it.
 func TestFleetctl(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := server.Paths{Dir: f.Config.DataDir}.AdminDir()
+	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		cmd := newRoot(&out)

@@ -14,7 +14,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // One progress answer moves a waited-for rotation: finished states settle
@@ -87,7 +87,7 @@ func TestVerdict(t *testing.T) {
 // 1 for a rotation that cannot be requested.
 func TestRotateWait(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := server.Paths{Dir: f.Config.DataDir}.AdminDir()
+	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
 	run := func(args ...string) (string, string, int) {
 		var out, errOut bytes.Buffer
 		status := run(append([]string{"--admin", f.AdminAddr(), "--credential", cred}, args...), &out, &errOut)

@@ -30,6 +30,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
@@ -37,7 +38,7 @@ import (
 type flags struct {
 	data, module, token, pinFile, logLevel, logFormat string
 	insecureSoft, createToken                         bool
-	mqtt, admin, external, advertise, policy          string
+	mqtt, admin, ops, external, advertise, policy     string
 	names                                             []string
 	grace, validity, ttl                              time.Duration
 	printChanges                                      bool
@@ -95,6 +96,7 @@ func root() *cobra.Command {
 				return err
 			}
 			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
+			cfg.OpsAddr = f.ops
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
 			if f.policy != "" {
 				if cfg.Policy, err = policy.Load(f.policy); err != nil {
@@ -117,13 +119,17 @@ func root() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			addrFile := filepath.Join(server.Paths{Dir: cfg.DataDir}.AdminDir(), addressFile)
+			addrFile := filepath.Join(datadir.Paths{Dir: cfg.DataDir}.AdminDir(), addressFile)
 			if err := os.WriteFile(addrFile, []byte(srv.AdminAddr()+"\n"), 0o644); err != nil {
 				cfg.Logger.Warn("cannot record the admin address for fleetctl", "err", err)
 			}
 			if f.printChanges {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s\n",
-					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr())
+				metrics := ""
+				if a := srv.OpsAddr(); a != "" {
+					metrics = ", metrics on http://" + a + "/metrics"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s%s\n",
+					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr(), metrics)
 			}
 			<-ctx.Done()
 			cfg.Logger.Info("fleetd stopping")
@@ -132,6 +138,7 @@ func root() *cobra.Command {
 	rf := runCmd.Flags()
 	rf.StringVar(&f.mqtt, "mqtt-listen", "127.0.0.1:8883", "embedded broker TLS address")
 	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
+	rf.StringVar(&f.ops, "ops-listen", "127.0.0.1:9464", `plain-HTTP address of /metrics, /healthz and /readyz ("" or "off": none)`)
 	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
 	rf.StringVar(&f.policy, "policy", "", "policy file (YAML): certificate validity, grace and renewal windows, data-key retention")

@@ -19,6 +19,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/hsm"
 )
 
@@ -126,7 +127,7 @@ func (f *Fleet) Restart(t testing.TB) {
 	f.Server = srv
 	// Keep the ports for restarts, so devices find the broker again.
 	f.Config.MQTTAddr, f.Config.AdminAddr = srv.MQTTAddr(), srv.AdminAddr()
-	tc, err := client.LoadCredential(server.Paths{Dir: f.Config.DataDir}.AdminDir())
+	tc, err := client.LoadCredential(datadir.Paths{Dir: f.Config.DataDir}.AdminDir())
 	if err != nil {
 		t.Fatal(err)
 	}

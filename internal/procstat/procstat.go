@@ -1,42 +1,44 @@
-// Package procstat reads what a process costs: resident memory and
-// goroutines, for fleetd's status and the simulator's report.
+// Package procstat reports what a process costs — resident memory and
+// goroutines — for fleetd's status and the simulator's report, and raises
+// the open-file limit. The figures come from client_golang's process and
+// Go collectors, the same ones fleetd's /metrics serves, not from reading
+// /proc by hand.
 package procstat
 
 import (
-	"bufio"
-	"os"
-	"runtime"
-	"strconv"
-	"strings"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// RSS returns the process's resident set size in bytes, from
-// /proc/self/status (VmRSS); 0 where that is not available.
-func RSS() uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) >= 1 {
-				kb, err := strconv.ParseUint(fields[0], 10, 64)
-				if err == nil {
-					return kb * 1024
-				}
-			}
+// Read returns the resident memory (process_resident_memory_bytes) and
+// goroutines (go_goroutines) that g gathers; 0 for a figure it lacks (the
+// process collector has none on some platforms).
+func Read(g prometheus.Gatherer) (rssBytes uint64, goroutines int) {
+	mfs, _ := g.Gather() // what could be gathered comes back with the error
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) == 0 {
+			continue
+		}
+		switch mf.GetName() {
+		case "process_resident_memory_bytes":
+			rssBytes = uint64(mf.GetMetric()[0].GetGauge().GetValue())
+		case "go_goroutines":
+			goroutines = int(mf.GetMetric()[0].GetGauge().GetValue())
 		}
 	}
-	return 0
+	return rssBytes, goroutines
 }
 
-// Goroutines returns the number of goroutines.
-func Goroutines() int { return runtime.NumGoroutine() }
+// RSS returns the process's resident set size in bytes; 0 where the
+// platform does not say.
+func RSS() uint64 {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rss, _ := Read(reg)
+	return rss
+}
 
 // RaiseFileLimit lifts the soft open-file limit to the hard one (each MQTT
 // connection is a descriptor) and returns the limit now in force.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -65,6 +66,7 @@ type Embedded struct {
 	Denials *Denials
 	auth    *AuthHook
 	ids     *identities
+	closed  atomic.Bool
 }
 
 // Start starts the broker and returns once it is listening.
@@ -165,10 +167,18 @@ func Start(o Options) (*Embedded, error) {
 // Addr returns the address the broker listens on.
 func (e *Embedded) Addr() string { return e.ln.Address() }
 
-// Close stops the broker and disconnects every client. It gives up waiting
+// Serving reports whether the broker still accepts connections: false
+// once Close began. fleetd's readiness check asks it.
+func (e *Embedded) Serving() bool { return !e.closed.Load() }
+
+// Close stops the broker and disconnects every client; a second Close
+// does nothing. It gives up waiting
 // after closeTimeout: a connection mochi lost track of (seen after a session
 // takeover) must not keep fleetd from stopping.
 func (e *Embedded) Close() error {
+	if e.closed.Swap(true) {
+		return nil // closed before: mochi's Close panics the second time
+	}
 	_ = e.raw.Close() // no new sessions from here on
 	e.ids.m.Range(func(k, _ any) bool {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown)

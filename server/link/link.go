@@ -172,6 +172,22 @@ func (l *Link) PublishRetained(ctx context.Context, topic string, payload []byte
 	return c.PublishRetained(ctx, topic, payload)
 }
 
+// Connected reports whether the session is up now: fleetd's readiness
+// check asks it.
+func (l *Link) Connected() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return false
+	}
+	select {
+	case <-l.lost:
+		return false
+	default:
+		return true
+	}
+}
+
 // Close ends the session and stops reconnecting.
 func (l *Link) Close() {
 	if l.cancel != nil {

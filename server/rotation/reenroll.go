@@ -18,6 +18,7 @@ import (
 // checkBirth implements CheckCredential for a birth credential: the device
 // must be known, not revoked, and this must be the IDevID it was born with.
 func (e *Engine) checkBirth(ctx context.Context, id identity.Identity, leaf *x509.Certificate) error {
+	e.stats.BirthConnects.Add(1)
 	d, err := e.st.GetDevice(ctx, id.Name)
 	if errors.Is(err, store.ErrNotExist) {
 		return refused("no device %s", id.Name)
@@ -25,6 +26,7 @@ func (e *Engine) checkBirth(ctx context.Context, id identity.Identity, leaf *x50
 		return fmt.Errorf("rotation: check birth credential of %s: %w", id.Name, err)
 	}
 	if d.Revoked {
+		e.stats.RevokedConnects.Add(1)
 		e.auditRefusal(ctx, id.Name, "connect-idevid", "device revoked")
 		return revoked(id.Name)
 	}

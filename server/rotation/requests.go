@@ -260,6 +260,7 @@ func (e *Engine) CheckCredential(ctx context.Context, id identity.Identity, leaf
 		return fmt.Errorf("rotation: check credential of %s: %w", id.Name, err) // not a refusal
 	}
 	if d.Revoked {
+		e.stats.RevokedConnects.Add(1)
 		e.auditRefusal(ctx, id.Name, "connect", "device revoked")
 		return revoked(id.Name)
 	}
@@ -274,6 +275,7 @@ func (e *Engine) CheckCredential(ctx context.Context, id identity.Identity, leaf
 	if !e.accepted(kv, e.now()) {
 		return refused("%s: version %d is %v", id.Name, kv.Version, kv.State)
 	}
+	e.stats.Connects.Add(1)
 	if kv.State == lifecycle.StateSuperseded {
 		e.stats.OldKeyConnects.Add(1)
 	}

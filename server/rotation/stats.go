@@ -23,6 +23,14 @@ type Stats struct {
 	// usage metric. OldKeyConnects counts broker logins with one.
 	OldKeyUplinks  atomic.Uint64
 	OldKeyConnects atomic.Uint64
+	// Connects counts device logins the engine accepted, the base of the
+	// old-key connect ratio. RevokedConnects counts logins refused because
+	// the device is revoked (identity or birth credential): someone holds a
+	// revoked credential. BirthConnects counts logins with a birth
+	// credential, accepted or not: rare outside re-enrolment.
+	Connects        atomic.Uint64
+	RevokedConnects atomic.Uint64
+	BirthConnects   atomic.Uint64
 	// Uplinks counts authenticated uplinks, the old-key ratio's base.
 	Uplinks atomic.Uint64
 	// DataKeysSent counts data-key deliveries; AnchorsSent anchor messages;
@@ -50,6 +58,7 @@ type StatsSnapshot struct {
 	Requested, Issued, Activated, Retired, Resent uint64
 	Reenrolled, RenewedExpired                    uint64
 	OldKeyUplinks, OldKeyConnects, Uplinks        uint64
+	Connects, RevokedConnects, BirthConnects      uint64
 	DataKeysSent, AnchorsSent, FirmwareSent       uint64
 	// Rejected counts refused uplinks by reason (Reason's word).
 	Rejected map[string]uint64
@@ -63,6 +72,7 @@ func (e *Engine) Stats() StatsSnapshot {
 		Retired: s.Retired.Load(), Resent: s.Resent.Load(), Rejected: map[string]uint64{},
 		Reenrolled: s.Reenrolled.Load(), RenewedExpired: s.RenewedExpired.Load(),
 		OldKeyUplinks: s.OldKeyUplinks.Load(), OldKeyConnects: s.OldKeyConnects.Load(), Uplinks: s.Uplinks.Load(),
+		Connects: s.Connects.Load(), RevokedConnects: s.RevokedConnects.Load(), BirthConnects: s.BirthConnects.Load(),
 		DataKeysSent: s.DataKeysSent.Load(), AnchorsSent: s.AnchorsSent.Load(), FirmwareSent: s.FirmwareSent.Load(),
 	}
 	s.mu.Lock()

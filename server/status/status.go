@@ -12,7 +12,6 @@ import (
 	"context"
 
 	"github.com/keyfleet/keyfleet/adminapi"
-	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -31,6 +30,11 @@ type Sources struct {
 	Firmware   interface{ CurrentFirmware() (uint32, []byte) }
 	Broker     *broker.Embedded
 	BrokerAddr string
+	// Process gives fleetd's resident memory and goroutines, as the
+	// metrics' process and Go collectors read them.
+	Process interface {
+		Process() (rssBytes uint64, goroutines int)
+	}
 }
 
 // Status implements admin.Status.
@@ -38,10 +42,10 @@ func (s Sources) Status(ctx context.Context) (adminapi.Status, error) {
 	st := s.Engine.Stats()
 	out := adminapi.Status{ByState: map[string]int{}, Requested: st.Requested, Issued: st.Issued, Activated: st.Activated,
 		Retired: st.Retired, Rejected: st.Rejected, HSMOps: s.HSM.Ops(), Broker: s.BrokerAddr,
-		RSSBytes: procstat.RSS(), Goroutines: procstat.Goroutines(),
 		Reenrolled: st.Reenrolled, RenewedAfterExpiry: st.RenewedExpired, OldKeyUplinks: st.OldKeyUplinks,
 		OldKeyConnects: st.OldKeyConnects, DataKeysSent: st.DataKeysSent, AnchorsVersion: s.Anchors.AnchorVersion()}
 	out.FirmwareVersion, _ = s.Firmware.CurrentFirmware()
+	out.RSSBytes, out.Goroutines = s.Process.Process()
 	if st.Uplinks > 0 {
 		out.OldKeyRatio = float64(st.OldKeyUplinks) / float64(st.Uplinks)
 	}

@@ -1,0 +1,153 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// Audit completeness (M7) compares, for the identity slot of every
+// device, the state changes fleetd reported with the audit records of
+// state changes the store holds, both counted from fleetd's start. The
+// identity slot's records and changes correspond one to one
+// (rotation.events); data keys, anchors and firmware are audited in words
+// of their own (data-key-created, anchors-rotated) and are not compared.
+const auditedSlot = lifecycle.SlotIdentity
+
+var (
+	writtenDesc = desc("audit_records_written_total",
+		"Audit records of key state changes written since start, identity slot (M7).", "slot")
+	chainOKDesc = desc("audit_chain_verified",
+		"1 if the last verification of the audit chain succeeded, 0 if it found the chain broken or could not read it (M7).")
+	chainAtDesc = desc("audit_chain_verified_timestamp_seconds",
+		"When the audit chain was last verified (Unix time), whatever the result.")
+	chainLenDesc = desc("audit_chain_records", "Records in the audit chain at its last successful verification.")
+)
+
+// changeActions are the audit actions of key state changes
+// (lifecycle.Change.Action), registrations excepted.
+var changeActions = map[string]bool{"requested": true, "issued": true, "activated": true, "superseded": true,
+	"retired": true, "revoked": true, "failed": true, "cancelled": true}
+
+// auditCollector counts the state-change records appended since the last
+// scrape, and reports the last verification of the chain.
+type auditCollector struct {
+	st       store.Store
+	counting bool // the start of the log was found: written is meaningful
+
+	mu       sync.Mutex
+	next     uint64 // the first record not counted yet
+	written  uint64
+	verified bool // a verification ran
+	ok       bool
+	at       time.Time
+	records  uint64
+}
+
+var errStop = errors.New("stop")
+
+// auditHead returns the sequence number of the last audit record (0 for
+// none), in O(log n) short reads: the records are numbered from 1 without
+// gaps (store.AuditRecord).
+func auditHead(ctx context.Context, st store.Store) (uint64, error) {
+	exists := func(seq uint64) (bool, error) {
+		found := false
+		err := st.ForEachAudit(ctx, seq, func(*store.AuditRecord) error { found = true; return errStop })
+		if errors.Is(err, errStop) {
+			err = nil
+		}
+		return found, err
+	}
+	lo, hi := uint64(0), uint64(1) // record lo exists (0: none needed), hi is not known to
+	for {
+		ok, err := exists(hi)
+		if err != nil {
+			return 0, fmt.Errorf("metrics: audit head: %w", err)
+		}
+		if !ok {
+			break
+		}
+		lo, hi = hi, hi*2
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		ok, err := exists(mid)
+		if err != nil {
+			return 0, fmt.Errorf("metrics: audit head: %w", err)
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
+}
+
+func (c *auditCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- writtenDesc
+	ch <- chainOKDesc
+	ch <- chainAtDesc
+	ch <- chainLenDesc
+}
+
+func (c *auditCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.counting {
+		c.collectWritten(ctx, ch)
+	}
+	if !c.verified {
+		return
+	}
+	ok := 0.0
+	if c.ok {
+		ok = 1
+	}
+	ch <- prometheus.MustNewConstMetric(chainOKDesc, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(chainAtDesc, prometheus.GaugeValue, float64(c.at.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(chainLenDesc, prometheus.GaugeValue, float64(c.records))
+}
+
+// collectWritten counts the records appended since the last scrape; c.mu
+// is held.
+func (c *auditCollector) collectWritten(ctx context.Context, ch chan<- prometheus.Metric) {
+	// A failed read keeps what it counted so far; the next scrape goes on
+	// from there.
+	_ = c.st.ForEachAudit(ctx, c.next, func(r *store.AuditRecord) error {
+		if r.Device != "" && r.Version != 0 && r.Slot == uint8(protocol.SlotIdentity) && changeActions[r.Action] {
+			c.written++
+		}
+		c.next = r.Seq + 1
+		return nil
+	})
+	ch <- prometheus.MustNewConstMetric(writtenDesc, prometheus.CounterValue, float64(c.written), string(auditedSlot))
+}
+
+// verifyAudit verifies the whole chain and records the result.
+func (m *Metrics) verifyAudit(ctx context.Context) {
+	n, err := m.st.VerifyAudit(ctx)
+	if ctx.Err() != nil {
+		return // stopping: not a verdict on the chain
+	}
+	c := m.audit
+	c.mu.Lock()
+	c.verified, c.ok, c.at = true, err == nil, m.opts.Now()
+	if err == nil {
+		c.records = n
+	}
+	c.mu.Unlock()
+	if err != nil {
+		m.opts.Logger.Error("audit chain verification failed", "err", err)
+	}
+}
