@@ -23,6 +23,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/status"
+	"github.com/keyfleet/keyfleet/server/statuspage"
 	"github.com/keyfleet/keyfleet/server/store"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
@@ -127,7 +128,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.admin.Close)
-	if s.cfg.OpsAddr, err = ops.Listen(ctx, cfg.OpsAddr, m.Handler(), ops.Ready{Store: s.st, Keys: s.keys, Broker: s.broker,
+	page := statuspage.New(statuspage.Sources{Devices: s.st, Audit: s.st, Anchors: chain, Firmware: s.releases, SLIs: m,
+		Sessions: parts.Sessions}, statuspage.Options{Now: cfg.Now, Logger: cfg.Logger})
+	if s.cfg.OpsAddr, err = ops.Listen(ctx, cfg.OpsAddr, m.Handler(), page, ops.Ready{Store: s.st, Keys: s.keys, Broker: s.broker,
 		Link: &s.link}, cfg.Logger); err != nil { // closed when ctx ends
 		return nil, err
 	}

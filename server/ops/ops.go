@@ -4,6 +4,8 @@
 //
 // # Basics
 //
+//	/         redirects to /status
+//	/status   the status page (package statuspage), for people
 //	/metrics  the metrics registry (package metrics), Prometheus formats
 //	/healthz  200 while the process serves at all (liveness)
 //	/readyz   200 when the store, the key custody and the broker answer
@@ -11,8 +13,9 @@
 //
 // # Caveats
 //
-// The listener has no authentication: it serves nothing secret, but bind
-// it to loopback or a management network (the default is 127.0.0.1:9464).
+// The listener has no authentication: it serves nothing secret (the status
+// page names devices, nothing more), but bind it to loopback or a
+// management network (the default is 127.0.0.1:9464).
 package ops
 
 import (
@@ -72,8 +75,8 @@ const readyTimeout = 3 * time.Second
 
 // Listen serves the ops endpoints on addr until ctx ends and returns the
 // address it listens on; an empty addr (or "off") turns the listener off
-// and returns "".
-func Listen(ctx context.Context, addr string, metrics http.Handler, ready Ready, log *slog.Logger) (string, error) {
+// and returns "". A nil status leaves the status page out.
+func Listen(ctx context.Context, addr string, metrics, status http.Handler, ready Ready, log *slog.Logger) (string, error) {
 	if addr == "" || addr == "off" {
 		return "", nil
 	}
@@ -86,6 +89,10 @@ func Listen(ctx context.Context, addr string, metrics http.Handler, ready Ready,
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
+	if status != nil {
+		mux.Handle("GET /status", status)
+		mux.Handle("GET /{$}", http.RedirectHandler("/status", http.StatusFound))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
