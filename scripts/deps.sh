@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what keyfleet's run and tests need from Debian's packages, when
-# missing: softhsm2 (the PKCS#11 token) and mosquitto (the second broker).
+# missing: softhsm2 (the PKCS#11 token), and with their flags mosquitto (the
+# second broker) and chromium (the status page's browser test).
 # Fails with a clear message when it cannot.
 set -euo pipefail
 
@@ -13,9 +14,13 @@ have_softhsm() {
   return 1
 }
 have_softhsm || need+=(softhsm2)
-if [ "${1:-}" = "--with-mosquitto" ]; then
-  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --with-mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
+    --with-chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
+    *) echo "keyfleet: deps.sh: unknown flag $arg" >&2; exit 2 ;;
+  esac
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "keyfleet: installing ${need[*]} from Debian's packages" >&2
@@ -39,3 +44,9 @@ if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
   fi
 fi
 have_softhsm || { echo "keyfleet: softhsm2 installed but libsofthsm2.so not found" >&2; exit 1; }
+for p in "${need[@]}"; do
+  if [ "$p" = chromium ] && ! command -v chromium >/dev/null 2>&1; then
+    echo "keyfleet: chromium installed but not on PATH; the status page test runs \`chromium --headless\`" >&2
+    exit 1
+  fi
+done

@@ -154,7 +154,8 @@ func (f gathered) chain() string {
 	if f.sum("audit_chain_verified", nil) == 0 {
 		return "BROKEN or unreadable at the last verification"
 	}
-	return fmt.Sprintf("verified (%d records)", int64(f.sum("audit_chain_records", nil)))
+	at := time.Unix(int64(f.sum("audit_chain_verified_timestamp_seconds", nil)), 0).UTC()
+	return fmt.Sprintf("verified at %s (%d records then)", at.Format("15:04:05 UTC"), int64(f.sum("audit_chain_records", nil)))
 }
 
 // histogram merges the histograms of keyfleet_name whose labels match.
