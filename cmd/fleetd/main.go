@@ -126,7 +126,7 @@ func root() *cobra.Command {
 			if f.printChanges {
 				metrics := ""
 				if a := srv.OpsAddr(); a != "" {
-					metrics = ", metrics on http://" + a + "/metrics"
+					metrics = ", status page on http://" + a + "/status, metrics on http://" + a + "/metrics"
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s fleetd serving: devices on %s, operators on %s%s\n",
 					time.Now().Format(time.TimeOnly), srv.MQTTAddr(), srv.AdminAddr(), metrics)
