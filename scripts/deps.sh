@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs what keyfleet's run and tests need from Debian's packages, when
-# missing: softhsm2 (the PKCS#11 token) and mosquitto (the second broker).
+# missing: softhsm2 (the PKCS#11 token) always; with --with-mosquitto,
+# mosquitto (the second broker); with --with-promtool, prometheus (for
+# promtool, which checks and tests the rules in deploy/prometheus; on a
+# host with systemd the package also enables a Prometheus server on :9090:
+# `systemctl disable --now prometheus` if it is not wanted).
+# Recommended packages are left out: prometheus recommends the node
+# exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
 set -euo pipefail
 
@@ -12,10 +18,21 @@ have_softhsm() {
   done
   return 1
 }
+have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_softhsm || need+=(softhsm2)
-if [ "${1:-}" = "--with-mosquitto" ]; then
-  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-fi
+want_promtool=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-mosquitto)
+      command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
+    --with-promtool)
+      want_promtool=true
+      have_promtool || need+=(prometheus) ;;
+    *)
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-promtool)" >&2
+      exit 2 ;;
+  esac
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "keyfleet: installing ${need[*]} from Debian's packages" >&2
@@ -31,11 +48,15 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
   $SUDO apt-get update -qq >/dev/null 2>&1 || true
-  if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null; then
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
     echo "keyfleet: apt-get could not install ${need[*]}; install them by hand and retry" >&2
     exit 1
   fi
 fi
 have_softhsm || { echo "keyfleet: softhsm2 installed but libsofthsm2.so not found" >&2; exit 1; }
+if $want_promtool && ! have_promtool; then
+  echo "keyfleet: prometheus installed but promtool not found on PATH" >&2
+  exit 1
+fi
