@@ -329,3 +329,20 @@ func TestHeadingAnchorsRepeated(t *testing.T) {
 		t.Errorf("anchors %v, want %v", got, want)
 	}
 }
+
+// TestRulesDocumented: docs/observability.md names every recording rule
+// and alert, so the people who read the dashboards and get the pages can
+// look up what each one computes.
+func TestRulesDocumented(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "observability.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, r := range loadRules(t) {
+		name := r.Record + r.Alert
+		if !strings.Contains(doc, "`"+name+"`") {
+			t.Errorf("docs/observability.md does not name %s", name)
+		}
+	}
+}
