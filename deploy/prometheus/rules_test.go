@@ -346,3 +346,30 @@ func TestRulesDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesReadRealMetrics: every keyfleet metric a rule reads has its
+// row in docs/observability.md's metric tables, which
+// server/metrics.TestEveryMetricDocumented keeps equal to what fleetd
+// registers; a misspelt name would otherwise pass promtool and match
+// nothing in production.
+func TestRulesReadRealMetrics(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "observability.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	metric := regexp.MustCompile(`\bkeyfleet_[a-z_]+`)
+	for _, r := range loadRules(t) {
+		for _, m := range metric.FindAllString(r.Expr, -1) {
+			base := m
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				if s, ok := strings.CutSuffix(m, suffix); ok && strings.HasSuffix(s, "_seconds") {
+					base = s
+				}
+			}
+			if !strings.Contains(doc, "| `"+base+"` |") {
+				t.Errorf("%s%s reads %s, which docs/observability.md does not list as a metric of fleetd", r.Record, r.Alert, m)
+			}
+		}
+	}
+}
