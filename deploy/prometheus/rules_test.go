@@ -114,6 +114,7 @@ func loadUnitTests(t *testing.T) []unitTestFile {
 	return out
 }
 
+// readYAML decodes the YAML file at path into v.
 func readYAML(t *testing.T, path string, v any) {
 	t.Helper()
 	b, err := os.ReadFile(path)
