@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Installs what keyfleet's run and tests need from Debian's packages, when
-# missing: softhsm2 (the PKCS#11 token), and with their flags mosquitto (the
-# second broker) and chromium (the status page's browser test).
+# missing: softhsm2 (the PKCS#11 token) always; with --with-mosquitto,
+# mosquitto (the second broker); with --with-chromium, chromium (the status
+# page's browser test); with --with-promtool, prometheus (for promtool,
+# which checks and tests the rules in deploy/prometheus; on a host with
+# systemd the package also enables a Prometheus server on :9090:
+# `systemctl disable --now prometheus` if it is not wanted).
+# Recommended packages are left out: prometheus recommends the node
+# exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
 set -euo pipefail
 
@@ -13,12 +19,21 @@ have_softhsm() {
   done
   return 1
 }
+have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_softhsm || need+=(softhsm2)
+want_promtool=false
 for arg in "$@"; do
   case "$arg" in
-    --with-mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
-    --with-chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
-    *) echo "keyfleet: deps.sh: unknown flag $arg" >&2; exit 2 ;;
+    --with-mosquitto)
+      command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
+    --with-chromium)
+      command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
+    --with-promtool)
+      want_promtool=true
+      have_promtool || need+=(prometheus) ;;
+    *)
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool)" >&2
+      exit 2 ;;
   esac
 done
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -36,9 +51,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
   $SUDO apt-get update -qq >/dev/null 2>&1 || true
-  if ! $SUDO apt-get install -y -qq "${need[@]}" >/dev/null; then
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
     echo "keyfleet: apt-get could not install ${need[*]}; install them by hand and retry" >&2
     exit 1
   fi
@@ -50,3 +65,7 @@ for p in "${need[@]}"; do
     exit 1
   fi
 done
+if $want_promtool && ! have_promtool; then
+  echo "keyfleet: prometheus installed but promtool not found on PATH" >&2
+  exit 1
+fi
