@@ -53,15 +53,20 @@ func createCampaign(t *testing.T, c *client.Client, stages, maxFailure, rate str
 func waitCampaign(t *testing.T, f *fleettest.Fleet, id string, timeout time.Duration, what string, cond func(adminapi.Campaign) bool) adminapi.Campaign {
 	t.Helper()
 	var last adminapi.Campaign
-	eventually(t, timeout, what, func() bool {
+	deadline := time.Now().Add(timeout)
+	for {
 		c, err := f.Admin.Campaign(context.Background(), id, true)
-		if err != nil {
-			return false // fleetd may be restarting
+		if err == nil { // else fleetd may be restarting
+			if last = c; cond(c) {
+				return c
+			}
 		}
-		last = c
-		return cond(c)
-	})
-	return last
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; campaign %s in stage %d (%s), %+v", timeout, what, last.State,
+				last.Stage+1, last.Reason, last.StageProgress)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func statuses(c adminapi.Campaign) map[string]string {
@@ -263,25 +268,46 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 		}
 		return true
 	})
-	camp := createCampaign(t, f.Admin, "10%,50%,100%", "2%", "240/min", 1, 20*time.Second)
-	mid := waitCampaign(t, f, camp.ID, 60*time.Second, "campaign in its second stage", func(c adminapi.Campaign) bool {
-		return c.Stage == 1 && c.StageProgress[1].Succeeded > 0 && c.StageProgress[1].Pending > 0
+	// A device whose enroll was lost in the restart asks again after the
+	// agent's step timeout (30 s): the device timeout leaves room for it.
+	camp := createCampaign(t, f.Admin, "10%,50%,100%", "2%", "120/min", 1, 2*time.Minute)
+	waitCampaign(t, f, camp.ID, 60*time.Second, "campaign in its second stage", func(c adminapi.Campaign) bool {
+		return c.Stage == 1 && c.StageProgress[1].Succeeded > 0 && c.StageProgress[1].Pending >= 4
 	})
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// What fleetd left in its store is where it must resume.
+	bolt, err := store.OpenBolt(filepath.Join(f.Config.DataDir, "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := bolt.GetCampaign(context.Background(), camp.ID)
+	bolt.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left.Stage != 1 || left.State != store.CampaignRunning {
+		t.Fatalf("fleetd closed with the campaign in stage %d, %s; want stage 2, running", left.Stage+1, left.State)
 	}
 	f.Restart(t)
 	after, err := f.Admin.Campaign(context.Background(), camp.ID, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.Stage != 1 || after.State != adminapi.CampaignStateRunning {
-		t.Fatalf("after the restart: stage %d, %s; want stage 2, running", after.Stage+1, after.State)
+	if after.Stage != left.Stage || after.State != adminapi.CampaignStateRunning {
+		t.Fatalf("after the restart: stage %d, %s; want stage %d, running", after.Stage+1, after.State, left.Stage+1)
 	}
-	if after.StageProgress[1].Succeeded < mid.StageProgress[1].Succeeded {
-		t.Errorf("progress went back: %+v then %+v", mid.StageProgress[1], after.StageProgress[1])
+	succeeded := 0
+	for _, d := range left.Devices {
+		if d.Status == store.DeviceSucceeded {
+			succeeded++
+		}
 	}
-	waitCampaign(t, f, camp.ID, 90*time.Second, "campaign completed", func(c adminapi.Campaign) bool {
+	if got := after.StageProgress[0].Succeeded + after.StageProgress[1].Succeeded; got < succeeded {
+		t.Errorf("progress went back: %d succeeded before the restart, %d after", succeeded, got)
+	}
+	waitCampaign(t, f, camp.ID, 2*time.Minute, "campaign completed", func(c adminapi.Campaign) bool {
 		return c.State == adminapi.CampaignStateCompleted
 	})
 	eventually(t, 30*time.Second, "every device active at version 2", allAt(t, f.Admin, 30, 2))
