@@ -37,6 +37,10 @@ type Kind interface {
 	// Outcome reads how the change to version stands on d, with a word
 	// for a failure.
 	Outcome(d *store.Device, version uint32) (Outcome, string)
+	// Nudge sends a connected device the step of its open change again:
+	// a downlink can be lost, or dropped by a device that did not yet
+	// hold the key that signed it (right after fleetd restarted).
+	Nudge(ctx context.Context, device string) error
 	// GiveUp ends an open change the campaign counts as failed.
 	GiveUp(ctx context.Context, device string, version uint32, actor, detail string) error
 	// Rollback undoes what can be undone of an unfinished change and
@@ -52,6 +56,7 @@ type Rotator interface {
 	RequestRotation(ctx context.Context, device, actor string) (rotation.Rotation, error)
 	CancelRotation(ctx context.Context, device string, version uint32, actor, detail string) (bool, error)
 	FailRotation(ctx context.Context, device string, version uint32, actor, detail string) (bool, error)
+	Resend(ctx context.Context, device string) error
 }
 
 // Identity is the kind that rotates devices' identity credentials.
@@ -98,6 +103,9 @@ func (k Identity) Outcome(d *store.Device, version uint32) (Outcome, string) {
 	}
 	return Failed, "version " + v.State.String()
 }
+
+// Nudge implements Kind: the engine resends the rotate or the certificate.
+func (k Identity) Nudge(ctx context.Context, device string) error { return k.Engine.Resend(ctx, device) }
 
 // GiveUp implements Kind: the open rotation fails.
 func (k Identity) GiveUp(ctx context.Context, device string, version uint32, actor, detail string) error {

@@ -146,7 +146,9 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		case cd.Status == store.DeviceAway && s.connected(d, now):
 			// Back: its change goes on, timed from now.
 			cd.Status, cd.Started, cd.Detail, changed = store.DeviceInProgress, now, "came back", true
-		case cd.Status == store.DeviceInProgress && now.Sub(cd.Started) >= c.DeviceTimeout:
+		case cd.Status == store.DeviceInProgress && now.Sub(cd.Started) < c.DeviceTimeout:
+			s.nudge(ctx, c, cd, now, kind)
+		case cd.Status == store.DeviceInProgress:
 			if !s.connected(d, cd.Started) {
 				cd.Status, cd.Detail, changed = store.DeviceAway, "not connected", true
 				continue
@@ -158,8 +160,32 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 			}
 			cd.Status, cd.Finished, cd.Detail, changed = store.DeviceFailed, now, detail, true
 		}
+		if cd.Status == store.DeviceSucceeded || cd.Status == store.DeviceFailed {
+			delete(s.nudged, c.ID+"/"+cd.ID)
+		}
 	}
 	return changed
+}
+
+// nudgeEvery is how often a connected device's open change is sent again:
+// a quarter of the device timeout, at most this.
+const nudgeEvery = 10 * time.Second
+
+// nudge sends cd's open change again if a nudge interval has passed since
+// it started or was last nudged (kept in memory: a restart nudges anew).
+func (s *Service) nudge(ctx context.Context, c *store.Campaign, cd *store.CampaignDevice, now time.Time, kind Kind) {
+	key := c.ID + "/" + cd.ID
+	last := s.nudged[key]
+	if last.Before(cd.Started) {
+		last = cd.Started
+	}
+	if now.Sub(last) < min(nudgeEvery, c.DeviceTimeout/4) || (s.opts.Sessions != nil && !s.opts.Sessions.Present(cd.ID)) {
+		return
+	}
+	s.nudged[key] = now
+	if err := kind.Nudge(ctx, cd.ID); err != nil {
+		s.opts.Logger.Warn("campaign could not resend a change", "campaign", c.ID, "device", cd.ID, "err", err)
+	}
 }
 
 // Counts are a campaign's devices by status, over the stages begun.

@@ -56,6 +56,7 @@ type Service struct {
 	// neither overwrites the other's record.
 	mu      sync.Mutex
 	buckets map[string]*bucket
+	nudged  map[string]time.Time // campaign/device: last nudge
 }
 
 // New returns a Service; Run advances its campaigns.
@@ -65,7 +66,7 @@ func New(opts Options) *Service {
 		opts.Now = time.Now
 	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
-	return &Service{opts: opts, buckets: map[string]*bucket{}}
+	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}}
 }
 
 // Spec is what an operator asks for.
