@@ -105,7 +105,9 @@ func (k Identity) Outcome(d *store.Device, version uint32) (Outcome, string) {
 }
 
 // Nudge implements Kind: the engine resends the rotate or the certificate.
-func (k Identity) Nudge(ctx context.Context, device string) error { return k.Engine.Resend(ctx, device) }
+func (k Identity) Nudge(ctx context.Context, device string) error {
+	return k.Engine.Resend(ctx, device)
+}
 
 // GiveUp implements Kind: the open rotation fails.
 func (k Identity) GiveUp(ctx context.Context, device string, version uint32, actor, detail string) error {

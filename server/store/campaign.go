@@ -87,7 +87,8 @@ type CampaignDevice struct {
 // type-assert it; a store without it runs no campaigns.
 type CampaignStore interface {
 	// CreateCampaign stores c with its audit events, giving it an ID if it
-	// has none; ErrExists if the ID is taken.
+	// has none (events without a Detail get "campaign ID": the ID is known
+	// only here); ErrExists if the ID is taken.
 	CreateCampaign(ctx context.Context, c *Campaign, events ...Event) error
 	// UpdateCampaign is UpdateDevice's contract for a campaign: fn may run
 	// more than once, ErrNoChange writes nothing and returns the record.
