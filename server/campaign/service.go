@@ -223,6 +223,9 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	if len(errs) > 0 { // keep the campaign as it was: the operator retries
 		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, errors.Join(errs...))
 	}
+	// The devices whose change finished meanwhile: recorded now, since a
+	// rolled-back campaign is not observed again.
+	s.observe(ctx, c, kind, "campaign:"+c.ID)
 	reason := fmt.Sprintf("rolled back by the operator: %d unfinished changes cancelled", cancelled)
 	return s.opts.Store.UpdateCampaign(ctx, id, func(cur *store.Campaign) ([]store.Event, error) {
 		*cur = *c
