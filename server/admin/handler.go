@@ -25,7 +25,8 @@ import (
 
 // Parts are what the API serves, one small interface per area. Every
 // field is required but Sessions (nil: connections are unknown, as with an
-// external broker).
+// external broker) and Campaigns (nil: the store keeps none; the API
+// answers 501).
 type Parts struct {
 	Devices   Devices
 	Provision Provisioner
@@ -38,7 +39,7 @@ type Parts struct {
 	Status    Status
 	Audit     Audit
 	Inventory Labeler
-	// Campaigns is nil when the store keeps none.
+	// Campaigns creates and steers staged campaigns.
 	Campaigns Campaigns
 	// Sessions tells whether a device is connected; nil when fleetd
 	// cannot tell (an external broker): device show then says "unknown"
