@@ -12,6 +12,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/campaign"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/escrow"
@@ -123,6 +124,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Inventory: inventory.NewLabeler(s.st)}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
+	}
+	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
+		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}}
+		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Now: cfg.Now, Logger: cfg.Logger})
+		parts.Campaigns = c
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); c.Run(ctx) }()
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err

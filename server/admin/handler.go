@@ -15,6 +15,7 @@ import (
 	"github.com/keyfleet/keyfleet/certs"
 	"github.com/keyfleet/keyfleet/certs/identity"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/campaign"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/release"
@@ -24,7 +25,8 @@ import (
 
 // Parts are what the API serves, one small interface per area. Every
 // field is required but Sessions (nil: connections are unknown, as with an
-// external broker).
+// external broker) and Campaigns (nil: the store keeps none; the API
+// answers 501).
 type Parts struct {
 	Devices   Devices
 	Provision Provisioner
@@ -37,6 +39,8 @@ type Parts struct {
 	Status    Status
 	Audit     Audit
 	Inventory Labeler
+	// Campaigns creates and steers staged campaigns.
+	Campaigns Campaigns
 	// Sessions tells whether a device is connected; nil when fleetd
 	// cannot tell (an external broker): device show then says "unknown"
 	// and rotation progress says nothing of it.
@@ -70,6 +74,10 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"POST", adminapi.PathDataKeysRotate, h.rotateDataKeys},
 		{"POST", adminapi.PathEscrowRecover, h.recoverEscrow},
 		{"POST", adminapi.PathFirmware, h.publishFirmware},
+		{"POST", adminapi.PathCampaigns, h.createCampaign},
+		{"GET", adminapi.PathCampaigns, h.listCampaigns},
+		{"GET", adminapi.PathCampaigns + "/{id}", h.showCampaign},
+		{"POST", adminapi.PathCampaigns + "/{id}/{action}", h.campaignAction},
 	} {
 		mux.HandleFunc(r.method+" "+r.path, r.fn)
 	}
@@ -149,7 +157,7 @@ func fail(w http.ResponseWriter, err error) {
 // codes: the one place that does.
 func statusOf(err error) (int, string) {
 	switch {
-	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey), errors.Is(err, inventory.ErrInvalid),
+	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey), errors.Is(err, inventory.ErrInvalid), errors.Is(err, campaign.ErrInvalid),
 		errors.Is(err, protocol.ErrBadDeviceID), errors.Is(err, certs.ErrBadCSR), errors.Is(err, certs.ErrCSRIdentity):
 		return http.StatusBadRequest, adminapi.CodeInvalid
 	case errors.Is(err, escrow.ErrNoKey), errors.Is(err, store.ErrNotExist):

@@ -263,6 +263,13 @@ func (e *Engine) reconcile(ctx context.Context, d *store.Device, rep protocol.Sl
 			return e.sendRetire(ctx, d.ID, rep.Slot, rep.Previous)
 		}
 	}
+	if rep.Pending != 0 {
+		// A rotation cancelled or failed (a campaign's rollback): the
+		// device may drop the pending key and any certificate for it.
+		if pv := slot.Version(rep.Pending); pv != nil && (pv.State == lifecycle.StateCancelled || pv.State == lifecycle.StateFailed) {
+			return e.sendRetire(ctx, d.ID, rep.Slot, rep.Pending)
+		}
+	}
 	return nil
 }
 

@@ -63,6 +63,15 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			tc.fn(t, newStore(t))
 		})
 	}
+	if _, ok := newStore(t).(store.CampaignStore); !ok {
+		return // campaigns are an optional capability
+	}
+	for _, tc := range campaignCases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			tc.fn(t, s.(store.CampaignStore), s)
+		})
+	}
 }
 
 // epoch is a fixed, sub-second instant: backends must keep nanoseconds

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/server/datadir"
+)
+
+// Bad create flags exit 1 naming the flag, before anything is sent.
+func TestCampaignCreateFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--stages", "10%,5%,100%"}, "--stages"},
+		{[]string{"--stages", "10%,50%"}, "--stages"},
+		{[]string{"--stages", "10,100%"}, "--stages"},
+		{[]string{"--stages", "0%,100%"}, "--stages"},
+		{[]string{"--stages", "50%,150%"}, "--stages"},
+		{[]string{"--max-failure", "2"}, "--max-failure"},
+		{[]string{"--max-failure", "101%"}, "--max-failure"},
+		{[]string{"--max-failure", "-1%"}, "--max-failure"},
+		{[]string{"--rate", "1000"}, "--rate"},
+		{[]string{"--rate", "10/day"}, "--rate"},
+		{[]string{"--rate", "-5/min"}, "--rate"},
+		{[]string{"--rate", "1/h"}, "--rate"},
+		{[]string{"--min-reached", "-1"}, "--min-reached"},
+		{[]string{"--device-timeout", "0s"}, "--device-timeout"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			// No fleetd listens there: a flag error must come first.
+			status := run(append([]string{"--admin", "127.0.0.1:1", "--credential", t.TempDir(), "campaign", "create"}, tc.args...), &out, &errOut)
+			if status != exitError || !strings.Contains(errOut.String(), tc.want) {
+				t.Errorf("status %d, stderr %q; want 1 naming %s", status, errOut.String(), tc.want)
+			}
+		})
+	}
+}
+
+// campaign create --watch exits 0 when the campaign completes and 2 when
+// it pauses itself (a device connected that never answers fails it);
+// list, show and the actions print what fleetd says, and an action the
+// campaign's state forbids exits 1.
+func TestCampaignWatch(t *testing.T) {
+	f := fleettest.StartFleet(t, nil)
+	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
+	run := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		status := run(append([]string{"--admin", f.AdminAddr(), "--credential", cred}, args...), &out, &errOut)
+		return out.String(), errOut.String(), status
+	}
+	online := []string{f.AddDevice(t, "dev-1"), f.AddDevice(t, "dev-2")}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for _, dir := range online {
+		a, err := device.New(device.Options{Dir: dir, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = a.Run(ctx) }()
+	}
+	for _, id := range []string{"dev-1", "dev-2"} {
+		deadline := time.Now().Add(30 * time.Second)
+		for !f.Broker().Present(id) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never connected", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	out, errOut, status := run("campaign", "create", "--stages", "50%,100%", "--device-timeout", "1m", "--watch")
+	if status != exitOK || !strings.Contains(out, "campaign c1 completed: 2 succeeded, 0 failed, 0 away") ||
+		!strings.Contains(out, "stage 1 of 2 (50%): 1 devices: 1 succeeded") {
+		t.Fatalf("create --watch: status %d\nstdout:\n%s\nstderr:\n%s", status, out, errOut)
+	}
+	out, _, status = run("campaign", "show", "c1")
+	if status != exitOK || !strings.Contains(out, "completed") || strings.Count(out, "succeeded") < 2 {
+		t.Errorf("show: status %d\n%s", status, out)
+	}
+
+	silent(t, f.AddDevice(t, "dev-silent"), "dev-silent", f.MQTTAddr())
+	out, errOut, status = run("campaign", "create", "--stages", "100%", "--max-failure", "0%", "--device-timeout", "2s", "--watch")
+	if status != exitFailed || !strings.Contains(errOut, "campaign c2 is paused: paused itself in stage 1: 1 of 3 reached devices failed") {
+		t.Fatalf("create --watch of a failing campaign: status %d\nstdout:\n%s\nstderr:\n%s", status, out, errOut)
+	}
+	out, _, status = run("campaign", "list")
+	if status != exitOK || !strings.Contains(out, "c1") || !strings.Contains(out, "paused") {
+		t.Errorf("list: status %d\n%s", status, out)
+	}
+	if _, errOut, status = run("campaign", "watch", "c2"); status != exitFailed {
+		t.Errorf("watch of a paused campaign: status %d, %s", status, errOut)
+	}
+	if out, _, status = run("campaign", "abort", "c2"); status != exitOK || !strings.Contains(out, "aborted") {
+		t.Errorf("abort: status %d\n%s", status, out)
+	}
+	if _, errOut, status = run("campaign", "resume", "c2"); status != exitError || !strings.Contains(errOut, "campaign c2 is aborted") {
+		t.Errorf("resume of an aborted campaign: status %d, %s", status, errOut)
+	}
+	if _, errOut, status = run("campaign", "show", "c9"); status != exitError || !strings.Contains(errOut, "not found") {
+		t.Errorf("show of an unknown campaign: status %d, %s", status, errOut)
+	}
+}

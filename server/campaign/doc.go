@@ -1,0 +1,18 @@
+// Package campaign runs staged changes over the devices a label selector
+// chooses: a canary stage first, then wider ones, each started within a
+// rate and passed only while failures among the devices reached stay under
+// a threshold. Campaigns are durable store records (store.CampaignStore)
+// that only change desired state through the part that owns it (the
+// rotation engine for identities), so fleetd resumes them after a restart
+// at the stage they were in, without asking for any version twice.
+//
+// What a campaign changes is its Kind: how to start the change on one
+// device, how to read its outcome from the device's record, how to give up
+// on it and how to roll it back. Identity rotation is the first kind;
+// data-key rotation, firmware releases and anchor roll-outs plug in as
+// further kinds.
+//
+// A device that has not been connected since its stage began is away: it
+// neither passes nor fails the stage, and its change stays desired, so it
+// converges when it comes back, which the campaign reports.
+package campaign

@@ -1,0 +1,249 @@
+package campaign
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/server/inventory"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// ErrInvalid marks a campaign refused as asked (bad spec, unknown kind,
+// an action its state does not allow); the admin API answers 400.
+var ErrInvalid = errors.New("campaign: invalid")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Store is what campaigns need of the store.
+type Store interface {
+	store.CampaignStore
+	GetDevice(ctx context.Context, id string) (*store.Device, error)
+	ForEachDevice(ctx context.Context, fn func(d *store.Device) error) error
+}
+
+// Sessions tells whether a device is connected now; the embedded broker
+// satisfies it. Without it (an external broker) a device counts as
+// connected once its last hello is later than the time it was started.
+type Sessions interface {
+	Present(device string) bool
+}
+
+// Options configures a Service. Store and Kinds are required.
+type Options struct {
+	Store Store
+	// Kinds by name (KindIdentity, ...).
+	Kinds    map[string]Kind
+	Sessions Sessions
+	// Tick is how often running campaigns advance; default 1 s.
+	Tick   time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Service creates campaigns, takes the operator's actions on them and
+// runs them (Run).
+type Service struct {
+	opts Options
+	// mu serialises a campaign's steps with the operator's actions, so
+	// neither overwrites the other's record.
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	nudged  map[string]time.Time // campaign/device: last nudge
+}
+
+// New returns a Service; Run advances its campaigns.
+func New(opts Options) *Service {
+	opts.Tick = cmp.Or(opts.Tick, time.Second)
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
+	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}}
+}
+
+// Spec is what an operator asks for.
+type Spec struct {
+	Kind          string
+	Selector      string
+	Stages        []float64 // cumulative fractions, ascending, the last 1
+	MaxFailure    float64
+	MinReached    int
+	Rate          int // devices per minute; 0: no bound
+	DeviceTimeout time.Duration
+}
+
+func (sp Spec) validate(kinds map[string]Kind) error {
+	if _, ok := kinds[sp.Kind]; !ok {
+		return invalid("unknown kind %q", sp.Kind)
+	}
+	prev := 0.0
+	for _, st := range sp.Stages {
+		if !(st > prev) || st > 1 {
+			return invalid("stages %v must ascend within (0, 1]", sp.Stages)
+		}
+		prev = st
+	}
+	switch {
+	case prev != 1:
+		return invalid("stages %v must end at 100%%", sp.Stages)
+	case sp.MaxFailure < 0 || sp.MaxFailure > 1 || math.IsNaN(sp.MaxFailure):
+		return invalid("max failure %v is not a ratio", sp.MaxFailure)
+	case sp.MinReached < 0 || sp.Rate < 0:
+		return invalid("min reached and rate must not be negative")
+	case sp.DeviceTimeout <= 0:
+		return invalid("device timeout must be positive")
+	}
+	return nil
+}
+
+// Create selects the devices and stores a running campaign over them,
+// audited; Run starts its first stage.
+func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Campaign, error) {
+	if err := sp.validate(s.opts.Kinds); err != nil {
+		return nil, err
+	}
+	sel, err := inventory.ParseSelector(sp.Selector)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	now := s.opts.Now()
+	c := &store.Campaign{Kind: sp.Kind, Selector: sel.String(), Stages: sp.Stages, MaxFailure: sp.MaxFailure,
+		MinReached: sp.MinReached, Rate: sp.Rate, DeviceTimeout: sp.DeviceTimeout, State: store.CampaignRunning,
+		StageStarted: now, CreatedAt: now, UpdatedAt: now, Actor: actor}
+	if err := s.opts.Store.ForEachDevice(ctx, func(d *store.Device) error {
+		if !d.Revoked && sel.Matches(d) {
+			c.Devices = append(c.Devices, store.CampaignDevice{ID: d.ID})
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("campaign: select devices: %w", err)
+	}
+	if len(c.Devices) == 0 {
+		return nil, invalid("selector %q selects no device", sp.Selector)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.opts.Store.CreateCampaign(ctx, c, store.Event{Action: "campaign-created", Actor: actor}); err != nil {
+		return nil, err
+	}
+	s.opts.Logger.Info("campaign created", "campaign", c.ID, "kind", c.Kind, "devices", len(c.Devices), "actor", actor)
+	return c, nil
+}
+
+// Get returns one campaign.
+func (s *Service) Get(ctx context.Context, id string) (*store.Campaign, error) {
+	return s.opts.Store.GetCampaign(ctx, id)
+}
+
+// List returns every campaign, oldest first.
+func (s *Service) List(ctx context.Context) ([]*store.Campaign, error) {
+	var out []*store.Campaign
+	err := s.opts.Store.ForEachCampaign(ctx, func(c *store.Campaign) error { out = append(out, c); return nil })
+	return out, err
+}
+
+// Pause stops a running campaign from starting devices; those started go
+// on and are observed.
+func (s *Service) Pause(ctx context.Context, id, actor string) (*store.Campaign, error) {
+	return s.transition(ctx, id, actor, "campaign-paused", "paused by the operator", store.CampaignPaused, store.CampaignRunning)
+}
+
+// Resume runs a paused campaign again. One that paused itself pauses
+// again at once if its failure ratio is still above the threshold.
+func (s *Service) Resume(ctx context.Context, id, actor string) (*store.Campaign, error) {
+	return s.transition(ctx, id, actor, "campaign-resumed", "resumed by the operator", store.CampaignRunning, store.CampaignPaused)
+}
+
+// Abort ends a campaign: nothing more is started; changes already asked
+// for stay desired and are still observed.
+func (s *Service) Abort(ctx context.Context, id, actor string) (*store.Campaign, error) {
+	return s.transition(ctx, id, actor, "campaign-aborted", "aborted by the operator", store.CampaignAborted,
+		store.CampaignRunning, store.CampaignPaused)
+}
+
+func (s *Service) transition(ctx context.Context, id, actor, action, reason string, to store.CampaignState, from ...store.CampaignState) (*store.Campaign, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Store.UpdateCampaign(ctx, id, func(c *store.Campaign) ([]store.Event, error) {
+		ok := false
+		for _, f := range from {
+			ok = ok || c.State == f
+		}
+		if !ok {
+			return nil, invalid("campaign %s is %s", c.ID, c.State)
+		}
+		c.State, c.Reason, c.UpdatedAt = to, reason, s.opts.Now()
+		return []store.Event{{Action: action, Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
+	})
+}
+
+// Rollback ends a campaign and undoes what its kind can of the changes
+// not finished (identity: open rotations cancelled); finished devices keep
+// their change. Devices not started are left alone.
+func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campaign, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.opts.Store.GetCampaign(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if c.State == store.CampaignRolledBack {
+		return nil, invalid("campaign %s is rolled back already", c.ID)
+	}
+	kind := s.opts.Kinds[c.Kind]
+	if kind == nil {
+		return nil, invalid("campaign %s has unknown kind %q", c.ID, c.Kind)
+	}
+	cancelled, errs := 0, []error(nil)
+	for i := range c.Devices {
+		cd := &c.Devices[i]
+		if (cd.Status != store.DeviceInProgress && cd.Status != store.DeviceAway) || cd.Version == 0 {
+			continue
+		}
+		ok, err := kind.Rollback(ctx, cd.ID, cd.Version, "campaign:"+c.ID)
+		if errors.Is(err, ErrNoRollback) {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		} else if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ok {
+			cancelled++
+			cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, s.opts.Now(), "rolled back"
+		}
+	}
+	if len(errs) > 0 { // keep the campaign as it was: the operator retries
+		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, errors.Join(errs...))
+	}
+	// The devices whose change finished meanwhile: recorded now, since a
+	// rolled-back campaign is not observed again.
+	s.observe(ctx, c, kind, "campaign:"+c.ID)
+	reason := fmt.Sprintf("rolled back by the operator: %d unfinished changes cancelled", cancelled)
+	return s.opts.Store.UpdateCampaign(ctx, id, func(cur *store.Campaign) ([]store.Event, error) {
+		*cur = *c
+		cur.State, cur.Reason, cur.UpdatedAt = store.CampaignRolledBack, reason, s.opts.Now()
+		return []store.Event{{Action: "campaign-rolled-back", Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
+	})
+}
+
+// Targets returns how many of c's devices each stage covers, cumulative:
+// at least one device per stage, all of them at the last.
+func Targets(c *store.Campaign) []int {
+	out := make([]int, len(c.Stages))
+	n := len(c.Devices)
+	for i, f := range c.Stages {
+		out[i] = min(n, max(1, int(math.Ceil(f*float64(n)-1e-9))))
+		if i > 0 {
+			out[i] = max(out[i], out[i-1])
+		}
+	}
+	return out
+}
