@@ -342,15 +342,22 @@ func (ks *Keystore) Promote(v uint32) error {
 	return nil
 }
 
-// Retire deletes the previous version if it is v.
+// Retire deletes version v if it is the previous one (its grace is over)
+// or the pending one (its rotation was cancelled or failed, e.g. by a
+// campaign's rollback: the key and any certificate for it are dropped and
+// the active version stays). The active version is never retired.
 func (ks *Keystore) Retire(v uint32) (bool, error) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if ks.state.Previous != v || v == ks.state.Active {
+	if v == 0 || v == ks.state.Active || (v != ks.state.Previous && v != ks.state.Pending) {
 		return false, nil
 	}
 	s := ks.state
-	s.Previous = 0
+	if v == s.Pending {
+		s.Pending, s.PendingRID = 0, nil
+	} else {
+		s.Previous = 0
+	}
 	if err := ks.saveState(s); err != nil {
 		return false, err
 	}

@@ -125,6 +125,35 @@ func TestKeystoreLifecycle(t *testing.T) {
 			if got := ks.State(); got.Active != 2 || got.Previous != 0 {
 				t.Errorf("after reopen: %+v, want active 2, no previous", got)
 			}
+			// A rotation cancelled after its certificate arrived (a
+			// campaign's rollback): retiring the pending version drops
+			// its key and certificate and leaves the active one.
+			k3, err := ks.BeginPending(3, []byte("rid-3"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ks.StorePendingCert(3, issue("dev-1", &k3.PublicKey).Raw, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := ks.Retire(4); ok || err != nil {
+				t.Errorf("retiring a version the device does not hold: got %v, %v; want false, nil", ok, err)
+			}
+			if ok, err := ks.Retire(3); !ok || err != nil {
+				t.Fatalf("retire pending: got %v, %v", ok, err)
+			}
+			if _, ready := ks.PendingReady(); ready {
+				t.Error("pending still ready after it was retired")
+			}
+			if _, err := st.ReadFile("identity/v3/cert.pem"); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("retired pending version's files: got %v, want gone", err)
+			}
+			ks, err = Open(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ks.State(); got.Active != 2 || got.Pending != 0 {
+				t.Errorf("after reopen: %+v, want active 2, nothing pending", got)
+			}
 		})
 	}
 }
