@@ -14,7 +14,7 @@ build:
 	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
 
-## run: fleetd + embedded broker + SoftHSM2 + five agents rotating every 15 s
+## run: fleetd + embedded broker + SoftHSM2 + five agents, a staged identity campaign every 15 s
 run: build
 	@scripts/deps.sh
 	@scripts/run.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make run: fleetd with its embedded broker and SoftHSM2 token, five device
-# agents, and an identity rotation of every device every 15 s. State lives in
+# agents, and a staged identity campaign over every device every 15 s. State lives in
 # ./var (VAR), so running it again continues from the stored versions. The
 # screen shows one line per key state change (fleetd --print-changes); logs go
 # to $VAR/log. Ctrl-C stops everything and exits 0.
@@ -84,6 +84,10 @@ trap 'exit 0' INT TERM
 # foreground command exits normally (it takes the command to have
 # handled it), which would leave the loop running.
 bg() { "$@" & wait $!; }
+# bgto FILE CMD...: bg with CMD's output in FILE. The redirection is the
+# job's alone: on the function call it would also catch the Ctrl-C trap's
+# messages.
+bgto() { local f=$1; shift; "$@" >"$f" 2>&1 & wait $!; }
 # status_line: fleetd's main counters on one line.
 status_line() {
   "$BIN/fleetctl" status | awk -F '  +' '
@@ -118,11 +122,19 @@ if [ "$VAR" = "$(pwd)/var" ]; then
 else
   echo "== in another shell: KEYFLEET_CREDENTIAL=$KEYFLEET_CREDENTIAL bin/fleetctl status"
 fi
-echo "== $DEVICES agents running; rotating every device every ${EVERY}s (Ctrl-C to stop)"
+echo "== $DEVICES agents running; a staged identity campaign (20%, then 100%) every ${EVERY}s (Ctrl-C to stop)"
 warned=0
 bg sleep 2
 while true; do
-  bg "$BIN/fleetctl" rotate --all >/dev/null || echo "rotate request failed"
+  # A staged campaign, as an operator would run one: a canary of 20%, then
+  # everyone; it pauses itself if half the devices reached fail.
+  if bgto "$VAR/log/campaign.out" "$BIN/fleetctl" campaign create --kind identity --stages 20%,100% \
+    --max-failure 50% --device-timeout 1m --watch; then
+    echo "== $(tail -n 1 "$VAR/log/campaign.out")"
+  else
+    echo "== the campaign did not complete: $(tail -n 1 "$VAR/log/campaign.out") (fleetctl campaign list)"
+  fi
+
   bg sleep "$EVERY"
   bg "$BIN/fleetctl" devices || true
   bg status_line || true
