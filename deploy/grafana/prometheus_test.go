@@ -1,0 +1,475 @@
+package grafana
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/internal/mqttc"
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server"
+)
+
+// ruleFiles are keyfleet's rules, as an operator's Prometheus loads them.
+var ruleFiles = filepath.Join("..", "prometheus", "keyfleet-*.yml")
+
+// rule is one recording or alerting rule of a rules file.
+type rule struct {
+	Record string `yaml:"record"`
+	Alert  string `yaml:"alert"`
+	Expr   string `yaml:"expr"`
+}
+
+// readRules returns the rules of every file of ruleFiles, and the files.
+func readRules(t *testing.T) ([]rule, []string) {
+	t.Helper()
+	files, err := filepath.Glob(ruleFiles)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no rules %s: %v", ruleFiles, err)
+	}
+	var out []rule
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rf struct {
+			Groups []struct {
+				Rules []rule `yaml:"rules"`
+			} `yaml:"groups"`
+		}
+		if err := yaml.Unmarshal(b, &rf); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, g := range rf.Groups {
+			out = append(out, g.Rules...)
+		}
+	}
+	return out, files
+}
+
+// groupInterval matches a rule group's evaluation interval: the copies
+// Prometheus loads here are evaluated every second, so that the recorded
+// series exist within the test, not after a minute.
+var groupInterval = regexp.MustCompile(`(?m)^(\s*interval:\s*)\S+\s*$`)
+
+// probeRules is a rule file of this test alone: an alert named like
+// keyfleet's that fires at once. None of keyfleet's alerts fires in a
+// healthy fleet within seconds (they need failures, or 30 minutes of
+// `for`), and the on-call dashboard's alerts panel must be shown to read
+// the ALERTS series Prometheus writes for them.
+const probeRules = `groups:
+  - name: dashboard-probe
+    interval: 1s
+    rules:
+      - alert: KeyfleetDashboardProbe
+        expr: vector(1)
+        labels:
+          severity: ticket
+        annotations:
+          summary: "The dashboards test's probe"
+`
+
+// nothingToMeasure matches the expressions that may hold NaN here: the
+// test fails no rotation, so there is no recovery time (M10) to measure.
+// Every other expression must hold numbers once the test's events are
+// scraped.
+var nothingToMeasure = regexp.MustCompile(`recovery_duration_seconds`)
+
+// selector finds the series an alert reads: a keyfleet metric or recorded
+// series, with its label matchers.
+var selector = regexp.MustCompile(`keyfleet[a-z0-9_:]*(\{[^}]*\})?`)
+
+// TestExpressionsReturnData runs a real fleetd with agents through a
+// rotation, a revocation and a refused uplink while a real Prometheus
+// scrapes it every second and evaluates keyfleet's rules, then asks that
+// Prometheus every recording rule's expression and recorded series,
+// every alert's expression and the series it reads, and every dashboard
+// panel's query: each must parse, and each but the alerts' own
+// expressions (which hold only while the alert fires) must return data,
+// numbers rather than NaN.
+func TestExpressionsReturnData(t *testing.T) {
+	if _, err := exec.LookPath("prometheus"); err != nil {
+		t.Fatal("prometheus not found: run `make deps` (scripts/deps.sh --with-promtool installs Debian's prometheus package)")
+	}
+	rules, files := readRules(t)
+	dashboards := readDashboards(t)
+
+	f := fleettest.StartFleet(t, func(c *server.Config) { c.OpsAddr = "127.0.0.1:0"; c.Grace = time.Hour })
+	ctx := context.Background()
+	alpha, beta := f.AddDevice(t, "alpha"), f.AddDevice(t, "beta")
+	gamma := f.AddDevice(t, "gamma")
+	// Restarted, so that its fleet scan, at start and every 5 minutes,
+	// counts the devices.
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Restart(t)
+	runAgents(t, []string{alpha, beta})
+	eventually(t, 20*time.Second, "both agents connected", func() bool { return f.Broker().Connected() >= 3 })
+
+	prom := startPrometheus(t, f.OpsAddr(), files)
+	// Counters are scraped at zero before anything happens, so that rates
+	// and increases see the events below.
+	eventually(t, 30*time.Second, "two scrapes of fleetd", func() bool {
+		n, err := prom.count(`count_over_time(up{job="fleetd"}[1m]) >= 2 and up{job="fleetd"} == 1`)
+		return err == nil && n > 0
+	})
+
+	// A rotation, to activation.
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"alpha"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "alpha on v2", func() bool {
+		ds, err := f.Admin.Devices(ctx)
+		if err != nil {
+			return false
+		}
+		for _, d := range ds {
+			if d.ID == "alpha" && d.Active == 2 {
+				return true
+			}
+		}
+		return false
+	})
+	// A revocation: beta's agent comes back and is refused.
+	if _, err := f.Admin.Revoke(ctx, "beta", "lost"); err != nil {
+		t.Fatal(err)
+	}
+	// A refused uplink: garbage from gamma's own session.
+	publishGarbage(t, f, gamma)
+	eventually(t, 30*time.Second, "Prometheus to see the events", func() bool {
+		n, err := prom.count(`keyfleet_uplink_rejections_total{reason="malformed"} > 0
+			and on () keyfleet_revocations_total{result="revoked"} > 0
+			and on () keyfleet_rotations_total{result="activated"} > 0`)
+		return err == nil && n > 0
+	})
+
+	// What must return data, and what must only parse.
+	type check struct {
+		what, expr string
+		mayBeEmpty bool
+	}
+	var checks []check
+	for _, r := range rules {
+		if r.Record != "" {
+			checks = append(checks, check{what: "rule " + r.Record, expr: r.Expr},
+				check{what: "recorded series " + r.Record, expr: r.Record})
+			continue
+		}
+		checks = append(checks, check{what: "alert " + r.Alert, expr: r.Expr, mayBeEmpty: true})
+		seen := map[string]bool{}
+		for _, s := range selector.FindAllString(r.Expr, -1) {
+			if !seen[s] {
+				seen[s] = true
+				checks = append(checks, check{what: "alert " + r.Alert + " reads", expr: s})
+			}
+		}
+	}
+	for _, tg := range targets(dashboards) {
+		expr := grafanaVars.Replace(tg.expr)
+		if v := unknownVar.FindString(expr); v != "" {
+			t.Errorf("panel %s: variable %s has no value in this test", tg.where, v)
+			continue
+		}
+		checks = append(checks, check{what: "panel " + tg.where, expr: expr})
+	}
+
+	// Rules are evaluated every second and scrapes come every second:
+	// poll until every check holds, then report those that do not.
+	failing := map[int]string{}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		clear(failing)
+		for i, c := range checks {
+			r, err := prom.query(c.expr)
+			n := 0
+			if err == nil {
+				n, err = r.count()
+			}
+			switch {
+			case err != nil:
+				failing[i] = err.Error()
+			case n == 0 && !c.mayBeEmpty:
+				failing[i] = "no data"
+			case r.hasNaN() && !nothingToMeasure.MatchString(c.expr):
+				failing[i] = "NaN: " + string(r.Result)
+			}
+		}
+		if len(failing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	idx := make([]int, 0, len(failing))
+	for i := range failing {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		t.Errorf("%s: %s\n%s", checks[i].what, failing[i], checks[i].expr)
+	}
+	if len(failing) > 0 {
+		t.Logf("prometheus log:\n%s", prom.log.String())
+	}
+	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing",
+		len(checks), len(rules), len(targets(dashboards)), len(failing))
+}
+
+// prometheus is a running Prometheus and its HTTP API.
+type prometheus struct {
+	base string
+	log  *lockedBuffer
+}
+
+// apiResult is the data of /api/v1/query.
+type apiResult struct {
+	ResultType string          `json:"resultType"`
+	Result     json.RawMessage `json:"result"`
+}
+
+// query evaluates expr now through the HTTP API; an expression that does
+// not parse is an error.
+func (p prometheus) query(expr string) (apiResult, error) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.PostForm(p.base+"/api/v1/query", url.Values{"query": {expr}})
+	if err != nil {
+		return apiResult{}, fmt.Errorf("query: %w", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status    string    `json:"status"`
+		Data      apiResult `json:"data"`
+		ErrorType string    `json:"errorType"`
+		Error     string    `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return apiResult{}, fmt.Errorf("query: decode (HTTP %d): %w", resp.StatusCode, err)
+	}
+	if body.Status != "success" {
+		return apiResult{}, fmt.Errorf("query: %s: %s", body.ErrorType, body.Error)
+	}
+	return body.Data, nil
+}
+
+// count returns how many series (or samples) the result holds.
+func (r apiResult) count() (int, error) {
+	switch r.ResultType {
+	case "vector", "matrix":
+		var s []json.RawMessage
+		if err := json.Unmarshal(r.Result, &s); err != nil {
+			return 0, fmt.Errorf("query: %s result: %w", r.ResultType, err)
+		}
+		return len(s), nil
+	case "scalar", "string":
+		return 1, nil
+	}
+	return 0, fmt.Errorf("query: result type %q", r.ResultType)
+}
+
+// hasNaN reports whether a value of the result is NaN: a ratio or a
+// quantile of nothing.
+func (r apiResult) hasNaN() bool { return bytes.Contains(r.Result, []byte(`"NaN"`)) }
+
+// count returns how many series (or samples) expr returns now.
+func (p prometheus) count(expr string) (int, error) {
+	r, err := p.query(expr)
+	if err != nil {
+		return 0, err
+	}
+	return r.count()
+}
+
+// startPrometheus runs Prometheus on a free loopback port with its data
+// in a temporary directory, scraping fleetd's ops listener every second
+// and loading copies of rules (evaluated every second) and probeRules. It
+// stops Prometheus, its whole process group, when the test ends.
+func startPrometheus(t *testing.T, target string, rules []string) prometheus {
+	t.Helper()
+	dir := t.TempDir()
+	var loaded []string
+	for _, r := range rules {
+		b, err := os.ReadFile(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, filepath.Base(r))
+		if err := os.WriteFile(dst, groupInterval.ReplaceAll(b, []byte("${1}1s")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		loaded = append(loaded, dst)
+	}
+	probe := filepath.Join(dir, "dashboard-probe.yml")
+	if err := os.WriteFile(probe, []byte(probeRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loaded = append(loaded, probe)
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [%s]
+scrape_configs:
+  - job_name: fleetd
+    static_configs:
+      - targets: [%q]
+`, quoteAll(loaded), target)
+	cfgFile := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	log := &lockedBuffer{}
+	cmd := exec.Command("prometheus", "--config.file="+cfgFile, "--web.listen-address="+addr,
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--log.level=warn")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start prometheus: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	})
+	p := prometheus{base: "http://" + addr, log: log}
+	eventually(t, 30*time.Second, "prometheus ready", func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("prometheus exited: %v\n%s", err, log.String())
+		default:
+		}
+		c := http.Client{Timeout: time.Second}
+		resp, err := c.Get(p.base + "/-/ready")
+		if err != nil {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// freeAddr returns a loopback address free a moment ago, for a program
+// that takes its listen address on the command line.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// lockedBuffer collects a process's output from its copying goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *lockedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedBuffer) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.b.String() }
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runAgents starts an agent per keystore directory and stops them at the
+// end of the test. A revoked agent re-enrols soon with its birth
+// credential, which the broker refuses too.
+func runAgents(t *testing.T, dirs []string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, d := range dirs {
+		a, err := device.New(device.Options{Dir: d, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond,
+			ReconnectMax: time.Second, ReenrollAfter: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = a.Run(ctx) }()
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// publishGarbage connects with a device's real credential, as a broken or
+// hostile device would, and publishes bytes that are not a message on its
+// uplink topic: fleetd refuses them as malformed.
+func publishGarbage(t *testing.T, f *fleettest.Fleet, dir string) {
+	t.Helper()
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, _, err := ks.TLSCredential(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ks.ID().ID
+	var topics protocol.Topics
+	c, err := mqttc.Dial(context.Background(), mqttc.Options{
+		Broker: f.MQTTAddr(), ClientID: id, Subscriptions: []string{topics.Down(id)}, Timeout: 5 * time.Second,
+		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+	})
+	if err != nil {
+		t.Fatalf("dial as %s: %v", id, err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Publish(context.Background(), topics.Up(id), []byte{0xa1, 0x01, 0xff, 0x00, 0x13}); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+}
