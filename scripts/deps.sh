@@ -2,8 +2,9 @@
 # Installs what keyfleet's run and tests need from Debian's packages, when
 # missing: softhsm2 (the PKCS#11 token) always; with --with-mosquitto,
 # mosquitto (the second broker); with --with-chromium, chromium (the status
-# page's browser test); with --with-promtool, prometheus (for promtool,
-# which checks and tests the rules in deploy/prometheus; on a host with
+# page's browser test); with --with-promtool, prometheus (promtool checks
+# and tests the rules in deploy/prometheus, and the dashboards test runs
+# the server against fleetd; on a host with
 # systemd the package also enables a Prometheus server on :9090:
 # `systemctl disable --now prometheus` if it is not wanted).
 # Recommended packages are left out: prometheus recommends the node
