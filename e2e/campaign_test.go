@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,7 +14,9 @@ import (
 	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -50,12 +53,12 @@ func createCampaign(t *testing.T, c *client.Client, stages, maxFailure, rate str
 }
 
 // waitCampaign polls until cond holds for the campaign.
-func waitCampaign(t *testing.T, f *fleettest.Fleet, id string, timeout time.Duration, what string, cond func(adminapi.Campaign) bool) adminapi.Campaign {
+func waitCampaign(t *testing.T, admin *client.Client, id string, timeout time.Duration, what string, cond func(adminapi.Campaign) bool) adminapi.Campaign {
 	t.Helper()
 	var last adminapi.Campaign
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := f.Admin.Campaign(context.Background(), id, true)
+		c, err := admin.Campaign(context.Background(), id, true)
 		if err == nil { // else fleetd may be restarting
 			if last = c; cond(c) {
 				return c
@@ -119,7 +122,7 @@ func TestCampaignCompletesWithAwayDevices(t *testing.T) {
 	if got := []int{camp.StageProgress[0].Devices, camp.StageProgress[1].Devices, camp.StageProgress[2].Devices}; !slices.Equal(got, []int{3, 12, 15}) {
 		t.Fatalf("stage sizes %v, want 3, 12, 15", got)
 	}
-	done := waitCampaign(t, f, camp.ID, 90*time.Second, "campaign completed", func(c adminapi.Campaign) bool {
+	done := waitCampaign(t, f.Admin, camp.ID, 90*time.Second, "campaign completed", func(c adminapi.Campaign) bool {
 		return c.State == adminapi.CampaignStateCompleted
 	})
 	st := statuses(done)
@@ -146,7 +149,7 @@ func TestCampaignCompletesWithAwayDevices(t *testing.T) {
 
 	// The away devices come back and converge; the campaign reports it.
 	runAgents(t, absent, nil)
-	done = waitCampaign(t, f, camp.ID, 60*time.Second, "away devices converged", func(c adminapi.Campaign) bool {
+	done = waitCampaign(t, f.Admin, camp.ID, 60*time.Second, "away devices converged", func(c adminapi.Campaign) bool {
 		for id := range away {
 			if statuses(c)[id] != "succeeded" {
 				return false
@@ -187,7 +190,7 @@ func TestCampaignCanaryFailurePausesAndRollsBack(t *testing.T) {
 		return true
 	})
 	camp := createCampaign(t, f.Admin, "10%,50%,100%", "2%", "6000/min", 1, 3*time.Second)
-	paused := waitCampaign(t, f, camp.ID, 60*time.Second, "campaign paused", func(c adminapi.Campaign) bool {
+	paused := waitCampaign(t, f.Admin, camp.ID, 60*time.Second, "campaign paused", func(c adminapi.Campaign) bool {
 		return c.State != adminapi.CampaignStateRunning
 	})
 	if paused.State != adminapi.CampaignStatePaused || paused.Stage != 0 {
@@ -271,7 +274,7 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 	// A device whose enroll was lost in the restart asks again after the
 	// agent's step timeout (30 s): the device timeout leaves room for it.
 	camp := createCampaign(t, f.Admin, "10%,50%,100%", "2%", "120/min", 1, 2*time.Minute)
-	waitCampaign(t, f, camp.ID, 60*time.Second, "campaign in its second stage", func(c adminapi.Campaign) bool {
+	waitCampaign(t, f.Admin, camp.ID, 60*time.Second, "campaign in its second stage", func(c adminapi.Campaign) bool {
 		return c.Stage == 1 && c.StageProgress[1].Succeeded > 0 && c.StageProgress[1].Pending >= 4
 	})
 	if err := f.Close(); err != nil {
@@ -307,7 +310,7 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 	if got := after.StageProgress[0].Succeeded + after.StageProgress[1].Succeeded; got < succeeded {
 		t.Errorf("progress went back: %d succeeded before the restart, %d after", succeeded, got)
 	}
-	waitCampaign(t, f, camp.ID, 2*time.Minute, "campaign completed", func(c adminapi.Campaign) bool {
+	waitCampaign(t, f.Admin, camp.ID, 2*time.Minute, "campaign completed", func(c adminapi.Campaign) bool {
 		return c.State == adminapi.CampaignStateCompleted
 	})
 	eventually(t, 30*time.Second, "every device active at version 2", allAt(t, f.Admin, 30, 2))
@@ -323,6 +326,132 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 	for k, n := range seen {
 		if n != 1 || !strings.HasSuffix(k, " v2") {
 			t.Errorf("%s: %d times", k, n)
+		}
+	}
+}
+
+// fleetd, a process of its own, is SIGKILLed in the second stage of a
+// campaign (paced by the rate, with a rotation in flight) and started
+// again on the same data directory and ports: the campaign is still in
+// its second stage, completes, every device ends at version 2, and the
+// audit chain shows each device's version 2 requested and issued once.
+func TestCampaignResumesAfterSIGKILL(t *testing.T) {
+	const n = 20
+	dir := t.TempDir()
+	fp := startFleetdProc(t, dir, fmt.Sprintf("ckill-%d", os.Getpid()))
+	ctx := context.Background()
+	var dirs []string
+	for i := range n {
+		d := filepath.Join(dir, "devices", fmt.Sprintf("dev-%02d", i))
+		if _, err := provision.Device(ctx, fp.admin, filepath.Base(d), d, ""); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, d)
+	}
+	trail := &eventTrail{}
+	runAgents(t, dirs, func(o *device.Options) { o.OnEvent = trail.record })
+	t.Cleanup(func() {
+		if t.Failed() {
+			trail.dump(t)
+		}
+	})
+	eventually(t, 20*time.Second, "all agents connected", func() bool {
+		s, err := fp.admin.Status(ctx)
+		return err == nil && s.ConnectedClient >= n+1
+	})
+	// 2, 8 and 10 devices, one a second: the second stage lasts about
+	// eight seconds. A device whose step was lost in the kill is nudged
+	// after ten seconds, well inside the device timeout.
+	camp := createCampaign(t, fp.admin, "10%,50%,100%", "2%", "60/min", 1, 2*time.Minute)
+	killed := waitCampaign(t, fp.admin, camp.ID, 30*time.Second, "campaign in its second stage, a rotation in flight",
+		func(c adminapi.Campaign) bool {
+			p := c.StageProgress[1]
+			return c.Stage == 1 && p.Succeeded > 0 && p.InProgress > 0 && p.Pending >= 3
+		})
+	fp.kill(t)
+	t.Logf("killed fleetd in stage 2: %+v", killed.StageProgress[1])
+	killedAt := time.Now()
+
+	// What the killed fleetd left in its store is where it must resume.
+	bolt, err := store.OpenBolt(datadir.Paths{Dir: fp.data}.Store(), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := bolt.GetCampaign(ctx, camp.ID)
+	bolt.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left.Stage != 1 || left.State != store.CampaignRunning {
+		t.Fatalf("fleetd killed with the campaign in stage %d, %s; want stage 2, running", left.Stage+1, left.State)
+	}
+	succeeded := 0
+	for _, d := range left.Devices {
+		if d.Status == store.DeviceSucceeded {
+			succeeded++
+		}
+	}
+
+	fp.run(t)
+	fp.ready(t)
+	after, err := fp.admin.Campaign(ctx, camp.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Stage != 1 || after.State != adminapi.CampaignStateRunning {
+		t.Fatalf("right after the restart: stage %d, %s (%s); want stage 2, running", after.Stage+1, after.State, after.Reason)
+	}
+	if got := after.StageProgress[0].Succeeded + after.StageProgress[1].Succeeded; got < succeeded {
+		t.Errorf("progress went back: %d succeeded when killed, %d after the restart", succeeded, got)
+	}
+	done := waitCampaign(t, fp.admin, camp.ID, 45*time.Second, "campaign completed", func(c adminapi.Campaign) bool {
+		return c.State != adminapi.CampaignStateRunning
+	})
+	t.Logf("campaign %s %v after the kill: %s", done.State, time.Since(killedAt).Round(time.Millisecond), done.Reason)
+	if done.State != adminapi.CampaignStateCompleted {
+		t.Fatalf("campaign %s in stage %d (%s), want completed", done.State, done.Stage+1, done.Reason)
+	}
+	for id, s := range statuses(done) {
+		if s != "succeeded" {
+			t.Errorf("%s is %s in the campaign, want succeeded", id, s)
+		}
+	}
+	eventually(t, 15*time.Second, "every device active at version 2", allAt(t, fp.admin, n, 2))
+
+	// Stop fleetd and read its store: the chain verifies and each device's
+	// version 2 was requested once and issued once, no other version.
+	fp.stop(t)
+	st, err := store.OpenBolt(datadir.Paths{Dir: fp.data}.Store(), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := issuedOnce(t, st); got != n {
+		t.Errorf("certificates issued: got %d, want %d", got, n)
+	}
+	seen := map[string]int{}
+	for _, r := range auditRecords(t, st, "") {
+		if r.Action == "requested" || r.Action == "issued" {
+			seen[fmt.Sprintf("%s %s v%d", r.Action, r.Device, r.Version)]++
+		}
+	}
+	for _, d := range dirs {
+		for _, action := range []string{"requested", "issued"} {
+			if k := fmt.Sprintf("%s %s v2", action, filepath.Base(d)); seen[k] != 1 {
+				t.Errorf("%s: %d times, want once", k, seen[k])
+			}
+		}
+	}
+	if len(seen) != 2*n {
+		t.Errorf("%d distinct requested/issued records, want %d (one version per device): %v", len(seen), 2*n, seen)
+	}
+	for _, d := range dirs {
+		ks, err := device.OpenKeystore(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := ks.State(); s.Active != 2 || s.Pending != 0 {
+			t.Errorf("%s: keystore state %+v, want active 2", d, s)
 		}
 	}
 }

@@ -127,39 +127,90 @@ func killedBySIGKILL(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
+// fleetdProc is fleetd run as a process of its own on one data directory
+// and fixed addresses, so that a test can SIGKILL it and start it again on
+// the same state and ports.
+type fleetdProc struct {
+	t                            *testing.T
+	bin, data                    string
+	env, args                    []string
+	mqttAddr, adminAddr, opsAddr string
+	proc                         *proc // the running fleetd
+	admin                        *client.Client
+}
+
+// startFleetdProc initialises a data directory under dir with a token of
+// its own and starts fleetd on it, waiting until it is ready.
+func startFleetdProc(t *testing.T, dir, token string) *fleetdProc {
+	t.Helper()
+	bin := binaries(t)
+	fp := &fleetdProc{bin: filepath.Join(bin, "fleetd"), data: filepath.Join(dir, "fleetd"),
+		env:      []string{"KEYFLEET_HSM_PIN=crash-test-pin"},
+		mqttAddr: freeAddr(t), adminAddr: freeAddr(t), opsAddr: freeAddr(t)}
+	// Info level: the output is shown only when the test fails, and then
+	// every state change and refusal is what one needs.
+	fp.args = []string{"--data", fp.data, "--token", token, "--log-level", "info"}
+	initCmd := exec.Command(fp.bin, append([]string{"init", "--create-token"}, fp.args...)...)
+	initCmd.Env = append(os.Environ(), fp.env...)
+	if out, err := initCmd.CombinedOutput(); err != nil {
+		t.Fatalf("fleetd init: %v\n%s", err, out)
+	}
+	tc, err := client.LoadCredential(datadir.Paths{Dir: fp.data}.AdminDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp.admin = client.New(fp.adminAddr, tc)
+	fp.run(t)
+	fp.ready(t)
+	return fp
+}
+
+// run starts fleetd on the data directory and addresses, without waiting
+// for it.
+func (fp *fleetdProc) run(t *testing.T) {
+	t.Helper()
+	fp.proc = start(t, fp.env, fp.bin, append([]string{"run", "--mqtt-listen", fp.mqttAddr,
+		"--admin-listen", fp.adminAddr, "--ops-listen", fp.opsAddr, "--grace", "1h"}, fp.args...)...)
+}
+
+// ready waits until fleetd's admin API answers and it reports ready.
+func (fp *fleetdProc) ready(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := fp.admin.Status(ctx); return err == nil })
+	eventually(t, 20*time.Second, "fleetd ready", func() bool { return httpStatus("http://"+fp.opsAddr+"/readyz") == 200 })
+}
+
+// kill SIGKILLs the running fleetd and waits until it is gone.
+func (fp *fleetdProc) kill(t *testing.T) {
+	t.Helper()
+	if err := fp.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := fp.proc.wait(t, 10*time.Second); !killedBySIGKILL(err) {
+		t.Fatalf("fleetd exit: got %v, want killed by SIGKILL", err)
+	}
+}
+
+// stop stops the running fleetd with SIGTERM and fails unless it exits
+// cleanly: its store can then be opened by the test.
+func (fp *fleetdProc) stop(t *testing.T) {
+	t.Helper()
+	_ = fp.proc.cmd.Process.Signal(syscall.SIGTERM)
+	if err := fp.proc.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("fleetd did not stop cleanly: %v", err)
+	}
+}
+
 // fleetd is SIGKILLed while twenty rotations are in flight (half the
 // devices hold a certificate they have not confirmed, half have enrolled and
 // not yet received one) and restarted: every rotation completes and no
 // version is issued twice.
 func TestFleetdKilledMidRotation(t *testing.T) {
 	const n = 20
-	bin := binaries(t)
 	dir := t.TempDir()
-	data := filepath.Join(dir, "fleetd")
-	token := fmt.Sprintf("crash-%d", os.Getpid())
-	env := []string{"KEYFLEET_HSM_PIN=crash-test-pin"}
-	// Info level: the output is shown only when the test fails, and then
-	// every state change and refusal is what one needs.
-	common := []string{"--data", data, "--token", token, "--log-level", "info"}
-	initCmd := exec.Command(filepath.Join(bin, "fleetd"), append([]string{"init", "--create-token"}, common...)...)
-	initCmd.Env = append(os.Environ(), env...)
-	if out, err := initCmd.CombinedOutput(); err != nil {
-		t.Fatalf("fleetd init: %v\n%s", err, out)
-	}
-	mqttAddr, adminAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	run := func() *proc {
-		return start(t, env, filepath.Join(bin, "fleetd"), append([]string{"run", "--mqtt-listen", mqttAddr,
-			"--admin-listen", adminAddr, "--ops-listen", opsAddr, "--grace", "1h"}, common...)...)
-	}
-	fleetd := run()
-	tc, err := client.LoadCredential(datadir.Paths{Dir: data}.AdminDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := client.New(adminAddr, tc)
-	ctx := context.Background()
-	eventually(t, 20*time.Second, "fleetd up", func() bool { _, err := c.Status(ctx); return err == nil })
-	eventually(t, 20*time.Second, "fleetd ready", func() bool { return httpStatus("http://"+opsAddr+"/readyz") == 200 })
+	fp := startFleetdProc(t, dir, fmt.Sprintf("crash-%d", os.Getpid()))
+	c, ctx := fp.admin, context.Background()
 
 	var dirs []string
 	for i := 0; i < n; i++ {
@@ -204,22 +255,14 @@ func TestFleetdKilledMidRotation(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "every agent in mid-rotation", func() bool { return held.Load() == n })
 
-	if err := fleetd.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if err := fleetd.wait(t, 10*time.Second); !killedBySIGKILL(err) {
-		t.Fatalf("fleetd exit: got %v, want killed by SIGKILL", err)
-	}
-	fleetd = run()
+	fp.kill(t)
+	fp.run(t)
 	close(gate)
 	eventually(t, 60*time.Second, "all rotations complete after the restart", allAt(t, c, n, 2))
 
 	// Stop fleetd cleanly and read its store: each version issued once.
-	_ = fleetd.cmd.Process.Signal(syscall.SIGTERM)
-	if err := fleetd.wait(t, 20*time.Second); err != nil {
-		t.Fatalf("fleetd did not stop cleanly: %v", err)
-	}
-	st, err := store.OpenBolt(datadir.Paths{Dir: data}.Store(), store.BoltOptions{})
+	fp.stop(t)
+	st, err := store.OpenBolt(datadir.Paths{Dir: fp.data}.Store(), store.BoltOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
