@@ -61,7 +61,7 @@ func stages(c *store.Campaign) []Stage {
 	var out []Stage
 	from := 0
 	for i, to := range campaign.Targets(c) {
-		st := Stage{Name: fmt.Sprintf("%d (%g%%)", i+1, 100*c.Stages[i]), Total: to - from}
+		st := Stage{Name: fmt.Sprintf("%d (%.3g%%)", i+1, 100*c.Stages[i]), Total: to - from}
 		for _, d := range c.Devices[from:to] {
 			switch d.Status {
 			case store.DeviceSucceeded:
