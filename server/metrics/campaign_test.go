@@ -63,4 +63,14 @@ keyfleet_campaigns{state="running"} 0
 	if n := testutil.CollectAndCount(o.paused); n != 2 {
 		t.Errorf("%d self-pause series, want 2 (c1, c3)", n)
 	}
+	// M8 on the status page: stage 1's failed over reached, bad after a
+	// self-pause.
+	for _, x := range m.SLIs() {
+		if x.ID != "M8" {
+			continue
+		}
+		if want := "1 of 3 first-stage devices reached failed; 1 self-pauses: c1 1"; x.Value != "33.33%" || x.Detail != want || !x.Bad {
+			t.Errorf("M8: %q (%q, bad %v); want 33.33%% (%q, bad)", x.Value, x.Detail, x.Bad, want)
+		}
+	}
 }
