@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/provision"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -24,7 +26,7 @@ import (
 // keystore directories.
 func campaignFleet(t *testing.T, n int) (*fleettest.Fleet, []string) {
 	t.Helper()
-	f := fleettest.StartFleet(t, nil)
+	f := fleettest.StartFleet(t, func(c *server.Config) { c.OpsAddr = "127.0.0.1:0" })
 	var dirs []string
 	for i := range n {
 		dirs = append(dirs, f.AddDevice(t, fmt.Sprintf("dev-%02d", i)))
@@ -210,6 +212,24 @@ func TestCampaignCanaryFailurePausesAndRollsBack(t *testing.T) {
 	recs := auditRecords(t, f.Store(), "campaign-paused")
 	if len(recs) != 1 || !strings.HasPrefix(recs[0].Actor, "campaign:") {
 		t.Fatalf("campaign-paused audit records %+v, want one by the campaign itself", recs)
+	}
+
+	// The metrics name the campaign by its id: its self-pause, its canary
+	// failures, and one campaign paused; the status page shows it paused
+	// with its stages.
+	base := "http://" + f.Server.OpsAddr()
+	eventually(t, 10*time.Second, "the campaign's metrics", func() bool {
+		m := scrape(t, base)
+		pauses, _ := m.value("keyfleet_campaign_self_pauses_total", "campaign", camp.ID)
+		failed, _ := m.value("keyfleet_campaign_devices_total", "campaign", camp.ID, "stage", "1", "result", "failed")
+		later, ok := m.value("keyfleet_campaign_devices_total", "campaign", camp.ID, "stage", "2", "result", "failed")
+		state, _ := m.value("keyfleet_campaigns", "state", "paused")
+		return pauses == 1 && failed >= 1 && ok && later == 0 && state == 1
+	})
+	code, body := httpGet(base + "/")
+	if code != http.StatusOK || !strings.Contains(body, camp.ID) || !strings.Contains(body, `class="state paused"`) ||
+		!strings.Contains(body, "1 (10%)") || !strings.Contains(body, "3 (100%)") {
+		t.Errorf("status page: %d, want campaign %s paused with its three stages:\n%s", code, camp.ID, body)
 	}
 
 	// Let the last canary time out too, if it has not, then roll back.

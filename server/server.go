@@ -127,7 +127,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
 		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}}
-		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Now: cfg.Now, Logger: cfg.Logger})
+		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
+			Now: cfg.Now, Logger: cfg.Logger})
 		parts.Campaigns = c
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); c.Run(ctx) }()
@@ -137,7 +138,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.closers = append(s.closers, s.admin.Close)
 	page := statuspage.New(statuspage.Sources{Devices: s.st, Audit: s.st, Anchors: chain, Firmware: s.releases, SLIs: m,
-		Sessions: parts.Sessions}, statuspage.Options{Now: cfg.Now, Logger: cfg.Logger})
+		Sessions: parts.Sessions, Campaigns: statuspage.FromCampaigns(parts.Campaigns)}, statuspage.Options{Now: cfg.Now, Logger: cfg.Logger})
 	if s.cfg.OpsAddr, err = ops.Listen(ctx, cfg.OpsAddr, m.Handler(), page, ops.Ready{Store: s.st, Keys: s.keys, Broker: s.broker,
 		Link: &s.link}, cfg.Logger); err != nil { // closed when ctx ends
 		return nil, err

@@ -153,6 +153,20 @@ func TestExpressionsReturnData(t *testing.T) {
 		}
 		return false
 	})
+	// A campaign over alpha alone, to completion: its canary stage's
+	// outcome is what the M8 panel and rule read.
+	if _, err := f.Admin.Label(ctx, "alpha", adminapi.LabelRequest{Set: map[string]string{"canary": "yes"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Admin.CreateCampaign(ctx, adminapi.CampaignRequest{Kind: adminapi.CampaignKindIdentity, Selector: "canary=yes",
+		Stages: []float64{1}, MaxFailure: 0.5, MinReached: 1, DeviceTimeoutSeconds: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the campaign completed", func() bool {
+		got, err := f.Admin.Campaign(ctx, c.ID, false)
+		return err == nil && got.State == "completed"
+	})
 	// A revocation: beta's agent comes back and is refused.
 	if _, err := f.Admin.Revoke(ctx, "beta", "lost"); err != nil {
 		t.Fatal(err)
@@ -162,7 +176,8 @@ func TestExpressionsReturnData(t *testing.T) {
 	eventually(t, 30*time.Second, "Prometheus to see the events", func() bool {
 		n, err := prom.count(`keyfleet_uplink_rejections_total{reason="malformed"} > 0
 			and on () keyfleet_revocations_total{result="revoked"} > 0
-			and on () keyfleet_rotations_total{result="activated"} > 0`)
+			and on () keyfleet_rotations_total{result="activated"} > 0
+			and on () keyfleet_campaign_devices_total{stage="1", result="succeeded"} > 0`)
 		return err == nil && n > 0
 	})
 

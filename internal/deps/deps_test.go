@@ -48,6 +48,7 @@ func TestLinks(t *testing.T) {
 		{module + "/server/escrow", []string{"github.com/prometheus"}},
 		{module + "/server/release", []string{"github.com/prometheus"}},
 		{module + "/server/admin", []string{"github.com/prometheus"}},
+		{module + "/server/campaign", []string{"github.com/prometheus"}},
 		{module + "/adminapi", []string{module + "/server"}},
 		{module + "/adminapi/client", []string{module + "/server"}},
 	} {

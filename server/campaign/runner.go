@@ -34,6 +34,9 @@ func (s *Service) Step(ctx context.Context) {
 		s.opts.Logger.Error("campaigns not read", "err", err)
 		return
 	}
+	if s.opts.Observer != nil {
+		s.opts.Observer.Campaigns(cs)
+	}
 	for _, c := range cs {
 		if ctx.Err() != nil {
 			return
@@ -133,6 +136,7 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		d, err := s.opts.Store.GetDevice(ctx, cd.ID)
 		if errors.Is(err, store.ErrNotExist) {
 			cd.Status, cd.Finished, cd.Detail, changed = store.DeviceFailed, now, "device deleted", true
+			s.finished(c, i, ResultFailed)
 			continue
 		} else if err != nil {
 			s.opts.Logger.Warn("campaign device not read", "campaign", c.ID, "device", cd.ID, "err", err)
@@ -141,8 +145,10 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		switch out, why := kind.Outcome(d, cd.Version); {
 		case out == Succeeded:
 			cd.Status, cd.Finished, cd.Detail, changed = store.DeviceSucceeded, now, "", true
+			s.finished(c, i, ResultSucceeded)
 		case out == Failed:
 			cd.Status, cd.Finished, cd.Detail, changed = store.DeviceFailed, now, why, true
+			s.finished(c, i, ResultFailed)
 		case cd.Status == store.DeviceAway && s.connected(d, now):
 			// Back: its change goes on, timed from now.
 			cd.Status, cd.Started, cd.Detail, changed = store.DeviceInProgress, now, "came back", true
@@ -151,6 +157,7 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		case cd.Status == store.DeviceInProgress:
 			if !s.connected(d, cd.Started) {
 				cd.Status, cd.Detail, changed = store.DeviceAway, "not connected", true
+				s.finished(c, i, ResultAway)
 				continue
 			}
 			detail := fmt.Sprintf("timed out after %v while connected", c.DeviceTimeout)
@@ -159,6 +166,7 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 				continue
 			}
 			cd.Status, cd.Finished, cd.Detail, changed = store.DeviceFailed, now, detail, true
+			s.finished(c, i, ResultFailed)
 		}
 		if cd.Status == store.DeviceSucceeded || cd.Status == store.DeviceFailed {
 			delete(s.nudged, c.ID+"/"+cd.ID)
@@ -238,6 +246,9 @@ func (s *Service) checkFailures(c *store.Campaign) *store.Event {
 	c.State = store.CampaignPaused
 	c.Reason = fmt.Sprintf("paused itself in stage %d: %d of %d reached devices failed (%.1f%%, above %.1f%%)",
 		c.Stage+1, n.Failed, n.Reached(), 100*ratio, 100*c.MaxFailure)
+	if s.opts.Observer != nil {
+		s.opts.Observer.SelfPaused(c.ID)
+	}
 	return &store.Event{Action: "campaign-paused", Actor: "campaign:" + c.ID, Detail: "campaign " + c.ID + ": " + c.Reason}
 }
 
@@ -283,13 +294,16 @@ func (s *Service) start(ctx context.Context, c *store.Campaign, kind Kind, actor
 		switch {
 		case errors.Is(err, store.ErrNotExist), errors.Is(err, rotation.ErrRevoked):
 			cd.Status, cd.Finished, cd.Detail = store.DeviceFailed, now, err.Error()
+			s.finished(c, i, ResultFailed)
 		case err != nil:
 			if ctx.Err() != nil {
 				return true, ctx.Err()
 			}
 			cd.Status, cd.Finished, cd.Detail = store.DeviceFailed, now, "errored: "+err.Error()
+			s.finished(c, i, ResultFailed)
 		case s.opts.Sessions != nil && !s.opts.Sessions.Present(cd.ID):
 			cd.Status, cd.Detail = store.DeviceAway, "not connected"
+			s.finished(c, i, ResultAway)
 		}
 	}
 	return true, nil

@@ -42,6 +42,8 @@ type Options struct {
 	// Kinds by name (KindIdentity, ...).
 	Kinds    map[string]Kind
 	Sessions Sessions
+	// Observer hears devices finish and campaigns pause; nil: nobody.
+	Observer Observer
 	// Tick is how often running campaigns advance; default 1 s.
 	Tick   time.Duration
 	Now    func() time.Time

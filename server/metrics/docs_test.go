@@ -37,15 +37,22 @@ func TestEveryMetricDocumented(t *testing.T) {
 	for _, mf := range mfs {
 		names[mf.GetName()] = true
 	}
-	// The series that appear only with data (broker refusals) or with the
-	// embedded broker: their descriptions.
+	// The series that appear only with data (broker refusals, campaigns)
+	// or with the embedded broker: their descriptions.
 	ch := make(chan *prometheus.Desc, 64)
 	for _, c := range []prometheus.Collector{engineCollector{}, &auditCollector{}, &fleetCollector{}, hsmOps{}} {
 		c.Describe(ch)
 	}
+	// The campaign vectors, registered through the prefixing registerer,
+	// describe themselves without the prefix.
+	m.campaigns.devices.Describe(ch)
+	m.campaigns.paused.Describe(ch)
 	close(ch)
 	for d := range ch {
 		if sm := fqName.FindStringSubmatch(d.String()); sm != nil {
+			if strings.HasPrefix(sm[1], "campaign_") {
+				sm[1] = Namespace + "_" + sm[1]
+			}
 			names[sm[1]] = true
 		}
 	}

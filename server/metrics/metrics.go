@@ -53,6 +53,7 @@ type Metrics struct {
 	sign      prometheus.Histogram
 	audit     *auditCollector
 	fleet     *fleetCollector
+	campaigns *CampaignObserver
 
 	mu     sync.Mutex
 	failed map[recoveryKey]time.Time // open failures awaiting the device's next activation
@@ -120,6 +121,7 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	m.requested = newCounterVec(f, "rotations_requested_total", "Rotations requested (a version created pending), by slot.", "slot")
 	m.rotations = newCounterVec(f, "rotations_total",
 		"Rotations that ended, by slot and result: activated, failed, cancelled or revoked before activation.", "slot", "result")
+	m.campaigns = newCampaignObserver(f)
 	m.toRotate = newHistogramVec(f, "rotation_duration_seconds",
 		"Time from a rotation's request to the device's activation (M2).", rotationBuckets, "slot")
 	m.recovery = newHistogramVec(f, "recovery_duration_seconds",

@@ -94,8 +94,23 @@ func (m *Metrics) SLIs() []SLI {
 	m7.Bad = written < expected || f.sum("audit_chain_verified", nil) == 0 && f["keyfleet_audit_chain_verified"] != nil
 	out = append(out, m7)
 
-	out = append(out, SLI{ID: "M8", Name: "canary failure rate", Value: "no campaign",
-		Detail: "measured by campaigns' first stage"})
+	stage1 := func(result string) func(map[string]string) bool {
+		return func(l map[string]string) bool { return l["stage"] == "1" && (result == "" || l["result"] == result) }
+	}
+	canaryFailed := f.sum("campaign_devices_total", stage1("failed"))
+	canaryReached := canaryFailed + f.sum("campaign_devices_total", stage1("succeeded"))
+	pauses := f.sum("campaign_self_pauses_total", nil)
+	m8 := SLI{ID: "M8", Name: "canary failure rate", Value: "no campaign", Bad: pauses > 0,
+		Detail: "measured by campaigns' first stage"}
+	if len(f[Namespace+"_campaign_devices_total"].GetMetric()) > 0 {
+		m8.Value = "no device reached yet"
+		m8.Detail = fmt.Sprintf("%d of %d first-stage devices reached failed; %d self-pauses%s", int64(canaryFailed),
+			int64(canaryReached), int64(pauses), f.nonzero("campaign_self_pauses_total", "campaign"))
+	}
+	if canaryReached > 0 {
+		m8.Value = percent(canaryFailed / canaryReached)
+	}
+	out = append(out, m8)
 
 	exposure := f.sum("exposure_signals_total", nil)
 	out = append(out, SLI{ID: "M9", Name: "exposure signals", Value: fmt.Sprint(int64(exposure)), Bad: exposure > 0,
