@@ -18,7 +18,6 @@ import (
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // The filters of audit list become the API's query: times as RFC 3339 or a
@@ -64,12 +63,7 @@ func TestAuditQuery(t *testing.T) {
 // bbolt file makes verify (and the independent check) fail.
 func TestAuditCommands(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
-	run := func(args ...string) (string, string, int) {
-		var out, errOut bytes.Buffer
-		status := run(append([]string{"--admin", f.AdminAddr(), "--credential", cred}, args...), &out, &errOut)
-		return out.String(), errOut.String(), status
-	}
+	run := against(f)
 	mustRun := func(args ...string) string {
 		t.Helper()
 		out, errOut, status := run(args...)

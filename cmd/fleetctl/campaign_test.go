@@ -2,15 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // Bad create flags exit 1 naming the flag, before anything is sent.
@@ -51,24 +47,9 @@ func TestCampaignCreateFlags(t *testing.T) {
 // campaign's state forbids exits 1.
 func TestCampaignWatch(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
-	run := func(args ...string) (string, string, int) {
-		var out, errOut bytes.Buffer
-		status := run(append([]string{"--admin", f.AdminAddr(), "--credential", cred}, args...), &out, &errOut)
-		return out.String(), errOut.String(), status
-	}
+	run := against(f)
 	online := []string{f.AddDevice(t, "dev-1"), f.AddDevice(t, "dev-2")}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	for _, dir := range online {
-		a, err := device.New(device.Options{Dir: dir, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = a.Run(ctx) }()
-	}
+	startAgents(t, online...)
 	for _, id := range []string{"dev-1", "dev-2"} {
 		deadline := time.Now().Add(30 * time.Second)
 		for !f.Broker().Present(id) {

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +12,6 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server/datadir"
 )
 
 // One progress answer moves a waited-for rotation: finished states settle
@@ -87,12 +84,7 @@ func TestVerdict(t *testing.T) {
 // 1 for a rotation that cannot be requested.
 func TestRotateWait(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
-	cred := datadir.Paths{Dir: f.Config.DataDir}.AdminDir()
-	run := func(args ...string) (string, string, int) {
-		var out, errOut bytes.Buffer
-		status := run(append([]string{"--admin", f.AdminAddr(), "--credential", cred}, args...), &out, &errOut)
-		return out.String(), errOut.String(), status
-	}
+	run := against(f)
 	online := []string{f.AddDevice(t, "dev-on-1"), f.AddDevice(t, "dev-on-2")}
 	f.AddDevice(t, "dev-away")
 	silent(t, f.AddDevice(t, "dev-silent"), "dev-silent", f.MQTTAddr())
@@ -100,17 +92,7 @@ func TestRotateWait(t *testing.T) {
 	if _, err := f.Admin.Revoke(context.Background(), "dev-revoked", "test"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	for _, dir := range online {
-		a, err := device.New(device.Options{Dir: dir, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = a.Run(ctx) }()
-	}
+	startAgents(t, online...)
 	for _, id := range []string{"dev-on-1", "dev-on-2", "dev-silent"} {
 		eventually(t, 30*time.Second, id+" connected", func() bool {
 			p, err := f.Admin.RotationProgress(context.Background(), []adminapi.RotationRef{{Device: id, Version: 1}})
