@@ -1,0 +1,269 @@
+package grafana
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/simulator"
+)
+
+// The fleet Prometheus watches: simDevices run by the simulator with its
+// faults, and fragileDevices of the test's own, labelled fragileLabel,
+// whose downlinks the test can cut. Their ids ("fragile-N") sort before
+// the simulator's ("s…"), which does not matter: no campaign mixes them.
+const (
+	simDevices     = 50
+	fragileDevices = 3
+	fragileLabel   = "fragile"
+)
+
+// simFaults are the simulator's injected failures: agents that crash at a
+// step of their first rotation and restart from their keystore, agents
+// whose connection drops every few seconds, and messages lost or
+// delivered twice (agents report every second, so that fleetd resends).
+// They show in resent requests, reconnections and the rotations' times; a
+// fixed seed picks the same devices each run.
+var simFaults = simulator.Faults{
+	CrashFraction: 0.1,
+	FlapFraction:  0.04, FlapEvery: 3 * time.Second,
+	DropRate: 0.02, DupRate: 0.05, ReportEvery: time.Second,
+	Seed: 9,
+}
+
+// simulation is a simulator run in the background.
+type simulation struct {
+	devices string // the agents' keystore directories, one per device id
+	cancel  context.CancelFunc
+	done    chan struct{}
+	rep     *simulator.Report
+	err     error
+}
+
+// startSimulation runs the simulator against f: simDevices provisioned
+// through the admin API as fleetctl does, one real agent each, with
+// simFaults, kept connected (its soak mode, a few reconnecting each
+// minute) until stop. The test's campaigns and revocation are the work.
+func startSimulation(t *testing.T, f *fleettest.Fleet) *simulation {
+	t.Helper()
+	// The simulator points SOFTHSM2_CONF at a token directory of its own
+	// (for its baseline, unused here); restore the test binary's.
+	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF"))
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &simulation{devices: t.TempDir(), cancel: cancel, done: make(chan struct{})}
+	cfg := simulator.Config{
+		Devices: simDevices, Server: f.AdminAddr(), Credential: datadir.Paths{Dir: f.Config.DataDir}.AdminDir(),
+		Dir: t.TempDir(), DeviceDir: s.devices, Logger: fleettest.Logger(t), Soak: time.Hour, Faults: simFaults,
+		RoundTimeout: time.Minute,
+	}
+	go func() {
+		defer close(s.done)
+		s.rep, s.err = simulator.Run(ctx, cfg)
+	}()
+	t.Cleanup(func() { s.stop() })
+	return s
+}
+
+// stop ends the run and returns its report.
+func (s *simulation) stop() (*simulator.Report, error) {
+	s.cancel()
+	<-s.done
+	return s.rep, s.err
+}
+
+// failed reports a run that ended before stop: it failed to start.
+func (s *simulation) failed() error {
+	select {
+	case <-s.done:
+		return fmt.Errorf("simulator ended early: %v", s.err)
+	default:
+		return nil
+	}
+}
+
+// waitSimulated waits until the simulator's devices are provisioned,
+// connected and hold fleetd's delegation (saved in their keystores), as
+// the simulator's own start waits for, so that what follows happens in
+// its steady run; it returns their ids, sorted.
+func waitSimulated(t *testing.T, f *fleettest.Fleet, s *simulation) []string {
+	t.Helper()
+	var ids []string
+	delegated := map[string]bool{}
+	eventually(t, 90*time.Second, fmt.Sprintf("%d simulated devices connected", simDevices), func() bool {
+		if err := s.failed(); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := f.Admin.Devices(context.Background())
+		if err != nil {
+			return false
+		}
+		ids = ids[:0]
+		for _, d := range ds {
+			if d.Labels[fragileLabel] == "" {
+				ids = append(ids, d.ID)
+			}
+		}
+		if len(ids) < simDevices {
+			return false
+		}
+		for _, d := range ds {
+			if !f.Broker().Present(d.ID) {
+				return false
+			}
+		}
+		for _, id := range ids {
+			if !delegated[id] {
+				ks, err := device.OpenKeystore(filepath.Join(s.devices, id))
+				if err != nil || ks.Delegation() == nil {
+					return false
+				}
+				delegated[id] = true
+			}
+		}
+		return true
+	})
+	slices.Sort(ids)
+	return ids
+}
+
+// fragileLink drops every message to the device while cut: a device whose
+// radio hears nothing, though its session stays up. Its rotations time
+// out while it is connected, which a campaign counts as failed.
+type fragileLink struct{ cut atomic.Bool }
+
+func (l *fragileLink) link(dir string, payload []byte) [][]byte {
+	if dir == "down" && l.cut.Load() {
+		return nil
+	}
+	return [][]byte{payload}
+}
+
+// addFragile provisions the test's fragile devices, labelled, and returns
+// their keystore directories.
+func addFragile(t *testing.T, f *fleettest.Fleet) []string {
+	t.Helper()
+	var dirs []string
+	for i := range fragileDevices {
+		id := fmt.Sprintf("fragile-%d", i)
+		dirs = append(dirs, f.AddDevice(t, id))
+		if _, err := f.Admin.Label(context.Background(), id, adminapi.LabelRequest{Set: map[string]string{fragileLabel: "yes"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dirs
+}
+
+// runFragile starts an agent per directory on link and waits until each
+// holds fleetd's delegation, so that, once the link is mended, the
+// messages fleetd sends again are ones it can verify.
+func runFragile(t *testing.T, f *fleettest.Fleet, dirs []string, l *fragileLink) {
+	t.Helper()
+	var mu sync.Mutex
+	delegated := map[string]bool{}
+	runAgents(t, dirs, func(o *device.Options) {
+		o.Link = l.link
+		o.OnEvent = func(e device.Event) {
+			if e.Kind == device.EventDelegation {
+				mu.Lock()
+				delegated[e.Device] = true
+				mu.Unlock()
+			}
+		}
+	})
+	eventually(t, 30*time.Second, "the fragile agents connected", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range dirs {
+			if !delegated[filepath.Base(d)] || !f.Broker().Present(filepath.Base(d)) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// campaign creates an identity campaign and returns its id.
+func campaign(t *testing.T, f *fleettest.Fleet, req adminapi.CampaignRequest) string {
+	t.Helper()
+	req.Kind = adminapi.CampaignKindIdentity
+	c, err := f.Admin.CreateCampaign(context.Background(), req)
+	if err != nil {
+		t.Fatalf("campaign %q: %v", req.Selector, err)
+	}
+	return c.ID
+}
+
+// waitCampaign waits until campaign id leaves the running state and
+// returns it.
+func waitCampaign(t *testing.T, f *fleettest.Fleet, s *simulation, id string, timeout time.Duration) adminapi.Campaign {
+	t.Helper()
+	var c adminapi.Campaign
+	eventually(t, timeout, "campaign "+id+" to stop running", func() bool {
+		if err := s.failed(); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		c, err = f.Admin.Campaign(context.Background(), id, false)
+		return err == nil && c.State != adminapi.CampaignStateRunning
+	})
+	return c
+}
+
+// driveFleet is the fleet's day while Prometheus scrapes: a revocation; a
+// staged campaign over the simulated fleet, through its faults, to
+// completion; a campaign over the fragile devices, their link cut, which
+// pauses itself in its canary stage and is rolled back; then, the link
+// mended, one that rotates them, so that their failed and cancelled
+// rotations recover (M10).
+func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, fragile *fragileLink) {
+	t.Helper()
+	ctx := context.Background()
+	// M5: the last simulated device is revoked; its agent comes back and
+	// the broker refuses it.
+	if _, err := f.Admin.Revoke(ctx, ids[len(ids)-1], "lost"); err != nil {
+		t.Fatal(err)
+	}
+	// Tolerant of the injected faults: half the reached devices of a stage
+	// may fail, judged once three were reached.
+	fleet := campaign(t, f, adminapi.CampaignRequest{Selector: "!" + fragileLabel, Stages: []float64{0.1, 0.5, 1},
+		MaxFailure: 0.5, MinReached: 3, DeviceTimeoutSeconds: 20})
+
+	// The canary stage is two of the three fragile devices, started five
+	// seconds apart (12 a minute): the first times out at 8 s and pauses
+	// the campaign while the second is still in progress, which the
+	// rollback cancels.
+	fragile.cut.Store(true)
+	canary := campaign(t, f, adminapi.CampaignRequest{Selector: fragileLabel + "=yes", Stages: []float64{0.6, 1},
+		MaxFailure: 0, MinReached: 1, Rate: 12, DeviceTimeoutSeconds: 8})
+	paused := waitCampaign(t, f, s, canary, 60*time.Second)
+	if paused.State != adminapi.CampaignStatePaused || paused.Stage != 0 || !strings.Contains(paused.Reason, "paused itself") {
+		t.Fatalf("canary campaign %s in stage %d (%s), want paused itself in stage 1", paused.State, paused.Stage+1, paused.Reason)
+	}
+	rb, err := f.Admin.CampaignAction(ctx, canary, adminapi.CampaignRollback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rb.State != adminapi.CampaignStateRolledBack || !strings.Contains(rb.Reason, ": 1 unfinished") {
+		t.Fatalf("after rollback: %s (%s), want rolled back with one change cancelled", rb.State, rb.Reason)
+	}
+	fragile.cut.Store(false)
+	again := campaign(t, f, adminapi.CampaignRequest{Selector: fragileLabel + "=yes", Stages: []float64{0.5, 1},
+		MaxFailure: 0.5, MinReached: 1, DeviceTimeoutSeconds: 20})
+
+	for _, id := range []string{fleet, again} {
+		if c := waitCampaign(t, f, s, id, 90*time.Second); c.State != adminapi.CampaignStateCompleted {
+			t.Fatalf("campaign %s (%s) %s: %s", id, c.Selector, c.State, c.Reason)
+		}
+	}
+}
