@@ -129,20 +129,28 @@ func TestExpressionsReturnData(t *testing.T) {
 		return err == nil && n > 0
 	})
 
+	t0 := time.Now()
 	sim := startSimulation(t, f)
 	ids := waitSimulated(t, f, sim)
+	t.Logf("simulated fleet of %d provisioned and connected in %.1f s", len(ids), time.Since(t0).Seconds())
+	t1 := time.Now()
 	driveFleet(t, f, sim, ids, fragile)
-	eventually(t, 30*time.Second, "Prometheus to see the events", func() bool {
-		n, err := prom.count(`sum(keyfleet_recovery_duration_seconds_count) > 0
-			and on () sum(keyfleet_campaign_self_pauses_total) > 0
-			and on () sum(keyfleet_campaigns{state="rolled-back"}) > 0
-			and on () keyfleet_revocations_total{result="revoked"} > 0
-			and on () sum(keyfleet_broker_denials_total{reason=~"auth:.*"}) > 0
-			and on () keyfleet_rotations_total{result="failed"} > 0
-			and on () keyfleet_rotations_total{result="cancelled"} > 0
-			and on () keyfleet_rotations_total{result="activated"} > ` + fmt.Sprint(simDevices/2) + `
-			and on () keyfleet_resent_total > 0`)
-		return err == nil && n > 0
+	t.Logf("revocation and campaigns done in %.1f s", time.Since(t1).Seconds())
+	// What the run must have shown before the expressions are asked: each
+	// event the rules and panels read, and the injected faults' traces
+	// (duplicated uplinks refused as replays, lost messages resent).
+	prom.waitFor(t, 30*time.Second, []string{
+		`keyfleet_rotations_total{result="activated"} > ` + fmt.Sprint(simDevices/2),
+		`keyfleet_rotations_total{result="failed"} > 0`,
+		`keyfleet_rotations_total{result="cancelled"} > 0`,
+		`sum(keyfleet_recovery_duration_seconds_count) > 0`,
+		`sum(keyfleet_campaign_self_pauses_total) > 0`,
+		`keyfleet_campaigns{state="rolled-back"} > 0`,
+		`keyfleet_campaigns{state="completed"} > 1`,
+		`keyfleet_revocations_total{result="revoked"} > 0`,
+		`sum(keyfleet_broker_denials_total{reason=~"auth:.*"}) > 0`,
+		`keyfleet_uplink_rejections_total{reason="replay"} > 0`,
+		`keyfleet_resent_total > 0`,
 	})
 
 	// What must return data, and what must only parse.
@@ -214,6 +222,18 @@ func TestExpressionsReturnData(t *testing.T) {
 	}
 	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing",
 		len(checks), len(rules), len(targets(dashboards)), len(failing))
+	// The run's figures, as Prometheus holds them.
+	for _, e := range []string{
+		`sum by (result) (keyfleet_rotations_total)`,
+		`keyfleet:campaign_canary_failures:ratio`,
+		`keyfleet:revocation_duration_seconds:p99_rate1h`,
+		`keyfleet:recovery_duration_seconds:p99_rate1d`,
+		`keyfleet:rotation_duration_seconds:p99_rate1h`,
+		`keyfleet_uplink_rejections_total > 0`,
+		`keyfleet_resent_total`,
+	} {
+		t.Logf("%s: %s", e, prom.show(e))
+	}
 
 	rep, err := sim.stop()
 	if err != nil {
@@ -281,6 +301,51 @@ func (r apiResult) count() (int, error) {
 // hasNaN reports whether a value of the result is NaN: a ratio or a
 // quantile of nothing.
 func (r apiResult) hasNaN() bool { return bytes.Contains(r.Result, []byte(`"NaN"`)) }
+
+// waitFor polls until every expression returns data, and fails the test
+// naming those that do not when timeout passes.
+func (p prometheus) waitFor(t *testing.T, timeout time.Duration, exprs []string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		for _, e := range exprs {
+			if n, err := p.count(e); err != nil || n == 0 {
+				missing = append(missing, fmt.Sprintf("%s (%v)", e, err))
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v, Prometheus has no data for:\n%s", timeout, strings.Join(missing, "\n"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// show returns expr's instant vector as `{labels} value` items, for a log.
+func (p prometheus) show(expr string) string {
+	r, err := p.query(expr)
+	if err != nil {
+		return err.Error()
+	}
+	var v []struct {
+		Metric map[string]string `json:"metric"`
+		Value  [2]any            `json:"value"`
+	}
+	if err := json.Unmarshal(r.Result, &v); err != nil {
+		return string(r.Result)
+	}
+	out := make([]string, len(v))
+	for i, s := range v {
+		for _, l := range []string{"__name__", "instance", "job"} {
+			delete(s.Metric, l)
+		}
+		out[i] = fmt.Sprintf("%v %v", s.Metric, s.Value[1])
+	}
+	return strings.Join(out, "; ")
+}
 
 // count returns how many series (or samples) expr returns now.
 func (p prometheus) count(expr string) (int, error) {
