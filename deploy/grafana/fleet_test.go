@@ -20,9 +20,8 @@ import (
 )
 
 // The fleet Prometheus watches: simDevices run by the simulator with its
-// faults, and fragileDevices of the test's own, labelled fragileLabel,
-// whose downlinks the test can cut. Their ids ("fragile-N") sort before
-// the simulator's ("s…"), which does not matter: no campaign mixes them.
+// faults, and fragileDevices of the test's own (see fragile), labelled
+// fragileLabel. No campaign mixes the two.
 const (
 	simDevices     = 50
 	fragileDevices = 3
@@ -117,12 +116,10 @@ func waitSimulated(t *testing.T, f *fleettest.Fleet, s *simulation) []string {
 		if len(ids) < simDevices {
 			return false
 		}
-		for _, d := range ds {
-			if !f.Broker().Present(d.ID) {
+		for _, id := range ids {
+			if !f.Broker().Present(id) {
 				return false
 			}
-		}
-		for _, id := range ids {
 			if !delegated[id] {
 				ks, err := device.OpenKeystore(filepath.Join(s.devices, id))
 				if err != nil || ks.Delegation() == nil {
@@ -137,55 +134,71 @@ func waitSimulated(t *testing.T, f *fleettest.Fleet, s *simulation) []string {
 	return ids
 }
 
-// fragileLink drops every message to the device while cut: a device whose
-// radio hears nothing, though its session stays up. Its rotations time
-// out while it is connected, which a campaign counts as failed.
-type fragileLink struct{ cut atomic.Bool }
+// fragile is the test's own devices, labelled fragileLabel: "fragile-0"
+// and "fragile-2" run from the start on a link the test can cut (their
+// radio hears nothing while their session stays up, so a rotation times
+// out while they are connected, which a campaign counts as failed);
+// "fragile-1" is switched off until the test starts it (a campaign finds
+// it away).
+type fragile struct {
+	f    *fleettest.Fleet
+	dirs []string
+	cut  atomic.Bool
 
-func (l *fragileLink) link(dir string, payload []byte) [][]byte {
-	if dir == "down" && l.cut.Load() {
+	mu        sync.Mutex
+	delegated map[string]bool
+}
+
+// The fragile device that is off until started.
+const offFragile = "fragile-1"
+
+// addFragile provisions the test's fragile devices, labelled.
+func addFragile(t *testing.T, f *fleettest.Fleet) *fragile {
+	t.Helper()
+	fr := &fragile{f: f, delegated: map[string]bool{}}
+	for i := range fragileDevices {
+		id := fmt.Sprintf("fragile-%d", i)
+		fr.dirs = append(fr.dirs, f.AddDevice(t, id))
+		if _, err := f.Admin.Label(context.Background(), id, adminapi.LabelRequest{Set: map[string]string{fragileLabel: "yes"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fr
+}
+
+func (fr *fragile) link(dir string, payload []byte) [][]byte {
+	if dir == "down" && fr.cut.Load() {
 		return nil
 	}
 	return [][]byte{payload}
 }
 
-// addFragile provisions the test's fragile devices, labelled, and returns
-// their keystore directories.
-func addFragile(t *testing.T, f *fleettest.Fleet) []string {
+// start runs the agents of the fragile devices that on selects and waits
+// until each holds fleetd's delegation, so that, once the link is mended,
+// the messages fleetd sends again are ones it can verify.
+func (fr *fragile) start(t *testing.T, on func(id string) bool) {
 	t.Helper()
 	var dirs []string
-	for i := range fragileDevices {
-		id := fmt.Sprintf("fragile-%d", i)
-		dirs = append(dirs, f.AddDevice(t, id))
-		if _, err := f.Admin.Label(context.Background(), id, adminapi.LabelRequest{Set: map[string]string{fragileLabel: "yes"}}); err != nil {
-			t.Fatal(err)
+	for _, d := range fr.dirs {
+		if on(filepath.Base(d)) {
+			dirs = append(dirs, d)
 		}
 	}
-	return dirs
-}
-
-// runFragile starts an agent per directory on link and waits until each
-// holds fleetd's delegation, so that, once the link is mended, the
-// messages fleetd sends again are ones it can verify.
-func runFragile(t *testing.T, f *fleettest.Fleet, dirs []string, l *fragileLink) {
-	t.Helper()
-	var mu sync.Mutex
-	delegated := map[string]bool{}
 	runAgents(t, dirs, func(o *device.Options) {
-		o.Link = l.link
+		o.Link = fr.link
 		o.OnEvent = func(e device.Event) {
 			if e.Kind == device.EventDelegation {
-				mu.Lock()
-				delegated[e.Device] = true
-				mu.Unlock()
+				fr.mu.Lock()
+				fr.delegated[e.Device] = true
+				fr.mu.Unlock()
 			}
 		}
 	})
-	eventually(t, 30*time.Second, "the fragile agents connected", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+	eventually(t, 30*time.Second, fmt.Sprintf("%d fragile agents connected", len(dirs)), func() bool {
+		fr.mu.Lock()
+		defer fr.mu.Unlock()
 		for _, d := range dirs {
-			if !delegated[filepath.Base(d)] || !f.Broker().Present(filepath.Base(d)) {
+			if !fr.delegated[filepath.Base(d)] || !fr.f.Broker().Present(filepath.Base(d)) {
 				return false
 			}
 		}
@@ -214,7 +227,7 @@ func waitCampaign(t *testing.T, f *fleettest.Fleet, s *simulation, id string, ti
 			t.Fatal(err)
 		}
 		var err error
-		c, err = f.Admin.Campaign(context.Background(), id, false)
+		c, err = f.Admin.Campaign(context.Background(), id, true)
 		return err == nil && c.State != adminapi.CampaignStateRunning
 	})
 	return c
@@ -224,9 +237,9 @@ func waitCampaign(t *testing.T, f *fleettest.Fleet, s *simulation, id string, ti
 // staged campaign over the simulated fleet, through its faults, to
 // completion; a campaign over the fragile devices, their link cut, which
 // pauses itself in its canary stage and is rolled back; then, the link
-// mended, one that rotates them, so that their failed and cancelled
-// rotations recover (M10).
-func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, fragile *fragileLink) {
+// mended and the device that was off started, one that rotates them, so
+// that their failed and cancelled rotations recover (M10).
+func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, fr *fragile) {
 	t.Helper()
 	ctx := context.Background()
 	// M5: the last simulated device is revoked; its agent comes back and
@@ -239,25 +252,27 @@ func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, f
 	fleet := campaign(t, f, adminapi.CampaignRequest{Selector: "!" + fragileLabel, Stages: []float64{0.1, 0.5, 1},
 		MaxFailure: 0.5, MinReached: 3, DeviceTimeoutSeconds: 20})
 
-	// The canary stage is two of the three fragile devices, started five
-	// seconds apart (12 a minute): the first times out at 8 s and pauses
-	// the campaign while the second is still in progress, which the
-	// rollback cancels.
-	fragile.cut.Store(true)
+	// The canary stage is fragile-0, its link cut, and fragile-1, off: the
+	// first times out while connected and pauses the campaign; the second
+	// is away, its rotation open, which the rollback cancels.
+	fr.cut.Store(true)
 	canary := campaign(t, f, adminapi.CampaignRequest{Selector: fragileLabel + "=yes", Stages: []float64{0.6, 1},
-		MaxFailure: 0, MinReached: 1, Rate: 12, DeviceTimeoutSeconds: 8})
+		MaxFailure: 0, MinReached: 1, DeviceTimeoutSeconds: 4})
 	paused := waitCampaign(t, f, s, canary, 60*time.Second)
 	if paused.State != adminapi.CampaignStatePaused || paused.Stage != 0 || !strings.Contains(paused.Reason, "paused itself") {
-		t.Fatalf("canary campaign %s in stage %d (%s), want paused itself in stage 1", paused.State, paused.Stage+1, paused.Reason)
+		t.Fatalf("canary campaign %s in stage %d (%s), want paused itself in stage 1: %+v",
+			paused.State, paused.Stage+1, paused.Reason, paused.Devices)
 	}
 	rb, err := f.Admin.CampaignAction(ctx, canary, adminapi.CampaignRollback)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rb.State != adminapi.CampaignStateRolledBack || !strings.Contains(rb.Reason, ": 1 unfinished") {
-		t.Fatalf("after rollback: %s (%s), want rolled back with one change cancelled", rb.State, rb.Reason)
+		t.Fatalf("after rollback: %s (%s), want rolled back with the away device's rotation cancelled; paused as %+v",
+			rb.State, rb.Reason, paused.Devices)
 	}
-	fragile.cut.Store(false)
+	fr.cut.Store(false)
+	fr.start(t, func(id string) bool { return id == offFragile })
 	again := campaign(t, f, adminapi.CampaignRequest{Selector: fragileLabel + "=yes", Stages: []float64{0.5, 1},
 		MaxFailure: 0.5, MinReached: 1, DeviceTimeoutSeconds: 20})
 

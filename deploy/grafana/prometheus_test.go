@@ -96,8 +96,9 @@ var selector = regexp.MustCompile(`keyfleet[a-z0-9_:]*(\{[^}]*\})?`)
 // the simulator runs 50 devices against it with injected faults
 // (crashes, flapping links, lost and duplicated messages) while the test
 // revokes one, runs a staged campaign over them, and runs one over
-// devices of its own whose downlinks it cuts, which pauses itself in its
-// canary stage, is rolled back, and whose devices recover in a third.
+// devices of its own, one with its downlinks cut and one switched off,
+// which pauses itself in its canary stage and is rolled back; their
+// rotations, failed and cancelled, recover in a third (M10).
 // Then it asks that Prometheus every recording rule's expression and
 // recorded series, every alert's expression and the series it reads, and
 // every dashboard panel's query: each must parse, and each but the
@@ -111,15 +112,14 @@ func TestExpressionsReturnData(t *testing.T) {
 	dashboards := readDashboards(t)
 
 	f := fleettest.StartFleet(t, func(c *server.Config) { c.OpsAddr = "127.0.0.1:0"; c.Grace = time.Hour })
-	fragileDirs := addFragile(t, f)
+	fr := addFragile(t, f)
 	// Restarted, so that its fleet scan, at start and every 5 minutes,
 	// counts devices.
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	f.Restart(t)
-	fragile := &fragileLink{}
-	runFragile(t, f, fragileDirs, fragile)
+	fr.start(t, func(id string) bool { return id != offFragile })
 
 	prom := startPrometheus(t, f.OpsAddr(), files)
 	// Counters are scraped at zero before anything happens, so that rates
@@ -134,7 +134,7 @@ func TestExpressionsReturnData(t *testing.T) {
 	ids := waitSimulated(t, f, sim)
 	t.Logf("simulated fleet of %d provisioned and connected in %.1f s", len(ids), time.Since(t0).Seconds())
 	t1 := time.Now()
-	driveFleet(t, f, sim, ids, fragile)
+	driveFleet(t, f, sim, ids, fr)
 	t.Logf("revocation and campaigns done in %.1f s", time.Since(t1).Seconds())
 	// What the run must have shown before the expressions are asked: each
 	// event the rules and panels read, and the injected faults' traces
