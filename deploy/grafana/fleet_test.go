@@ -60,7 +60,7 @@ func startSimulation(t *testing.T, f *fleettest.Fleet) *simulation {
 	// (for its baseline, unused here); restore the test binary's.
 	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF"))
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &simulation{devices: t.TempDir(), cancel: cancel, done: make(chan struct{})}
+	s := &simulation{devices: memDir(t), cancel: cancel, done: make(chan struct{})}
 	cfg := simulator.Config{
 		Devices: simDevices, Server: f.AdminAddr(), Credential: datadir.Paths{Dir: f.Config.DataDir}.AdminDir(),
 		Dir: t.TempDir(), DeviceDir: s.devices, Logger: fleettest.Logger(t), Soak: time.Hour, Faults: simFaults,
@@ -72,6 +72,19 @@ func startSimulation(t *testing.T, f *fleettest.Fleet) *simulation {
 	}()
 	t.Cleanup(func() { s.stop() })
 	return s
+}
+
+// memDir returns a temporary directory in /dev/shm when there is one, as
+// the simulator's own default for keystores: fifty agents writing small
+// files would otherwise wait on a disk the other tests share.
+func memDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/dev/shm", "keyfleet-grafana-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	return d
 }
 
 // stop ends the run and returns its report.

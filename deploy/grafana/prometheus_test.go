@@ -139,6 +139,7 @@ func TestExpressionsReturnData(t *testing.T) {
 	// What the run must have shown before the expressions are asked: each
 	// event the rules and panels read, and the injected faults' traces
 	// (duplicated uplinks refused as replays, lost messages resent).
+	t2 := time.Now()
 	prom.waitFor(t, 30*time.Second, []string{
 		`keyfleet_rotations_total{result="activated"} > ` + fmt.Sprint(simDevices/2),
 		`keyfleet_rotations_total{result="failed"} > 0`,
@@ -220,8 +221,8 @@ func TestExpressionsReturnData(t *testing.T) {
 	if len(failing) > 0 {
 		t.Logf("prometheus log:\n%s", prom.log.String())
 	}
-	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing",
-		len(checks), len(rules), len(targets(dashboards)), len(failing))
+	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing, %.1f s after the events",
+		len(checks), len(rules), len(targets(dashboards)), len(failing), time.Since(t2).Seconds())
 	// The run's figures, as Prometheus holds them.
 	for _, e := range []string{
 		`sum by (result) (keyfleet_rotations_total)`,
