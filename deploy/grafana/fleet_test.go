@@ -251,8 +251,9 @@ func waitCampaign(t *testing.T, f *fleettest.Fleet, s *simulation, id string, ti
 // completion; a campaign over the fragile devices, their link cut, which
 // pauses itself in its canary stage and is rolled back; then, the link
 // mended and the device that was off started, one that rotates them, so
-// that their failed and cancelled rotations recover (M10).
-func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, fr *fragile) {
+// that their failed and cancelled rotations recover (M10). It returns the
+// id of the campaign that paused itself.
+func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, fr *fragile) string {
 	t.Helper()
 	ctx := context.Background()
 	// M5: the last simulated device is revoked; its agent comes back and
@@ -294,4 +295,5 @@ func driveFleet(t *testing.T, f *fleettest.Fleet, s *simulation, ids []string, f
 			t.Fatalf("campaign %s (%s) %s: %s", id, c.Selector, c.State, c.Reason)
 		}
 	}
+	return canary
 }

@@ -134,11 +134,12 @@ func TestExpressionsReturnData(t *testing.T) {
 	ids := waitSimulated(t, f, sim)
 	t.Logf("simulated fleet of %d provisioned and connected in %.1f s", len(ids), time.Since(t0).Seconds())
 	t1 := time.Now()
-	driveFleet(t, f, sim, ids, fr)
+	paused := driveFleet(t, f, sim, ids, fr)
 	t.Logf("revocation and campaigns done in %.1f s", time.Since(t1).Seconds())
 	// What the run must have shown before the expressions are asked: each
-	// event the rules and panels read, and the injected faults' traces
-	// (duplicated uplinks refused as replays, lost messages resent).
+	// event the rules and panels read, the injected faults' traces
+	// (duplicated uplinks refused as replays, lost messages resent), and
+	// the page for the campaign that paused itself, firing.
 	t2 := time.Now()
 	prom.waitFor(t, 30*time.Second, []string{
 		`keyfleet_rotations_total{result="activated"} > ` + fmt.Sprint(simDevices/2),
@@ -152,6 +153,7 @@ func TestExpressionsReturnData(t *testing.T) {
 		`sum(keyfleet_broker_denials_total{reason=~"auth:.*"}) > 0`,
 		`keyfleet_uplink_rejections_total{reason="replay"} > 0`,
 		`keyfleet_resent_total > 0`,
+		`ALERTS{alertname="KeyfleetCampaignPaused", alertstate="firing", severity="page", campaign="` + paused + `"}`,
 	})
 
 	// What must return data, and what must only parse.
