@@ -146,6 +146,8 @@ func TestExpressionsReturnData(t *testing.T) {
 		`keyfleet_rotations_total{result="failed"} > 0`,
 		`keyfleet_rotations_total{result="cancelled"} > 0`,
 		`sum(keyfleet_recovery_duration_seconds_count) > 0`,
+		`sum(keyfleet_campaign_devices_total{stage="1", result="succeeded"}) > 0`,
+		`sum(keyfleet_campaign_devices_total{stage="1", result="failed"}) > 0`,
 		`sum(keyfleet_campaign_self_pauses_total) > 0`,
 		`keyfleet_campaigns{state="rolled-back"} > 0`,
 		`keyfleet_campaigns{state="completed"} > 1`,
