@@ -3,8 +3,9 @@
 // into Grafana (docs/observability.md, "Dashboards"); these tests check
 // that each is well formed, and that every expression of every panel, and
 // every recording and alerting rule of deploy/prometheus, parses and
-// returns data in a real Prometheus scraping a real fleetd. It has no
-// non-test code.
+// returns data in a real Prometheus scraping a real fleetd through a
+// simulator run with campaigns, a revocation and injected faults. It has
+// no non-test code.
 //
 // # Caveats
 //

@@ -3,7 +3,6 @@ package grafana
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,11 +22,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
-	"github.com/keyfleet/keyfleet/internal/mqttc"
-	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server"
 )
 
@@ -91,24 +87,23 @@ const probeRules = `groups:
           summary: "The dashboards test's probe"
 `
 
-// nothingToMeasure matches the expressions that may hold NaN here: the
-// test fails no rotation, so there is no recovery time (M10) to measure.
-// Every other expression must hold numbers once the test's events are
-// scraped.
-var nothingToMeasure = regexp.MustCompile(`recovery_duration_seconds`)
-
 // selector finds the series an alert reads: a keyfleet metric or recorded
 // series, with its label matchers.
 var selector = regexp.MustCompile(`keyfleet[a-z0-9_:]*(\{[^}]*\})?`)
 
-// TestExpressionsReturnData runs a real fleetd with agents through a
-// rotation, a revocation and a refused uplink while a real Prometheus
-// scrapes it every second and evaluates keyfleet's rules, then asks that
-// Prometheus every recording rule's expression and recorded series,
-// every alert's expression and the series it reads, and every dashboard
-// panel's query: each must parse, and each but the alerts' own
-// expressions (which hold only while the alert fires) must return data,
-// numbers rather than NaN.
+// TestExpressionsReturnData runs a real fleetd while a real Prometheus
+// scrapes it every second and evaluates keyfleet's rules every second:
+// the simulator runs 50 devices against it with injected faults
+// (crashes, flapping links, lost and duplicated messages) while the test
+// revokes one, runs a staged campaign over them, and runs one over
+// devices of its own, one with its downlinks cut and one switched off,
+// which pauses itself in its canary stage and is rolled back; their
+// rotations, failed and cancelled, recover in a third (M10).
+// Then it asks that Prometheus every recording rule's expression and
+// recorded series, every alert's expression and the series it reads, and
+// every dashboard panel's query: each must parse, and each but the
+// alerts' own expressions (which hold only while the alert fires) must
+// return data, numbers rather than NaN.
 func TestExpressionsReturnData(t *testing.T) {
 	if _, err := exec.LookPath("prometheus"); err != nil {
 		t.Fatal("prometheus not found: run `make deps` (scripts/deps.sh --with-promtool installs Debian's prometheus package)")
@@ -117,17 +112,14 @@ func TestExpressionsReturnData(t *testing.T) {
 	dashboards := readDashboards(t)
 
 	f := fleettest.StartFleet(t, func(c *server.Config) { c.OpsAddr = "127.0.0.1:0"; c.Grace = time.Hour })
-	ctx := context.Background()
-	alpha, beta := f.AddDevice(t, "alpha"), f.AddDevice(t, "beta")
-	gamma := f.AddDevice(t, "gamma")
+	fr := addFragile(t, f)
 	// Restarted, so that its fleet scan, at start and every 5 minutes,
-	// counts the devices.
+	// counts devices.
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	f.Restart(t)
-	runAgents(t, []string{alpha, beta})
-	eventually(t, 20*time.Second, "both agents connected", func() bool { return f.Broker().Connected() >= 3 })
+	fr.start(t, func(id string) bool { return id != offFragile })
 
 	prom := startPrometheus(t, f.OpsAddr(), files)
 	// Counters are scraped at zero before anything happens, so that rates
@@ -137,48 +129,33 @@ func TestExpressionsReturnData(t *testing.T) {
 		return err == nil && n > 0
 	})
 
-	// A rotation, to activation.
-	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"alpha"}}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 30*time.Second, "alpha on v2", func() bool {
-		ds, err := f.Admin.Devices(ctx)
-		if err != nil {
-			return false
-		}
-		for _, d := range ds {
-			if d.ID == "alpha" && d.Active == 2 {
-				return true
-			}
-		}
-		return false
-	})
-	// A campaign over alpha alone, to completion: its canary stage's
-	// outcome is what the M8 panel and rule read.
-	if _, err := f.Admin.Label(ctx, "alpha", adminapi.LabelRequest{Set: map[string]string{"canary": "yes"}}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := f.Admin.CreateCampaign(ctx, adminapi.CampaignRequest{Kind: adminapi.CampaignKindIdentity, Selector: "canary=yes",
-		Stages: []float64{1}, MaxFailure: 0.5, MinReached: 1, DeviceTimeoutSeconds: 60})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 30*time.Second, "the campaign completed", func() bool {
-		got, err := f.Admin.Campaign(ctx, c.ID, false)
-		return err == nil && got.State == "completed"
-	})
-	// A revocation: beta's agent comes back and is refused.
-	if _, err := f.Admin.Revoke(ctx, "beta", "lost"); err != nil {
-		t.Fatal(err)
-	}
-	// A refused uplink: garbage from gamma's own session.
-	publishGarbage(t, f, gamma)
-	eventually(t, 30*time.Second, "Prometheus to see the events", func() bool {
-		n, err := prom.count(`keyfleet_uplink_rejections_total{reason="malformed"} > 0
-			and on () keyfleet_revocations_total{result="revoked"} > 0
-			and on () keyfleet_rotations_total{result="activated"} > 0
-			and on () keyfleet_campaign_devices_total{stage="1", result="succeeded"} > 0`)
-		return err == nil && n > 0
+	t0 := time.Now()
+	sim := startSimulation(t, f)
+	ids := waitSimulated(t, f, sim)
+	t.Logf("simulated fleet of %d provisioned and connected in %.1f s", len(ids), time.Since(t0).Seconds())
+	t1 := time.Now()
+	paused := driveFleet(t, f, sim, ids, fr)
+	t.Logf("revocation and campaigns done in %.1f s", time.Since(t1).Seconds())
+	// What the run must have shown before the expressions are asked: each
+	// event the rules and panels read, the injected faults' traces
+	// (duplicated uplinks refused as replays, lost messages resent), and
+	// the page for the campaign that paused itself, firing.
+	t2 := time.Now()
+	prom.waitFor(t, 30*time.Second, []string{
+		`keyfleet_rotations_total{result="activated"} > ` + fmt.Sprint(simDevices/2),
+		`keyfleet_rotations_total{result="failed"} > 0`,
+		`keyfleet_rotations_total{result="cancelled"} > 0`,
+		`sum(keyfleet_recovery_duration_seconds_count) > 0`,
+		`sum(keyfleet_campaign_devices_total{stage="1", result="succeeded"}) > 0`,
+		`sum(keyfleet_campaign_devices_total{stage="1", result="failed"}) > 0`,
+		`sum(keyfleet_campaign_self_pauses_total) > 0`,
+		`keyfleet_campaigns{state="rolled-back"} > 0`,
+		`keyfleet_campaigns{state="completed"} > 1`,
+		`keyfleet_revocations_total{result="revoked"} > 0`,
+		`sum(keyfleet_broker_denials_total{reason=~"auth:.*"}) > 0`,
+		`keyfleet_uplink_rejections_total{reason="replay"} > 0`,
+		`keyfleet_resent_total > 0`,
+		`ALERTS{alertname="KeyfleetCampaignPaused", alertstate="firing", severity="page", campaign="` + paused + `"}`,
 	})
 
 	// What must return data, and what must only parse.
@@ -228,7 +205,7 @@ func TestExpressionsReturnData(t *testing.T) {
 				failing[i] = err.Error()
 			case n == 0 && !c.mayBeEmpty:
 				failing[i] = "no data"
-			case r.hasNaN() && !nothingToMeasure.MatchString(c.expr):
+			case r.hasNaN():
 				failing[i] = "NaN: " + string(r.Result)
 			}
 		}
@@ -248,8 +225,31 @@ func TestExpressionsReturnData(t *testing.T) {
 	if len(failing) > 0 {
 		t.Logf("prometheus log:\n%s", prom.log.String())
 	}
-	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing",
-		len(checks), len(rules), len(targets(dashboards)), len(failing))
+	t.Logf("%d expressions asked of Prometheus (%d rules, %d panel queries), %d failing, %.1f s after the events",
+		len(checks), len(rules), len(targets(dashboards)), len(failing), time.Since(t2).Seconds())
+	// The run's figures, as Prometheus holds them.
+	for _, e := range []string{
+		`sum by (result) (keyfleet_rotations_total)`,
+		`keyfleet:campaign_canary_failures:ratio`,
+		`keyfleet:revocation_duration_seconds:p99_rate1h`,
+		`keyfleet:recovery_duration_seconds:p99_rate1d`,
+		`keyfleet:rotation_duration_seconds:p99_rate1h`,
+		`keyfleet_uplink_rejections_total > 0`,
+		`keyfleet_resent_total`,
+	} {
+		t.Logf("%s: %s", e, prom.show(e))
+	}
+
+	rep, err := sim.stop()
+	if err != nil {
+		t.Fatalf("simulator: %v", err)
+	}
+	fc := rep.Faults
+	t.Logf("simulator: %d devices; injected %d crashes, %d flaps, %d messages dropped, %d duplicated",
+		rep.Devices, fc.Crashes, fc.Flaps, fc.Dropped, fc.Duplicated)
+	if fc.Crashes == 0 || fc.Flaps == 0 || fc.Dropped == 0 || fc.Duplicated == 0 {
+		t.Errorf("simulator injected %+v, want crashes, flaps, drops and duplicates", fc)
+	}
 }
 
 // prometheus is a running Prometheus and its HTTP API.
@@ -306,6 +306,51 @@ func (r apiResult) count() (int, error) {
 // hasNaN reports whether a value of the result is NaN: a ratio or a
 // quantile of nothing.
 func (r apiResult) hasNaN() bool { return bytes.Contains(r.Result, []byte(`"NaN"`)) }
+
+// waitFor polls until every expression returns data, and fails the test
+// naming those that do not when timeout passes.
+func (p prometheus) waitFor(t *testing.T, timeout time.Duration, exprs []string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		for _, e := range exprs {
+			if n, err := p.count(e); err != nil || n == 0 {
+				missing = append(missing, fmt.Sprintf("%s (%v)", e, err))
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v, Prometheus has no data for:\n%s", timeout, strings.Join(missing, "\n"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// show returns expr's instant vector as `{labels} value` items, for a log.
+func (p prometheus) show(expr string) string {
+	r, err := p.query(expr)
+	if err != nil {
+		return err.Error()
+	}
+	var v []struct {
+		Metric map[string]string `json:"metric"`
+		Value  [2]any            `json:"value"`
+	}
+	if err := json.Unmarshal(r.Result, &v); err != nil {
+		return string(r.Result)
+	}
+	out := make([]string, len(v))
+	for i, s := range v {
+		for _, l := range []string{"__name__", "instance", "job"} {
+			delete(s.Metric, l)
+		}
+		out[i] = fmt.Sprintf("%v %v", s.Metric, s.Value[1])
+	}
+	return strings.Join(out, "; ")
+}
 
 // count returns how many series (or samples) expr returns now.
 func (p prometheus) count(expr string) (int, error) {
@@ -442,16 +487,16 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// runAgents starts an agent per keystore directory and stops them at the
-// end of the test. A revoked agent re-enrols soon with its birth
-// credential, which the broker refuses too.
-func runAgents(t *testing.T, dirs []string) {
+// runAgents starts an agent per keystore directory, its options adjusted
+// by mod, and stops them at the end of the test.
+func runAgents(t *testing.T, dirs []string, mod func(*device.Options)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, d := range dirs {
-		a, err := device.New(device.Options{Dir: d, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond,
-			ReconnectMax: time.Second, ReenrollAfter: 100 * time.Millisecond})
+		o := device.Options{Dir: d, Logger: fleettest.Logger(t), ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second}
+		mod(&o)
+		a, err := device.New(o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -459,32 +504,4 @@ func runAgents(t *testing.T, dirs []string) {
 		go func() { defer wg.Done(); _ = a.Run(ctx) }()
 	}
 	t.Cleanup(func() { cancel(); wg.Wait() })
-}
-
-// publishGarbage connects with a device's real credential, as a broken or
-// hostile device would, and publishes bytes that are not a message on its
-// uplink topic: fleetd refuses them as malformed.
-func publishGarbage(t *testing.T, f *fleettest.Fleet, dir string) {
-	t.Helper()
-	ks, err := device.OpenKeystore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cred, _, err := ks.TLSCredential(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := ks.ID().ID
-	var topics protocol.Topics
-	c, err := mqttc.Dial(context.Background(), mqttc.Options{
-		Broker: f.MQTTAddr(), ClientID: id, Subscriptions: []string{topics.Down(id)}, Timeout: 5 * time.Second,
-		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
-	})
-	if err != nil {
-		t.Fatalf("dial as %s: %v", id, err)
-	}
-	t.Cleanup(c.Close)
-	if err := c.Publish(context.Background(), topics.Up(id), []byte{0xa1, 0x01, 0xff, 0x00, 0x13}); err != nil {
-		t.Fatalf("publish: %v", err)
-	}
 }
