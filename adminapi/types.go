@@ -258,6 +258,10 @@ type FirmwareRequest struct {
 	Digest  []byte `json:"digest"` // SHA-256 of the image
 	Size    uint64 `json:"size"`
 	URI     string `json:"uri"`
+	// Staged publishes the release without making it the fleet's: only
+	// the devices a firmware campaign naming it reaches get it, and it
+	// becomes current when that campaign completes.
+	Staged bool `json:"staged,omitempty"`
 }
 
 // FirmwareInfo describes the current release.
