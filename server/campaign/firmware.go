@@ -53,14 +53,21 @@ type FirmwarePinner interface {
 type Firmware struct {
 	Releases FirmwareReleases
 	Engine   FirmwarePinner
-	// Release is the campaign's release (Bind sets it).
-	Release uint32
+	// Release is the campaign's release and Previous the fleet's release
+	// when it began (Bind sets them).
+	Release, Previous uint32
 }
 
 // Bind implements Binder: the kind for campaign c's release.
 func (k Firmware) Bind(c *store.Campaign) Kind {
-	k.Release = c.Release
+	k.Release, k.Previous = c.Release, c.Previous
 	return k
+}
+
+// Prepare implements Preparer: the campaign remembers the fleet's
+// release, the one a rollback goes back to.
+func (k Firmware) Prepare(c *store.Campaign) {
+	c.Previous, _ = k.Releases.CurrentFirmware()
 }
 
 // CheckSpec implements SpecChecker: the campaign names a staged release
@@ -129,13 +136,21 @@ func (k Firmware) GiveUp(ctx context.Context, device string, version uint32, act
 }
 
 // Rollback implements Kind: the device is unpinned, and the rollback
-// release from version to the current release's image exists before, so
-// that a device that installed version (or installs it now, its offer
-// already on the way) is offered it.
+// release from version back to the previous release's image exists
+// before, so that a device that installed version (or installs it now,
+// its offer already on the way) is offered it. If the campaign had
+// completed, version is the fleet's release: the rollback release becomes
+// the fleet's instead, so that no device still behind is offered version.
 func (k Firmware) Rollback(ctx context.Context, device string, version uint32, actor string) (bool, error) {
-	if cur, _ := k.Releases.CurrentFirmware(); cur != 0 && cur < version {
-		if _, err := k.Releases.Revert(ctx, version, cur, actor); err != nil {
+	if k.Previous != 0 && k.Previous < version {
+		back, err := k.Releases.Revert(ctx, version, k.Previous, actor)
+		if err != nil {
 			return false, err
+		}
+		if cur, _ := k.Releases.CurrentFirmware(); cur == version {
+			if err := k.Releases.Promote(ctx, back, actor); err != nil {
+				return false, err
+			}
 		}
 	}
 	// Unpinning offers a connected device its desired release at once.

@@ -60,6 +60,13 @@ type SpecChecker interface {
 	CheckSpec(sp Spec) error
 }
 
+// Preparer is a Kind that records what it needs in a new campaign before
+// it is stored (firmware: the fleet's release, which a rollback goes back
+// to).
+type Preparer interface {
+	Prepare(c *store.Campaign)
+}
+
 // Reverter is a Kind whose rollback undoes finished changes too, not only
 // open ones (data key: the previous version primary again; firmware: the
 // desired release back to the previous one), and which tells when a

@@ -142,6 +142,9 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	if len(c.Devices) == 0 {
 		return nil, invalid("selector %q selects no device", sp.Selector)
 	}
+	if p, ok := s.opts.Kinds[sp.Kind].(Preparer); ok {
+		p.Prepare(c)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.opts.Store.CreateCampaign(ctx, c, store.Event{Action: "campaign-created", Actor: actor}); err != nil {

@@ -82,7 +82,27 @@ type Staged struct {
 // Releases.snap.
 type state struct {
 	Release
-	Staged []Staged `json:"staged,omitempty"`
+	// Reverts is Staged.Reverts of the current release, once a rollback
+	// release became the fleet's.
+	Reverts uint32   `json:"reverts,omitempty"`
+	Staged  []Staged `json:"staged,omitempty"`
+}
+
+// reverts returns the release, current or staged, that takes devices back
+// from bad, or 0.
+func (st *state) reverts(bad uint32) uint32 {
+	if bad == 0 {
+		return 0
+	}
+	if st.Reverts == bad {
+		return st.Version
+	}
+	for _, s := range st.Staged {
+		if s.Reverts == bad {
+			return s.Version
+		}
+	}
+	return 0
 }
 
 func (st *state) current() *Release {
@@ -174,10 +194,8 @@ func (r *Releases) FirmwareFor(pin, running uint32) (uint32, []byte) {
 	if s := st.staged(pin); s != nil && s.Version > v {
 		v, manifest = s.Version, s.Manifest
 	}
-	for _, s := range st.Staged {
-		if running != 0 && s.Reverts == running && s.Version > v {
-			v, manifest = s.Version, s.Manifest
-		}
+	if back := st.staged(st.reverts(running)); back != nil && back.Version > v {
+		v, manifest = back.Version, back.Manifest
 	}
 	return v, manifest
 }
@@ -191,12 +209,7 @@ func (r *Releases) Known(v uint32) bool {
 // Reverted reports whether running is a release a rollback release
 // reverts: a device running it is not where the fleet wants it.
 func (r *Releases) Reverted(running uint32) bool {
-	for _, s := range r.snap.Load().Staged {
-		if running != 0 && s.Reverts == running {
-			return true
-		}
-	}
-	return false
+	return r.snap.Load().reverts(running) != 0
 }
 
 // save writes next and makes it the state.
@@ -250,7 +263,7 @@ func (r *Releases) Publish(ctx context.Context, m *firmware.Manifest, actor stri
 		return Info{}, err
 	}
 	rel := Release{Version: m.Version, Manifest: signed}
-	if err := r.makeCurrent(ctx, cur, rel, actor, m.URI); err != nil {
+	if err := r.makeCurrent(ctx, cur, Staged{Release: rel}, actor, m.URI); err != nil {
 		return Info{}, err
 	}
 	return info(rel, key)
@@ -258,8 +271,9 @@ func (r *Releases) Publish(ctx context.Context, m *firmware.Manifest, actor stri
 
 // makeCurrent stores rel as the current release (dropping the staged
 // ones it overtakes), audits, reports and broadcasts it.
-func (r *Releases) makeCurrent(ctx context.Context, cur *state, rel Release, actor, detail string) error {
-	next := &state{Release: rel}
+func (r *Releases) makeCurrent(ctx context.Context, cur *state, s Staged, actor, detail string) error {
+	rel := s.Release
+	next := &state{Release: rel, Reverts: s.Reverts}
 	for _, s := range cur.Staged {
 		if s.Version > rel.Version {
 			next.Staged = append(next.Staged, s)
@@ -309,7 +323,7 @@ func (r *Releases) Stage(ctx context.Context, m *firmware.Manifest, actor string
 }
 
 func (r *Releases) addStaged(ctx context.Context, cur *state, s Staged, ev store.Event) error {
-	next := &state{Release: cur.Release, Staged: append(slices.Clone(cur.Staged), s)}
+	next := &state{Release: cur.Release, Reverts: cur.Reverts, Staged: append(slices.Clone(cur.Staged), s)}
 	if err := r.save(next); err != nil {
 		return err
 	}
@@ -334,7 +348,7 @@ func (r *Releases) Promote(ctx context.Context, v uint32, actor string) error {
 	if s == nil {
 		return fmt.Errorf("%w: version %d is not staged", ErrInvalid, v)
 	}
-	return r.makeCurrent(ctx, cur, s.Release, actor, fmt.Sprintf("staged release %d promoted", v))
+	return r.makeCurrent(ctx, cur, *s, actor, fmt.Sprintf("staged release %d promoted", v))
 }
 
 // Revert returns the rollback release that takes devices from release bad
@@ -348,10 +362,8 @@ func (r *Releases) Revert(ctx context.Context, bad, good uint32, actor string) (
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.snap.Load()
-	for _, s := range cur.Staged {
-		if s.Reverts == bad {
-			return s.Version, nil
-		}
+	if v := cur.reverts(bad); v != 0 {
+		return v, nil
 	}
 	var signedGood []byte
 	if cur.Version == good {

@@ -69,8 +69,11 @@ type Campaign struct {
 	// Reason says why the campaign last changed state (a pause by itself
 	// names the ratio).
 	Reason string `cbor:",omitempty"`
-	// Release is the firmware release a firmware campaign rolls out.
-	Release uint32 `cbor:",omitempty"`
+	// Release is the firmware release a firmware campaign rolls out;
+	// Previous the fleet's release when it was created, the one its
+	// rollback goes back to.
+	Release  uint32 `cbor:",omitempty"`
+	Previous uint32 `cbor:",omitempty"`
 	// RolledBackAt is when the operator asked for the rollback;
 	// RecoveredAt when every device it reached was back on a state the
 	// broker and engine accept (M10), zero until then.
