@@ -66,6 +66,12 @@ func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	if f.timeout <= 0 {
 		return req, fmt.Errorf("--device-timeout: must be positive")
 	}
+	if f.kind == adminapi.CampaignKindFirmware && f.release == 0 {
+		return req, fmt.Errorf("--release: a firmware campaign needs the staged release it rolls out")
+	}
+	if f.kind != adminapi.CampaignKindFirmware && f.release != 0 {
+		return req, fmt.Errorf("--release: only a firmware campaign takes a release")
+	}
 	return req, req.Validate()
 }
 
