@@ -23,6 +23,13 @@ var ErrRevoked = errors.New("escrow: device revoked")
 // primary they encrypt with. It reports whether anything changed: nothing
 // does when version is no longer primary (reverted already, or rotated
 // past) or when no earlier version with its key is left to go back to.
+//
+// The changes reported (the older version superseded -> active, the newer
+// active -> superseded) are not moves of lifecycle.Legal, on purpose: that
+// life cycle is the identity credential's, which never goes back (a
+// superseded certificate is never active again). A data key has no such
+// rule: it is symmetric, never seen by the broker, and its older versions
+// are kept for decryption precisely so that one can be primary again.
 func (e *Escrow) RevertDataKey(ctx context.Context, device string, version uint32, actor, detail string) (bool, error) {
 	var changes []lifecycle.Change
 	_, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
