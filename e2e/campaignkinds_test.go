@@ -201,7 +201,8 @@ func (fa *firmwareAgents) release(t *testing.T, c *client.Client, v uint32, stag
 // rollback release (release 3's image as version 5, which their
 // anti-rollback rule accepts), the others stay on 3; nobody runs 4, the
 // fleet's release is still 3, and the recovery time (M10) is in /metrics
-// under slot firmware.
+// under slot firmware. Release 6 completes (the fleet's release) and is
+// rolled back: the rollback release becomes the fleet's.
 func TestFirmwareCampaignAndRollback(t *testing.T) {
 	f, dirs := campaignFleet(t, 6)
 	ctx := context.Background()
@@ -307,8 +308,35 @@ func TestFirmwareCampaignAndRollback(t *testing.T) {
 	if got := recoveries(t, "http://"+f.Server.OpsAddr(), "firmware"); got != before+1 {
 		t.Errorf("keyfleet_recovery_duration_seconds{slot=firmware}: %v observations, want %v", got, before+1)
 	}
-	if n := len(auditRecords(t, f.Store(), "firmware-reverted")); n != 1 {
-		t.Errorf("%d firmware-reverted audit records, want 1", n)
+
+	// Release 6, rolled out to every device and so the fleet's, then
+	// rolled back: release 3's image as 7 becomes the fleet's, everyone
+	// runs it.
+	fa.release(t, f.Admin, 6, true)
+	camp = createKindCampaign(t, f.Admin, adminapi.CampaignKindFirmware, 6, "100%", 5*time.Second)
+	waitCampaign(t, f.Admin, camp.ID, 30*time.Second, "release 6 campaign completed", func(c adminapi.Campaign) bool {
+		return c.State == adminapi.CampaignStateCompleted
+	})
+	if cur, _ := f.Server.Releases().CurrentFirmware(); cur != 6 {
+		t.Fatalf("the fleet's release is %d after the campaign, want 6", cur)
+	}
+	if _, err := f.Admin.CampaignAction(ctx, camp.ID, adminapi.CampaignRollback); err != nil {
+		t.Fatal(err)
+	}
+	waitCampaign(t, f.Admin, camp.ID, 30*time.Second, "rollback of release 6 recovered", func(c adminapi.Campaign) bool {
+		return c.RecoveredAt != nil
+	})
+	if !all(func(_ string, v uint32) bool { return v == 7 })() {
+		t.Error("recovered, but not every device runs the rollback release 7")
+	}
+	if cur, _ := f.Server.Releases().CurrentFirmware(); cur != 7 {
+		t.Errorf("the fleet's release is %d after rolling back a completed campaign, want the rollback release 7", cur)
+	}
+	if got := recoveries(t, "http://"+f.Server.OpsAddr(), "firmware"); got != before+2 {
+		t.Errorf("keyfleet_recovery_duration_seconds{slot=firmware}: %v observations, want %v", got, before+2)
+	}
+	if n := len(auditRecords(t, f.Store(), "firmware-reverted")); n != 2 {
+		t.Errorf("%d firmware-reverted audit records, want 2", n)
 	}
 	if _, err := f.Store().VerifyAudit(ctx); err != nil {
 		t.Error(err)

@@ -86,6 +86,33 @@ type state struct {
 	// release became the fleet's.
 	Reverts uint32   `json:"reverts,omitempty"`
 	Staged  []Staged `json:"staged,omitempty"`
+	// Earlier are the releases current before this one, newest first, at
+	// most keepEarlier: the images a rollback release can go back to
+	// after a campaign's release became the fleet's.
+	Earlier []Release `json:"earlier,omitempty"`
+}
+
+// keepEarlier bounds state.Earlier.
+const keepEarlier = 4
+
+// find returns the signed manifest of release v, current, staged or
+// earlier, or nil.
+func (st *state) find(v uint32) []byte {
+	if v == 0 {
+		return nil
+	}
+	if st.Version == v {
+		return st.Manifest
+	}
+	if s := st.staged(v); s != nil {
+		return s.Manifest
+	}
+	for _, e := range st.Earlier {
+		if e.Version == v {
+			return e.Manifest
+		}
+	}
+	return nil
 }
 
 // reverts returns the release, current or staged, that takes devices back
@@ -274,6 +301,9 @@ func (r *Releases) Publish(ctx context.Context, m *firmware.Manifest, actor stri
 func (r *Releases) makeCurrent(ctx context.Context, cur *state, s Staged, actor, detail string) error {
 	rel := s.Release
 	next := &state{Release: rel, Reverts: s.Reverts}
+	if cur.Version != 0 {
+		next.Earlier = append([]Release{cur.Release}, cur.Earlier[:min(len(cur.Earlier), keepEarlier-1)]...)
+	}
 	for _, s := range cur.Staged {
 		if s.Version > rel.Version {
 			next.Staged = append(next.Staged, s)
@@ -323,7 +353,7 @@ func (r *Releases) Stage(ctx context.Context, m *firmware.Manifest, actor string
 }
 
 func (r *Releases) addStaged(ctx context.Context, cur *state, s Staged, ev store.Event) error {
-	next := &state{Release: cur.Release, Reverts: cur.Reverts, Staged: append(slices.Clone(cur.Staged), s)}
+	next := &state{Release: cur.Release, Reverts: cur.Reverts, Staged: append(slices.Clone(cur.Staged), s), Earlier: cur.Earlier}
 	if err := r.save(next); err != nil {
 		return err
 	}
@@ -365,12 +395,8 @@ func (r *Releases) Revert(ctx context.Context, bad, good uint32, actor string) (
 	if v := cur.reverts(bad); v != 0 {
 		return v, nil
 	}
-	var signedGood []byte
-	if cur.Version == good {
-		signedGood = cur.Manifest
-	} else if s := cur.staged(good); s != nil {
-		signedGood = s.Manifest
-	} else {
+	signedGood := cur.find(good)
+	if signedGood == nil {
 		return 0, fmt.Errorf("%w: no release %d to revert to", ErrInvalid, good)
 	}
 	key, err := r.opts.Key()

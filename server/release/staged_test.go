@@ -136,6 +136,21 @@ func TestStagedReleases(t *testing.T) {
 	if err := r2.Promote(ctx, 7, "campaign:c1"); !errors.Is(err, release.ErrInvalid) {
 		t.Errorf("promoting an unknown release: %v", err)
 	}
+	// A release made the fleet's by its campaign, then rolled back: the
+	// release before it is no longer current or staged, yet its image is
+	// still found.
+	if _, err := r2.Stage(ctx, manifest(6), "admin:test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Promote(ctx, 6, "campaign:c2"); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := r2.Revert(ctx, 6, 4, "campaign:c2"); err != nil || back != 7 {
+		t.Errorf("revert of the fleet's release 6 to the earlier 4: v%d, %v; want v7", back, err)
+	}
+	if _, err := r2.Revert(ctx, 6, 1, "campaign:c2"); err != nil {
+		t.Errorf("a second revert of 6 returns the first: %v", err)
+	}
 	var staged, reverted int
 	if err := st.ForEachAudit(ctx, 0, func(rec *store.AuditRecord) error {
 		switch rec.Action {
@@ -148,7 +163,7 @@ func TestStagedReleases(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if staged != 1 || reverted != 1 {
-		t.Errorf("audit: %d firmware-staged, %d firmware-reverted; want one each", staged, reverted)
+	if staged != 2 || reverted != 2 {
+		t.Errorf("audit: %d firmware-staged, %d firmware-reverted; want two each", staged, reverted)
 	}
 }
