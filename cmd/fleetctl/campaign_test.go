@@ -101,7 +101,8 @@ func TestCampaignWatch(t *testing.T) {
 // A data-key campaign completes under --watch, and its rollback shows
 // when it was rolled back and when every device had recovered; a staged
 // firmware release is rolled out by a firmware campaign naming it, whose
-// show prints the release.
+// show prints the release; device show prints the device's pin and the
+// data-key primary it reports.
 func TestCampaignKinds(t *testing.T) {
 	f := fleettest.StartFleet(t, nil)
 	run := against(f)
@@ -155,6 +156,20 @@ func TestCampaignKinds(t *testing.T) {
 	out, errOut, status = run("campaign", "create", "--kind", "firmware", "--release", "2", "--stages", "100%", "--device-timeout", "1m")
 	if status != exitOK || !regexp.MustCompile(`release\s+2\n`).MatchString(out) {
 		t.Fatalf("create --kind firmware --release 2: status %d\n%s%s", status, out, errOut)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, _, status = run("device", "show", "dev-1")
+		if status == exitOK && regexp.MustCompile(`firmware pinned to\s+2 `).MatchString(out) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("device show never shows the pin:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !regexp.MustCompile(`data primary reported\s+1\n`).MatchString(out) {
+		t.Errorf("device show after the data-key rollback: want v1 reported primary\n%s", out)
 	}
 	if _, errOut, status = run("campaign", "create", "--kind", "firmware", "--release", "7", "--stages", "100%"); status != exitError ||
 		!strings.Contains(errOut, "release 7 is not published") {
