@@ -224,27 +224,43 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	}
 	_, reverts := kind.(Reverter)
 	now := s.opts.Now()
-	cancelled, errs := 0, []error(nil)
+	// Devices are rolled back concurrently, rollbackWorkers at a time:
+	// a Reverter undoes every finished device too, one durable update
+	// and one push each.
+	var (
+		mu        sync.Mutex
+		wg        sync.WaitGroup
+		cancelled int
+		errs      []error
+		sem       = make(chan struct{}, rollbackWorkers)
+	)
 	for i := range c.Devices {
 		cd := &c.Devices[i]
 		open := cd.Status == store.DeviceInProgress || cd.Status == store.DeviceAway
 		if !(open || reverts && cd.Status == store.DeviceSucceeded) || cd.Version == 0 {
 			continue
 		}
-		ok, err := kind.Rollback(ctx, cd.ID, cd.Version, "campaign:"+c.ID)
-		if errors.Is(err, ErrNoRollback) {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		} else if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if ok {
-			cancelled++
-			cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, now, "rolled back"
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ok, err := kind.Rollback(ctx, cd.ID, cd.Version, "campaign:"+c.ID)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case ok:
+				cancelled++
+				cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, now, "rolled back"
+			}
+		}()
 	}
-	if len(errs) > 0 { // keep the campaign as it was: the operator retries
-		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, errors.Join(errs...))
+	wg.Wait()
+	if err := errors.Join(errs...); errors.Is(err, ErrNoRollback) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, ErrNoRollback)
+	} else if err != nil { // keep the campaign as it was: the operator retries
+		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, err)
 	}
 	// The devices whose change finished meanwhile: recorded now, since a
 	// rolled-back campaign is not observed again.
@@ -260,6 +276,11 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 		return []store.Event{{Action: "campaign-rolled-back", Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
 	})
 }
+
+// rollbackWorkers bounds the devices a rollback undoes at once: enough
+// for the store's group commits to fill, few enough for the HSM's
+// sessions (a data key's push unwraps it there).
+const rollbackWorkers = 16
 
 // kindOf returns the Kind that runs c (bound to it, for a Binder), or nil
 // for an unknown kind.
