@@ -20,9 +20,10 @@ var ErrRevoked = errors.New("escrow: device revoked")
 // encrypted with it stays readable. The change is durable and audited
 // (data-key-reverted, with detail) and pushed to the device if it is
 // connected; the others get it at their next hello, which reports the
-// primary they encrypt with. It reports whether anything changed: nothing
-// does when version is no longer primary (reverted already, or rotated
-// past) or when no earlier version with its key is left to go back to.
+// primary they encrypt with. It reports whether version stands reverted:
+// true as well when it was reverted before (a rollback retried after an
+// error elsewhere), false when it was rotated past or when no earlier
+// version with its key is left to go back to.
 //
 // The changes reported (the older version superseded -> active, the newer
 // active -> superseded) are not moves of lifecycle.Legal, on purpose: that
@@ -32,10 +33,12 @@ var ErrRevoked = errors.New("escrow: device revoked")
 // are kept for decryption precisely so that one can be primary again.
 func (e *Escrow) RevertDataKey(ctx context.Context, device string, version uint32, actor, detail string) (bool, error) {
 	var changes []lifecycle.Change
+	before := false
 	_, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
-		changes = changes[:0]
+		changes, before = changes[:0], false
 		k := d.DataKey(version)
 		if k == nil || k.Status != store.DataKeyPrimary {
+			before = k != nil && k.Status == store.DataKeyDecryptOnly && primaryBelow(d, version)
 			return nil, store.ErrNoChange
 		}
 		var prev *store.DataKey
@@ -63,9 +66,19 @@ func (e *Escrow) RevertDataKey(ctx context.Context, device string, version uint3
 		return false, fmt.Errorf("escrow: revert %s v%d: %w", device, version, err)
 	}
 	if err != nil || len(changes) == 0 {
-		return false, nil
+		return before, nil
 	}
 	e.report(changes)
 	e.push(ctx, device)
 	return true, nil
+}
+
+// primaryBelow reports whether d's primary data key is older than version.
+func primaryBelow(d *store.Device, version uint32) bool {
+	for _, k := range d.DataKeys {
+		if k.Status == store.DataKeyPrimary {
+			return k.Version < version
+		}
+	}
+	return false
 }

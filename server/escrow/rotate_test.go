@@ -89,8 +89,8 @@ func TestRotateDataKeys(t *testing.T) {
 
 // TestRevertDataKey: one device's rotation, then its rollback: the
 // version before is primary again and the new one decrypt-only, reported
-// and pushed; a second revert, or one with no earlier version to go back
-// to, changes nothing.
+// and pushed; a second revert changes nothing but says it stands
+// reverted; one with no earlier version to go back to changes nothing.
 func TestRevertDataKey(t *testing.T) {
 	dir := t.TempDir()
 	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
@@ -132,7 +132,7 @@ func TestRevertDataKey(t *testing.T) {
 		wantChanges []string
 	}{
 		{"dev-1", 2, true, []string{"dev-1 data v1 active", "dev-1 data v2 superseded"}},
-		{"dev-1", 2, false, nil}, // reverted already
+		{"dev-1", 2, true, nil},  // reverted already: it stands reverted
 		{"dev-1", 1, false, nil}, // v1 is primary, but nothing before it
 		{"dev-2", 1, false, nil}, // the first key: nothing to go back to
 	} {
