@@ -30,10 +30,19 @@ const (
 	CampaignRollback = "rollback"
 )
 
-// CampaignKindIdentity rotates the identity credential of the selected
-// devices; the only kind so far (data-key, firmware and anchor campaigns
-// are planned).
-const CampaignKindIdentity = "identity"
+// Campaign kinds: what a campaign changes on each selected device.
+const (
+	// CampaignKindIdentity rotates the identity credential; rollback
+	// cancels the rotations not yet activated.
+	CampaignKindIdentity = "identity"
+	// CampaignKindDataKey rotates the data key (a new primary version);
+	// rollback makes the previous version primary again.
+	CampaignKindDataKey = "data-key"
+	// CampaignKindFirmware rolls a staged firmware release out
+	// (CampaignRequest.Release); rollback takes the desired release back
+	// to the previous one.
+	CampaignKindFirmware = "firmware"
+)
 
 // CampaignRequest creates a campaign (`POST /v1/campaigns`).
 type CampaignRequest struct {
@@ -53,6 +62,10 @@ type CampaignRequest struct {
 	// DeviceTimeout is how long a connected device may take before it
 	// counts as failed, in seconds.
 	DeviceTimeoutSeconds float64 `json:"device_timeout_seconds"`
+	// Release is the staged firmware release a firmware campaign rolls
+	// out (FirmwareRequest.Staged); required for that kind, refused for
+	// the others.
+	Release uint32 `json:"release,omitempty"`
 }
 
 // Validate checks the request as fleetd does; fleetctl calls it before
@@ -60,6 +73,12 @@ type CampaignRequest struct {
 func (r CampaignRequest) Validate() error {
 	if r.Kind == "" {
 		return errors.New("kind is required")
+	}
+	if r.Kind == CampaignKindFirmware && r.Release == 0 {
+		return errors.New("a firmware campaign needs a release")
+	}
+	if r.Kind != CampaignKindFirmware && r.Release != 0 {
+		return fmt.Errorf("a %s campaign takes no release", r.Kind)
 	}
 	if err := ValidateStages(r.Stages); err != nil {
 		return err
@@ -159,12 +178,18 @@ type Campaign struct {
 	MinReached           int             `json:"min_reached"`
 	Rate                 int             `json:"rate"`
 	DeviceTimeoutSeconds float64         `json:"device_timeout_seconds"`
+	Release              uint32          `json:"release,omitempty"` // firmware campaigns
 	State                string          `json:"state"`
 	Stage                int             `json:"stage"` // index in Stages
 	Reason               string          `json:"reason,omitempty"`
 	CreatedAt            time.Time       `json:"created_at"`
 	UpdatedAt            time.Time       `json:"updated_at"`
 	StageProgress        []StageProgress `json:"stage_progress"`
+	// RolledBackAt is when a rolled-back campaign was rolled back;
+	// RecoveredAt when every device it rolled back that was connected ran
+	// an accepted state again (M10), absent until then.
+	RolledBackAt *time.Time `json:"rolled_back_at,omitempty"`
+	RecoveredAt  *time.Time `json:"recovered_at,omitempty"`
 	// Devices are the devices and their statuses; only in `show`.
 	Devices []CampaignDevice `json:"devices,omitempty"`
 }

@@ -46,6 +46,11 @@ type Device struct {
 	Anchors  uint32    `json:"anchors_version"`
 	Firmware uint32    `json:"firmware_version"`
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// FirmwarePin is the staged release a firmware campaign pinned the
+	// device to (0: none, the fleet's release); DataPrimary the data-key
+	// version the device last reported as its primary (0: none yet).
+	FirmwarePin uint32 `json:"firmware_pin,omitempty"`
+	DataPrimary uint32 `json:"data_primary_reported,omitempty"`
 	// Connection is one of the Connection constants.
 	Connection string `json:"connection"`
 }
@@ -258,6 +263,10 @@ type FirmwareRequest struct {
 	Digest  []byte `json:"digest"` // SHA-256 of the image
 	Size    uint64 `json:"size"`
 	URI     string `json:"uri"`
+	// Staged publishes the release without making it the fleet's: only
+	// the devices a firmware campaign naming it reaches get it, and it
+	// becomes current when that campaign completes.
+	Staged bool `json:"staged,omitempty"`
 }
 
 // FirmwareInfo describes the current release.

@@ -520,7 +520,7 @@ func (a *Agent) hello(ctx context.Context) error {
 		h.Delegation = k.kid
 	}
 	h.Anchors = a.AnchorVersion()
-	h.DataKeys = a.heldKeys()
+	h.DataKeys, h.DataPrimary = a.heldKeys()
 	h.Firmware = a.FirmwareVersion()
 	a.lastSync = a.opts.Now()
 	return a.send(ctx, h)
@@ -624,7 +624,7 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 	case *protocol.Anchors:
 		return a.onAnchors(ctx, m, true)
 	case *protocol.Key:
-		return a.onKey(m)
+		return a.onKey(ctx, m)
 	case *protocol.Firmware:
 		return a.onFirmware(ctx, m)
 	case *protocol.Retire:

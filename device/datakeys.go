@@ -1,6 +1,7 @@
 package device
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -51,24 +52,35 @@ func (a *Agent) DataKeys() *datakey.Keyset {
 	return a.keys.Clone()
 }
 
-// heldKeys lists the data-key versions the agent can use, for hello.
-func (a *Agent) heldKeys() []uint32 {
+// heldKeys lists the data-key versions the agent can use and its
+// primary, for hello.
+func (a *Agent) heldKeys() (held []uint32, primary uint32) {
 	a.keyMu.Lock()
 	defer a.keyMu.Unlock()
-	var out []uint32
 	for _, v := range a.keys.Versions() {
 		if v.Status == datakey.Primary || v.Status == datakey.DecryptOnly {
-			out = append(out, v.Version)
+			held = append(held, v.Version)
 		}
 	}
-	return out
+	return held, a.keys.PrimaryVersion()
 }
 
 // onKey opens a data key sealed to this device's identity key and adds it
-// to the keyset.
-func (a *Agent) onKey(m *protocol.Key) error {
+// to the keyset. When that changes the primary (a new one, or an older
+// one again after a rollback), a hello reports it: the server counts the
+// change done only once the device says so.
+func (a *Agent) onKey(ctx context.Context, m *protocol.Key) error {
+	changed, err := a.storeKey(m)
+	if err != nil || !changed {
+		return err
+	}
+	return a.hello(ctx)
+}
+
+// storeKey opens and stores m, and reports whether the primary changed.
+func (a *Agent) storeKey(m *protocol.Key) (bool, error) {
 	if m.Slot != protocol.SlotData {
-		return a.reject("unknown-slot", fmt.Errorf("key for slot %v", m.Slot))
+		return false, a.reject("unknown-slot", fmt.Errorf("key for slot %v", m.Slot))
 	}
 	st := a.ks.State()
 	var raw []byte
@@ -87,18 +99,19 @@ func (a *Agent) onKey(m *protocol.Key) error {
 		}
 	}
 	if err != nil || raw == nil {
-		return a.reject("data-key", fmt.Errorf("v%d: %w", m.Version, err))
+		return false, a.reject("data-key", fmt.Errorf("v%d: %w", m.Version, err))
 	}
 	defer clear(raw)
 	a.keyMu.Lock()
 	defer a.keyMu.Unlock()
 	ks := a.keys.Clone()
+	before := ks.PrimaryVersion()
 	have := slices.ContainsFunc(ks.Versions(), func(v datakey.VersionInfo) bool { return v.Version == m.Version })
 	switch {
 	case have && m.Status == protocol.KeyStatusPrimary:
 		err = ks.SetPrimary(m.Version)
 	case have:
-		return nil // a repeat
+		return false, nil // a repeat
 	case m.Status == protocol.KeyStatusPrimary:
 		if err = ks.Add(m.Version, raw); err == nil && ks.PrimaryVersion() != m.Version {
 			err = ks.SetPrimary(m.Version)
@@ -107,18 +120,18 @@ func (a *Agent) onKey(m *protocol.Key) error {
 		err = ks.Add(m.Version, raw)
 	}
 	if err != nil {
-		return a.reject("data-key", fmt.Errorf("v%d: %w", m.Version, err))
+		return false, a.reject("data-key", fmt.Errorf("v%d: %w", m.Version, err))
 	}
 	b, err := ks.MarshalBinary()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := a.ks.SaveDataKeys(b); err != nil {
-		return err
+		return false, err
 	}
 	a.keys = ks
 	a.emit(EventDataKey, m.Version, "")
-	return nil
+	return ks.PrimaryVersion() != before, nil
 }
 
 // retireDataKey drops a data-key version the server retired.

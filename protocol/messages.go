@@ -127,6 +127,10 @@ type Hello struct {
 	// Firmware is the version of the firmware the device runs; absent
 	// (0) for a device that takes no firmware updates.
 	Firmware uint32 `cbor:"14,keyasint,omitempty"`
+	// DataPrimary is the data-key version the device encrypts with, so
+	// the server knows it took a new primary (or went back to an older
+	// one after a rollback); absent (0) while it holds no data key.
+	DataPrimary uint32 `cbor:"25,keyasint,omitempty"`
 }
 
 // Rotate asks a device to generate a new key for Slot, to become Version.

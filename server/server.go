@@ -126,7 +126,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		parts.Sessions = s.broker
 	}
 	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
-		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}}
+		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}, campaign.KindDataKey: campaign.DataKey{
+			Escrow: escrowed, Engine: s.engine}, campaign.KindFirmware: campaign.Firmware{Releases: s.releases, Engine: s.engine}}
 		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
 			Now: cfg.Now, Logger: cfg.Logger})
 		parts.Campaigns = c

@@ -26,7 +26,13 @@ every device reached has finished and at least --min-reached were reached;
 above --max-failure failures among the devices reached, the campaign pauses
 itself. Kinds: identity (rotate the identity credential; rollback cancels
 the rotations not yet activated, activated devices keep their new
-credential).
+credential), data-key (a new primary data key; rollback makes the previous
+version primary again on every device the campaign changed), firmware
+(roll out the staged release --release, published with firmware publish
+--staged, which becomes the fleet's release when the campaign completes;
+rollback takes the desired release back to the previous one, and devices
+that installed the new one get the previous image under a new version
+number, as their anti-rollback rule requires).
 
 watch exits 0 when the campaign completes, 2 when it pauses, is aborted or
 rolled back, 1 on an error.`
@@ -35,6 +41,7 @@ rolled back, 1 on an error.`
 type campaignFlags struct {
 	kind, selector, stages, maxFailure, rate string
 	minReached                               int
+	release                                  uint32
 	timeout                                  time.Duration
 	watch                                    bool
 }
@@ -42,7 +49,7 @@ type campaignFlags struct {
 // request checks the flags and names the one at fault.
 func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	req := adminapi.CampaignRequest{Kind: f.kind, Selector: f.selector, MinReached: f.minReached,
-		DeviceTimeoutSeconds: f.timeout.Seconds()}
+		DeviceTimeoutSeconds: f.timeout.Seconds(), Release: f.release}
 	var err error
 	if req.Stages, err = adminapi.ParseStages(f.stages); err != nil {
 		return req, fmt.Errorf("--stages: %w", err)
@@ -58,6 +65,12 @@ func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	}
 	if f.timeout <= 0 {
 		return req, fmt.Errorf("--device-timeout: must be positive")
+	}
+	if f.kind == adminapi.CampaignKindFirmware && f.release == 0 {
+		return req, fmt.Errorf("--release: a firmware campaign needs the staged release it rolls out")
+	}
+	if f.kind != adminapi.CampaignKindFirmware && f.release != 0 {
+		return req, fmt.Errorf("--release: only a firmware campaign takes a release")
 	}
 	return req, req.Validate()
 }
@@ -88,7 +101,8 @@ func (a *app) campaignCommands() *cobra.Command {
 			return watchCampaign(cmd.Context(), c, camp.ID, cmd.ErrOrStderr(), a.out, interval)
 		}}
 	fl := create.Flags()
-	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity")
+	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity, data-key or firmware")
+	fl.Uint32Var(&f.release, "release", 0, "the staged firmware release a firmware campaign rolls out")
 	fl.StringVar(&f.selector, "select", "", "Kubernetes label selector of the devices (empty: every device not revoked)")
 	fl.StringVar(&f.stages, "stages", "1%,10%,100%", "cumulative shares of the selected devices, one per stage, the last 100%")
 	fl.StringVar(&f.maxFailure, "max-failure", "2%", "failure share of the reached devices above which the campaign pauses itself")
@@ -190,8 +204,18 @@ func showCampaign(w io.Writer, c adminapi.Campaign) {
 	}
 	fmt.Fprintf(w, "campaign\t%s\nkind\t%s\nselector\t%s\nstate\t%s\nstage\t%d of %d (%s)\n", c.ID, c.Kind, orDash(c.Selector),
 		c.State, c.Stage+1, len(c.Stages), strings.Join(stages, ","))
+	if c.Release != 0 {
+		fmt.Fprintf(w, "release\t%d\n", c.Release)
+	}
 	fmt.Fprintf(w, "max failure\t%s\nmin reached\t%d\nrate\t%d/min\ndevice timeout\t%s\nreason\t%s\n", pct(c.MaxFailure),
 		c.MinReached, c.Rate, durationflag.Format(time.Duration(c.DeviceTimeoutSeconds*float64(time.Second))), orDash(c.Reason))
+	if c.RolledBackAt != nil {
+		rec := "not yet"
+		if c.RecoveredAt != nil {
+			rec = fmt.Sprintf("%s (%s after the rollback)", stamp(*c.RecoveredAt), c.RecoveredAt.Sub(*c.RolledBackAt).Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "rolled back\t%s\nrecovered\t%s\n", stamp(*c.RolledBackAt), rec)
+	}
 	for i, p := range c.StageProgress {
 		fmt.Fprintf(w, "stage %d\t%s\n", i+1, stageLine(p))
 	}

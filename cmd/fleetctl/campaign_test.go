@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +32,9 @@ func TestCampaignCreateFlags(t *testing.T) {
 		{[]string{"--rate", "1/h"}, "--rate"},
 		{[]string{"--min-reached", "-1"}, "--min-reached"},
 		{[]string{"--device-timeout", "0s"}, "--device-timeout"},
+		{[]string{"--kind", "firmware"}, "--release"},
+		{[]string{"--kind", "data-key", "--release", "3"}, "--release"},
+		{[]string{"--release", "3"}, "--release"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -89,5 +95,84 @@ func TestCampaignWatch(t *testing.T) {
 	}
 	if _, errOut, status = run("campaign", "show", "c9"); status != exitError || !strings.Contains(errOut, "not found") {
 		t.Errorf("show of an unknown campaign: status %d, %s", status, errOut)
+	}
+}
+
+// A data-key campaign completes under --watch, and its rollback shows
+// when it was rolled back and when every device had recovered; a staged
+// firmware release is rolled out by a firmware campaign naming it, whose
+// show prints the release; device show prints the device's pin and the
+// data-key primary it reports.
+func TestCampaignKinds(t *testing.T) {
+	f := fleettest.StartFleet(t, nil)
+	run := against(f)
+	online := []string{f.AddDevice(t, "dev-1"), f.AddDevice(t, "dev-2")}
+	startAgents(t, online...)
+	for _, id := range []string{"dev-1", "dev-2"} {
+		deadline := time.Now().Add(30 * time.Second)
+		for !f.Broker().Present(id) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never connected", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if out, errOut, status := run("datakeys", "rotate"); status != exitOK {
+		t.Fatalf("datakeys rotate: status %d\n%s%s", status, out, errOut)
+	}
+	out, errOut, status := run("campaign", "create", "--kind", "data-key", "--stages", "50%,100%", "--device-timeout", "1m", "--watch")
+	if status != exitOK || !strings.Contains(out, "data-key") || !strings.Contains(out, "campaign c1 completed: 2 succeeded, 0 failed, 0 away") {
+		t.Fatalf("create --kind data-key --watch: status %d\nstdout:\n%s\nstderr:\n%s", status, out, errOut)
+	}
+	if out, errOut, status = run("campaign", "rollback", "c1"); status != exitOK || !strings.Contains(out, "rolled-back") ||
+		!strings.Contains(out, "2 changes undone") {
+		t.Fatalf("rollback: status %d\n%s%s", status, out, errOut)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _, status = run("campaign", "show", "c1")
+		if status == exitOK && strings.Contains(out, "after the rollback)") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("show never says recovered:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(out, "rolled back") || strings.Count(out, "cancelled") < 2 {
+		t.Errorf("show after the rollback:\n%s", out)
+	}
+
+	img := filepath.Join(t.TempDir(), "fw.bin")
+	if err := os.WriteFile(img, []byte("build 2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vendor, class := "0a000000-0000-0000-0000-000000000000", "0b000000-0000-0000-0000-000000000000"
+	out, errOut, status = run("firmware", "publish", "--staged", "--image", img, "--version", "2", "--uri", "test://fw/2",
+		"--vendor", vendor, "--class", class)
+	if status != exitOK || !strings.Contains(out, "--release 2") {
+		t.Fatalf("firmware publish --staged: status %d\n%s%s", status, out, errOut)
+	}
+	out, errOut, status = run("campaign", "create", "--kind", "firmware", "--release", "2", "--stages", "100%", "--device-timeout", "1m")
+	if status != exitOK || !regexp.MustCompile(`release\s+2\n`).MatchString(out) {
+		t.Fatalf("create --kind firmware --release 2: status %d\n%s%s", status, out, errOut)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, _, status = run("device", "show", "dev-1")
+		if status == exitOK && regexp.MustCompile(`firmware pinned to\s+2 `).MatchString(out) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("device show never shows the pin:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !regexp.MustCompile(`data primary reported\s+1\n`).MatchString(out) {
+		t.Errorf("device show after the data-key rollback: want v1 reported primary\n%s", out)
+	}
+	if _, errOut, status = run("campaign", "create", "--kind", "firmware", "--release", "7", "--stages", "100%"); status != exitError ||
+		!strings.Contains(errOut, "release 7 is not published") {
+		t.Errorf("a firmware campaign of an unknown release: status %d, %s", status, errOut)
 	}
 }

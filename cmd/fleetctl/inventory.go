@@ -112,6 +112,9 @@ func showDevice(w *tabwriter.Writer, d adminapi.Device) {
 		d.ID, orDash(d.Model), formatLabels(d.Labels), d.Revoked, d.Connection, stamp(d.LastSeen))
 	fmt.Fprintf(w, "identity\tactive %d, desired %d, reported %d\n", d.Active, d.Desired, d.Reported)
 	fmt.Fprintf(w, "anchors version\t%s\nfirmware version\t%s\n", reported(d.Anchors), reported(d.Firmware))
+	if d.FirmwarePin != 0 {
+		fmt.Fprintf(w, "firmware pinned to\t%d (a firmware campaign)\n", d.FirmwarePin)
+	}
 	var keys []string
 	for _, k := range d.DataKeys {
 		keys = append(keys, fmt.Sprintf("v%d %s", k.Version, k.Status))
@@ -119,7 +122,7 @@ func showDevice(w *tabwriter.Writer, d adminapi.Device) {
 	if len(keys) == 0 {
 		keys = []string{"-"}
 	}
-	fmt.Fprintf(w, "data keys\t%s\n\n", strings.Join(keys, ", "))
+	fmt.Fprintf(w, "data keys\t%s\ndata primary reported\t%s\n\n", strings.Join(keys, ", "), reported(d.DataPrimary))
 	fmt.Fprintln(w, "SLOT\tVERSION\tSTATE\tROTATION\tSERIAL\tNOT AFTER\tGRACE UNTIL")
 	for _, v := range d.Versions {
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", v.Slot, v.Version, v.State, v.RotationID, short(v.Serial),

@@ -164,8 +164,9 @@ func (a *app) keyCommands() (top []*cobra.Command, device []*cobra.Command) {
 	var fw adminapi.FirmwareRequest
 	var image string
 	firmwareCmd := &cobra.Command{Use: "firmware", Short: "firmware releases"}
-	publish := &cobra.Command{Use: "publish --image FILE --version N --uri URI --vendor UUID --class UUID",
-		Short: "sign a manifest for an image with the anchors' firmware key and offer it to the fleet", Args: cobra.NoArgs,
+	publish := &cobra.Command{Use: "publish --image FILE --version N --uri URI --vendor UUID --class UUID [--staged]",
+		Short: "sign a manifest for an image with the anchors' firmware key and offer it to the fleet (or stage it for a campaign)",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if image == "" || fw.URI == "" || fw.Version == 0 || fw.Vendor == "" || fw.Class == "" {
 				return errors.New("--image, --version, --uri, --vendor and --class are required")
@@ -186,6 +187,9 @@ func (a *app) keyCommands() (top []*cobra.Command, device []*cobra.Command) {
 			}
 			return a.print(info, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "version\t%d\nsigned by\t%s\nmanifest\t%d bytes\n", info.Version, info.KeyID, len(info.Manifest))
+				if fw.Staged {
+					fmt.Fprintf(w, "staged\tyes: roll it out with campaign create --kind firmware --release %d\n", info.Version)
+				}
 			})
 		}}
 	fl := publish.Flags()
@@ -194,6 +198,7 @@ func (a *app) keyCommands() (top []*cobra.Command, device []*cobra.Command) {
 	fl.StringVar(&fw.URI, "uri", "", "where devices fetch the image")
 	fl.StringVar(&fw.Vendor, "vendor", "", "vendor UUID")
 	fl.StringVar(&fw.Class, "class", "", "device class UUID")
+	fl.BoolVar(&fw.Staged, "staged", false, "stage the release: only firmware campaigns naming it roll it out")
 	firmwareCmd.AddCommand(publish)
 
 	return []*cobra.Command{anchorsCmd, datakeys, escrowCmd, firmwareCmd}, []*cobra.Command{revoke}

@@ -8,7 +8,7 @@
 //	fleetctl device label ID KEY=VALUE... KEY-...
 //	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
-//	fleetctl campaign create --kind identity --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
+//	fleetctl campaign create --kind identity|data-key|firmware [--release N] --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
 //	fleetctl campaign list | show ID | watch ID | pause ID | resume ID | abort ID | rollback ID
 //	fleetctl status
 //	fleetctl audit list [--since T] [--until T] [--device ID] [--kind K] [--limit N]
@@ -17,7 +17,7 @@
 //	fleetctl anchors show | rotate [--keys ca,update,firmware]
 //	fleetctl datakeys rotate
 //	fleetctl escrow recover DEVICE VERSION --out FILE
-//	fleetctl firmware publish --image FILE --version N --uri URI --vendor UUID --class UUID
+//	fleetctl firmware publish --image FILE --version N --uri URI --vendor UUID --class UUID [--staged]
 //
 // Output is a table for people, or JSON with -o json for scripts.
 //

@@ -48,7 +48,7 @@ func (h *handler) createCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := h.p.Campaigns.Create(r.Context(), campaign.Spec{Kind: req.Kind, Selector: req.Selector, Stages: req.Stages,
-		MaxFailure: req.MaxFailure, MinReached: req.MinReached, Rate: req.Rate,
+		MaxFailure: req.MaxFailure, MinReached: req.MinReached, Rate: req.Rate, Release: req.Release,
 		DeviceTimeout: time.Duration(req.DeviceTimeoutSeconds * float64(time.Second))}, actor(r))
 	if err != nil {
 		fail(w, err)
@@ -111,7 +111,13 @@ func (h *handler) campaignAction(w http.ResponseWriter, r *http.Request) {
 func campaignInfo(c *store.Campaign, devices bool) adminapi.Campaign {
 	out := adminapi.Campaign{ID: c.ID, Kind: c.Kind, Selector: c.Selector, Stages: c.Stages, MaxFailure: c.MaxFailure,
 		MinReached: c.MinReached, Rate: c.Rate, DeviceTimeoutSeconds: c.DeviceTimeout.Seconds(), State: string(c.State),
-		Stage: c.Stage, Reason: c.Reason, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
+		Stage: c.Stage, Reason: c.Reason, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, Release: c.Release}
+	if !c.RolledBackAt.IsZero() {
+		out.RolledBackAt = &c.RolledBackAt
+	}
+	if !c.RecoveredAt.IsZero() {
+		out.RecoveredAt = &c.RecoveredAt
+	}
 	targets := campaign.Targets(c)
 	from := 0
 	for stage, to := range targets {

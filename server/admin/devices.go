@@ -52,7 +52,7 @@ func summarize(d *store.Device) adminapi.DeviceSummary {
 // and whether the device is connected now.
 func (h *handler) detail(d *store.Device) adminapi.Device {
 	out := adminapi.Device{DeviceSummary: summarize(d), Anchors: d.Anchors, Firmware: d.Firmware, LastSeen: d.LastSeen,
-		Connection: h.connection(d.ID)}
+		Connection: h.connection(d.ID), FirmwarePin: d.FirmwarePin, DataPrimary: d.DataPrimary}
 	for _, k := range d.DataKeys {
 		out.DataKeys = append(out.DataKeys, adminapi.DataKeyVersion{Version: k.Version, Status: k.Status.String(),
 			CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt})

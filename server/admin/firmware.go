@@ -14,6 +14,9 @@ import (
 // Firmware publishes releases; *release.Releases satisfies it.
 type Firmware interface {
 	Publish(ctx context.Context, m *firmware.Manifest, actor string) (release.Info, error)
+	// Stage publishes a release that is not the fleet's until a
+	// firmware campaign completes with it.
+	Stage(ctx context.Context, m *firmware.Manifest, actor string) (release.Info, error)
 }
 
 func (h *handler) publishFirmware(w http.ResponseWriter, r *http.Request) {
@@ -38,11 +41,15 @@ func (h *handler) publishFirmware(w http.ResponseWriter, r *http.Request) {
 	}
 	m := &firmware.Manifest{VendorID: vendor, ClassID: class, Version: req.Version, Size: req.Size, URI: req.URI}
 	copy(m.Digest[:], req.Digest)
-	info, err := h.p.Firmware.Publish(r.Context(), m, actor(r))
+	publish := h.p.Firmware.Publish
+	if req.Staged {
+		publish = h.p.Firmware.Stage
+	}
+	info, err := publish(r.Context(), m, actor(r))
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	h.log.Info("firmware published", "version", info.Version, "actor", actor(r))
+	h.log.Info("firmware published", "version", info.Version, "staged", req.Staged, "actor", actor(r))
 	writeJSON(w, http.StatusOK, adminapi.FirmwareInfo{Version: info.Version, Manifest: info.Manifest, KeyID: fmt.Sprintf("%x", info.KeyID)})
 }

@@ -8,9 +8,11 @@
 //
 // What a campaign changes is its Kind: how to start the change on one
 // device, how to read its outcome from the device's record, how to give up
-// on it and how to roll it back. Identity rotation is the first kind;
-// data-key rotation, firmware releases and anchor roll-outs plug in as
-// further kinds.
+// on it and how to roll it back. The kinds: identity rotation (Identity),
+// data-key rotation (DataKey) and staged firmware releases (Firmware);
+// anchor roll-outs plug in as a further kind. A rollback is measured:
+// from the operator's request until every device it changed that is
+// connected runs a state the broker and engine accept (M10).
 //
 // A device that has not been connected since its stage began is away: it
 // neither passes nor fails the stage, and its change stays desired, so it

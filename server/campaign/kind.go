@@ -48,6 +48,58 @@ type Kind interface {
 	Rollback(ctx context.Context, device string, version uint32, actor string) (bool, error)
 }
 
+// Binder is a Kind whose steps depend on the campaign (firmware: the
+// release it rolls out): the Service uses Bind(c) for campaign c.
+type Binder interface {
+	Bind(c *store.Campaign) Kind
+}
+
+// SpecChecker is a Kind that checks a campaign's spec before it is
+// created (firmware: the release is staged and newer than the current).
+type SpecChecker interface {
+	CheckSpec(sp Spec) error
+}
+
+// Preparer is a Kind that records what it needs in a new campaign before
+// it is stored (firmware: the fleet's release, which a rollback goes back
+// to).
+type Preparer interface {
+	Prepare(c *store.Campaign)
+}
+
+// Reverter is a Kind whose rollback undoes finished changes too, not only
+// open ones (data key: the previous version primary again; firmware: the
+// desired release back to the previous one), and which tells when a
+// device rolled back runs a state the broker and engine accept again: the
+// end of the recovery time (M10). A Kind that is no Reverter leaves
+// finished devices alone and counts a rollback recovered at once (the
+// identity kind: a cancelled rotation leaves the device on its active
+// credential).
+type Reverter interface {
+	Recovered(d *store.Device, version uint32) bool
+}
+
+// Completer is a Kind with a last step once its campaign completes
+// (firmware: the release becomes the fleet's current one). The campaign
+// completes only once it succeeded.
+type Completer interface {
+	Complete(ctx context.Context, actor string) error
+}
+
+// SlotOf names the slot a kind changes, as the metrics label it
+// (lifecycle.SlotKind).
+func SlotOf(kind string) lifecycle.SlotKind {
+	switch kind {
+	case KindDataKey:
+		return lifecycle.SlotData
+	case KindFirmware:
+		return lifecycle.SlotFirmware
+	case KindIdentity:
+		return lifecycle.SlotIdentity
+	}
+	return lifecycle.SlotKind(kind)
+}
+
 // ErrNoRollback: the kind only moves forward (anchors); abort instead.
 var ErrNoRollback = errors.New("campaign: this kind has no rollback, abort it instead")
 

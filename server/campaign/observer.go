@@ -1,6 +1,11 @@
 package campaign
 
-import "github.com/keyfleet/keyfleet/server/store"
+import (
+	"time"
+
+	"github.com/keyfleet/keyfleet/server/lifecycle"
+	"github.com/keyfleet/keyfleet/server/store"
+)
 
 // Results a device's part in a campaign ends with, as an Observer hears
 // them. Away is not final: an away device that comes back is heard again
@@ -23,6 +28,11 @@ type Observer interface {
 	// Campaigns: every campaign as it stands, every tick (their states,
 	// and the ids whose series should exist from the start).
 	Campaigns(cs []*store.Campaign)
+	// Recovered: every device campaign rolled back that is connected
+	// runs a state the broker and engine accept again, took after the
+	// rollback was asked for; slot is what the campaign's kind changes
+	// (M10).
+	Recovered(campaign string, slot lifecycle.SlotKind, took time.Duration)
 }
 
 // stageOf returns the 1-based stage that device index i belongs to.

@@ -58,7 +58,7 @@ func live(c *store.Campaign) bool {
 		return true
 	}
 	if c.State == store.CampaignRolledBack {
-		return false
+		return !c.RolledBackAt.IsZero() && c.RecoveredAt.IsZero() // its recovery is watched
 	}
 	for _, d := range c.Devices {
 		if d.Status == store.DeviceInProgress || d.Status == store.DeviceAway {
@@ -75,11 +75,17 @@ func (s *Service) step(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	kind := s.opts.Kinds[c.Kind]
+	kind := s.kindOf(c)
 	if kind == nil {
 		return fmt.Errorf("campaign: %s has unknown kind %q", c.ID, c.Kind)
 	}
 	actor := "campaign:" + c.ID
+	if c.State == store.CampaignRolledBack {
+		if ev := s.recovery(ctx, c, kind); ev != nil {
+			return s.save(ctx, c, *ev)
+		}
+		return nil
+	}
 	var events []store.Event
 	changed := s.observe(ctx, c, kind, actor)
 	if c.State == store.CampaignRunning {
@@ -94,6 +100,13 @@ func (s *Service) step(ctx context.Context, id string) error {
 		}
 		changed = changed || started
 		if ev := s.advance(c); ev != nil {
+			if c.State == store.CampaignCompleted {
+				if k, ok := kind.(Completer); ok {
+					if err := k.Complete(ctx, actor); err != nil { // completes at a later step
+						return fmt.Errorf("campaign: complete %s: %w", c.ID, err)
+					}
+				}
+			}
 			events, changed = append(events, *ev), true
 		}
 	}
@@ -360,4 +373,35 @@ func (b *bucket) take(now time.Time) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// recovery watches a rolled-back campaign: once every device it rolled
+// back that is connected runs a state the broker and engine accept
+// (Reverter.Recovered), the campaign is recovered, and the time since the
+// rollback goes to the observer (M10). A device not connected converges
+// when it comes back and is not waited for. It returns the audit event
+// when the campaign has just recovered.
+func (s *Service) recovery(ctx context.Context, c *store.Campaign, kind Kind) *store.Event {
+	if rk, ok := kind.(Reverter); ok {
+		for _, cd := range c.Devices {
+			if cd.Status != store.DeviceCancelled || cd.Version == 0 {
+				continue
+			}
+			d, err := s.opts.Store.GetDevice(ctx, cd.ID)
+			if err != nil || d.Revoked || !s.connected(d, c.RolledBackAt) {
+				continue
+			}
+			if !rk.Recovered(d, cd.Version) {
+				return nil
+			}
+		}
+	}
+	now := s.opts.Now()
+	took := max(now.Sub(c.RolledBackAt), 0)
+	c.RecoveredAt = now
+	if s.opts.Observer != nil {
+		s.opts.Observer.Recovered(c.ID, SlotOf(c.Kind), took)
+	}
+	return &store.Event{Action: "campaign-recovered", Actor: "campaign:" + c.ID,
+		Detail: fmt.Sprintf("campaign %s: every device rolled back and connected runs an accepted state, %v after the rollback", c.ID, took.Round(time.Millisecond))}
 }

@@ -80,11 +80,22 @@ type Spec struct {
 	MinReached    int
 	Rate          int // devices per minute; 0: no bound
 	DeviceTimeout time.Duration
+	// Release is the staged firmware release a firmware campaign rolls
+	// out; other kinds take none.
+	Release uint32
 }
 
 func (sp Spec) validate(kinds map[string]Kind) error {
-	if _, ok := kinds[sp.Kind]; !ok {
+	k, ok := kinds[sp.Kind]
+	if !ok {
 		return invalid("unknown kind %q", sp.Kind)
+	}
+	if ck, ok := k.(SpecChecker); ok {
+		if err := ck.CheckSpec(sp); err != nil {
+			return err
+		}
+	} else if sp.Release != 0 {
+		return invalid("kind %q takes no release", sp.Kind)
 	}
 	prev := 0.0
 	for _, st := range sp.Stages {
@@ -118,7 +129,7 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	}
 	now := s.opts.Now()
 	c := &store.Campaign{Kind: sp.Kind, Selector: sel.String(), Stages: sp.Stages, MaxFailure: sp.MaxFailure,
-		MinReached: sp.MinReached, Rate: sp.Rate, DeviceTimeout: sp.DeviceTimeout, State: store.CampaignRunning,
+		MinReached: sp.MinReached, Rate: sp.Rate, DeviceTimeout: sp.DeviceTimeout, Release: sp.Release, State: store.CampaignRunning,
 		StageStarted: now, CreatedAt: now, UpdatedAt: now, Actor: actor}
 	if err := s.opts.Store.ForEachDevice(ctx, func(d *store.Device) error {
 		if !d.Revoked && sel.Matches(d) {
@@ -131,12 +142,15 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	if len(c.Devices) == 0 {
 		return nil, invalid("selector %q selects no device", sp.Selector)
 	}
+	if p, ok := s.opts.Kinds[sp.Kind].(Preparer); ok {
+		p.Prepare(c)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.opts.Store.CreateCampaign(ctx, c, store.Event{Action: "campaign-created", Actor: actor}); err != nil {
 		return nil, err
 	}
-	s.opts.Logger.Info("campaign created", "campaign", c.ID, "kind", c.Kind, "devices", len(c.Devices), "actor", actor)
+	s.opts.Logger.Info("campaign created", "campaign", c.ID, "kind", c.Kind, "release", c.Release, "devices", len(c.Devices), "actor", actor)
 	return c, nil
 }
 
@@ -187,9 +201,13 @@ func (s *Service) transition(ctx context.Context, id, actor, action, reason stri
 	})
 }
 
-// Rollback ends a campaign and undoes what its kind can of the changes
-// not finished (identity: open rotations cancelled); finished devices keep
-// their change. Devices not started are left alone.
+// Rollback ends a campaign and undoes what its kind can: the changes not
+// finished (identity: open rotations cancelled) and, for a Reverter, the
+// finished ones too (data key: the previous version primary again;
+// firmware: the desired release back). Devices not started are left
+// alone. The runner then watches the devices rolled back until every one
+// connected runs a state the broker and engine accept, and reports the
+// time that took (M10).
 func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campaign, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -200,40 +218,78 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	if c.State == store.CampaignRolledBack {
 		return nil, invalid("campaign %s is rolled back already", c.ID)
 	}
-	kind := s.opts.Kinds[c.Kind]
+	kind := s.kindOf(c)
 	if kind == nil {
 		return nil, invalid("campaign %s has unknown kind %q", c.ID, c.Kind)
 	}
-	cancelled, errs := 0, []error(nil)
+	_, reverts := kind.(Reverter)
+	now := s.opts.Now()
+	// Devices are rolled back concurrently, rollbackWorkers at a time:
+	// a Reverter undoes every finished device too, one durable update
+	// and one push each.
+	var (
+		mu        sync.Mutex
+		wg        sync.WaitGroup
+		cancelled int
+		errs      []error
+		sem       = make(chan struct{}, rollbackWorkers)
+	)
 	for i := range c.Devices {
 		cd := &c.Devices[i]
-		if (cd.Status != store.DeviceInProgress && cd.Status != store.DeviceAway) || cd.Version == 0 {
+		open := cd.Status == store.DeviceInProgress || cd.Status == store.DeviceAway
+		if !(open || reverts && cd.Status == store.DeviceSucceeded) || cd.Version == 0 {
 			continue
 		}
-		ok, err := kind.Rollback(ctx, cd.ID, cd.Version, "campaign:"+c.ID)
-		if errors.Is(err, ErrNoRollback) {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		} else if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if ok {
-			cancelled++
-			cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, s.opts.Now(), "rolled back"
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ok, err := kind.Rollback(ctx, cd.ID, cd.Version, "campaign:"+c.ID)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case ok:
+				cancelled++
+				cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, now, "rolled back"
+			}
+		}()
 	}
-	if len(errs) > 0 { // keep the campaign as it was: the operator retries
-		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, errors.Join(errs...))
+	wg.Wait()
+	if err := errors.Join(errs...); errors.Is(err, ErrNoRollback) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, ErrNoRollback)
+	} else if err != nil { // keep the campaign as it was: the operator retries
+		return nil, fmt.Errorf("campaign: roll back %s: %w", c.ID, err)
 	}
 	// The devices whose change finished meanwhile: recorded now, since a
 	// rolled-back campaign is not observed again.
 	s.observe(ctx, c, kind, "campaign:"+c.ID)
-	reason := fmt.Sprintf("rolled back by the operator: %d unfinished changes cancelled", cancelled)
+	what := "unfinished changes cancelled"
+	if reverts {
+		what = "changes undone"
+	}
+	reason := fmt.Sprintf("rolled back by the operator: %d %s", cancelled, what)
 	return s.opts.Store.UpdateCampaign(ctx, id, func(cur *store.Campaign) ([]store.Event, error) {
 		*cur = *c
-		cur.State, cur.Reason, cur.UpdatedAt = store.CampaignRolledBack, reason, s.opts.Now()
+		cur.State, cur.Reason, cur.UpdatedAt, cur.RolledBackAt = store.CampaignRolledBack, reason, now, now
 		return []store.Event{{Action: "campaign-rolled-back", Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
 	})
+}
+
+// rollbackWorkers bounds the devices a rollback undoes at once: enough
+// for the store's group commits to fill, few enough for the HSM's
+// sessions (a data key's push unwraps it there).
+const rollbackWorkers = 16
+
+// kindOf returns the Kind that runs c (bound to it, for a Binder), or nil
+// for an unknown kind.
+func (s *Service) kindOf(c *store.Campaign) Kind {
+	k := s.opts.Kinds[c.Kind]
+	if b, ok := k.(Binder); ok {
+		return b.Bind(c)
+	}
+	return k
 }
 
 // Targets returns how many of c's devices each stage covers, cumulative:

@@ -11,9 +11,11 @@
 // destroyed (their wrapped key is wiped). Unwrap turns an escrowed version
 // back into key material inside the HSM, for sealing (HPKE) to a device or
 // to an operator; nothing here stores, returns in an error or logs key
-// material. RotateDataKeys is the operator's rotation: Rotate, with each
-// new key pushed to its device at once and every version that changes
-// state reported through Hooks.OnChange.
+// material. RotateDataKeys is the operator's fleet-wide rotation: Rotate,
+// with each new key pushed to its device at once and every version that
+// changes state reported through Hooks.OnChange. RotateDataKey is the same
+// for one device (a data-key campaign's step), RevertDataKey its rollback:
+// the version before is primary again.
 //
 // # Caveats
 //

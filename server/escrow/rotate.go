@@ -2,6 +2,7 @@ package escrow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -22,19 +23,34 @@ type Result struct {
 	Failed  map[string]error
 }
 
-// RotateDataKeys is the operator's data-key rotation: Rotate, with every
-// new key pushed at once to its device if it is connected (the others get
-// theirs at their next hello).
+// RotateDataKeys is the operator's fleet-wide data-key rotation: Rotate,
+// with every new key pushed at once to its device if it is connected (the
+// others get theirs at their next hello).
 func (e *Escrow) RotateDataKeys(ctx context.Context, actor string) (Result, error) {
+	return e.Rotate(ctx, actor, func(device string) { e.push(ctx, device) })
+}
+
+// RotateDataKey gives one device a new primary data key, durable and
+// audited, pushes it if the device is connected and returns its version:
+// the step a data-key campaign takes per device.
+func (e *Escrow) RotateDataKey(ctx context.Context, device, actor string) (uint32, error) {
+	v, err := e.rotateOne(ctx, device, actor)
+	if err != nil {
+		return 0, err
+	}
+	e.push(ctx, device)
+	return v, nil
+}
+
+// push delivers device's keys at once if it is connected.
+func (e *Escrow) push(ctx context.Context, device string) {
 	h := e.getHooks()
-	return e.Rotate(ctx, actor, func(device string) {
-		if h.Push == nil {
-			return
-		}
-		if err := h.Push.PushDataKeys(ctx, device); err != nil {
-			h.Logger.Debug("data key not pushed; the device gets it at its next hello", "device", device, "err", err)
-		}
-	})
+	if h.Push == nil {
+		return
+	}
+	if err := h.Push.PushDataKeys(ctx, device); err != nil {
+		h.Logger.Debug("data key not pushed; the device gets it at its next hello", "device", device, "err", err)
+	}
 }
 
 // Rotate gives every device that is not revoked a new primary data key and
@@ -60,8 +76,11 @@ func (e *Escrow) Rotate(ctx context.Context, actor string, onRotated func(device
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := e.rotateOne(ctx, id, actor)
+			_, err := e.rotateOne(ctx, id, actor)
 			mu.Lock()
+			if errors.Is(err, ErrRevoked) { // revoked since it was listed
+				err = nil
+			}
 			if err != nil {
 				res.Failed[id] = err
 			} else {
@@ -77,25 +96,28 @@ func (e *Escrow) Rotate(ctx context.Context, actor string, onRotated func(device
 	return res, nil
 }
 
-func (e *Escrow) rotateOne(ctx context.Context, id, actor string) error {
+// rotateOne gives device id a new primary version and returns it.
+func (e *Escrow) rotateOne(ctx context.Context, id, actor string) (uint32, error) {
 	// The key is made and wrapped before the transaction, which may run
 	// more than once; a retried transaction reuses it.
 	key, wrapped, err := e.hsm.NewDataKey(KEKLabel, KeySize)
 	if err != nil {
-		return fmt.Errorf("escrow: new data key for %s: %w", id, err)
+		return 0, fmt.Errorf("escrow: new data key for %s: %w", id, err)
 	}
 	clear(key) // only the escrowed copy is kept; delivery unwraps it again
 	now := e.now()
 	var changes []lifecycle.Change
+	var version uint32
 	_, err = e.st.UpdateDevice(ctx, id, func(d *store.Device) ([]store.Event, error) {
 		if d.Revoked {
-			return nil, store.ErrNoChange
+			return nil, ErrRevoked
 		}
 		before := map[uint32]store.DataKeyStatus{}
 		for _, k := range d.DataKeys {
 			before[k.Version] = k.Status
 		}
 		events := Advance(d, wrapped, KEKLabel, e.policy, now, actor)
+		version = d.DataKeys[len(d.DataKeys)-1].Version
 		changes = changes[:0]
 		for _, k := range d.DataKeys {
 			if from, ok := before[k.Version]; !ok || from != k.Status {
@@ -107,14 +129,18 @@ func (e *Escrow) rotateOne(ctx context.Context, id, actor string) error {
 		return events, nil
 	})
 	if err != nil {
-		return fmt.Errorf("escrow: rotate %s: %w", id, err)
+		return 0, fmt.Errorf("escrow: rotate %s: %w", id, err)
 	}
+	e.report(changes)
+	return version, nil
+}
+
+func (e *Escrow) report(changes []lifecycle.Change) {
 	if fn := e.getHooks().OnChange; fn != nil {
 		for _, c := range changes {
 			fn(c)
 		}
 	}
-	return nil
 }
 
 // dataKeyState maps a data key's status to the life-cycle word it is

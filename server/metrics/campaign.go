@@ -2,10 +2,12 @@ package metrics
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyfleet/keyfleet/server/campaign"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -23,6 +25,9 @@ type CampaignObserver struct {
 	devices *prometheus.CounterVec // campaign, stage, result
 	paused  *prometheus.CounterVec // campaign
 	states  *prometheus.GaugeVec   // state
+	// recovery is Metrics' recovery histogram (M10): a rollback's
+	// recovery time is observed in the slot its campaign's kind changes.
+	recovery *prometheus.HistogramVec // slot
 }
 
 func newCampaignObserver(r prometheus.Registerer) *CampaignObserver {
@@ -45,6 +50,15 @@ func newCampaignObserver(r prometheus.Registerer) *CampaignObserver {
 // DeviceFinished implements the campaign runner's Observer.
 func (o *CampaignObserver) DeviceFinished(id string, stage int, result string) {
 	o.devices.WithLabelValues(id, strconv.Itoa(stage), result).Inc()
+}
+
+// Recovered implements the campaign runner's Observer: a rolled-back
+// campaign's recovery time is one more observation of the recovery time
+// (M10), in the slot its kind changes.
+func (o *CampaignObserver) Recovered(_ string, slot lifecycle.SlotKind, took time.Duration) {
+	if o.recovery != nil {
+		o.recovery.WithLabelValues(string(slot)).Observe(took.Seconds())
+	}
 }
 
 // SelfPaused implements the campaign runner's Observer.

@@ -127,6 +127,7 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	m.recovery = newHistogramVec(f, "recovery_duration_seconds",
 		"Time from a failed or cancelled rotation (or, with campaigns, a rollback) to the device's next activated credential (M10).",
 		rotationBuckets, "slot")
+	m.campaigns.recovery = m.recovery
 	m.revokes = newCounterVec(f, "revocations_total", "Revocations asked for, by result: revoked, already (revoked before) or error.", "result")
 	m.revokeLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "revocation_duration_seconds",
 		Help: "Time from a revocation's request to the device's last session dropped by the broker (M5).", Buckets: revokeBuckets})

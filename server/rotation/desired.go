@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -38,9 +39,10 @@ func (e *Engine) sendAnchors(ctx context.Context, device, topic string, have uin
 }
 
 // sendDataKeys seals to the device's key kv every data-key version it
-// should hold and does not report, and retires those it holds and should
-// not.
-func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.KeyVersion, held []uint32) error {
+// should hold and does not report, the primary again if the device
+// reports another primary (primary; 0: not reported), and retires those
+// it holds and should not.
+func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.KeyVersion, held []uint32, primary uint32) error {
 	if e.opts.DataKeys == nil {
 		return nil
 	}
@@ -53,7 +55,11 @@ func (e *Engine) sendDataKeys(ctx context.Context, d *store.Device, kv *store.Ke
 	// to drop its primary before it has the one that replaces it.
 	for _, k := range d.DataKeys {
 		live := k.Status == store.DataKeyPrimary || k.Status == store.DataKeyDecryptOnly
-		if !live || slices.Contains(held, k.Version) {
+		// A device that holds our primary but encrypts with another
+		// (a rollback made an older version primary again) gets it again
+		// as primary, which it then makes its own.
+		again := k.Status == store.DataKeyPrimary && primary != 0 && primary != k.Version
+		if !live || (slices.Contains(held, k.Version) && !again) {
 			continue
 		}
 		if pub == nil {
@@ -115,9 +121,9 @@ func (e *Engine) sendDataKey(ctx context.Context, device string, pub *ecdsa.Publ
 }
 
 // PushDataKeys sends a connected device the data-key versions it is
-// likely missing after a fleet-wide data-key rotation: the primary, and a
-// retire for every retired version. A device that is offline gets them in
-// answer to its next hello.
+// likely missing after a data-key rotation or its rollback: the primary,
+// and a retire for every retired version. A device that is offline gets
+// them in answer to its next hello.
 func (e *Engine) PushDataKeys(ctx context.Context, device string) error {
 	d, err := e.st.GetDevice(ctx, device)
 	if err != nil {
@@ -133,17 +139,32 @@ func (e *Engine) PushDataKeys(ctx context.Context, device string) error {
 			held = append(held, k.Version) // assume it has all but the new primary
 		}
 	}
-	return e.sendDataKeys(ctx, d, kv, held)
+	return e.sendDataKeys(ctx, d, kv, held, 0)
 }
 
-// sendFirmware offers the current firmware release to a device that runs
-// an older version. A device that reports no firmware version takes no
-// firmware updates.
-func (e *Engine) sendFirmware(ctx context.Context, device string, running uint32) error {
+// PushFirmware offers a connected device the release it should run, if
+// it reported running an older one: what a firmware campaign sends when
+// it pins a device to a staged release, or moves its pin back.
+func (e *Engine) PushFirmware(ctx context.Context, device string) error {
+	d, err := e.st.GetDevice(ctx, device)
+	if err != nil {
+		return err
+	}
+	if d.Revoked {
+		return nil
+	}
+	return e.sendFirmware(ctx, d, d.Firmware)
+}
+
+// sendFirmware offers the release d should run (the fleet's current one,
+// or the staged one d is pinned to) to a device that runs an older
+// version. A device that reports no firmware version takes no firmware
+// updates.
+func (e *Engine) sendFirmware(ctx context.Context, d *store.Device, running uint32) error {
 	if e.opts.Firmware == nil {
 		return nil
 	}
-	v, manifest := e.opts.Firmware.CurrentFirmware()
+	v, manifest := e.opts.Firmware.FirmwareFor(d.FirmwarePin, running)
 	if v == 0 || running == 0 || v <= running {
 		return nil // no release, a device that takes no firmware, or up to date
 	}
@@ -154,5 +175,33 @@ func (e *Engine) sendFirmware(ctx context.Context, device string, running uint32
 		return err
 	}
 	e.stats.FirmwareSent.Add(1)
-	return e.send(ctx, device, b)
+	return e.send(ctx, d.ID, b)
+}
+
+// PinFirmware sets the release device should run while a firmware
+// campaign stages one (0: back to the fleet's current release), durable
+// and audited firmware-pinned, and offers it at once if the device is
+// connected and behind. It reports whether the pin changed.
+func (e *Engine) PinFirmware(ctx context.Context, device string, version uint32, actor, detail string) (bool, error) {
+	changed := false
+	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
+		changed = false
+		if d.Revoked {
+			return nil, ErrRevoked
+		}
+		if d.FirmwarePin == version {
+			return nil, store.ErrNoChange
+		}
+		changed, d.FirmwarePin = true, version
+		return []store.Event{{Action: "firmware-pinned", Device: device, Version: version, Actor: actor, Detail: detail}}, nil
+	})
+	if err != nil && !errors.Is(err, store.ErrNoChange) {
+		return false, fmt.Errorf("rotation: pin firmware of %s: %w", device, err)
+	}
+	if d != nil && d.Firmware != 0 {
+		if err := e.sendFirmware(ctx, d, d.Firmware); err != nil {
+			e.log.Debug("firmware not offered; the device gets it at its next hello", "device", device, "err", err)
+		}
+	}
+	return changed, nil
 }

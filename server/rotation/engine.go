@@ -90,11 +90,13 @@ type DataKeySource interface {
 	UnwrapDataKey(ctx context.Context, k *store.DataKey) ([]byte, error)
 }
 
-// FirmwareSource gives the firmware release devices should run.
+// FirmwareSource gives the firmware release each device should run.
 type FirmwareSource interface {
-	// CurrentFirmware returns the release's version and signed manifest;
-	// version 0 means no release.
-	CurrentFirmware() (uint32, []byte)
+	// FirmwareFor returns the version and signed manifest of the release
+	// a device should run, given its pin (store.Device.FirmwarePin: a
+	// staged release, 0 for none) and the version it runs; version 0
+	// means no release.
+	FirmwareFor(pin, running uint32) (uint32, []byte)
 }
 
 // Engine runs rotations. Create it with New, then Start it.

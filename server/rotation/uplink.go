@@ -178,17 +178,17 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 		}
 		d = nd
 	} else if now := e.now(); (rep.Active != slot.Reported && slot.Version(rep.Active) != nil) || m.Anchors != d.Anchors ||
-		m.Firmware != d.Firmware || now.Sub(d.LastSeen) >= lastSeenResolution {
+		m.Firmware != d.Firmware || m.DataPrimary != d.DataPrimary || now.Sub(d.LastSeen) >= lastSeenResolution {
 		nd, err := e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
 			s := d.Slot(credentialSlot)
 			if (s.Reported == rep.Active || s.Version(rep.Active) == nil) && d.Anchors == m.Anchors && d.Firmware == m.Firmware &&
-				now.Sub(d.LastSeen) < lastSeenResolution {
+				d.DataPrimary == m.DataPrimary && now.Sub(d.LastSeen) < lastSeenResolution {
 				return nil, store.ErrNoChange
 			}
 			if s.Version(rep.Active) != nil {
 				s.Reported = rep.Active
 			}
-			d.Anchors, d.Firmware, d.LastSeen = m.Anchors, m.Firmware, now
+			d.Anchors, d.Firmware, d.DataPrimary, d.LastSeen = m.Anchors, m.Firmware, m.DataPrimary, now
 			return nil, nil
 		})
 		if err != nil {
@@ -204,10 +204,10 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 	if err := e.reconcile(ctx, d, rep); err != nil {
 		return err
 	}
-	if err := e.sendDataKeys(ctx, d, kv, m.DataKeys); err != nil {
+	if err := e.sendDataKeys(ctx, d, kv, m.DataKeys, m.DataPrimary); err != nil {
 		return err
 	}
-	return e.sendFirmware(ctx, d.ID, m.Firmware)
+	return e.sendFirmware(ctx, d, m.Firmware)
 }
 
 // renewIfDue opens a rotation of slot, on the policy's behalf, for a

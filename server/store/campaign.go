@@ -36,7 +36,7 @@ const (
 	DeviceSucceeded  CampaignDeviceStatus = "succeeded"
 	DeviceFailed     CampaignDeviceStatus = "failed"    // refused, errored, or timed out while connected
 	DeviceAway       CampaignDeviceStatus = "away"      // not connected since its stage began
-	DeviceCancelled  CampaignDeviceStatus = "cancelled" // its open change was cancelled by a rollback
+	DeviceCancelled  CampaignDeviceStatus = "cancelled" // its change was cancelled or undone by a rollback
 )
 
 // Campaign is a staged change over the devices a selector chose, durable so
@@ -69,6 +69,16 @@ type Campaign struct {
 	// Reason says why the campaign last changed state (a pause by itself
 	// names the ratio).
 	Reason string `cbor:",omitempty"`
+	// Release is the firmware release a firmware campaign rolls out;
+	// Previous the fleet's release when it was created, the one its
+	// rollback goes back to.
+	Release  uint32 `cbor:",omitempty"`
+	Previous uint32 `cbor:",omitempty"`
+	// RolledBackAt is when the operator asked for the rollback;
+	// RecoveredAt when every device it reached was back on a state the
+	// broker and engine accept (M10), zero until then.
+	RolledBackAt time.Time `cbor:",omitempty"`
+	RecoveredAt  time.Time `cbor:",omitempty"`
 	// Devices are the selected devices, in the order the stages take them.
 	Devices []CampaignDevice
 }

@@ -35,6 +35,15 @@ type Device struct {
 	// Anchors and Firmware are the versions the device last reported.
 	Anchors  uint32
 	Firmware uint32
+	// DataPrimary is the data-key version the device last reported as
+	// its primary (0: never reported): how the server knows a device
+	// took a new primary, or went back to an older one.
+	DataPrimary uint32 `cbor:",omitempty"`
+	// FirmwarePin is the release this device should run while a
+	// firmware campaign stages one (0: the fleet's current release). It
+	// counts only while newer than the current release, so a release
+	// published for the whole fleet later overtakes it.
+	FirmwarePin uint32 `cbor:",omitempty"`
 	// Labels are the operator's key=value tags (Kubernetes label syntax,
 	// checked by package inventory), which selectors match. A record
 	// written before labels existed decodes with none.
