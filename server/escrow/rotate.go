@@ -95,7 +95,7 @@ func (e *Escrow) rotateOne(ctx context.Context, id, actor string) error {
 		for _, k := range d.DataKeys {
 			before[k.Version] = k.Status
 		}
-		events := Advance(d, wrapped, KEKLabel, e.policy, now, actor)
+		events := Advance(d, wrapped, KEKLabel, e.policy.Current(), now, actor)
 		changes = changes[:0]
 		for _, k := range d.DataKeys {
 			if from, ok := before[k.Version]; !ok || from != k.Status {
