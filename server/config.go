@@ -52,10 +52,12 @@ type Config struct {
 	// devices and operators use to reach it.
 	ServerNames []string
 	// Policy gives the key lifetimes and the windows for offline devices;
-	// zero fields take policy.Default's.
+	// zero fields take policy.Default's. Version 0 while none was applied.
 	Policy policy.Policy
-	// Grace, if set, overrides Policy.Grace: how long a superseded
-	// identity stays accepted.
+	// PolicyFile (--policy) replaces Policy; it seeds version 1 (policyrun).
+	PolicyFile *policy.File
+	// Grace, if set, overrides the grace of every policy run: how long a
+	// superseded identity stays accepted.
 	Grace time.Duration
 	// CertValidity, if set, overrides Policy.CertValidity.
 	CertValidity time.Duration
@@ -87,17 +89,11 @@ func (c *Config) setDefaults() error {
 	if !c.InsecureSoftKeys && (c.HSM.Module == "" || c.HSM.TokenLabel == "" || c.HSM.PIN == "") {
 		return errors.New("server: PKCS#11 module, token label and PIN are required (or --insecure-soft-keys)")
 	}
-	c.Policy = c.Policy.WithDefaults()
-	if c.Grace != 0 {
-		c.Policy.Grace = policy.Duration(c.Grace)
-	}
-	if c.CertValidity != 0 {
-		c.Policy.CertValidity = policy.Duration(c.CertValidity)
-	}
+	c.Policy = policy.Overrides{Grace: c.Grace, CertValidity: c.CertValidity}.Start(c.PolicyFile, c.Policy)
 	if err := c.Policy.Validate(); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	c.Grace, c.CertValidity = c.Policy.Grace.D(), c.Policy.CertValidity.D()
+	c.CertValidity = c.Policy.CertValidity.D() // the CA reads it at start; Grace stays as given, over every policy run
 	c.CommandTTL = cmp.Or(c.CommandTTL, 10*time.Minute)
 	c.OnlineKeyLifetime = cmp.Or(c.OnlineKeyLifetime, 24*time.Hour)
 	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {

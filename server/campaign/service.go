@@ -80,6 +80,9 @@ type Spec struct {
 	MinReached    int
 	Rate          int // devices per minute; 0: no bound
 	DeviceTimeout time.Duration
+	// Devices, if set, limits the campaign to these of the devices the
+	// selector selects (fleetd's scheduler names the devices due).
+	Devices []string
 }
 
 func (sp Spec) validate(kinds map[string]Kind) error {
@@ -120,8 +123,12 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	c := &store.Campaign{Kind: sp.Kind, Selector: sel.String(), Stages: sp.Stages, MaxFailure: sp.MaxFailure,
 		MinReached: sp.MinReached, Rate: sp.Rate, DeviceTimeout: sp.DeviceTimeout, State: store.CampaignRunning,
 		StageStarted: now, CreatedAt: now, UpdatedAt: now, Actor: actor}
+	only := map[string]bool{}
+	for _, id := range sp.Devices {
+		only[id] = true
+	}
 	if err := s.opts.Store.ForEachDevice(ctx, func(d *store.Device) error {
-		if !d.Revoked && sel.Matches(d) {
+		if !d.Revoked && sel.Matches(d) && (len(only) == 0 || only[d.ID]) {
 			c.Devices = append(c.Devices, store.CampaignDevice{ID: d.ID})
 		}
 		return nil

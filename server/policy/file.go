@@ -349,8 +349,8 @@ func (p *parser) setting(key string, v *yaml.Node, field string, s *Settings) {
 	switch key {
 	case "max_key_age":
 		if x, ok := p.duration(v, field); ok {
-			if x.D() != 0 && x.D() < time.Minute {
-				p.add(v.Line, field, "%v is under a minute", x.D())
+			if x.D() != 0 && x.D() < time.Second {
+				p.add(v.Line, field, "%v is under a second", x.D())
 			}
 			s.MaxKeyAge = &x
 		}

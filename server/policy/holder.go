@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/fnv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -133,12 +134,14 @@ type Running struct {
 type Holder struct {
 	cur       atomic.Pointer[Running]
 	overrides Overrides
+	mu        sync.Mutex
+	changed   chan struct{} // closed at the next Set
 }
 
 // NewHolder holds r; overrides (fleetd's --grace, --cert-validity) apply
 // to the defaults of r and of every policy Set later.
 func NewHolder(r *Running, o Overrides) *Holder {
-	h := &Holder{overrides: o}
+	h := &Holder{overrides: o, changed: make(chan struct{})}
 	h.Set(r)
 	return h
 }
@@ -150,6 +153,20 @@ func (h *Holder) Set(r *Running) {
 	r2 := *r
 	r2.File = &f
 	h.cur.Store(&r2)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.changed != nil {
+		close(h.changed)
+	}
+	h.changed = make(chan struct{})
+}
+
+// Changed is closed when the running policy next changes: the scheduler
+// looks for due devices at once after an apply.
+func (h *Holder) Changed() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
 }
 
 // Running is the running policy.
@@ -180,6 +197,15 @@ func (o Overrides) Apply(p Policy) Policy {
 		p.CertValidity = Duration(o.CertValidity)
 	}
 	return p
+}
+
+// Start is the fleet-wide policy fleetd starts with: f's defaults if a
+// file was given, else base, under o.
+func (o Overrides) Start(f *File, base Policy) Policy {
+	if f != nil {
+		base = f.Defaults
+	}
+	return o.Apply(base)
 }
 
 // Builtin is the running policy of a fleetd given no file: version 0.
