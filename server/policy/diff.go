@@ -13,17 +13,29 @@ type Change struct {
 	// Old and New are the values as text; "" when unset.
 	Old, New string
 	// key is the effective setting whose value decides whether a device is
-	// affected; "" compares every setting.
+	// affected; "" for a whole rule or the rules' order.
 	key string
+	// oldRule and newRule are the rule's index in each file, -1 for none
+	// (a change of the defaults, or a rule added or removed).
+	oldRule, newRule int
 }
 
 // Affects reports whether a device whose policy was before and is after
-// is affected by the change: its effective value of the field differs.
+// is affected by the change. A field of the defaults or of a rule: the
+// device's effective value differs (and for a rule, the rule governs it
+// before or after). A rule added or removed: it governs the device after
+// or before. The order: the rule governing the device changed.
 func (c Change) Affects(before, after Effective) bool {
-	if c.key == "" {
-		return before.String() != after.String()
+	inRule := (c.oldRule >= 0 && before.Rule == c.oldRule) || (c.newRule >= 0 && after.Rule == c.newRule)
+	switch {
+	case c.key != "" && c.oldRule < 0 && c.newRule < 0:
+		return before.value(c.key) != after.value(c.key)
+	case c.key != "":
+		return inRule && before.value(c.key) != after.value(c.key)
+	case c.oldRule >= 0 || c.newRule >= 0:
+		return inRule
 	}
-	return before.value(c.key) != after.value(c.key)
+	return before.Select != after.Select
 }
 
 // fleetWide are the settings rules cannot override.
@@ -110,7 +122,7 @@ func Diff(old, new *File) []Change {
 	oe, ne := old.base(), new.base()
 	for _, k := range fleetWide {
 		if a, b := oe.value(k), ne.value(k); a != b {
-			out = append(out, Change{Field: k, Old: a, New: b, key: k})
+			out = append(out, Change{Field: k, Old: a, New: b, key: k, oldRule: -1, newRule: -1})
 		}
 	}
 	for _, k := range perDevice {
@@ -119,7 +131,7 @@ func Diff(old, new *File) []Change {
 			a, b = oe.value(k), ne.value(k)
 		}
 		if a != b {
-			out = append(out, Change{Field: k, Old: a, New: b, key: k})
+			out = append(out, Change{Field: k, Old: a, New: b, key: k, oldRule: -1, newRule: -1})
 		}
 	}
 	index := func(f *File) map[string]int {
@@ -141,16 +153,16 @@ func Diff(old, new *File) []Change {
 			kept = append(kept, r.Select)
 			for _, k := range perDevice {
 				if a, b := settingValue(r.Settings, k), settingValue(new.Rules[j].Settings, k); a != b {
-					out = append(out, Change{Field: fmt.Sprintf("rules[%s].%s", r.Select, k), Old: a, New: b, key: k})
+					out = append(out, Change{Field: fmt.Sprintf("rules[%s].%s", r.Select, k), Old: a, New: b, key: k, oldRule: i, newRule: j})
 				}
 			}
 			continue
 		}
-		out = append(out, Change{Field: fmt.Sprintf("rules[%s]", r.Select), Old: "rule removed"})
+		out = append(out, Change{Field: fmt.Sprintf("rules[%s]", r.Select), Old: "rule removed", oldRule: i, newRule: -1})
 	}
 	for i, r := range new.Rules {
 		if _, ok := oi[r.Select]; !ok && ni[r.Select] == i {
-			out = append(out, Change{Field: fmt.Sprintf("rules[%s]", r.Select), New: "rule added"})
+			out = append(out, Change{Field: fmt.Sprintf("rules[%s]", r.Select), New: "rule added", oldRule: -1, newRule: i})
 		}
 	}
 	var order []string
@@ -160,7 +172,7 @@ func Diff(old, new *File) []Change {
 		}
 	}
 	if fmt.Sprint(order) != fmt.Sprint(kept) {
-		out = append(out, Change{Field: "rules", Old: fmt.Sprintf("order %q", kept), New: fmt.Sprintf("order %q", order)})
+		out = append(out, Change{Field: "rules", Old: fmt.Sprintf("order %q", kept), New: fmt.Sprintf("order %q", order), oldRule: -1, newRule: -1})
 	}
 	return out
 }

@@ -155,6 +155,9 @@ func (s *Service) Diff(ctx context.Context, name string, text []byte) (Diff, err
 	newF.Defaults = (policy.Overrides{Grace: s.opts.Grace}).Apply(newF.Defaults)
 	out := Diff{From: run.Version}
 	for _, c := range policy.Diff(run.File, &newF) {
+		if c.Field == "cert_validity" {
+			c.New += " (at the next start: the CA reads it then)"
+		}
 		out.Changes = append(out.Changes, Change{Change: c})
 	}
 	err = s.opts.Store.ForEachDevice(ctx, func(d *store.Device) error {
