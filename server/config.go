@@ -56,10 +56,11 @@ type Config struct {
 	Policy policy.Policy
 	// PolicyFile (--policy) replaces Policy; it seeds version 1 (policyrun).
 	PolicyFile *policy.File
-	// Grace, if set, overrides the grace of every policy run: how long a
-	// superseded identity stays accepted.
+	// Grace, if set, overrides every policy's grace: how long a superseded
+	// identity stays accepted.
 	Grace time.Duration
-	// CertValidity, if set, overrides Policy.CertValidity.
+	// CertValidity, if set, overrides the certificate validity of every
+	// policy run (the CA reads the running policy's at start).
 	CertValidity time.Duration
 	// CommandTTL is the expiry of commands; default 10 minutes.
 	CommandTTL time.Duration
@@ -93,12 +94,10 @@ func (c *Config) setDefaults() error {
 	if err := c.Policy.Validate(); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	c.CertValidity = c.Policy.CertValidity.D() // the CA reads it at start; Grace stays as given, over every policy run
 	c.CommandTTL = cmp.Or(c.CommandTTL, 10*time.Minute)
 	c.OnlineKeyLifetime = cmp.Or(c.OnlineKeyLifetime, 24*time.Hour)
-	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {
-		return fmt.Errorf("server: durations out of range (grace %v, validity %v, command ttl %v, online key %v)",
-			c.Grace, c.CertValidity, c.CommandTTL, c.OnlineKeyLifetime)
+	if c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute { // grace and validity: Policy.Validate
+		return fmt.Errorf("server: durations out of range (command ttl %v, online key %v)", c.CommandTTL, c.OnlineKeyLifetime)
 	}
 	c.MQTTAddr, c.AdminAddr = cmp.Or(c.MQTTAddr, "127.0.0.1:8883"), cmp.Or(c.AdminAddr, "127.0.0.1:8443")
 	c.Logger = cmp.Or(c.Logger, slog.Default())

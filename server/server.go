@@ -74,14 +74,15 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	s.closers = append(s.closers, s.st.Close)
-	pols, err := policyrun.Open(ctx, policyrun.Options{Store: s.st, Seed: cfg.PolicyFile, Base: cfg.Policy, Grace: cfg.Grace, Now: cfg.Now, Logger: cfg.Logger})
+	pols, err := policyrun.Open(ctx, policyrun.Options{Store: s.st, Seed: cfg.PolicyFile, Base: cfg.Policy, Now: cfg.Now, Logger: cfg.Logger,
+		Overrides: policy.Overrides{Grace: cfg.Grace, CertValidity: cfg.CertValidity}})
 	if err != nil {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
 	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange) // every signature timed, every change counted
 	codec := protocol.NewCodec()
-	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: cfg.CertValidity,
+	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 		return nil, err

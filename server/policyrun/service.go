@@ -35,8 +35,8 @@ type Options struct {
 	// Base is the policy run as version 0 when there is neither a stored
 	// version nor a seed.
 	Base policy.Policy
-	// Grace (fleetd's --grace), if set, wins over every version's.
-	Grace time.Duration
+	// Overrides (fleetd's --grace, --cert-validity) win over every version.
+	Overrides policy.Overrides
 	// ScheduleInterval is how often the scheduler looks; default a minute.
 	ScheduleInterval time.Duration
 	Now              func() time.Time
@@ -91,7 +91,7 @@ func Open(ctx context.Context, opts Options) (*Service, error) {
 			return nil, fmt.Errorf("policyrun: %w", err)
 		}
 	}
-	s.holder = policy.NewHolder(run, policy.Overrides{Grace: opts.Grace})
+	s.holder = policy.NewHolder(run, opts.Overrides)
 	opts.Logger.Info("policy running", "version", run.Version, "rules", len(run.File.Rules), "applied_by", run.AppliedBy)
 	return s, nil
 }
@@ -152,7 +152,7 @@ func (s *Service) Diff(ctx context.Context, name string, text []byte) (Diff, err
 	}
 	run := s.holder.Running()
 	newF := *f
-	newF.Defaults = (policy.Overrides{Grace: s.opts.Grace}).Apply(newF.Defaults)
+	newF.Defaults = s.opts.Overrides.Apply(newF.Defaults)
 	out := Diff{From: run.Version}
 	for _, c := range policy.Diff(run.File, &newF) {
 		if c.Field == "cert_validity" {
