@@ -135,10 +135,6 @@ func (a *app) policyCommands() *cobra.Command {
 				fmt.Fprintf(w, "applied\t%s by %s\n", stamp(p.AppliedAt), orDash(p.AppliedBy))
 				fmt.Fprintf(w, "sha256\t%s\n", orDash(p.SHA256))
 				fmt.Fprintf(w, "rules\t%d\n", p.Rules)
-				if p.YAML == "" {
-					fmt.Fprintln(w, "\n(built-in defaults: no policy file given or applied)")
-					return
-				}
 				fmt.Fprintf(w, "\n%s", p.YAML)
 			})
 		}}

@@ -211,3 +211,18 @@ func TestCheckSelector(t *testing.T) {
 		}
 	}
 }
+
+// TestBuiltinText: version 0's text is a policy file that parses back to
+// the same defaults.
+func TestBuiltinText(t *testing.T) {
+	p := Default()
+	p.Grace = Duration(36 * time.Hour)
+	r := Builtin(p)
+	f, err := ParseFile("built-in", r.File.Text)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, r.File.Text)
+	}
+	if f.Defaults != r.File.Defaults || r.Version != 0 {
+		t.Errorf("parsed back %+v, want %+v", f.Defaults, r.File.Defaults)
+	}
+}

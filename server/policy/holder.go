@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Source is where the engine, the broker and the escrow read the policy
@@ -208,7 +210,14 @@ func (o Overrides) Start(f *File, base Policy) Policy {
 	return o.Apply(base)
 }
 
-// Builtin is the running policy of a fleetd given no file: version 0.
+// Builtin is the running policy of a fleetd given no file: version 0,
+// its text the defaults as a policy file says them, so that `policy show`
+// prints what runs and an operator can start a file from it.
 func Builtin(p Policy) *Running {
-	return &Running{File: &File{Name: "built-in", Defaults: p.WithDefaults()}, AppliedBy: "fleetd"}
+	p = p.WithDefaults()
+	text, err := yaml.Marshal(p)
+	if err != nil { // a struct of numbers and durations always marshals
+		text = nil
+	}
+	return &Running{File: &File{Name: "built-in", Text: append([]byte("# built-in defaults\n"), text...), Defaults: p}, AppliedBy: "fleetd"}
 }

@@ -9,7 +9,7 @@
 // A device in an open scheduled campaign (running, paused, or completed
 // while it is still away) is not put in another, so a campaign that
 // paused itself holds its devices until the operator aborts or rolls it
-// back. A device that failed is due again at the next look.
+// back. A device that failed is due again FailedBackoff after it failed.
 package schedule
 
 import (
@@ -28,6 +28,10 @@ import (
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
+
+// FailedBackoff is how long a device that failed in a scheduled campaign
+// waits before it is put in another.
+const FailedBackoff = time.Hour
 
 // ActorPrefix starts the actor of every scheduled campaign: "policy:v3".
 const ActorPrefix = "policy:"
@@ -109,6 +113,8 @@ func (s *Scheduler) Tick(ctx context.Context) ([]*store.Campaign, error) {
 				busy[d.ID] = true
 			case c.State == store.CampaignCompleted && (d.Status == store.DeviceAway || d.Status == store.DeviceInProgress):
 				busy[d.ID] = true
+			case d.Status == store.DeviceFailed && now.Sub(d.Finished) < FailedBackoff:
+				busy[d.ID] = true // not a new campaign every minute for a device that keeps failing
 			}
 		}
 		return nil

@@ -124,3 +124,41 @@ func TestDueJitter(t *testing.T) {
 		t.Errorf("jitters spread over %v, want most of 10h", hi-lo)
 	}
 }
+
+// TestFailedBackoff: a device that failed in a scheduled campaign that
+// ended waits FailedBackoff before it is put in another.
+func TestFailedBackoff(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateDevice(ctx, device("d1", "", t0.Add(-48*time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	now := t0
+	camps := campaign.New(campaign.Options{Store: st, Kinds: map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{}},
+		Now: func() time.Time { return now }})
+	s := New(Options{Store: st, Campaigns: camps, Policy: running(t, 1, "max_key_age: 24h\n"), Now: func() time.Time { return now }})
+	got, err := s.Tick(ctx)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("first look: %v %v", got, err)
+	}
+	if _, err := st.UpdateCampaign(ctx, got[0].ID, func(c *store.Campaign) ([]store.Event, error) {
+		c.State = store.CampaignCompleted
+		c.Devices[0].Status, c.Devices[0].Finished = store.DeviceFailed, now
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		after time.Duration
+		want  int
+	}{{FailedBackoff - time.Minute, 0}, {FailedBackoff, 1}} {
+		now = t0.Add(tc.after)
+		if got, err := s.Tick(ctx); err != nil || len(got) != tc.want {
+			t.Errorf("%v after the failure: %d campaigns (%v), want %d", tc.after, len(got), err, tc.want)
+		}
+	}
+}
