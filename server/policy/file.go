@@ -192,6 +192,12 @@ func ParseFile(name string, b []byte) (*File, error) {
 		p.add(syntaxLine(err), "", "%s", msg)
 		return nil, p.errs
 	}
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		p.add(max(next.Line, 1), "", "want one YAML document, found another (---)")
+	} else if !errors.Is(err, io.EOF) {
+		p.add(syntaxLine(err), "", "%s", yamlLine.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), ""))
+	}
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		root := doc.Content[0]
 		if !(root.Kind == yaml.ScalarNode && root.Tag == "!!null") {
@@ -419,23 +425,28 @@ func (p *parser) campaign(n *yaml.Node, path string) *CampaignShape {
 	p.fields(n, path, campaignKeys, func(key string, v *yaml.Node, field string) {
 		var err error
 		switch key {
-		case "stages":
-			c.Stages, err = adminapi.ParseStages(v.Value)
-		case "max_failure":
-			c.MaxFailure, err = adminapi.ParsePercent(v.Value)
-		case "rate":
-			c.Rate, err = adminapi.ParseRate(v.Value)
 		case "min_reached":
 			c.MinReached, _ = p.integer(v, field, 0, 1<<30)
+			return
 		case "device_timeout":
 			x, ok := p.duration(v, field)
 			if ok && x <= 0 {
 				p.add(v.Line, field, "must be positive")
 			}
 			c.DeviceTimeout = x.D()
+			return
 		}
-		if err == nil && v.Kind != yaml.ScalarNode {
-			err = errors.New("want a scalar")
+		if v.Kind != yaml.ScalarNode {
+			p.add(v.Line, field, "want a string like fleetctl campaign create's flag")
+			return
+		}
+		switch key {
+		case "stages":
+			c.Stages, err = adminapi.ParseStages(v.Value)
+		case "max_failure":
+			c.MaxFailure, err = adminapi.ParsePercent(v.Value)
+		case "rate":
+			c.Rate, err = adminapi.ParseRate(v.Value)
 		}
 		if err != nil {
 			p.add(v.Line, field, "%v", err)

@@ -73,6 +73,9 @@ func TestParseFileErrors(t *testing.T) {
 		{"renew_before out of range", "rules:\n  - select: a=b\n    renew_before: 1\n", []string{"fleet.yaml:3: rules[0].renew_before:"}},
 		{"rules not a list", "rules: {a: b}\n", []string{"fleet.yaml:1: rules: want a list"}},
 		{"syntax", "grace: [1\n", []string{"fleet.yaml:1: did not find expected"}},
+		{"campaign field not a scalar", "campaign:\n  min_reached: [1]\n  stages: [1%]\n", []string{
+			"fleet.yaml:2: campaign.min_reached:", "fleet.yaml:3: campaign.stages: want a string"}},
+		{"more than one document", "grace: 1d\n---\ngrace: 2d\n", []string{"fleet.yaml:2: want one YAML document"}},
 		{"max_key_age too short", "max_key_age: 10ms\n", []string{"fleet.yaml:1: max_key_age: 10ms is under a second"}},
 	}
 	for _, tt := range tests {
