@@ -52,12 +52,15 @@ type Config struct {
 	// devices and operators use to reach it.
 	ServerNames []string
 	// Policy gives the key lifetimes and the windows for offline devices;
-	// zero fields take policy.Default's.
+	// zero fields take policy.Default's. Version 0 while none was applied.
 	Policy policy.Policy
-	// Grace, if set, overrides Policy.Grace: how long a superseded
+	// PolicyFile (--policy) replaces Policy; it seeds version 1 (policyrun).
+	PolicyFile *policy.File
+	// Grace, if set, overrides every policy's grace: how long a superseded
 	// identity stays accepted.
 	Grace time.Duration
-	// CertValidity, if set, overrides Policy.CertValidity.
+	// CertValidity, if set, overrides the certificate validity of every
+	// policy run (the CA reads the running policy's at start).
 	CertValidity time.Duration
 	// CommandTTL is the expiry of commands; default 10 minutes.
 	CommandTTL time.Duration
@@ -87,22 +90,14 @@ func (c *Config) setDefaults() error {
 	if !c.InsecureSoftKeys && (c.HSM.Module == "" || c.HSM.TokenLabel == "" || c.HSM.PIN == "") {
 		return errors.New("server: PKCS#11 module, token label and PIN are required (or --insecure-soft-keys)")
 	}
-	c.Policy = c.Policy.WithDefaults()
-	if c.Grace != 0 {
-		c.Policy.Grace = policy.Duration(c.Grace)
-	}
-	if c.CertValidity != 0 {
-		c.Policy.CertValidity = policy.Duration(c.CertValidity)
-	}
+	c.Policy = policy.Overrides{Grace: c.Grace, CertValidity: c.CertValidity}.Start(c.PolicyFile, c.Policy)
 	if err := c.Policy.Validate(); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	c.Grace, c.CertValidity = c.Policy.Grace.D(), c.Policy.CertValidity.D()
 	c.CommandTTL = cmp.Or(c.CommandTTL, 10*time.Minute)
 	c.OnlineKeyLifetime = cmp.Or(c.OnlineKeyLifetime, 24*time.Hour)
-	if c.Grace < 0 || c.CertValidity < time.Minute || c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute {
-		return fmt.Errorf("server: durations out of range (grace %v, validity %v, command ttl %v, online key %v)",
-			c.Grace, c.CertValidity, c.CommandTTL, c.OnlineKeyLifetime)
+	if c.CommandTTL < time.Second || c.OnlineKeyLifetime < time.Minute { // grace and validity: Policy.Validate
+		return fmt.Errorf("server: durations out of range (command ttl %v, online key %v)", c.CommandTTL, c.OnlineKeyLifetime)
 	}
 	c.MQTTAddr, c.AdminAddr = cmp.Or(c.MQTTAddr, "127.0.0.1:8883"), cmp.Or(c.AdminAddr, "127.0.0.1:8443")
 	c.Logger = cmp.Or(c.Logger, slog.Default())

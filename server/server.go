@@ -20,6 +20,8 @@ import (
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/metrics"
 	"github.com/keyfleet/keyfleet/server/ops"
+	"github.com/keyfleet/keyfleet/server/policy"
+	"github.com/keyfleet/keyfleet/server/policyrun"
 	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -72,16 +74,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	s.closers = append(s.closers, s.st.Close)
+	pols, err := policyrun.Open(ctx, policyrun.Options{Store: s.st, Seed: cfg.PolicyFile, Base: cfg.Policy, Now: cfg.Now, Logger: cfg.Logger,
+		Overrides: policy.Overrides{Grace: cfg.Grace, CertValidity: cfg.CertValidity}})
+	if err != nil {
+		return nil, err
+	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
 	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange) // every signature timed, every change counted
 	codec := protocol.NewCodec()
-	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: cfg.CertValidity,
+	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	chain := s.trust.Chain()
-	escrowed, err := escrow.New(s.keys, s.st, cfg.Policy, cfg.Now)
+	escrowed, err := escrow.New(s.keys, s.st, pols.Holder(), cfg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.engine = rotation.New(s.st, s.trust, s.trust.Keeper(), codec, rotation.Options{
-		Policy: cfg.Policy, Grace: cfg.Grace, CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
+		Policy: pols.Holder(), CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
 		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
 		Anchors: chain, DataKeys: escrowed, Firmware: s.releases,
 	})
@@ -102,7 +109,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.ExternalBroker != "" {
 		s.cfg.MQTTAddr = cfg.ExternalBroker
-	} else if err := s.startBroker(ctx); err != nil {
+	} else if err := s.startBroker(ctx, pols.Holder()); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { s.link.Close(); return nil })
@@ -121,18 +128,18 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
 	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: m.Revoker(s.engine),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
-		Inventory: inventory.NewLabeler(s.st)}
+		Inventory: inventory.NewLabeler(s.st), Policies: pols}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
 	}
 	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
-		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}, campaign.KindDataKey: campaign.DataKey{
-			Escrow: escrowed, Engine: s.engine}, campaign.KindFirmware: campaign.Firmware{Releases: s.releases, Engine: s.engine}}
+		kinds := campaign.Kinds(campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases})
 		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
 			Now: cfg.Now, Logger: cfg.Logger})
 		parts.Campaigns = c
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go func() { defer s.wg.Done(); c.Run(ctx) }()
+		go func() { defer s.wg.Done(); pols.Scheduler(cs, c).Run(ctx) }()
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
@@ -150,10 +157,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 }
 
 // startBroker starts the embedded broker on cfg.MQTTAddr.
-func (s *Server) startBroker(ctx context.Context) (err error) {
+func (s *Server) startBroker(ctx context.Context, pol policy.Source) (err error) {
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
-		Trust: s.trust, Policy: s.cfg.Policy, Now: s.cfg.Now,
+		Trust: s.trust, Policy: pol, Now: s.cfg.Now,
 		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger,
 		OnRestore: func(device string) {
 			if err := s.engine.Resend(ctx, device); err != nil {

@@ -67,6 +67,9 @@ type APIError struct {
 	// Code is the API's error code (adminapi.Code...), empty if the answer
 	// carried none.
 	Code string
+	// Details are the errors of a refused policy file, one per entry
+	// ("file:line: field: message"); empty for other answers.
+	Details []string
 }
 
 // Error is the server's message as it stands: it already says what was
@@ -80,12 +83,12 @@ func (e *APIError) Error() string {
 
 // apiError reads a non-2xx answer's body.
 func apiError(status int, b []byte) *APIError {
-	var e adminapi.ErrorBody
+	var e adminapi.PolicyErrors
 	_ = json.Unmarshal(b, &e)
 	if e.Error == "" {
 		e.Error = string(b)
 	}
-	return &APIError{Status: status, Message: e.Error, Code: e.Code}
+	return &APIError{Status: status, Message: e.Error, Code: e.Code, Details: e.Errors}
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {

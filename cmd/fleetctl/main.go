@@ -10,6 +10,7 @@
 //	fleetctl device revoke ID --reason TEXT
 //	fleetctl campaign create --kind identity|data-key|firmware [--release N] --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
 //	fleetctl campaign list | show ID | watch ID | pause ID | resume ID | abort ID | rollback ID
+//	fleetctl policy validate FILE | diff FILE | apply FILE | show
 //	fleetctl status
 //	fleetctl audit list [--since T] [--until T] [--device ID] [--kind K] [--limit N]
 //	fleetctl audit export [--out FILE]
@@ -297,7 +298,7 @@ func newRoot(out io.Writer) *cobra.Command {
 
 	top, devSub := a.keyCommands()
 	deviceCmd.AddCommand(devSub...)
-	root.AddCommand(devices, deviceCmd, rotate, status, audit, a.campaignCommands())
+	root.AddCommand(devices, deviceCmd, rotate, status, audit, a.campaignCommands(), a.policyCommands())
 	root.AddCommand(top...)
 	root.SetContext(context.Background())
 	cmdtree.Setup(root)

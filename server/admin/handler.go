@@ -18,6 +18,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/campaign"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/inventory"
+	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/release"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -41,6 +42,8 @@ type Parts struct {
 	Inventory Labeler
 	// Campaigns creates and steers staged campaigns.
 	Campaigns Campaigns
+	// Policies is the running policy, its diff and apply.
+	Policies Policies
 	// Sessions tells whether a device is connected; nil when fleetd
 	// cannot tell (an external broker): device show then says "unknown"
 	// and rotation progress says nothing of it.
@@ -74,6 +77,9 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"POST", adminapi.PathDataKeysRotate, h.rotateDataKeys},
 		{"POST", adminapi.PathEscrowRecover, h.recoverEscrow},
 		{"POST", adminapi.PathFirmware, h.publishFirmware},
+		{"GET", adminapi.PathPolicy, h.showPolicy},
+		{"POST", adminapi.PathPolicyDiff, h.diffPolicy},
+		{"POST", adminapi.PathPolicyApply, h.applyPolicy},
 		{"POST", adminapi.PathCampaigns, h.createCampaign},
 		{"GET", adminapi.PathCampaigns, h.listCampaigns},
 		{"GET", adminapi.PathCampaigns + "/{id}", h.showCampaign},
@@ -157,7 +163,7 @@ func fail(w http.ResponseWriter, err error) {
 // codes: the one place that does.
 func statusOf(err error) (int, string) {
 	switch {
-	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey), errors.Is(err, inventory.ErrInvalid), errors.Is(err, campaign.ErrInvalid),
+	case errors.Is(err, release.ErrInvalid), errors.Is(err, escrow.ErrOperatorKey), errors.Is(err, inventory.ErrInvalid), errors.Is(err, campaign.ErrInvalid), errors.Is(err, policy.ErrInvalid),
 		errors.Is(err, protocol.ErrBadDeviceID), errors.Is(err, certs.ErrBadCSR), errors.Is(err, certs.ErrCSRIdentity):
 		return http.StatusBadRequest, adminapi.CodeInvalid
 	case errors.Is(err, escrow.ErrNoKey), errors.Is(err, store.ErrNotExist):

@@ -30,9 +30,10 @@ type Options struct {
 	TLS *tls.Config
 	// Trust gives the roots client certificates must chain to. Required.
 	Trust Trust
-	// Policy decides how long after expiry an identity may still renew;
-	// zero means policy.Default().
-	Policy policy.Policy
+	// Policy decides how long after expiry an identity may still renew,
+	// read at each connection (an applied policy takes effect at once); nil
+	// means policy.Default().
+	Policy policy.Source
 	// Now is the clock certificates are checked against; nil: time.Now.
 	Now func() time.Time
 	// Checker accepts or refuses device credentials. Required.
@@ -77,7 +78,9 @@ func Start(o Options) (*Embedded, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	o.Policy = o.Policy.WithDefaults()
+	if o.Policy == nil {
+		o.Policy = policy.Default()
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -93,7 +93,7 @@ type AuthHook struct {
 	ids     *identities
 	checker CredentialChecker
 	trust   Trust
-	policy  policy.Policy
+	policy  policy.Source
 	// onRestore is told of a device session restored after mochi's
 	// clean-up race, so that what was sent meanwhile is sent again.
 	onRestore func(device string)
@@ -129,7 +129,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	// possession; trust is decided here, on fleetd's clock, so that an
 	// expired identity can still renew and a birth credential re-enrol.
 	leaf := state.PeerCertificates[0]
-	id, access, err := Classify(state.PeerCertificates, h.trust, h.policy, h.now())
+	id, access, err := Classify(state.PeerCertificates, h.trust, h.policy.Current(), h.now())
 	if err != nil {
 		reason := "untrusted"
 		if access == policy.AccessExpired {

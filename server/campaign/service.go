@@ -83,6 +83,9 @@ type Spec struct {
 	// Release is the staged firmware release a firmware campaign rolls
 	// out; other kinds take none.
 	Release uint32
+	// Devices, if set, limits the campaign to these of the devices the
+	// selector selects (fleetd's scheduler names the devices due).
+	Devices []string
 }
 
 func (sp Spec) validate(kinds map[string]Kind) error {
@@ -131,8 +134,12 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	c := &store.Campaign{Kind: sp.Kind, Selector: sel.String(), Stages: sp.Stages, MaxFailure: sp.MaxFailure,
 		MinReached: sp.MinReached, Rate: sp.Rate, DeviceTimeout: sp.DeviceTimeout, Release: sp.Release, State: store.CampaignRunning,
 		StageStarted: now, CreatedAt: now, UpdatedAt: now, Actor: actor}
+	only := map[string]bool{}
+	for _, id := range sp.Devices {
+		only[id] = true
+	}
 	if err := s.opts.Store.ForEachDevice(ctx, func(d *store.Device) error {
-		if !d.Revoked && sel.Matches(d) {
+		if !d.Revoked && sel.Matches(d) && (len(only) == 0 || only[d.ID]) {
 			c.Devices = append(c.Devices, store.CampaignDevice{ID: d.ID})
 		}
 		return nil

@@ -72,7 +72,7 @@ var (
 type Escrow struct {
 	hsm    HSM
 	st     Store
-	policy policy.Policy
+	policy policy.Source // read at each rotation: an applied policy takes effect at once
 	now    func() time.Time
 	hooks  atomic.Pointer[Hooks]
 }
@@ -111,8 +111,12 @@ func (e *Escrow) getHooks() *Hooks {
 	return &Hooks{Logger: slog.Default()}
 }
 
-// New returns an escrow, making the KEK if the token has none.
-func New(h HSM, st Store, pol policy.Policy, now func() time.Time) (*Escrow, error) {
+// New returns an escrow, making the KEK if the token has none; pol gives
+// the data-key retention (nil: policy.Default()).
+func New(h HSM, st Store, pol policy.Source, now func() time.Time) (*Escrow, error) {
+	if pol == nil {
+		pol = policy.Default()
+	}
 	ok, err := h.HasKEK(KEKLabel)
 	if err != nil {
 		return nil, fmt.Errorf("escrow: %w", err)
@@ -122,7 +126,7 @@ func New(h HSM, st Store, pol policy.Policy, now func() time.Time) (*Escrow, err
 			return nil, fmt.Errorf("escrow: %w", err)
 		}
 	}
-	return &Escrow{hsm: h, st: st, policy: pol.WithDefaults(), now: now}, nil
+	return &Escrow{hsm: h, st: st, policy: pol, now: now}, nil
 }
 
 // UnwrapDataKey implements rotation.DataKeySource.

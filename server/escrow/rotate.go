@@ -116,7 +116,7 @@ func (e *Escrow) rotateOne(ctx context.Context, id, actor string) (uint32, error
 		for _, k := range d.DataKeys {
 			before[k.Version] = k.Status
 		}
-		events := Advance(d, wrapped, KEKLabel, e.policy, now, actor)
+		events := Advance(d, wrapped, KEKLabel, e.policy.Current(), now, actor)
 		version = d.DataKeys[len(d.DataKeys)-1].Version
 		changes = changes[:0]
 		for _, k := range d.DataKeys {

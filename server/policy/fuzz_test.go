@@ -18,14 +18,23 @@ func FuzzParse(f *testing.F) {
 		"renew_before: 2\n",
 		"grace: [1, 2]\n",
 		"grace: 99999999999999999999d\n",
+		"rules:\n  - select: model=x\n    max_key_age: 1h\n    schedule: {cron: '* * * * *', window: 1m}\n",
+		"rules:\n  - select: 'a in (b'\n    campaign: {stages: 1%,100%, max_failure: 2%}\n",
+		"rules: [{select: a, grace: 1h}, 7, {}]\n",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := Parse(b)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			var es Errors
+			if !errors.Is(err, ErrInvalid) || !errors.As(err, &es) || len(es) == 0 {
+				t.Fatalf("error %v does not wrap ErrInvalid with its errors", err)
+			}
+			for _, e := range es {
+				if e.Line < 1 || e.File != "policy" {
+					t.Fatalf("error %q names no line of the file", e)
+				}
 			}
 			return
 		}

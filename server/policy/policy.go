@@ -20,18 +20,14 @@
 package policy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
-	"os"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyfleet/keyfleet/internal/durationflag"
-	"github.com/keyfleet/keyfleet/internal/yamlerr"
 )
 
 // Policy is the operator's rule set. Zero fields take the defaults of
@@ -83,27 +79,24 @@ var (
 	ErrInvalid = errors.New("policy: invalid")
 )
 
-// Load reads and validates a YAML policy file; missing fields take the
-// defaults.
+// Load reads and validates a YAML policy file and returns its defaults;
+// missing fields take Default's. LoadFile keeps the rules too.
 func Load(path string) (Policy, error) {
-	b, err := os.ReadFile(path)
+	f, err := LoadFile(path)
 	if err != nil {
-		return Policy{}, fmt.Errorf("policy: %w", err)
+		return Policy{}, err
 	}
-	return Parse(b)
+	return f.Defaults, nil
 }
 
-// Parse reads a YAML policy; unknown keys are refused, so a typo does not
-// silently leave a default in force.
+// Parse reads a YAML policy (ParseFile) and returns its defaults; unknown
+// keys are refused, so a typo does not silently leave a default in force.
 func Parse(b []byte) (Policy, error) {
-	var p Policy
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&p); err != nil && !errors.Is(err, io.EOF) {
-		return Policy{}, fmt.Errorf("%w: %w", ErrInvalid, yamlerr.Clean(err))
+	f, err := ParseFile("", b)
+	if err != nil {
+		return Policy{}, err
 	}
-	p = p.WithDefaults()
-	return p, p.Validate()
+	return f.Defaults, nil
 }
 
 // WithDefaults fills zero fields from Default.

@@ -125,16 +125,18 @@ func TestRenewalJitter(t *testing.T) {
 	}
 }
 
-// An error names the policy once and the YAML decoder not at all, so
-// fleetd prints "fleetd: policy: invalid: line 1: ..." and no stutter.
+// An error names the file and line once, then the field, and the YAML
+// decoder not at all, so fleetd prints "fleetd: fleet.yaml:1: grace: ..."
+// with no stutter.
 func TestParseErrorMessages(t *testing.T) {
 	for _, tc := range []struct {
 		in, want string
 	}{
-		{"grace: soon\n", `policy: invalid: line 1: duration "soon": want a duration like 90s, 12h or 7d`},
-		{"grase: 30d\n", "policy: invalid: line 1: field grase not found in type policy.Policy"},
-		{"grace: [1\n", "policy: invalid: line 1: did not find expected ',' or ']'"},
-		{"renew_before: 2\n", "policy: invalid: renew_before 2 must lie strictly between 0 and 1"},
+		{"grace: soon\n", `policy:1: grace: duration "soon": want a duration like 90s, 12h or 7d`},
+		{"grase: 30d\n", "policy:1: grase: unknown field (known: cert_validity, renew_before, grace, renew_after_expiry, " +
+			"data_keys_decrypt, data_key_destroy_after, max_key_age, schedule, jitter, campaign, rules)"},
+		{"grace: [1\n", "policy:1: did not find expected ',' or ']'"},
+		{"renew_before: 2\n", `policy:1: renew_before: "2" must be a number strictly between 0 and 1`},
 	} {
 		_, err := Parse([]byte(tc.in))
 		if err == nil || err.Error() != tc.want {

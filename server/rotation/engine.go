@@ -40,10 +40,12 @@ type Signer interface {
 // Options configures an Engine. Zero values take the defaults.
 type Options struct {
 	// Policy gives the windows: renewal before expiry, renewal after
-	// expiry; zero fields take policy.Default's.
-	Policy policy.Policy
-	// Grace is how long a superseded version stays accepted; 0 means the
-	// policy's.
+	// expiry, grace; read at each decision, per device, so an applied
+	// policy takes effect at once. A policy.Policy value never changes (its
+	// zero fields take policy.Default's); nil is policy.Default().
+	Policy policy.Source
+	// Grace, if set, is how long a superseded version stays accepted
+	// whatever the policy says; 0 means the device's policy's.
 	Grace time.Duration
 	// CommandTTL is the expiry given to commands and the freshness window
 	// for uplinks; 0 means 10 minutes.
@@ -127,9 +129,8 @@ type uplink struct {
 
 // New returns an engine; pub may be set later with SetPublisher.
 func New(st Store, issuer certs.Issuer, signer Signer, codec *protocol.Codec, opts Options) *Engine {
-	opts.Policy = opts.Policy.WithDefaults()
-	if opts.Grace == 0 {
-		opts.Grace = opts.Policy.Grace.D()
+	if opts.Policy == nil {
+		opts.Policy = policy.Default()
 	}
 	if opts.CommandTTL == 0 {
 		opts.CommandTTL = 10 * time.Minute

@@ -294,7 +294,7 @@ func (e *Engine) accepted(k *store.KeyVersion, now time.Time) bool {
 	// An issued version counts too: the device may have switched to it and
 	// lost its confirmation before it went away.
 	return (k.State == lifecycle.StateActive || k.State == lifecycle.StateIssued) &&
-		e.opts.Policy.IdentityAccess(k.NotAfter, now) == policy.AccessRenew
+		e.opts.Policy.Current().IdentityAccess(k.NotAfter, now) == policy.AccessRenew
 }
 
 // Resend sends a device the step of its open rotation again (rotate while

@@ -226,7 +226,7 @@ func (e *Engine) renewIfDue(ctx context.Context, d *store.Device, slot protocol.
 		return nil, fmt.Errorf("rotation: certificate of %s %v v%d: %w", d.ID, slot, kv.Version, err)
 	}
 	now := e.now()
-	due, why := e.opts.Policy.NeedsRenewal(d.ID, c.NotBefore, c.NotAfter, now)
+	due, why := e.opts.Policy.For(d.Model, d.Labels).NeedsRenewal(d.ID, c.NotBefore, c.NotAfter, now)
 	if !due {
 		return nil, nil
 	}
@@ -417,11 +417,12 @@ func (e *Engine) onActivated(ctx context.Context, d *store.Device, kv *store.Key
 // previous active version's grace window.
 func (e *Engine) activate(ctx context.Context, device string, slot protocol.Slot, version uint32, msgID []byte) (*store.Device, error) {
 	now := e.now()
-	graceUntil := now.Add(e.opts.Grace)
+	var graceUntil time.Time
 	var changes []lifecycle.Change
 	var renewedExpired bool
 	d, err := e.st.UpdateDevice(ctx, device, func(d *store.Device) ([]store.Event, error) {
 		changes, renewedExpired = nil, false
+		graceUntil = now.Add(e.graceOf(d))
 		s := d.Slot(slot)
 		v := s.Version(version)
 		if v == nil || v.State != lifecycle.StateIssued {
@@ -454,6 +455,15 @@ func (e *Engine) activate(ctx context.Context, device string, slot protocol.Slot
 	}
 	e.emit(changes)
 	return d, nil
+}
+
+// graceOf is how long d's superseded versions stay accepted: Options.Grace
+// if set, else its policy's, as it is now.
+func (e *Engine) graceOf(d *store.Device) time.Duration {
+	if e.opts.Grace != 0 {
+		return e.opts.Grace
+	}
+	return e.opts.Policy.For(d.Model, d.Labels).Grace.D()
 }
 
 func (e *Engine) seal(m protocol.Message, device string) ([]byte, error) {

@@ -63,6 +63,14 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			tc.fn(t, newStore(t))
 		})
 	}
+	if _, ok := newStore(t).(store.PolicyStore); ok { // policies are an optional capability
+		for _, tc := range policyCases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := newStore(t)
+				tc.fn(t, s.(store.PolicyStore), s)
+			})
+		}
+	}
 	if _, ok := newStore(t).(store.CampaignStore); !ok {
 		return // campaigns are an optional capability
 	}

@@ -1,0 +1,24 @@
+package campaign
+
+// Parts are what the kinds fleetd runs change devices through; Kinds
+// builds them, so that fleetd's wiring names the parts once.
+type Parts struct {
+	// Engine is the rotation engine: it rotates identities, pushes data
+	// keys and pins firmware.
+	Engine interface {
+		Rotator
+		DataKeyPusher
+		FirmwarePinner
+	}
+	Escrow   DataKeyEscrow
+	Releases FirmwareReleases
+}
+
+// Kinds returns every kind of change fleetd runs campaigns for, by name.
+func Kinds(p Parts) map[string]Kind {
+	return map[string]Kind{
+		KindIdentity: Identity{Engine: p.Engine},
+		KindDataKey:  DataKey{Escrow: p.Escrow, Engine: p.Engine},
+		KindFirmware: Firmware{Releases: p.Releases, Engine: p.Engine},
+	}
+}
