@@ -31,9 +31,13 @@ const (
 )
 
 // CampaignKindIdentity rotates the identity credential of the selected
-// devices; the only kind so far (data-key, firmware and anchor campaigns
-// are planned).
+// devices.
 const CampaignKindIdentity = "identity"
+
+// CampaignKindAnchors rolls the next trust-anchor set out to the selected
+// devices stage by stage, and publishes it fleet-wide when the campaign
+// completes; abort only, no rollback (the chain moves forward only).
+const CampaignKindAnchors = "anchors"
 
 // CampaignRequest creates a campaign (`POST /v1/campaigns`).
 type CampaignRequest struct {
@@ -53,6 +57,10 @@ type CampaignRequest struct {
 	// DeviceTimeout is how long a connected device may take before it
 	// counts as failed, in seconds.
 	DeviceTimeoutSeconds float64 `json:"device_timeout_seconds"`
+	// Roles are the anchor keys an anchors campaign replaces ("ca",
+	// "update", "firmware"); empty: those of the set prepared already, or
+	// ca and update.
+	Roles []string `json:"roles,omitempty"`
 }
 
 // Validate checks the request as fleetd does; fleetctl calls it before
@@ -75,6 +83,19 @@ func (r CampaignRequest) Validate() error {
 	}
 	if r.DeviceTimeoutSeconds <= 0 || math.IsNaN(r.DeviceTimeoutSeconds) {
 		return fmt.Errorf("device timeout %vs is not positive", r.DeviceTimeoutSeconds)
+	}
+	if len(r.Roles) > 0 && r.Kind != CampaignKindAnchors {
+		return fmt.Errorf("roles are for anchors campaigns, not %s", r.Kind)
+	}
+	seen := map[string]bool{}
+	for _, role := range r.Roles {
+		if role != "ca" && role != "update" && role != "firmware" {
+			return fmt.Errorf("unknown anchor key %q (ca, update, firmware)", role)
+		}
+		if seen[role] {
+			return fmt.Errorf("anchor key %q named twice", role)
+		}
+		seen[role] = true
 	}
 	return nil
 }

@@ -127,6 +127,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
 		kinds := map[string]campaign.Kind{campaign.KindIdentity: campaign.Identity{Engine: s.engine}}
+		kinds[campaign.KindAnchors] = campaign.Anchors{Trust: s.trust, Devices: s.st}
 		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
 			Now: cfg.Now, Logger: cfg.Logger})
 		parts.Campaigns = c

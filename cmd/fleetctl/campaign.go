@@ -26,7 +26,11 @@ every device reached has finished and at least --min-reached were reached;
 above --max-failure failures among the devices reached, the campaign pauses
 itself. Kinds: identity (rotate the identity credential; rollback cancels
 the rotations not yet activated, activated devices keep their new
-credential).
+credential); anchors (prepare the next trust-anchor set replacing the keys
+of --roles, hand it to each device of a stage, publish it fleet-wide when
+the campaign completes; no rollback, the chain moves forward only: abort
+stops it, devices given the set keep it, the others stay on the published
+one, and both stay connected and served).
 
 watch exits 0 when the campaign completes, 2 when it pauses, is aborted or
 rolled back, 1 on an error.`
@@ -34,6 +38,7 @@ rolled back, 1 on an error.`
 // campaignFlags are create's flags as typed; parse checks them.
 type campaignFlags struct {
 	kind, selector, stages, maxFailure, rate string
+	roles                                    []string
 	minReached                               int
 	timeout                                  time.Duration
 	watch                                    bool
@@ -42,7 +47,7 @@ type campaignFlags struct {
 // request checks the flags and names the one at fault.
 func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	req := adminapi.CampaignRequest{Kind: f.kind, Selector: f.selector, MinReached: f.minReached,
-		DeviceTimeoutSeconds: f.timeout.Seconds()}
+		DeviceTimeoutSeconds: f.timeout.Seconds(), Roles: f.roles}
 	var err error
 	if req.Stages, err = adminapi.ParseStages(f.stages); err != nil {
 		return req, fmt.Errorf("--stages: %w", err)
@@ -88,7 +93,8 @@ func (a *app) campaignCommands() *cobra.Command {
 			return watchCampaign(cmd.Context(), c, camp.ID, cmd.ErrOrStderr(), a.out, interval)
 		}}
 	fl := create.Flags()
-	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity")
+	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity, anchors")
+	fl.StringSliceVar(&f.roles, "roles", nil, "anchors only: the anchor keys the new set replaces (ca, update, firmware; default: those of the set prepared already, or ca,update)")
 	fl.StringVar(&f.selector, "select", "", "Kubernetes label selector of the devices (empty: every device not revoked)")
 	fl.StringVar(&f.stages, "stages", "1%,10%,100%", "cumulative shares of the selected devices, one per stage, the last 100%")
 	fl.StringVar(&f.maxFailure, "max-failure", "2%", "failure share of the reached devices above which the campaign pauses itself")

@@ -51,6 +51,26 @@ type Kind interface {
 // ErrNoRollback: the kind only moves forward (anchors); abort instead.
 var ErrNoRollback = errors.New("campaign: this kind has no rollback, abort it instead")
 
+// Optional parts of a Kind.
+type (
+	// Preparer makes what a campaign of the kind rolls out, when it is
+	// created (anchors: the next set, from Spec.Roles).
+	Preparer interface {
+		Prepare(ctx context.Context, sp Spec, actor string) error
+	}
+	// Completer makes a kind's change fleet-wide when its campaign
+	// completes (anchors: the set is published). It runs before the
+	// campaign is recorded completed, and again if fleetd stopped in
+	// between: it must be idempotent.
+	Completer interface {
+		Complete(ctx context.Context, c *store.Campaign, actor string) error
+	}
+	// ForwardOnly marks a kind whose campaigns are never rolled back,
+	// whatever their devices' states: Rollback refuses them with
+	// ErrNoRollback.
+	ForwardOnly interface{ ForwardOnly() }
+)
+
 // Rotator is what the identity kind needs of the rotation engine.
 type Rotator interface {
 	RequestRotation(ctx context.Context, device, actor string) (rotation.Rotation, error)

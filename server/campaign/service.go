@@ -80,6 +80,9 @@ type Spec struct {
 	MinReached    int
 	Rate          int // devices per minute; 0: no bound
 	DeviceTimeout time.Duration
+	// Roles are the anchor keys an anchors campaign replaces (empty:
+	// those of the set prepared already, or the CA and update keys).
+	Roles []string
 }
 
 func (sp Spec) validate(kinds map[string]Kind) error {
@@ -130,6 +133,13 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	}
 	if len(c.Devices) == 0 {
 		return nil, invalid("selector %q selects no device", sp.Selector)
+	}
+	if p, ok := s.opts.Kinds[sp.Kind].(Preparer); ok {
+		if err := p.Prepare(ctx, sp, actor); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	} else if len(sp.Roles) > 0 {
+		return nil, invalid("roles are for anchors campaigns, not %s", sp.Kind)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -203,6 +213,9 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	kind := s.opts.Kinds[c.Kind]
 	if kind == nil {
 		return nil, invalid("campaign %s has unknown kind %q", c.ID, c.Kind)
+	}
+	if _, ok := kind.(ForwardOnly); ok {
+		return nil, fmt.Errorf("%w: %s campaign %s: %w", ErrInvalid, c.Kind, c.ID, ErrNoRollback)
 	}
 	cancelled, errs := 0, []error(nil)
 	for i := range c.Devices {
