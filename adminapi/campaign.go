@@ -84,11 +84,18 @@ func (r CampaignRequest) Validate() error {
 	if r.DeviceTimeoutSeconds <= 0 || math.IsNaN(r.DeviceTimeoutSeconds) {
 		return fmt.Errorf("device timeout %vs is not positive", r.DeviceTimeoutSeconds)
 	}
-	if len(r.Roles) > 0 && r.Kind != CampaignKindAnchors {
-		return fmt.Errorf("roles are for anchors campaigns, not %s", r.Kind)
+	return ValidateRoles(r.Kind, r.Roles)
+}
+
+// ValidateRoles checks the anchor keys a campaign of kind replaces: only
+// an anchors campaign names any, each of ca, update, firmware at most
+// once.
+func ValidateRoles(kind string, roles []string) error {
+	if len(roles) > 0 && kind != CampaignKindAnchors {
+		return fmt.Errorf("roles are for anchors campaigns, not %s", kind)
 	}
 	seen := map[string]bool{}
-	for _, role := range r.Roles {
+	for _, role := range roles {
 		if role != "ca" && role != "update" && role != "firmware" {
 			return fmt.Errorf("unknown anchor key %q (ca, update, firmware)", role)
 		}

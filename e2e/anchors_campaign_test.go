@@ -124,8 +124,8 @@ func TestAnchorsCampaign(t *testing.T) {
 			t.Errorf("%s holds anchors v%d in stage 1, want v1", id, v)
 		}
 	}
-	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 1 {
-		t.Errorf("fleetd serves anchors v%d (%v) during the campaign, want v1", info.Version, err)
+	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 1 || info.Prepared != 2 {
+		t.Errorf("fleetd serves anchors v%d with v%d prepared (%v) during the campaign, want v1 and v2", info.Version, info.Prepared, err)
 	}
 	// A device on the new set and one on the old are both served, also
 	// by a restarted fleetd (a new online key, certified under both
@@ -156,8 +156,8 @@ func TestAnchorsCampaign(t *testing.T) {
 			t.Errorf("%s is %s, want %s", id, s, want)
 		}
 	}
-	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 2 {
-		t.Errorf("fleetd serves anchors v%d (%v) after the campaign, want v2", info.Version, err)
+	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 2 || info.Prepared != 0 {
+		t.Errorf("fleetd serves anchors v%d with v%d prepared (%v) after the campaign, want v2 and none", info.Version, info.Prepared, err)
 	}
 	eventually(t, 20*time.Second, "every running agent on anchors v2", func() bool {
 		for _, v := range anchorsOf(agents) {
@@ -194,8 +194,8 @@ func TestAnchorsCampaign(t *testing.T) {
 	if c, err := f.Admin.Campaign(ctx, camp2.ID, true); err != nil || c.StageProgress[1].Pending != c.StageProgress[1].Devices {
 		t.Errorf("after abort: stage 2 %+v (%v), want every device pending", c.StageProgress[1], err)
 	}
-	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 2 {
-		t.Errorf("fleetd serves anchors v%d (%v) after the abort, want v2", info.Version, err)
+	if info, err := f.Admin.Anchors(ctx); err != nil || info.Version != 2 || info.Prepared != 3 {
+		t.Errorf("fleetd serves anchors v%d with v%d prepared (%v) after the abort, want v2, and v3 prepared still", info.Version, info.Prepared, err)
 	}
 	rotateAndWait(t, f, "dev-00", "dev-04", offline)
 	for _, d := range dirs {

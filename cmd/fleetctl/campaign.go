@@ -64,6 +64,9 @@ func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	if f.timeout <= 0 {
 		return req, fmt.Errorf("--device-timeout: must be positive")
 	}
+	if err := adminapi.ValidateRoles(f.kind, f.roles); err != nil {
+		return req, fmt.Errorf("--roles: %w", err)
+	}
 	return req, req.Validate()
 }
 

@@ -29,6 +29,9 @@ func TestCampaignCreateFlags(t *testing.T) {
 		{[]string{"--rate", "1/h"}, "--rate"},
 		{[]string{"--min-reached", "-1"}, "--min-reached"},
 		{[]string{"--device-timeout", "0s"}, "--device-timeout"},
+		{[]string{"--roles", "ca"}, "--roles"},
+		{[]string{"--kind", "anchors", "--roles", "ca,root"}, "--roles"},
+		{[]string{"--kind", "anchors", "--roles", "update,update"}, "--roles"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer

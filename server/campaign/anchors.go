@@ -18,9 +18,10 @@ type AnchorRollout interface {
 	// Prepare makes the next set replacing the keys of roles, or returns
 	// the one prepared already; it returns its version.
 	Prepare(ctx context.Context, roles []string, actor string) (uint32, error)
-	// Deliver sends device the sets from have to the prepared one, and
-	// the delegation it then verifies downlinks with; it returns the
-	// prepared version.
+	// Deliver sends device the sets from have to the newest one (the
+	// prepared set; the published one once the roll-out is published),
+	// and the delegation it then verifies downlinks with; it returns the
+	// newest version.
 	Deliver(ctx context.Context, device string, have uint32) (uint32, error)
 	// Publish makes every set up to version the fleet's; idempotent.
 	Publish(ctx context.Context, version uint32, actor string) error

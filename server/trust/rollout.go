@@ -3,7 +3,6 @@ package trust
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -29,9 +28,6 @@ import (
 // certificate, the chain on the anchors topics, the online key under the
 // new update key); devices that never got the set catch up through the
 // hello answer, as after any rotation.
-
-// ErrNotPrepared: no anchor set is prepared for a staged roll-out.
-var ErrNotPrepared = errors.New("trust: no anchor set is prepared")
 
 // Prepare makes the next anchor set with new keys for roles (none: the CA
 // and update keys) without publishing it, or returns the one prepared
@@ -90,18 +86,19 @@ func (s *Service) Prepared() uint32 {
 }
 
 // Deliver sends device, on its own down topic, the sets that take it from
-// version have towards the prepared set (at most protocol.MaxChainSets:
-// a device further behind reports the version it reached and is sent the
+// version have towards the newest set: the prepared one, or the published
+// one once a roll-out is published (at most protocol.MaxChainSets: a
+// device further behind reports the version it reached and is sent the
 // rest), then the delegation it will verify the online key with. It
-// returns the prepared version; a device that holds it already is sent
+// returns the newest version; a device that holds it already is sent
 // nothing.
 func (s *Service) Deliver(ctx context.Context, device string, have uint32) (uint32, error) {
-	set := s.chain.Prepared()
-	if set == nil {
-		return 0, ErrNotPrepared
+	newest := s.chain.AnchorVersion()
+	if set := s.chain.Prepared(); set != nil {
+		newest = set.Version
 	}
-	if have >= set.Version {
-		return set.Version, nil
+	if have >= newest {
+		return newest, nil
 	}
 	sets := s.chain.PreparedSetsAfter(have, protocol.MaxChainSets)
 	m := protocol.Stamp(&protocol.Anchors{Sets: sets}, s.opts.Now(), 0)
@@ -119,7 +116,7 @@ func (s *Service) Deliver(ctx context.Context, device string, have uint32) (uint
 			return 0, fmt.Errorf("trust: send delegation to %s: %w", device, err)
 		}
 	}
-	return set.Version, nil
+	return newest, nil
 }
 
 // Publish makes the sets up to version published fleet-wide, with all

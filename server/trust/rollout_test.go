@@ -48,8 +48,8 @@ func TestStagedRollout(t *testing.T) {
 	}
 	kid := s.Keeper().Current().KID()
 
-	if _, err := s.Deliver(ctx, "dev-1", 1); err == nil {
-		t.Error("delivered with no set prepared")
+	if v, err := s.Deliver(ctx, "dev-1", 1); err != nil || v != 1 || len(pub.topics) != 0 {
+		t.Errorf("delivery with no set prepared to a device on v1: v%d, %v, sent on %v; want v1 and nothing sent", v, err, pub.topics)
 	}
 	v, err := s.Prepare(ctx, []string{trust.RoleCA, trust.RoleUpdate}, "admin:test")
 	if err != nil || v != 2 {

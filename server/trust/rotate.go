@@ -23,12 +23,16 @@ type Info struct {
 	// RootKeyID, UpdateKeyID and FirmwareKeyID are protocol.KeyID of the
 	// set's three public keys.
 	RootKeyID, UpdateKeyID, FirmwareKeyID []byte
+	// Prepared is the version of a set prepared for a staged roll-out,
+	// or 0.
+	Prepared uint32
 }
 
 // Info describes the current anchor set.
 func (s *Service) Info() (Info, error) {
 	cur := s.chain.Current()
-	info := Info{Version: cur.Version, IssuedAt: time.Unix(int64(cur.IssuedAt), 0).UTC(), Root: s.chain.Root().Subject.CommonName}
+	info := Info{Version: cur.Version, IssuedAt: time.Unix(int64(cur.IssuedAt), 0).UTC(), Root: s.chain.Root().Subject.CommonName,
+		Prepared: s.Prepared()}
 	for _, kv := range []struct {
 		dst *[]byte
 		pub func() (*ecdsa.PublicKey, error)

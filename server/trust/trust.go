@@ -419,8 +419,8 @@ func (c *Chain) Prepared() *anchors.Signed {
 	return c.newest().signed
 }
 
-// PreparedSetsAfter returns up to max sets after v, up to the prepared
-// set: what a staged roll-out hands one device.
+// PreparedSetsAfter returns up to max sets after v, up to the newest
+// (prepared or published): what a staged roll-out hands one device.
 func (c *Chain) PreparedSetsAfter(v uint32, max int) [][]byte {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
