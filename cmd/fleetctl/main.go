@@ -8,7 +8,7 @@
 //	fleetctl device label ID KEY=VALUE... KEY-...
 //	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
-//	fleetctl campaign create --kind identity --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
+//	fleetctl campaign create --kind identity|anchors [--roles ca,update,firmware] --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
 //	fleetctl campaign list | show ID | watch ID | pause ID | resume ID | abort ID | rollback ID
 //	fleetctl status
 //	fleetctl audit list [--since T] [--until T] [--device ID] [--kind K] [--limit N]
