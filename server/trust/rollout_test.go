@@ -92,6 +92,11 @@ func TestStagedRollout(t *testing.T) {
 	if !bytes.Equal(s.Keeper().Current().KID(), kid) {
 		t.Error("preparing replaced the online key: every device would need a new delegation")
 	}
+	// A renewal during the roll-out certifies the new key under both.
+	if _, err := s.Keeper().Rotate(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	checkDelegations(t, s)
 
 	// Delivery: the sets and the delegation, on the device's own topic.
 	if v, err := s.Deliver(ctx, "dev-1", 1); err != nil || v != 2 {
@@ -155,5 +160,53 @@ func TestStagedRollout(t *testing.T) {
 	}
 	if s2, err := trust.NewService(ctx, opts); err != nil || s2.Chain().AnchorVersion() != 2 || s2.Prepared() != 0 {
 		t.Errorf("reopened after publish: %v", err)
+	}
+}
+
+// TestRotateOverPrepared: a fleet-wide rotation with a set prepared
+// publishes it and the set made after it; the online key is then
+// certified by the newest update key alone.
+func TestRotateOverPrepared(t *testing.T) {
+	dir := t.TempDir()
+	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	f := files(dir)
+	if err := trust.Bootstrap(ctx, trust.Options{Files: f, Keys: keys}, []string{"fleet.example"}); err != nil {
+		t.Fatal(err)
+	}
+	codec := protocol.NewCodec()
+	s, err := trust.NewService(ctx, trust.Options{Files: f, Keys: keys, CertValidity: 24 * time.Hour, OnlineKeyLifetime: time.Hour,
+		Codec: codec, Audit: st, Publisher: &sent{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, []string{trust.RoleUpdate}, "admin:test"); err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Rotate(ctx, []string{trust.RoleFirmware}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Version != 3 || info.Prepared != 0 || s.Chain().AnchorVersion() != 3 || len(s.Chain().SetsAfter(1, 4)) != 2 {
+		t.Fatalf("after rotating over a prepared v2: %+v, serving v%d", info, s.Chain().AnchorVersion())
+	}
+	upd3, err := s.Chain().Current().UpdatePublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := s.Keeper().Current()
+	if _, _, err := codec.VerifyDelegation(k.DelegationFor(1), upd3, time.Now()); err != nil {
+		t.Errorf("the delegation is not by the newest update key: %v", err)
+	}
+	if next, _ := k.NextDelegation(); next != nil {
+		t.Error("a second delegation is kept after the prepared set was published")
 	}
 }
