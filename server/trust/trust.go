@@ -13,6 +13,12 @@
 // written atomically after its keys exist; a crash in between leaves keys
 // that the retried rotation picks up again by label.
 //
+// A set may also be prepared rather than published (Prepare, rollout.go):
+// the fleet is served the published set while an anchors campaign hands
+// the prepared one to its devices, and Publish makes it the fleet's when
+// the campaign completes. published.json records the published version
+// whenever a prepared set follows it.
+//
 // # Caveats
 //
 // Old roots stay trusted by the broker for the certificates they issued
