@@ -223,7 +223,9 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		}
 		if s.keeper.Due(s.opts.Now()) {
+			s.rotMu.Lock() // not while a rotation or roll-out certifies keys
 			s.renewOnlineKey(ctx)
+			s.rotMu.Unlock()
 		}
 	}
 }
