@@ -42,6 +42,11 @@ const (
 	// (CampaignRequest.Release); rollback takes the desired release back
 	// to the previous one.
 	CampaignKindFirmware = "firmware"
+	// CampaignKindAnchors rolls the next trust-anchor set out to the
+	// selected devices stage by stage (CampaignRequest.Roles), and
+	// publishes it fleet-wide when the campaign completes; abort only, no
+	// rollback (the chain moves forward only).
+	CampaignKindAnchors = "anchors"
 )
 
 // CampaignRequest creates a campaign (`POST /v1/campaigns`).
@@ -66,6 +71,10 @@ type CampaignRequest struct {
 	// out (FirmwareRequest.Staged); required for that kind, refused for
 	// the others.
 	Release uint32 `json:"release,omitempty"`
+	// Roles are the anchor keys an anchors campaign replaces ("ca",
+	// "update", "firmware"); empty: those of the set prepared already, or
+	// ca and update.
+	Roles []string `json:"roles,omitempty"`
 }
 
 // Validate checks the request as fleetd does; fleetctl calls it before
@@ -94,6 +103,26 @@ func (r CampaignRequest) Validate() error {
 	}
 	if r.DeviceTimeoutSeconds <= 0 || math.IsNaN(r.DeviceTimeoutSeconds) {
 		return fmt.Errorf("device timeout %vs is not positive", r.DeviceTimeoutSeconds)
+	}
+	return ValidateRoles(r.Kind, r.Roles)
+}
+
+// ValidateRoles checks the anchor keys a campaign of kind replaces: only
+// an anchors campaign names any, each of ca, update, firmware at most
+// once.
+func ValidateRoles(kind string, roles []string) error {
+	if len(roles) > 0 && kind != CampaignKindAnchors {
+		return fmt.Errorf("roles are for anchors campaigns, not %s", kind)
+	}
+	seen := map[string]bool{}
+	for _, role := range roles {
+		if role != "ca" && role != "update" && role != "firmware" {
+			return fmt.Errorf("unknown anchor key %q (ca, update, firmware)", role)
+		}
+		if seen[role] {
+			return fmt.Errorf("anchor key %q named twice", role)
+		}
+		seen[role] = true
 	}
 	return nil
 }

@@ -228,6 +228,9 @@ type AnchorsInfo struct {
 	UpdateKeyID string    `json:"update_kid"`
 	FirmwareKID string    `json:"firmware_kid"`
 	IssuedAt    time.Time `json:"issued_at"`
+	// Prepared is the version of the set an anchors campaign is rolling
+	// out (published when it completes); 0 when none is.
+	Prepared uint32 `json:"prepared_version,omitempty"`
 }
 
 // DataKeysResponse reports a fleet-wide data-key rotation.

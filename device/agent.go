@@ -622,7 +622,7 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 	case *protocol.Cert:
 		return a.onCert(m)
 	case *protocol.Anchors:
-		return a.onAnchors(ctx, m, true)
+		return a.onAnchors(ctx, m, true, topic == a.topics.Down(a.ks.ID().ID))
 	case *protocol.Key:
 		return a.onKey(ctx, m)
 	case *protocol.Firmware:

@@ -139,7 +139,13 @@ func (a *Agent) AnchorVersion() uint32 {
 // step at a time and at most opts.AnchorSteps of them; any fault (a
 // skipped version, a fork, a revoked or unknown signer, a rollback, a
 // chain too long) refuses the whole message and the current set stays.
-func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool) error {
+//
+// With report, a hello follows a walk when more sets may follow (a full
+// message) and, best effort, when the sets were addressed to this device
+// (an answer to its hello, or a staged roll-out handing it the next set),
+// so fleetd records the version it holds at once. A walk on the live broadcast is
+// not reported: every connected device would say hello in the same second.
+func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report, addressed bool) error {
 	cur := a.anchors.Load()
 	if cur == nil {
 		// A keystore installed before anchor chains. Its trust is the CA
@@ -171,6 +177,13 @@ func (a *Agent) onAnchors(ctx context.Context, m *protocol.Anchors, report bool)
 		// A full message: more sets may follow the last one. Reporting
 		// the version reached asks for them.
 		return a.hello(ctx)
+	}
+	if report && addressed {
+		// Tells fleetd where the device is. Best effort: the walk stands
+		// and the next hello (at the latest ReportEvery) reports it too.
+		if err := a.hello(ctx); err != nil {
+			a.log.Warn("anchors walked but not reported", "version", next.Version, "err", err)
+		}
 	}
 	return nil
 }

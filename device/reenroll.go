@@ -244,7 +244,7 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 			}
 			switch msg := msg.(type) {
 			case *protocol.Anchors:
-				if err := a.onAnchors(ctx, msg, false); err != nil {
+				if err := a.onAnchors(ctx, msg, false, true); err != nil {
 					return err
 				}
 			case *protocol.Cert:

@@ -133,7 +133,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		parts.Sessions = s.broker
 	}
 	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
-		kinds := campaign.Kinds(campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases})
+		kinds := campaign.Kinds(campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st})
 		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
 			Now: cfg.Now, Logger: cfg.Logger})
 		parts.Campaigns = c

@@ -32,7 +32,11 @@ version primary again on every device the campaign changed), firmware
 --staged, which becomes the fleet's release when the campaign completes;
 rollback takes the desired release back to the previous one, and devices
 that installed the new one get the previous image under a new version
-number, as their anti-rollback rule requires).
+number, as their anti-rollback rule requires)); anchors (prepare the next trust-anchor set replacing the keys
+of --roles, hand it to each device of a stage, publish it fleet-wide when
+the campaign completes; no rollback, the chain moves forward only: abort
+stops it, devices given the set keep it, the others stay on the published
+one, and both stay connected and served).
 
 watch exits 0 when the campaign completes, 2 when it pauses, is aborted or
 rolled back, 1 on an error.`
@@ -40,6 +44,7 @@ rolled back, 1 on an error.`
 // campaignFlags are create's flags as typed; parse checks them.
 type campaignFlags struct {
 	kind, selector, stages, maxFailure, rate string
+	roles                                    []string
 	minReached                               int
 	release                                  uint32
 	timeout                                  time.Duration
@@ -49,7 +54,7 @@ type campaignFlags struct {
 // request checks the flags and names the one at fault.
 func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	req := adminapi.CampaignRequest{Kind: f.kind, Selector: f.selector, MinReached: f.minReached,
-		DeviceTimeoutSeconds: f.timeout.Seconds(), Release: f.release}
+		DeviceTimeoutSeconds: f.timeout.Seconds(), Release: f.release, Roles: f.roles}
 	var err error
 	if req.Stages, err = adminapi.ParseStages(f.stages); err != nil {
 		return req, fmt.Errorf("--stages: %w", err)
@@ -71,6 +76,9 @@ func (f campaignFlags) request() (adminapi.CampaignRequest, error) {
 	}
 	if f.kind != adminapi.CampaignKindFirmware && f.release != 0 {
 		return req, fmt.Errorf("--release: only a firmware campaign takes a release")
+	}
+	if err := adminapi.ValidateRoles(f.kind, f.roles); err != nil {
+		return req, fmt.Errorf("--roles: %w", err)
 	}
 	return req, req.Validate()
 }
@@ -101,8 +109,9 @@ func (a *app) campaignCommands() *cobra.Command {
 			return watchCampaign(cmd.Context(), c, camp.ID, cmd.ErrOrStderr(), a.out, interval)
 		}}
 	fl := create.Flags()
-	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity, data-key or firmware")
+	fl.StringVar(&f.kind, "kind", adminapi.CampaignKindIdentity, "what the campaign changes: identity, data-key, firmware or anchors")
 	fl.Uint32Var(&f.release, "release", 0, "the staged firmware release a firmware campaign rolls out")
+	fl.StringSliceVar(&f.roles, "roles", nil, "anchors only: the anchor keys the new set replaces (ca, update, firmware; default: those of the set prepared already, or ca,update)")
 	fl.StringVar(&f.selector, "select", "", "Kubernetes label selector of the devices (empty: every device not revoked)")
 	fl.StringVar(&f.stages, "stages", "1%,10%,100%", "cumulative shares of the selected devices, one per stage, the last 100%")
 	fl.StringVar(&f.maxFailure, "max-failure", "2%", "failure share of the reached devices above which the campaign pauses itself")

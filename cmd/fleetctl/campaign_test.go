@@ -35,6 +35,9 @@ func TestCampaignCreateFlags(t *testing.T) {
 		{[]string{"--kind", "firmware"}, "--release"},
 		{[]string{"--kind", "data-key", "--release", "3"}, "--release"},
 		{[]string{"--release", "3"}, "--release"},
+		{[]string{"--roles", "ca"}, "--roles"},
+		{[]string{"--kind", "anchors", "--roles", "ca,root"}, "--roles"},
+		{[]string{"--kind", "anchors", "--roles", "update,update"}, "--roles"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer

@@ -256,6 +256,9 @@ func anchorsTable(info adminapi.AnchorsInfo) func(w *tabwriter.Writer) {
 	return func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "version\t%d\nroot\t%s (key %s)\nupdate key\t%s\nfirmware key\t%s\nissued\t%s\n",
 			info.Version, info.Root, info.RootKeyID, info.UpdateKeyID, info.FirmwareKID, stamp(info.IssuedAt))
+		if info.Prepared != 0 {
+			fmt.Fprintf(w, "prepared\tv%d (an anchors campaign rolls it out; published when it completes)\n", info.Prepared)
+		}
 	}
 }
 

@@ -8,7 +8,7 @@
 //	fleetctl device label ID KEY=VALUE... KEY-...
 //	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
-//	fleetctl campaign create --kind identity|data-key|firmware [--release N] --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
+//	fleetctl campaign create --kind identity|data-key|firmware|anchors [--release N] [--roles ca,update,firmware] --select S --stages 1%,10%,100% --max-failure 2% --min-reached N --rate 1000/min --device-timeout D [--watch]
 //	fleetctl campaign list | show ID | watch ID | pause ID | resume ID | abort ID | rollback ID
 //	fleetctl policy validate FILE | diff FILE | apply FILE | show
 //	fleetctl status

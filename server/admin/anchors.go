@@ -18,7 +18,8 @@ type Anchors interface {
 
 func anchorsInfo(i trust.Info) adminapi.AnchorsInfo {
 	return adminapi.AnchorsInfo{Version: i.Version, Root: i.Root, IssuedAt: i.IssuedAt,
-		RootKeyID: fmt.Sprintf("%x", i.RootKeyID), UpdateKeyID: fmt.Sprintf("%x", i.UpdateKeyID), FirmwareKID: fmt.Sprintf("%x", i.FirmwareKeyID)}
+		RootKeyID: fmt.Sprintf("%x", i.RootKeyID), UpdateKeyID: fmt.Sprintf("%x", i.UpdateKeyID), FirmwareKID: fmt.Sprintf("%x", i.FirmwareKeyID),
+		Prepared: i.Prepared}
 }
 
 func (h *handler) anchors(w http.ResponseWriter, r *http.Request) {

@@ -49,7 +49,7 @@ func (h *handler) createCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := h.p.Campaigns.Create(r.Context(), campaign.Spec{Kind: req.Kind, Selector: req.Selector, Stages: req.Stages,
 		MaxFailure: req.MaxFailure, MinReached: req.MinReached, Rate: req.Rate, Release: req.Release,
-		DeviceTimeout: time.Duration(req.DeviceTimeoutSeconds * float64(time.Second))}, actor(r))
+		DeviceTimeout: time.Duration(req.DeviceTimeoutSeconds * float64(time.Second)), Roles: req.Roles}, actor(r))
 	if err != nil {
 		fail(w, err)
 		return

@@ -11,8 +11,8 @@ import (
 // An honest agent sends few messages: a rotation is 3 (hello, enroll,
 // activated); it says hello on every connect, when a step times out (30 s),
 // after a delegation it missed, after each firmware install, after each
-// full anchors message (MaxChainSets = 4 sets) and every ReportEvery (1 h;
-// 1 s in the simulator's year run). Its busiest moment is the catch-up
+// anchors message on its own topic (MaxChainSets = 4 sets at most) and
+// every ReportEvery (1 h; 1 s in the simulator's year run). Its busiest moment is the catch-up
 // after a long absence: a hello per four anchor sets missed, the rotation,
 // the data keys and firmware hellos -- a few dozen messages within a
 // second or two even after years away with monthly anchor rotations, and

@@ -66,8 +66,9 @@ func (k Firmware) Bind(c *store.Campaign) Kind {
 
 // Prepare implements Preparer: the campaign remembers the fleet's
 // release, the one a rollback goes back to.
-func (k Firmware) Prepare(c *store.Campaign) {
+func (k Firmware) Prepare(_ context.Context, c *store.Campaign, _ Spec, _ string) error {
 	c.Previous, _ = k.Releases.CurrentFirmware()
+	return nil
 }
 
 // CheckSpec implements SpecChecker: the campaign names a staged release
@@ -168,7 +169,7 @@ func (k Firmware) Recovered(d *store.Device, version uint32) bool {
 
 // Complete implements Completer: the release becomes the fleet's current
 // one.
-func (k Firmware) Complete(ctx context.Context, actor string) error {
+func (k Firmware) Complete(ctx context.Context, _ *store.Campaign, actor string) error {
 	if k.Release == 0 {
 		return errUnbound
 	}

@@ -60,13 +60,6 @@ type SpecChecker interface {
 	CheckSpec(sp Spec) error
 }
 
-// Preparer is a Kind that records what it needs in a new campaign before
-// it is stored (firmware: the fleet's release, which a rollback goes back
-// to).
-type Preparer interface {
-	Prepare(c *store.Campaign)
-}
-
 // Reverter is a Kind whose rollback undoes finished changes too, not only
 // open ones (data key: the previous version primary again; firmware: the
 // desired release back to the previous one), and which tells when a
@@ -77,13 +70,6 @@ type Preparer interface {
 // credential).
 type Reverter interface {
 	Recovered(d *store.Device, version uint32) bool
-}
-
-// Completer is a Kind with a last step once its campaign completes
-// (firmware: the release becomes the fleet's current one). The campaign
-// completes only once it succeeded.
-type Completer interface {
-	Complete(ctx context.Context, actor string) error
 }
 
 // SlotOf names the slot a kind changes, as the metrics label it
@@ -102,6 +88,29 @@ func SlotOf(kind string) lifecycle.SlotKind {
 
 // ErrNoRollback: the kind only moves forward (anchors); abort instead.
 var ErrNoRollback = errors.New("campaign: this kind has no rollback, abort it instead")
+
+// Optional parts of a Kind.
+type (
+	// Preparer makes or records what a campaign of the kind rolls out,
+	// when it is created, before it is stored (anchors: the next set,
+	// from Spec.Roles; firmware: the fleet's release, which a rollback
+	// goes back to, into c).
+	Preparer interface {
+		Prepare(ctx context.Context, c *store.Campaign, sp Spec, actor string) error
+	}
+	// Completer makes a kind's change fleet-wide when its campaign
+	// completes (anchors: the set is published; firmware: the release
+	// becomes the fleet's current one). It runs before the
+	// campaign is recorded completed, and again if fleetd stopped in
+	// between: it must be idempotent.
+	Completer interface {
+		Complete(ctx context.Context, c *store.Campaign, actor string) error
+	}
+	// ForwardOnly marks a kind whose campaigns are never rolled back,
+	// whatever their devices' states: Rollback refuses them with
+	// ErrNoRollback.
+	ForwardOnly interface{ ForwardOnly() }
+)
 
 // Rotator is what the identity kind needs of the rotation engine.
 type Rotator interface {

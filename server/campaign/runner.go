@@ -99,14 +99,7 @@ func (s *Service) step(ctx context.Context, id string) error {
 			return err
 		}
 		changed = changed || started
-		if ev := s.advance(c); ev != nil {
-			if c.State == store.CampaignCompleted {
-				if k, ok := kind.(Completer); ok {
-					if err := k.Complete(ctx, actor); err != nil { // completes at a later step
-						return fmt.Errorf("campaign: complete %s: %w", c.ID, err)
-					}
-				}
-			}
+		if ev := s.advance(c); ev != nil && s.completed(ctx, c, kind, actor) {
 			events, changed = append(events, *ev), true
 		}
 	}
@@ -340,6 +333,22 @@ func (s *Service) advance(c *store.Campaign) *store.Event {
 	c.Stage++
 	c.StageStarted, c.Reason = s.opts.Now(), summary
 	return &store.Event{Action: "campaign-stage", Actor: "campaign:" + c.ID, Detail: "campaign " + c.ID + ": " + summary}
+}
+
+// completed runs the kind's Complete when advance just completed c, and
+// reports whether c may be recorded so; if Complete failed, c is running
+// again in its last stage and the next step retries.
+func (s *Service) completed(ctx context.Context, c *store.Campaign, kind Kind, actor string) bool {
+	k, ok := kind.(Completer)
+	if !ok || c.State != store.CampaignCompleted {
+		return true
+	}
+	if err := k.Complete(ctx, c, actor); err != nil {
+		s.opts.Logger.Error("campaign not completed; retried", "campaign", c.ID, "err", err)
+		c.State, c.Reason = store.CampaignRunning, "completing: "+err.Error()
+		return false
+	}
+	return true
 }
 
 // bucket is a token bucket per campaign: Rate devices a minute, in bursts

@@ -86,6 +86,9 @@ type Spec struct {
 	// Devices, if set, limits the campaign to these of the devices the
 	// selector selects (fleetd's scheduler names the devices due).
 	Devices []string
+	// Roles are the anchor keys an anchors campaign replaces (empty:
+	// those of the set prepared already, or the CA and update keys).
+	Roles []string
 }
 
 func (sp Spec) validate(kinds map[string]Kind) error {
@@ -126,6 +129,9 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 	if err := sp.validate(s.opts.Kinds); err != nil {
 		return nil, err
 	}
+	if len(sp.Roles) > 0 && sp.Kind != KindAnchors {
+		return nil, invalid("roles are for anchors campaigns, not %s", sp.Kind)
+	}
 	sel, err := inventory.ParseSelector(sp.Selector)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -150,7 +156,9 @@ func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Cam
 		return nil, invalid("selector %q selects no device", sp.Selector)
 	}
 	if p, ok := s.opts.Kinds[sp.Kind].(Preparer); ok {
-		p.Prepare(c)
+		if err := p.Prepare(ctx, c, sp, actor); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -228,6 +236,9 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	kind := s.kindOf(c)
 	if kind == nil {
 		return nil, invalid("campaign %s has unknown kind %q", c.ID, c.Kind)
+	}
+	if _, ok := kind.(ForwardOnly); ok {
+		return nil, fmt.Errorf("%w: %s campaign %s: %w", ErrInvalid, c.Kind, c.ID, ErrNoRollback)
 	}
 	_, reverts := kind.(Reverter)
 	now := s.opts.Now()

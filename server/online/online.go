@@ -28,10 +28,30 @@ import (
 type Key struct {
 	priv *ecdsa.PrivateKey
 	kid  []byte
-	// Delegation is the sealed protocol.Delegation certifying the key.
+	// Delegation is the sealed protocol.Delegation certifying the key
+	// under the published anchors' update key.
 	Delegation []byte
 	NotAfter   time.Time
+	// next is the same key certified by the update key of a prepared
+	// anchor set (version nextFrom), while a staged roll-out is under way:
+	// devices that walked to it refuse Delegation.
+	next     []byte
+	nextFrom uint32
 }
+
+// DelegationFor returns the delegation a device holding anchor set
+// version anchors verifies: the one under the prepared set's update key
+// once it reached that set, the published one otherwise.
+func (k *Key) DelegationFor(anchors uint32) []byte {
+	if k.next != nil && anchors >= k.nextFrom {
+		return k.next
+	}
+	return k.Delegation
+}
+
+// NextDelegation returns the delegation under the prepared anchor set's
+// update key and that set's version, or nil and 0 when none is prepared.
+func (k *Key) NextDelegation() ([]byte, uint32) { return k.next, k.nextFrom }
 
 // New makes an online key valid from now for lifetime, certified by update.
 func New(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime time.Duration) (*Key, error) {
@@ -39,26 +59,34 @@ func New(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime ti
 	if err != nil {
 		return nil, fmt.Errorf("online: generate: %w", err)
 	}
-	spki, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
-	if err != nil {
-		return nil, fmt.Errorf("online: %w", err)
-	}
 	kid, err := protocol.KeyID(&priv.PublicKey)
 	if err != nil {
 		return nil, err
 	}
-	// Backdate a little for devices whose clocks run behind.
-	nb := now.Add(-protocol.MaxClockSkew)
+	k := &Key{priv: priv, kid: kid, NotAfter: now.Add(lifetime)}
+	if k.Delegation, err = k.certify(codec, update, now); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// certify seals a delegation of k by update, valid from now (backdated a
+// little for devices whose clocks run behind) to k.NotAfter.
+func (k *Key) certify(codec *protocol.Codec, update crypto.Signer, now time.Time) ([]byte, error) {
+	spki, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("online: %w", err)
+	}
 	d := protocol.Stamp(&protocol.Delegation{
 		Key:       spki,
-		NotBefore: uint64(nb.Unix()),
-		NotAfter:  uint64(now.Add(lifetime).Unix()),
+		NotBefore: uint64(now.Add(-protocol.MaxClockSkew).Unix()),
+		NotAfter:  uint64(k.NotAfter.Unix()),
 	}, now, 0)
 	sealed, err := codec.Seal(d, update, "")
 	if err != nil {
 		return nil, fmt.Errorf("online: sign delegation: %w", err)
 	}
-	return &Key{priv: priv, kid: kid, Delegation: sealed, NotAfter: now.Add(lifetime)}, nil
+	return sealed, nil
 }
 
 // Seal signs a downlink for device with the online key.
@@ -73,16 +101,20 @@ func (k *Key) KID() []byte { return k.kid }
 type Keeper struct {
 	codec    *protocol.Codec
 	update   atomic.Pointer[signerBox]
+	next     atomic.Pointer[signerBox] // a prepared set's update key, or nil
 	lifetime time.Duration
 	cur      atomic.Pointer[Key]
 }
 
-type signerBox struct{ crypto.Signer }
+type signerBox struct {
+	crypto.Signer
+	version uint32 // the anchor set it belongs to (next only)
+}
 
 // NewKeeper makes the first key at once.
 func NewKeeper(codec *protocol.Codec, update crypto.Signer, now time.Time, lifetime time.Duration) (*Keeper, error) {
 	k := &Keeper{codec: codec, lifetime: lifetime}
-	k.update.Store(&signerBox{update})
+	k.update.Store(&signerBox{Signer: update})
 	if _, err := k.Rotate(now); err != nil {
 		return nil, err
 	}
@@ -100,9 +132,29 @@ func (k *Keeper) Due(now time.Time) bool {
 // SetUpdate replaces the update key that certifies online keys (after the
 // trust anchors rotated it) and makes a new online key under it at once:
 // devices that walked to the new anchors refuse delegations by the old one.
+// It ends a staged roll-out: the next update key, if any, is forgotten.
 func (k *Keeper) SetUpdate(update crypto.Signer, now time.Time) (*Key, error) {
-	k.update.Store(&signerBox{update})
+	k.update.Store(&signerBox{Signer: update})
+	k.next.Store(nil)
 	return k.Rotate(now)
+}
+
+// SetNext has the current key, and every key after it, certified also by
+// the update key of the prepared anchor set version: devices a staged
+// roll-out gave that set verify the same online key through it, while the
+// others keep the delegation of the published set. The key itself does
+// not change, so no device needs a new delegation for it.
+func (k *Keeper) SetNext(update crypto.Signer, version uint32, now time.Time) (*Key, error) {
+	cur := k.Current()
+	next, err := cur.certify(k.codec, update, now)
+	if err != nil {
+		return nil, err
+	}
+	nk := *cur
+	nk.next, nk.nextFrom = next, version
+	k.next.Store(&signerBox{Signer: update, version: version})
+	k.cur.Store(&nk)
+	return &nk, nil
 }
 
 // Rotate makes a new current key.
@@ -110,6 +162,12 @@ func (k *Keeper) Rotate(now time.Time) (*Key, error) {
 	nk, err := New(k.codec, k.update.Load().Signer, now, k.lifetime)
 	if err != nil {
 		return nil, err
+	}
+	if n := k.next.Load(); n != nil {
+		if nk.next, err = nk.certify(k.codec, n.Signer, now); err != nil {
+			return nil, err
+		}
+		nk.nextFrom = n.version
 	}
 	k.cur.Store(nk)
 	return nk, nil

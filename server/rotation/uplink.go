@@ -162,8 +162,9 @@ func (e *Engine) onHello(ctx context.Context, d *store.Device, kv *store.KeyVers
 	}
 	if cur := e.signer.Current(); !bytes.Equal(m.Delegation, cur.KID()) {
 		// The device cannot check our downlinks without the current
-		// delegation: send it before anything else.
-		if err := e.send(ctx, d.ID, cur.Delegation); err != nil {
+		// delegation: send it before anything else, by the update key of
+		// the anchors it holds (a staged roll-out's set, or the published).
+		if err := e.send(ctx, d.ID, cur.DelegationFor(m.Anchors)); err != nil {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keyfleet/keyfleet/anchors"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -22,12 +23,16 @@ type Info struct {
 	// RootKeyID, UpdateKeyID and FirmwareKeyID are protocol.KeyID of the
 	// set's three public keys.
 	RootKeyID, UpdateKeyID, FirmwareKeyID []byte
+	// Prepared is the version of a set prepared for a staged roll-out,
+	// or 0.
+	Prepared uint32
 }
 
 // Info describes the current anchor set.
 func (s *Service) Info() (Info, error) {
 	cur := s.chain.Current()
-	info := Info{Version: cur.Version, IssuedAt: time.Unix(int64(cur.IssuedAt), 0).UTC(), Root: s.chain.Root().Subject.CommonName}
+	info := Info{Version: cur.Version, IssuedAt: time.Unix(int64(cur.IssuedAt), 0).UTC(), Root: s.chain.Root().Subject.CommonName,
+		Prepared: s.Prepared()}
 	for _, kv := range []struct {
 		dst *[]byte
 		pub func() (*ecdsa.PublicKey, error)
@@ -85,6 +90,18 @@ func (s *Service) Rotate(ctx context.Context, roles []string, actor string) (Inf
 	if err != nil {
 		return Info{}, err
 	}
+	if err := s.afterPublish(ctx, prev, set, actor, fmt.Sprintf("roles %v, from v%d", roles, prev.Version)); err != nil {
+		return Info{}, err
+	}
+	s.log.Info("trust anchors rotated", "version", set.Version, "roles", roles, "new_root", !bytes.Equal(prev.Root, set.Root))
+	return s.Info()
+}
+
+// afterPublish does what follows from set becoming the published one after
+// prev: the CA and fleetd's certificate under a new root, the chain on the
+// anchors topics, the online key under a new update key, the audit record
+// and the lifecycle report.
+func (s *Service) afterPublish(ctx context.Context, prev, set *anchors.Signed, actor, detail string) error {
 	// The set is on disk and served from now on: every follow-up is tried
 	// even if one fails, and a restart finishes what did not (NewService
 	// issues from the current root, re-issues fleetd's certificate and
@@ -111,17 +128,16 @@ func (s *Service) Rotate(ctx context.Context, roles []string, actor string) (Inf
 		}
 	}
 	if err := s.opts.Audit.Audit(ctx, store.Event{Action: "anchors-rotated", Version: set.Version, Actor: actor,
-		Detail: fmt.Sprintf("roles %v, from v%d", roles, prev.Version)}); err != nil {
+		Detail: detail}); err != nil {
 		errs = append(errs, err)
 	}
 	s.report(prev.Version, lifecycle.StateActive, lifecycle.StateSuperseded, actor)
 	s.report(set.Version, lifecycle.StateUnknown, lifecycle.StateActive, actor)
 	if err := errors.Join(errs...); err != nil {
 		s.log.Error("anchor rotation incomplete; restart fleetd to finish it", "version", set.Version, "err", err)
-		return Info{}, fmt.Errorf("trust: anchors v%d made, follow-up incomplete (restart fleetd to finish): %w", set.Version, err)
+		return fmt.Errorf("trust: anchors v%d made, follow-up incomplete (restart fleetd to finish): %w", set.Version, err)
 	}
-	s.log.Info("trust anchors rotated", "version", set.Version, "roles", roles, "new_root", newCA)
-	return s.Info()
+	return nil
 }
 
 func (s *Service) report(version uint32, from, to lifecycle.State, actor string) {

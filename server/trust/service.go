@@ -105,7 +105,8 @@ type Service struct {
 // NewService loads the chain (making version 1 for a deployment that
 // predates chains), the issuing CA, the birth CA (made if the deployment
 // predates it), fleetd's TLS credential (re-issued if it is not under the
-// current root or is old) and makes a first online key.
+// current root or is old) and makes a first online key, certified also by
+// a prepared set's update key if a staged roll-out is under way.
 func NewService(ctx context.Context, opts Options) (*Service, error) {
 	opts.setDefaults()
 	s := &Service{opts: opts, log: opts.Logger}
@@ -137,6 +138,11 @@ func NewService(ctx context.Context, opts Options) (*Service, error) {
 		return nil, err
 	}
 	if s.keeper, err = online.NewKeeper(opts.Codec, upd, opts.Now(), opts.OnlineKeyLifetime); err != nil {
+		return nil, err
+	}
+	// A staged roll-out under way: its devices verify the online key
+	// through the prepared set's update key.
+	if err := s.certifyNext(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -217,7 +223,9 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		}
 		if s.keeper.Due(s.opts.Now()) {
+			s.rotMu.Lock() // not while a rotation or roll-out certifies keys
 			s.renewOnlineKey(ctx)
+			s.rotMu.Unlock()
 		}
 	}
 }

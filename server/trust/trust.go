@@ -13,6 +13,12 @@
 // written atomically after its keys exist; a crash in between leaves keys
 // that the retried rotation picks up again by label.
 //
+// A set may also be prepared rather than published (Prepare, rollout.go):
+// the fleet is served the published set while an anchors campaign hands
+// the prepared one to its devices, and Publish makes it the fleet's when
+// the campaign completes. published.json records the published version
+// whenever a prepared set follows it.
+//
 // # Caveats
 //
 // Old roots stay trusted by the broker for the certificates they issued
@@ -100,6 +106,20 @@ type Chain struct {
 
 	mu   sync.RWMutex
 	recs []*record // recs[i] is version i+1
+	// published is the version the whole fleet is served: the hello
+	// catch-up, the retained topic, the issuing CA and the update key of
+	// the online key. A newer set, if any, is prepared: a staged roll-out
+	// hands it to devices one by one until its campaign publishes it.
+	published uint32
+}
+
+// filePublished records the published version when a prepared set
+// follows it; without it, the newest set is published (as every chain
+// made before staged roll-outs).
+const filePublished = "published.json"
+
+type publishedRecord struct {
+	Version uint32 `json:"version"`
 }
 
 // ErrNoChain: the directory holds no anchor set yet (Genesis makes one).
@@ -152,7 +172,48 @@ func Open(dir string, keys Keys, now func() time.Time) (*Chain, error) {
 		}
 		c.recs = append(c.recs, r)
 	}
+	c.published = uint32(len(c.recs))
+	b, err := os.ReadFile(filepath.Join(dir, filePublished))
+	if err == nil {
+		var p publishedRecord
+		if err := json.Unmarshal(b, &p); err != nil {
+			return nil, fmt.Errorf("trust: %s: %w", filePublished, err)
+		}
+		if p.Version >= 1 && p.Version < c.published {
+			c.published = p.Version
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("trust: %w", err)
+	}
+	if c.published < uint32(len(c.recs))-1 {
+		return nil, fmt.Errorf("trust: %s: v%d is published, but more than one set follows it", dir, c.published)
+	}
 	return c, nil
+}
+
+// setPublished records v as the published version and makes it so.
+func (c *Chain) setPublished(v uint32) error {
+	if err := c.writePublished(v); err != nil {
+		return err
+	}
+	c.published = v
+	return nil
+}
+
+// writePublished records v as the published version (Open reads a version
+// past the newest set as the newest).
+func (c *Chain) writePublished(v uint32) error {
+	b, err := json.Marshal(publishedRecord{Version: v})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	if err := fsutil.WriteAtomic(filepath.Join(c.dir, filePublished), b, 0o644); err != nil {
+		return fmt.Errorf("trust: record published v%d: %w", v, err)
+	}
+	return nil
 }
 
 func (r *record) load() error {
@@ -231,9 +292,11 @@ func write(dir string, v uint32, r *record) error {
 	return nil
 }
 
-func (c *Chain) cur() *record { return c.recs[len(c.recs)-1] }
+// cur is the published set; newest the newest, prepared or published.
+func (c *Chain) cur() *record    { return c.recs[c.published-1] }
+func (c *Chain) newest() *record { return c.recs[len(c.recs)-1] }
 
-// Current returns the current set.
+// Current returns the current (published) set.
 func (c *Chain) Current() *anchors.Signed {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -244,29 +307,34 @@ func (c *Chain) Current() *anchors.Signed {
 func (c *Chain) AnchorVersion() uint32 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return uint32(len(c.recs))
+	return c.published
 }
 
-// SetsAfter implements rotation.AnchorSource: up to max sets after v,
-// oldest first.
+// SetsAfter implements rotation.AnchorSource: up to max published sets
+// after v, oldest first.
 func (c *Chain) SetsAfter(v uint32, max int) [][]byte {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	return c.setsBetween(v, c.published, max)
+}
+
+// setsBetween returns up to max sets after v, up to version to.
+func (c *Chain) setsBetween(v, to uint32, max int) [][]byte {
 	var out [][]byte
-	for i := int(v); i < len(c.recs) && len(out) < max; i++ {
+	for i := v; i < to && len(out) < max; i++ {
 		out = append(out, c.recs[i].Set)
 	}
 	return out
 }
 
-// Latest returns the newest n sets, oldest first: what the retained
-// anchors topic carries.
+// Latest returns the newest n published sets, oldest first: what the
+// retained anchors topic carries.
 func (c *Chain) Latest(n int) [][]byte {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	from := max(len(c.recs)-n, 0)
+	from := max(int(c.published)-n, 0)
 	var out [][]byte
-	for _, r := range c.recs[from:] {
+	for _, r := range c.recs[from:c.published] {
 		out = append(out, r.Set)
 	}
 	return out
@@ -298,7 +366,7 @@ func (c *Chain) Crosses() []*x509.Certificate {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var out []*x509.Certificate
-	for i := len(c.recs) - 1; i > 0; i-- {
+	for i := int(c.published) - 1; i > 0; i-- {
 		if x := c.recs[i].cross; x != nil {
 			out = append(out, x)
 		}
@@ -312,6 +380,10 @@ func (c *Chain) Signer(role string) (crypto.Signer, error) {
 	c.mu.RLock()
 	l := c.cur().Labels
 	c.mu.RUnlock()
+	return c.signer(l, role)
+}
+
+func (c *Chain) signer(l Labels, role string) (crypto.Signer, error) {
 	switch role {
 	case RoleCA:
 		return c.keys.Signer(l.CA)
@@ -323,17 +395,137 @@ func (c *Chain) Signer(role string) (crypto.Signer, error) {
 	return nil, fmt.Errorf("trust: unknown role %q", role)
 }
 
-// Rotate makes the next set with new keys for roles, signed by the current
-// set's root and update keys. A replaced update or firmware key is revoked
-// in the new set: devices that walked past it refuse what it signs. It
-// returns the new set.
+// Rotate makes the next set with new keys for roles, signed by the newest
+// set's root and update keys, and publishes it (with a prepared set before
+// it, if any: devices walk both). A replaced update or firmware key is
+// revoked in the new set: devices that walked past it refuse what it
+// signs. It returns the new set.
 func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Recorded first: a crash after the set is written finds it published.
+	if err := c.writePublished(uint32(len(c.recs)) + 1); err != nil {
+		return nil, err
+	}
+	set, err := c.next(ctx, roles)
+	if err != nil {
+		return nil, errors.Join(err, c.writePublished(c.published))
+	}
+	c.published = uint32(len(c.recs))
+	return set, nil
+}
+
+// Prepared returns the prepared set, or nil when the newest is published.
+func (c *Chain) Prepared() *anchors.Signed {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.published == uint32(len(c.recs)) {
+		return nil
+	}
+	return c.newest().signed
+}
+
+// PreparedSetsAfter returns up to max sets after v, up to the newest
+// (prepared or published): what a staged roll-out hands one device.
+func (c *Chain) PreparedSetsAfter(v uint32, max int) [][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.setsBetween(v, uint32(len(c.recs)), max)
+}
+
+// PreparedRoles names the keys the prepared set replaces, or nil.
+func (c *Chain) PreparedRoles() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.published == uint32(len(c.recs)) {
+		return nil
+	}
+	return rolesBetween(c.cur().Labels, c.newest().Labels)
+}
+
+// rolesBetween names the roles whose keys differ from a to b.
+func rolesBetween(a, b Labels) []string {
+	var out []string
+	for _, r := range []struct {
+		role string
+		a, b string
+	}{{RoleCA, a.CA, b.CA}, {RoleUpdate, a.Update, b.Update}, {RoleFirmware, a.Firmware, b.Firmware}} {
+		if r.a != r.b {
+			out = append(out, r.role)
+		}
+	}
+	return out
+}
+
+// PreparedSigner returns the prepared set's private key of role.
+func (c *Chain) PreparedSigner(role string) (crypto.Signer, error) {
+	c.mu.RLock()
+	l := c.newest().Labels
+	c.mu.RUnlock()
+	return c.signer(l, role)
+}
+
+// Prepare makes the next set with new keys for roles, as Rotate does,
+// but leaves it unpublished: the fleet is served the current set until
+// Publish. With a set prepared already, it returns that one if it replaces
+// the same roles (a second campaign finishing the first's roll-out) and
+// refuses otherwise: the chain moves forward one set at a time. The
+// published version is recorded before the set is written, so a crash in
+// between never publishes it.
+func (c *Chain) Prepare(ctx context.Context, roles []string) (*anchors.Signed, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.published != uint32(len(c.recs)) {
+		have := rolesBetween(c.cur().Labels, c.newest().Labels)
+		if len(roles) > 0 && !sameRoles(have, roles) {
+			return nil, fmt.Errorf("trust: v%d is prepared already, replacing %v: roll it out before preparing another", len(c.recs), have)
+		}
+		return c.newest().signed, nil
+	}
+	if err := c.setPublished(c.published); err != nil {
+		return nil, err
+	}
+	return c.next(ctx, roles)
+}
+
+func sameRoles(a, b []string) bool {
+	m := map[string]bool{}
+	for _, r := range a {
+		m[r] = true
+	}
+	n := map[string]bool{}
+	for _, r := range b {
+		n[r] = true
+	}
+	if len(m) != len(n) {
+		return false
+	}
+	for r := range n {
+		if !m[r] {
+			return false
+		}
+	}
+	return true
+}
+
+// Publish makes every set up to version v published (never moving back):
+// the end of a staged roll-out. It reports whether anything changed.
+func (c *Chain) Publish(v uint32) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v = min(v, uint32(len(c.recs)))
+	if v <= c.published {
+		return false, nil
+	}
+	return true, c.setPublished(v)
+}
+
+// next writes the set after the newest with new keys for roles.
+func (c *Chain) next(ctx context.Context, roles []string) (*anchors.Signed, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cur := c.cur()
+	cur := c.newest()
 	v := uint32(len(c.recs)) + 1
 	want := map[string]bool{}
 	for _, r := range roles {
