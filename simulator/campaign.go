@@ -260,8 +260,13 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 	away := &awayState{left: map[string]time.Time{}, back: map[string]time.Time{}}
 	r.goAway(ctx, away, append(awayBy[0], awayBy[1]...))
 
+	timeout := r.m.DeviceTimeout
+	if ph.kill {
+		timeout = r.m.KillDeviceTimeout
+	}
+	run.DeviceTimeoutS = timeout.Seconds()
 	t0 := time.Now()
-	camp, err := r.c.CreateCampaign(ctx, r.m.request())
+	camp, err := r.c.CreateCampaign(ctx, r.m.request(timeout))
 	if err != nil {
 		return nil, fmt.Errorf("simulator: create campaign: %w", err)
 	}
@@ -280,7 +285,7 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 	}
 
 	// Follow it stage by stage.
-	deadline := time.Now().Add(r.followTimeout(len(sel)))
+	deadline := time.Now().Add(r.followTimeout(len(sel), timeout))
 	cur, stageAt := 0, t0
 	bar := r.stageBar(camp, 0)
 	var last adminapi.Campaign
@@ -304,14 +309,14 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 				bar.Finish()
 				break
 			}
-			if ph.kill && r.kills > 0 && cur >= min(1, len(c.Stages)-1) && p.Succeeded > 0 && p.Pending+p.InProgress > 0 {
+			if ph.kill && r.kills > 0 && cur >= min(1, len(c.Stages)-1) && p.Succeeded > 0 && p.Pending > r.killMargin() {
 				r.kill(ctx, run, camp.ID)
 			}
 		} else if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		if time.Now().After(deadline) {
-			r.problem("campaign %s (%s) still %s in stage %d after %v", camp.ID, ph.name, last.State, last.Stage+1, r.followTimeout(len(sel)))
+			r.problem("campaign %s (%s) still %s in stage %d after %v", camp.ID, ph.name, last.State, last.Stage+1, r.followTimeout(len(sel), timeout))
 			bar.Finish()
 			break
 		}
@@ -365,10 +370,22 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 	return run, nil
 }
 
+// killMargin is how many devices of a stage must still wait for their
+// start when fleetd is killed, so that its stage cannot complete before the
+// restarted fleetd is asked where it stands: fleetd starts at most a
+// second's worth of the rate per tick, and one tick may pass before the
+// kill and one after the restart. Without a rate, any device will do.
+func (r *campaigner) killMargin() int {
+	if r.m.Rate == 0 {
+		return 0
+	}
+	return 2 * max(1, int(r.m.Rate)/60)
+}
+
 // followTimeout bounds one campaign: the round timeout plus the time the
 // rate needs.
-func (r *campaigner) followTimeout(devices int) time.Duration {
-	t := r.f.cfg.RoundTimeout + 2*r.m.DeviceTimeout
+func (r *campaigner) followTimeout(devices int, deviceTimeout time.Duration) time.Duration {
+	t := r.f.cfg.RoundTimeout + 2*deviceTimeout
 	if r.m.Rate > 0 {
 		t += time.Duration(float64(devices)/float64(r.m.Rate)*float64(time.Minute)) * 3 / 2
 	}

@@ -45,6 +45,11 @@ type CampaignMode struct {
 	Rate RatePerMin `yaml:"rate"`
 	// DeviceTimeout is how long a connected device may take; 0: 30 s.
 	DeviceTimeout time.Duration `yaml:"device_timeout"`
+	// KillDeviceTimeout is the device timeout of the campaign fleetd is
+	// killed in; 0: 30 s. A rotation the kill cut short needs fleetd back,
+	// the agent reconnected (its backoff) and a nudge, which a device
+	// timeout short enough to fail a canary quickly does not leave.
+	KillDeviceTimeout time.Duration `yaml:"kill_device_timeout"`
 	// Select is the campaign's label selector; empty: every device.
 	Select string `yaml:"select"`
 	// Away is the fraction of the devices that are away during their
@@ -77,9 +82,12 @@ func (m *CampaignMode) validate(devices int) error {
 	if m.DeviceTimeout == 0 {
 		m.DeviceTimeout = 30 * time.Second
 	}
+	if m.KillDeviceTimeout == 0 {
+		m.KillDeviceTimeout = 30 * time.Second
+	}
 	switch {
-	case m.DeviceTimeout < 0:
-		return fmt.Errorf("campaign: device timeout %v is negative", m.DeviceTimeout)
+	case m.DeviceTimeout < 0 || m.KillDeviceTimeout < 0:
+		return fmt.Errorf("campaign: device timeouts must not be negative")
 	case m.MinReached < 0 || m.Rate < 0 || m.Revoke < 0:
 		return fmt.Errorf("campaign: min reached, rate and revoke must not be negative")
 	case float64(m.Away)+float64(m.CanaryFail) > 1:
@@ -94,11 +102,12 @@ func (m *CampaignMode) validate(devices int) error {
 	return nil
 }
 
-// request is the admin API request for one of the mode's campaigns.
-func (m *CampaignMode) request() adminapi.CampaignRequest {
+// request is the admin API request for one of the mode's campaigns, with
+// its device timeout.
+func (m *CampaignMode) request(timeout time.Duration) adminapi.CampaignRequest {
 	return adminapi.CampaignRequest{Kind: adminapi.CampaignKindIdentity, Selector: m.Select, Stages: m.Stages,
 		MaxFailure: float64(m.MaxFailure), MinReached: m.MinReached, Rate: int(m.Rate),
-		DeviceTimeoutSeconds: m.DeviceTimeout.Seconds()}
+		DeviceTimeoutSeconds: timeout.Seconds()}
 }
 
 // Percent is a ratio written as a percentage ("2%"), on the command line

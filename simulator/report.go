@@ -112,6 +112,8 @@ type CampaignRun struct {
 	Reason       string        `json:"reason"`
 	DurationS    float64       `json:"duration_s"`
 	StageReports []StageReport `json:"stage_reports"`
+	// DeviceTimeoutS is this campaign's device timeout.
+	DeviceTimeoutS float64 `json:"device_timeout_s"`
 	// FailedDevices failed in a campaign meant to complete.
 	FailedDevices []string `json:"failed_devices,omitempty"`
 	// The canary failure: devices made to fail, whether and when (since

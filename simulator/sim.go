@@ -240,7 +240,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.BytesPerRotation = float64(rep.BytesUp+rep.BytesDown) / float64(rep.RotationsCompleted)
 		rep.HSMOpsPerRotation = float64(rep.HSMOps) / float64(rep.RotationsCompleted)
 	}
-	rep.fillLatency(lat)
+	if cfg.Campaign == nil { // campaign mode filled it
+		rep.fillLatency(lat)
+	}
 	if rep.RotationsCompleted > 0 {
 		rep.BytesUpPerRotation = float64(rep.BytesUp) / float64(rep.RotationsCompleted)
 		rep.BytesDownPerRotation = float64(rep.BytesDown) / float64(rep.RotationsCompleted)

@@ -161,6 +161,7 @@ func root() *cobra.Command {
 	f.Var(&mode.MaxFailure, "max-failure", "campaign mode: failure ratio above which a campaign pauses itself")
 	f.IntVar(&mode.MinReached, "min-reached", 1, "campaign mode: devices reached before a stage completes or its failure ratio counts")
 	durationflag.Var(f, &mode.DeviceTimeout, "device-timeout", 30*time.Second, "campaign mode: time a connected device may take before it counts as failed")
+	durationflag.Var(f, &mode.KillDeviceTimeout, "kill-device-timeout", 30*time.Second, "campaign mode: device timeout of the campaign fleetd is killed in (--kill-fleetd)")
 	f.StringVar(&mode.Select, "select", "", "campaign mode: label selector of the campaign (default: every device)")
 	f.Var(&mode.Away, "away", "campaign mode: fraction of devices away during their stage, back when the campaign completes")
 	durationflag.Var(f, &mode.AwayFor, "away-for", 0, "campaign mode: bring away devices back after this long instead")
