@@ -133,7 +133,15 @@ func (p *Percent) Set(s string) error {
 func (p *Percent) Type() string { return "percent" }
 
 // UnmarshalYAML reads "2%".
-func (p *Percent) UnmarshalYAML(n *yaml.Node) error { return p.Set(n.Value) }
+func (p *Percent) UnmarshalYAML(n *yaml.Node) error { return atLine(n, p.Set(n.Value)) }
+
+// atLine names the scenario file's line of n in err, as yaml's own errors do.
+func atLine(n *yaml.Node, err error) error {
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	return nil
+}
 
 // Stages are cumulative fractions written "1%,10%,100%".
 type Stages []float64
@@ -161,7 +169,7 @@ func (s *Stages) Set(v string) error {
 func (s *Stages) Type() string { return "stages" }
 
 // UnmarshalYAML reads "5%,25%,100%".
-func (s *Stages) UnmarshalYAML(n *yaml.Node) error { return s.Set(n.Value) }
+func (s *Stages) UnmarshalYAML(n *yaml.Node) error { return atLine(n, s.Set(n.Value)) }
 
 // RatePerMin is devices per minute, written "1000/min", "20/s" or "60/h"
 // in scenario files.
@@ -171,7 +179,7 @@ type RatePerMin int
 func (r *RatePerMin) UnmarshalYAML(n *yaml.Node) error {
 	v, err := adminapi.ParseRate(n.Value)
 	if err != nil {
-		return err
+		return atLine(n, err)
 	}
 	*r = RatePerMin(v)
 	return nil
