@@ -323,7 +323,7 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(r.pollEvery(len(sel))):
 		}
 	}
 	run.DurationS = time.Since(t0).Seconds()
@@ -368,6 +368,13 @@ func (r *campaigner) run(ctx context.Context, ph phase) (*CampaignRun, error) {
 	}
 	f.mu.Unlock()
 	return run, nil
+}
+
+// pollEvery is how often a campaign of n devices is read: every read
+// decodes its whole record in fleetd, so a large one is read less often
+// (stage times are as precise as this).
+func (r *campaigner) pollEvery(n int) time.Duration {
+	return min(time.Second, max(200*time.Millisecond, time.Duration(n)*100*time.Microsecond))
 }
 
 // killMargin is how many devices of a stage must still wait for their
@@ -521,7 +528,7 @@ func (r *campaigner) converge(ctx context.Context, run *CampaignRun, a *awayStat
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(2 * r.pollEvery(len(ids)*10)):
 		}
 	}
 	bar.Finish()
