@@ -548,7 +548,7 @@ func (r *campaigner) converge(ctx context.Context, run *CampaignRun, a *awayStat
 }
 
 // rollback rolls back a campaign that paused itself, lifts the canary
-// fault, makes every agent reconnect and checks that each one connects
+// fault, restarts every agent and checks that each one connects
 // with a credential the broker accepts and that fleetd records no open
 // rotation and the active version the device reports.
 func (r *campaigner) rollback(ctx context.Context, run *CampaignRun) error {
@@ -558,28 +558,36 @@ func (r *campaigner) rollback(ctx context.Context, run *CampaignRun) error {
 	if err != nil {
 		return fmt.Errorf("simulator: roll back %s: %w", run.ID, err)
 	}
+	run.RollbackRequestS = time.Since(t0).Seconds()
 	run.RolledBack = rb.State == adminapi.CampaignStateRolledBack
 	run.RollbackReason = rb.Reason
 	for _, p := range rb.StageProgress {
 		run.RollbackCancelled += p.Cancelled
 	}
 	f.canary.set(nil)
-	mark := time.Now()
-	f.agentsMu.Lock()
-	var agents []*running
-	for _, a := range f.agents {
-		agents = append(agents, a)
-	}
-	f.agentsMu.Unlock()
-	for _, a := range agents {
-		a.agent.Flap()
-	}
 	var want []string
 	for _, id := range f.ids {
 		if !r.excluded[id] {
 			want = append(want, id)
 		}
 	}
+	// Every agent restarts, as a device rebooted after a rollback would:
+	// a new connection with the credential its keystore holds.
+	mark := time.Now()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, id := range want {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			f.stopAgent(id)
+			if err := f.startAgent(id, false); err != nil {
+				r.problem("rollback of %s: agent %s not restarted: %v", run.ID, id, err)
+			}
+		}()
+	}
+	wg.Wait()
 	got, err := f.waitFor(ctx, len(want), run.ID+" rollback: reconnecting", func() int {
 		n := 0
 		for _, id := range want {

@@ -125,9 +125,12 @@ type CampaignRun struct {
 	// The rollback: from its request until every device had reconnected
 	// with a credential the broker accepts and fleetd recorded no open
 	// rotation; the rotations it cancelled; devices refused meanwhile.
-	RolledBack        bool     `json:"rolled_back"`
-	RollbackReason    string   `json:"rollback_reason,omitempty"`
-	RollbackS         float64  `json:"rollback_s,omitempty"`
+	RolledBack     bool    `json:"rolled_back"`
+	RollbackReason string  `json:"rollback_reason,omitempty"`
+	RollbackS      float64 `json:"rollback_s,omitempty"`
+	// RollbackRequestS is the rollback request alone (fleetd cancelling
+	// the open rotations and recording the campaign rolled back).
+	RollbackRequestS  float64  `json:"rollback_request_s,omitempty"`
 	RollbackCancelled int      `json:"rollback_cancelled,omitempty"`
 	RollbackAccepted  int      `json:"rollback_accepted,omitempty"`
 	RollbackRefused   []string `json:"rollback_refused,omitempty"`
@@ -249,8 +252,8 @@ func (c *CampaignReport) writeTable(tw io.Writer) {
 				run.InjectedFailures, run.SelfPaused, run.PausedInStage, run.PausedAfterS)
 		}
 		if run.RolledBack {
-			fmt.Fprintf(tw, "  rollback\t%.1f s until %d devices reconnected with an accepted credential (%d refused); %d rotations cancelled\n",
-				run.RollbackS, run.RollbackAccepted, len(run.RollbackRefused), run.RollbackCancelled)
+			fmt.Fprintf(tw, "  rollback\t%.1f s until %d devices reconnected with an accepted credential (%d refused); request %.2f s, %d rotations cancelled\n",
+				run.RollbackS, run.RollbackAccepted, len(run.RollbackRefused), run.RollbackRequestS, run.RollbackCancelled)
 		}
 		if run.AwayDevices > 0 {
 			fmt.Fprintf(tw, "  away devices\t%d, %d converged after their return (p50 %.1f s, max %.1f s), %d not\n",
