@@ -109,13 +109,17 @@ type campaigner struct {
 	ours  map[string]bool
 	kills int             // left to do
 	lat   []time.Duration // time-to-rotate of each activation seen
-	// excluded devices are left out of later checks: revoked, or stopped.
+	// excluded devices are left out of later checks: revoked ones.
 	excluded map[string]bool
+	mu       sync.Mutex // guards rep.Problems
 }
 
+// problem records an expectation the run did not meet.
 func (r *campaigner) problem(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
 	r.rep.Problems = append(r.rep.Problems, msg)
+	r.mu.Unlock()
 	r.f.cfg.Logger.Warn("campaign problem", "problem", msg)
 }
 
@@ -572,22 +576,27 @@ func (r *campaigner) rollback(ctx context.Context, run *CampaignRun) error {
 		}
 	}
 	// Every agent restarts, as a device rebooted after a rollback would:
-	// a new connection with the credential its keystore holds.
+	// a new connection with the credential its keystore holds. All stop
+	// first, and the broker lets their sessions go, so that no new
+	// connection has to take over a session still ending.
 	mark := time.Now()
-	sem := make(chan struct{}, 64)
-	var wg sync.WaitGroup
-	for _, id := range want {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			f.stopAgent(id)
-			if err := f.startAgent(id, false); err != nil {
-				r.problem("rollback of %s: agent %s not restarted: %v", run.ID, id, err)
-			}
-		}()
+	each := func(fn func(id string)) {
+		sem := make(chan struct{}, 64)
+		var wg sync.WaitGroup
+		for _, id := range want {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() { defer func() { <-sem; wg.Done() }(); fn(id) }()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
+	each(f.stopAgent)
+	r.waitSessions(ctx, 30*time.Second)
+	each(func(id string) {
+		if err := f.startAgent(id, false); err != nil {
+			r.problem("rollback of %s: agent %s not restarted: %v", run.ID, id, err)
+		}
+	})
 	got, err := f.waitFor(ctx, len(want), run.ID+" rollback: reconnecting", func() int {
 		n := 0
 		for _, id := range want {
