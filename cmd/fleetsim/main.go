@@ -5,6 +5,11 @@
 //
 // Without --server it starts its own fleetd in-process (temporary directory,
 // SoftHSM2 token, embedded broker). It exits non-zero if any rotation failed.
+// With --campaign it drives fleetd's staged campaigns instead:
+//
+//	fleetsim run --devices 200 --campaign --stages 5%,25%,100% --away 10% --canary-fail 50% --rollback --rerun
+//
+// and also exits non-zero if a campaign did not do what it must.
 package main
 
 import (
