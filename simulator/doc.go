@@ -16,6 +16,17 @@
 // reconnect -> activated path. Bytes are application payload bytes counted
 // by the agents, both directions; HSM operations come from fleetd's counter.
 //
+// # Campaign mode
+//
+// With Config.Campaign the rotations are fleetd's: Run creates identity
+// campaigns through the admin API and follows them stage by stage, with
+// devices away during their stage, a canary cohort made to fail (its
+// agents ignore fleetd's downlinks, through device.Options.Link, which
+// fleet-agent's flags cannot reach), the rollback and its check, fleetd
+// SIGKILLed mid-campaign, and revocations; M5 and M10 come from fleetd's
+// /metrics. CampaignMode says what each campaign must do; the report lists
+// what it did not under Problems.
+//
 // # Caveats
 //
 // Every agent holds one socket and, with an in-process fleetd, the broker

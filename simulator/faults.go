@@ -215,6 +215,9 @@ func (f *fleet) startAgent(id string, withFaults bool) error {
 		opts.ReportEvery = f.faults.f.ReportEvery
 		opts.StepTimeout = f.faults.f.ReportEvery
 	}
+	if f.canary != nil {
+		opts.Link = f.canary.wrap(id, opts.Link)
+	}
 	if off, ok := f.faults.skew[id]; ok {
 		opts.Now = func() time.Time { return time.Now().Add(off) }
 	}

@@ -62,6 +62,117 @@ type Report struct {
 	Baseline            *Baseline `json:"baseline,omitempty"`
 	RotationsPerHSMSign float64   `json:"rotations_per_hsm_sign_rate,omitempty"`
 	RotationsPerHSMCert float64   `json:"rotations_per_hsm_cert_rate,omitempty"`
+
+	// Campaign is campaign mode's record (--campaign), if any.
+	Campaign *CampaignReport `json:"campaign,omitempty"`
+}
+
+// CampaignReport is what campaign mode measured: each campaign stage by
+// stage, the self-pause, the rollback, the away devices' return, fleetd
+// killed mid-campaign, and M5 and M10 as fleetd's /metrics gave them
+// (summed over fleetd's lifetimes when it was killed).
+type CampaignReport struct {
+	Stages         []float64     `json:"stages"`
+	MaxFailure     float64       `json:"max_failure"`
+	MinReached     int           `json:"min_reached"`
+	RatePerMin     int           `json:"rate_per_min"`
+	DeviceTimeoutS float64       `json:"device_timeout_s"`
+	Runs           []CampaignRun `json:"runs"`
+	// Revoked devices at the end of the run, and the time until fleetd
+	// had counted every revocation.
+	Revoked int     `json:"revoked"`
+	RevokeS float64 `json:"revoke_s"`
+	// M5: revocation latency (request to the last session dropped), p99
+	// of fleetd's keyfleet_revocation_duration_seconds, and its samples.
+	M5RevocationP99S float64 `json:"m5_revocation_p99_s"`
+	M5Revocations    uint64  `json:"m5_revocations"`
+	// M10: recovery time (a failed or cancelled rotation to the device's
+	// next activation) from keyfleet_recovery_duration_seconds{slot="identity"}.
+	M10RecoveryP50S  float64 `json:"m10_recovery_p50_s"`
+	M10RecoveryP99S  float64 `json:"m10_recovery_p99_s"`
+	M10RecoveryMeanS float64 `json:"m10_recovery_mean_s"`
+	M10Recoveries    uint64  `json:"m10_recoveries"`
+	// The audit chain at the end: verified, its length, and any version
+	// issued more than once (none is the contract).
+	AuditVerified       bool     `json:"audit_verified"`
+	AuditRecords        uint64   `json:"audit_records"`
+	VersionsIssuedTwice []string `json:"versions_issued_twice"`
+	// Problems are the expectations the run did not meet; fleetsim exits
+	// non-zero when there is any.
+	Problems []string `json:"problems"`
+}
+
+// CampaignRun is one campaign of a campaign-mode run.
+type CampaignRun struct {
+	// Name: "campaign", "canary-failure" or "rerun".
+	Name         string        `json:"name"`
+	ID           string        `json:"id"`
+	Devices      int           `json:"devices"`
+	State        string        `json:"state"`
+	Reason       string        `json:"reason"`
+	DurationS    float64       `json:"duration_s"`
+	StageReports []StageReport `json:"stage_reports"`
+	// DeviceTimeoutS is this campaign's device timeout.
+	DeviceTimeoutS float64 `json:"device_timeout_s"`
+	// FailedDevices failed in a campaign meant to complete.
+	FailedDevices []string `json:"failed_devices,omitempty"`
+	// The canary failure: devices made to fail, whether and when (since
+	// creation) the campaign paused itself, and in which stage (1-based).
+	InjectedFailures int     `json:"injected_failures,omitempty"`
+	SelfPaused       bool    `json:"self_paused"`
+	PausedInStage    int     `json:"paused_in_stage,omitempty"`
+	PausedAfterS     float64 `json:"paused_after_s,omitempty"`
+	// The rollback: from its request until every device had reconnected
+	// with a credential the broker accepts and fleetd recorded no open
+	// rotation; the rotations it cancelled; devices refused meanwhile.
+	RolledBack     bool    `json:"rolled_back"`
+	RollbackReason string  `json:"rollback_reason,omitempty"`
+	RollbackS      float64 `json:"rollback_s,omitempty"`
+	// RollbackRequestS is the rollback request alone (fleetd cancelling
+	// the open rotations and recording the campaign rolled back).
+	RollbackRequestS  float64  `json:"rollback_request_s,omitempty"`
+	RollbackCancelled int      `json:"rollback_cancelled,omitempty"`
+	RollbackAccepted  int      `json:"rollback_accepted,omitempty"`
+	RollbackRefused   []string `json:"rollback_refused,omitempty"`
+	// Away devices: how many, how many converged (or failed) after they
+	// came back, in how long after their return, and which did not.
+	AwayDevices      int      `json:"away_devices"`
+	AwayConverged    int      `json:"away_converged"`
+	AwayFailed       int      `json:"away_failed,omitempty"`
+	AwayConvergeP50S float64  `json:"away_converge_p50_s,omitempty"`
+	AwayConvergeMaxS float64  `json:"away_converge_max_s,omitempty"`
+	AwayNotConverged []string `json:"away_not_converged"`
+	// FleetdKills: fleetd SIGKILLed mid-campaign and where it resumed.
+	FleetdKills []KillReport `json:"fleetd_kills,omitempty"`
+	// Audit counts the campaign's audit records by action (its own, and
+	// the per-device ones it acted on: failed, cancelled).
+	Audit map[string]int `json:"audit"`
+}
+
+// StageReport is one stage of a campaign, counted when it ended (passed,
+// or paused): devices it added, time from its start to then, outcomes.
+type StageReport struct {
+	Stage        int     `json:"stage"`
+	Fraction     float64 `json:"fraction"`
+	Devices      int     `json:"devices"`
+	DurationS    float64 `json:"duration_s"`
+	Succeeded    int     `json:"succeeded"`
+	Failed       int     `json:"failed"`
+	Away         int     `json:"away"`
+	Cancelled    int     `json:"cancelled"`
+	Pending      int     `json:"pending"`
+	InProgress   int     `json:"in_progress"`
+	FailureRatio float64 `json:"failure_ratio"`
+}
+
+// KillReport is one SIGKILL of fleetd mid-campaign: the stage its store
+// held, the stage it resumed at, and how long it was down.
+type KillReport struct {
+	StageAtKill int     `json:"stage_at_kill"`
+	StateAtKill string  `json:"state_at_kill"`
+	StageAfter  int     `json:"stage_after"`
+	StateAfter  string  `json:"state_after"`
+	DowntimeS   float64 `json:"downtime_s"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -123,5 +234,44 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if len(r.NotConverged) > 0 {
 		fmt.Fprintf(tw, "not converged\t%v\n", r.NotConverged)
 	}
+	if r.Campaign != nil {
+		r.Campaign.writeTable(tw)
+	}
 	return tw.Flush()
+}
+
+func (c *CampaignReport) writeTable(tw io.Writer) {
+	for _, run := range c.Runs {
+		fmt.Fprintf(tw, "campaign %s (%s)\t%d devices, %s after %.1f s: %s\n", run.ID, run.Name, run.Devices, run.State, run.DurationS, run.Reason)
+		for _, s := range run.StageReports {
+			fmt.Fprintf(tw, "  stage %d (%g%%)\t%d devices, %.1f s: %d succeeded, %d failed, %d away, %d cancelled; failure ratio %.1f%%\n",
+				s.Stage, s.Fraction*100, s.Devices, s.DurationS, s.Succeeded, s.Failed, s.Away, s.Cancelled, 100*s.FailureRatio)
+		}
+		if run.InjectedFailures > 0 {
+			fmt.Fprintf(tw, "  canary failure\t%d agents made to fail; paused itself: %v (stage %d, after %.1f s)\n",
+				run.InjectedFailures, run.SelfPaused, run.PausedInStage, run.PausedAfterS)
+		}
+		if run.RolledBack {
+			fmt.Fprintf(tw, "  rollback\t%.1f s until %d devices reconnected with an accepted credential (%d refused); request %.2f s, %d rotations cancelled\n",
+				run.RollbackS, run.RollbackAccepted, len(run.RollbackRefused), run.RollbackRequestS, run.RollbackCancelled)
+		}
+		if run.AwayDevices > 0 {
+			fmt.Fprintf(tw, "  away devices\t%d, %d converged after their return (p50 %.1f s, max %.1f s), %d not\n",
+				run.AwayDevices, run.AwayConverged, run.AwayConvergeP50S, run.AwayConvergeMaxS, len(run.AwayNotConverged))
+		}
+		for _, k := range run.FleetdKills {
+			fmt.Fprintf(tw, "  fleetd SIGKILLed\tin stage %d (%s), resumed in stage %d (%s) after %.1f s\n",
+				k.StageAtKill, k.StateAtKill, k.StageAfter, k.StateAfter, k.DowntimeS)
+		}
+	}
+	if c.Revoked > 0 {
+		fmt.Fprintf(tw, "revoked\t%d devices\n", c.Revoked)
+	}
+	fmt.Fprintf(tw, "M5 revocation latency p99 (/metrics)\t%.3f s over %d revocations\n", c.M5RevocationP99S, c.M5Revocations)
+	fmt.Fprintf(tw, "M10 recovery time p50 / p99 / mean (/metrics)\t%.1f / %.1f / %.1f s over %d recoveries\n",
+		c.M10RecoveryP50S, c.M10RecoveryP99S, c.M10RecoveryMeanS, c.M10Recoveries)
+	fmt.Fprintf(tw, "audit\t%d records, chain verified: %v, versions issued twice: %d\n", c.AuditRecords, c.AuditVerified, len(c.VersionsIssuedTwice))
+	for _, p := range c.Problems {
+		fmt.Fprintf(tw, "PROBLEM\t%s\n", p)
+	}
 }

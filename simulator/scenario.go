@@ -24,10 +24,28 @@ import (
 //	  seed: 7
 //
 // Fields left out keep the command line's values.
+//
+// A campaign block runs campaign mode (see CampaignMode), with percentages
+// and rates written as on the command line:
+//
+//	devices: 200
+//	campaign:
+//	  stages: 5%,25%,100%
+//	  max_failure: 2%
+//	  min_reached: 5
+//	  rate: 1200/min
+//	  device_timeout: 5s
+//	  away: 10%
+//	  canary_fail: 50%
+//	  rollback: true
+//	  rerun: true
+//	  revoke: 5
 type Scenario struct {
 	Devices   int    `yaml:"devices"`
 	Rotations int    `yaml:"rotations"`
 	Faults    Faults `yaml:"faults"`
+	// Campaign, if present, replaces the command line's campaign mode.
+	Campaign *CampaignMode `yaml:"campaign"`
 }
 
 // LoadScenario reads and checks a scenario file; unknown keys are errors,
@@ -61,4 +79,7 @@ func (sc *Scenario) Apply(cfg *Config) {
 		cfg.Rotations = sc.Rotations
 	}
 	cfg.Faults = sc.Faults
+	if sc.Campaign != nil {
+		cfg.Campaign = sc.Campaign
+	}
 }

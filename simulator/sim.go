@@ -75,6 +75,14 @@ type Config struct {
 	// Baseline, if positive, measures the raw HSM rates for this long
 	// before the run, so that the report gives ratios of the same run.
 	Baseline time.Duration
+	// Campaign, if set, runs campaign mode instead of rotation rounds:
+	// fleetd's staged campaigns drive the rotations (see CampaignMode).
+	Campaign *CampaignMode
+	// ServerOps is the ops listener (/metrics) of the fleetd at Server,
+	// which campaign mode reads M5 and M10 from; a fleetd the simulator
+	// starts gets one of its own.
+	ServerOps string
+	opsAddr   string
 }
 
 // fdsPerDevice: the agent's socket and, in-process, the broker's end.
@@ -97,6 +105,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if (cfg.Faults.FleetdKills > 0 || cfg.Faults.BrokerRestarts > 0) && cfg.FleetdBin == "" {
 		return nil, errors.New("simulator: killing or restarting fleetd needs --fleetd-bin")
+	}
+	if cfg.Campaign != nil {
+		if cfg.Fleet > 0 || cfg.Soak > 0 {
+			return nil, errors.New("simulator: campaign mode takes neither --fleet nor --soak")
+		}
+		if err := cfg.Campaign.validate(cfg.Devices); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+		if _, err := cfg.Campaign.phases(cfg.Faults.FleetdKills); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+		if cfg.Faults.BrokerRestarts > 0 {
+			return nil, errors.New("simulator: campaign mode does not restart the broker; use --kill-fleetd")
+		}
 	}
 	if cfg.Rotations == 0 && cfg.Soak == 0 {
 		cfg.Rotations = 1
@@ -158,6 +180,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	fl := newFleet(cfg)
 	fl.faults = planFaults(cfg.Faults, fl.ids)
+	if cfg.Campaign != nil {
+		fl.canary = &canaryFault{}
+		fl.faults.f.FleetdKills = 0 // campaign mode kills fleetd itself, mid-campaign
+	}
 	t0 := time.Now()
 	if err := fl.provision(ctx, client); err != nil {
 		return nil, err
@@ -179,6 +205,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ops0 := hsmOps(ctx)
 	up0, down0 := fl.bytes()
 	start := time.Now()
+	if cfg.Campaign != nil {
+		rep.Rounds = 0
+		if err := fl.runCampaigns(ctx, client, *cfg.Campaign, cfg.opsAddr, rep); err != nil {
+			return nil, err
+		}
+		cfg.Rotations = 0 // no rounds
+	}
 	var lat []time.Duration
 	failed := map[string]bool{}
 	for round := 1; round <= cfg.Rotations; round++ {
@@ -207,7 +240,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.BytesPerRotation = float64(rep.BytesUp+rep.BytesDown) / float64(rep.RotationsCompleted)
 		rep.HSMOpsPerRotation = float64(rep.HSMOps) / float64(rep.RotationsCompleted)
 	}
-	rep.fillLatency(lat)
+	if cfg.Campaign == nil { // campaign mode filled it
+		rep.fillLatency(lat)
+	}
 	if rep.RotationsCompleted > 0 {
 		rep.BytesUpPerRotation = float64(rep.BytesUp) / float64(rep.RotationsCompleted)
 		rep.BytesDownPerRotation = float64(rep.BytesDown) / float64(rep.RotationsCompleted)
@@ -247,7 +282,7 @@ func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(conte
 		if err != nil {
 			return nil, nil, nil, "", err
 		}
-		cfg.spawned = sp
+		cfg.spawned, cfg.opsAddr = sp, sp.opsAddr
 		return sp.client, sp.ops, sp.stop, "spawned " + cfg.FleetdBin, nil
 	}
 	if cfg.Server != "" {
@@ -260,6 +295,7 @@ func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(conte
 			return nil, nil, nil, "", err
 		}
 		c := client.New(cfg.Server, tc)
+		cfg.opsAddr = cfg.ServerOps
 		ops := func(ctx context.Context) uint64 {
 			s, err := c.Status(ctx)
 			if err != nil {
@@ -269,10 +305,20 @@ func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(conte
 		}
 		return c, ops, func() {}, cfg.Server, nil
 	}
-	srv, c, err := startInProcess(ctx, cfg.Dir, cfg.Logger, cfg.ServerMod, nil)
+	mod := cfg.ServerMod
+	if cfg.Campaign != nil {
+		mod = func(c *server.Config) {
+			c.OpsAddr = "127.0.0.1:0" // campaign mode reads /metrics
+			if cfg.ServerMod != nil {
+				cfg.ServerMod(c)
+			}
+		}
+	}
+	srv, c, err := startInProcess(ctx, cfg.Dir, cfg.Logger, mod, nil)
 	if err != nil {
 		return nil, nil, nil, "", err
 	}
+	cfg.opsAddr = srv.OpsAddr()
 	return c, func(context.Context) uint64 { return srv.HSMOps() },
 		func() { _ = srv.Close() }, "in-process " + srv.MQTTAddr(), nil
 }
@@ -309,6 +355,12 @@ type fleet struct {
 	rotateAt  map[string]time.Time // device -> when its current rotate arrived
 	activated map[string]mark      // device -> last activation
 	connected map[string]bool
+	// connectedAt and refusedAt are each device's last connection and
+	// last refusal by the broker (campaign mode's rollback check).
+	connectedAt map[string]time.Time
+	refusedAt   map[string]time.Time
+	// canary is campaign mode's injected failure; nil in other modes.
+	canary    *canaryFault
 	delegated map[string]bool
 	wake      chan struct{}
 	events    map[device.EventKind]*atomic.Uint64
@@ -322,6 +374,7 @@ type mark struct {
 
 func newFleet(cfg Config) *fleet {
 	f := &fleet{cfg: cfg, rotateAt: map[string]time.Time{}, activated: map[string]mark{}, connected: map[string]bool{}, delegated: map[string]bool{},
+		connectedAt: map[string]time.Time{}, refusedAt: map[string]time.Time{},
 		wake: make(chan struct{}, 1), events: map[device.EventKind]*atomic.Uint64{}}
 	// A run's own prefix: against a shared fleetd (--server) a second run
 	// must not collide with the devices of the first.
@@ -365,8 +418,11 @@ func (f *fleet) onEvent(e device.Event) {
 			m.took = e.At.Sub(r)
 		}
 		f.activated[e.Device] = m
+	case device.EventRefused:
+		f.refusedAt[e.Device] = e.At
 	case device.EventConnected:
 		f.connected[e.Device] = true
+		f.connectedAt[e.Device] = e.At
 		// An agent that died after promoting its new version, before its
 		// activated went out, comes back connected with it: the rotation
 		// is done (its hello tells fleetd).

@@ -23,6 +23,7 @@ type spawned struct {
 	env       []string
 	args      []string
 	client    *client.Client
+	opsAddr   string // its ops listener (/metrics)
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -61,7 +62,10 @@ func spawnFleetd(ctx context.Context, bin, dir string, extra []string) (*spawned
 	if err != nil {
 		return nil, err
 	}
-	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--ops-listen", "off", "--log-level", "warn"}, extra...)
+	if s.opsAddr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	s.args = append([]string{"run", "--data", s.data, "--token", token, "--mqtt-listen", mqtt, "--admin-listen", adm, "--ops-listen", s.opsAddr, "--log-level", "warn"}, extra...)
 	if s.log, err = os.Create(filepath.Join(dir, "fleetd.log")); err != nil {
 		return nil, err
 	}
@@ -109,6 +113,12 @@ func (s *spawned) start(ctx context.Context) error {
 // restart stops fleetd with sig (SIGKILL: a crash; SIGTERM: an orderly
 // restart, which restarts the embedded broker too) and starts it again.
 func (s *spawned) restart(ctx context.Context, sig syscall.Signal) error {
+	return s.restartWith(ctx, sig, nil)
+}
+
+// restartWith is restart with between, if set, run while fleetd is down
+// (campaign mode reads the killed fleetd's store there).
+func (s *spawned) restartWith(ctx context.Context, sig syscall.Signal, between func()) error {
 	s.ops(ctx) // bank the operations so far
 	s.mu.Lock()
 	cmd, done := s.cmd, s.done
@@ -121,6 +131,9 @@ func (s *spawned) restart(ctx context.Context, sig syscall.Signal) error {
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
 		<-done
+	}
+	if between != nil {
+		between()
 	}
 	return s.start(ctx)
 }

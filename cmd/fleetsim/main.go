@@ -5,6 +5,11 @@
 //
 // Without --server it starts its own fleetd in-process (temporary directory,
 // SoftHSM2 token, embedded broker). It exits non-zero if any rotation failed.
+// With --campaign it drives fleetd's staged campaigns instead:
+//
+//	fleetsim run --devices 200 --campaign --stages 5%,25%,100% --away 10% --canary-fail 50% --rollback --rerun
+//
+// and also exits non-zero if a campaign did not do what it must.
 package main
 
 import (
@@ -41,6 +46,8 @@ func root() *cobra.Command {
 	var workers int
 	var scenario, jsonOut string
 	var progress bool
+	var campaignOn bool
+	mode := simulator.CampaignMode{Stages: simulator.Stages{0.01, 0.1, 1}, MaxFailure: 0.02, MinReached: 1}
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator"}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,6 +62,10 @@ func root() *cobra.Command {
 			}
 			defer closeLog()
 			cfg.Logger = log
+			if campaignOn {
+				mode.Rate = simulator.RatePerMinute(cfg.Rate)
+				cfg.Campaign = &mode
+			}
 			if scenario != "" {
 				sc, err := simulator.LoadScenario(scenario)
 				if err != nil {
@@ -109,6 +120,9 @@ func root() *cobra.Command {
 			if rep.RotationsFailed > 0 {
 				return fmt.Errorf("%d rotations failed", rep.RotationsFailed)
 			}
+			if rep.Campaign != nil && len(rep.Campaign.Problems) > 0 {
+				return fmt.Errorf("campaign: %d expectations not met, first: %s", len(rep.Campaign.Problems), rep.Campaign.Problems[0])
+			}
 			return nil
 		}}
 	f := run.Flags()
@@ -147,6 +161,20 @@ func root() *cobra.Command {
 	f.IntVar(&cfg.Faults.BrokerRestarts, "restart-broker", 0, "restart fleetd and its embedded broker this many times during the first round (needs --fleetd-bin)")
 	f.Uint64Var(&cfg.Faults.Seed, "seed", 0, "seed for choosing faulty devices (0: random)")
 	f.StringVar(&scenario, "scenario", "", "YAML scenario file with devices, rotations and faults (see simulator.Scenario)")
+	f.BoolVar(&campaignOn, "campaign", false, "campaign mode: drive fleetd's staged identity campaigns instead of rotation rounds (--rate: devices a second)")
+	f.Var(&mode.Stages, "stages", "campaign mode: cumulative stages, e.g. 5%,25%,100%")
+	f.Var(&mode.MaxFailure, "max-failure", "campaign mode: failure ratio above which a campaign pauses itself")
+	f.IntVar(&mode.MinReached, "min-reached", 1, "campaign mode: devices reached before a stage completes or its failure ratio counts")
+	durationflag.Var(f, &mode.DeviceTimeout, "device-timeout", 30*time.Second, "campaign mode: time a connected device may take before it counts as failed")
+	durationflag.Var(f, &mode.KillDeviceTimeout, "kill-device-timeout", 30*time.Second, "campaign mode: device timeout of the campaign fleetd is killed in (--kill-fleetd)")
+	f.StringVar(&mode.Select, "select", "", "campaign mode: label selector of the campaign (default: every device)")
+	f.Var(&mode.Away, "away", "campaign mode: fraction of devices away during their stage, back when the campaign completes")
+	durationflag.Var(f, &mode.AwayFor, "away-for", 0, "campaign mode: bring away devices back after this long instead")
+	f.Var(&mode.CanaryFail, "canary-fail", "campaign mode: fraction of the first stage's devices made to fail, in a campaign of its own")
+	f.BoolVar(&mode.Rollback, "rollback", false, "campaign mode: roll back the campaign that paused itself and check every device reconnects")
+	f.BoolVar(&mode.Rerun, "rerun", false, "campaign mode: after the rollback, run the campaign again without the failure")
+	f.IntVar(&mode.Revoke, "revoke", 0, "campaign mode: revoke this many devices at the end, for the revocation latency (M5)")
+	f.StringVar(&cfg.ServerOps, "server-ops", "", "ops listener (/metrics) of the fleetd at --server, for campaign mode's M5 and M10")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run, yearCmd())

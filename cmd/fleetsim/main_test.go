@@ -22,6 +22,12 @@ func TestFlagsCheckedFirst(t *testing.T) {
 		{[]string{"run", "--offline-for", "soon"}, `duration "soon"`},
 		{[]string{"run", "--kill-fleetd", "1", "--dir", dir}, "needs --fleetd-bin"},
 		{[]string{"run", "--log-file", dir + "/l", "--log-level", "loud"}, `log level "loud"`},
+		{[]string{"run", "--campaign", "--stages", "5%,50%", "--dir", dir}, "the last must be 100%"},
+		{[]string{"run", "--campaign", "--away", "10", "--dir", dir}, `"10": want a percentage like 2%`},
+		{[]string{"run", "--campaign", "--rerun", "--dir", dir}, "rerun follows a rollback"},
+		{[]string{"run", "--campaign", "--rollback", "--dir", dir}, "rollback needs a canary failure"},
+		{[]string{"run", "--campaign", "--canary-fail", "50%", "--kill-fleetd", "1", "--fleetd-bin", "x", "--dir", dir},
+			"--kill-fleetd needs a campaign that completes"},
 		{[]string{"rn"}, `unknown command "rn" for "fleetsim"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

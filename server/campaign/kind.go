@@ -28,7 +28,8 @@ const (
 type Kind interface {
 	// Start asks for the change on device and returns the version it
 	// moves to. It must be idempotent: a change already open is returned,
-	// never asked for again.
+	// never asked for again. The runner starts the devices of a step
+	// concurrently, each device once: Start must be safe for that.
 	Start(ctx context.Context, device, actor string) (uint32, error)
 	// Requested returns the version of a change to d asked for at or after
 	// since, or 0: how a campaign that stopped between asking and

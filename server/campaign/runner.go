@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/keyfleet/keyfleet/server/rotation"
@@ -258,6 +259,9 @@ func (s *Service) checkFailures(c *store.Campaign) *store.Event {
 	return &store.Event{Action: "campaign-paused", Actor: "campaign:" + c.ID, Detail: "campaign " + c.ID + ": " + c.Reason}
 }
 
+// startParallel bounds the devices a step starts at once.
+const startParallel = 32
+
 // start starts the pending devices of the current stage that the rate
 // allows. It records them as in progress before asking (so that a restart
 // in between finds what was asked, through Kind.Requested, and asks
@@ -285,18 +289,34 @@ func (s *Service) start(ctx context.Context, c *store.Campaign, kind Kind, actor
 	if err := s.save(ctx, c); err != nil {
 		return false, err
 	}
-	for _, i := range idx {
+	// Each start is a store write with its fsync, which the store's group
+	// commit shares among concurrent writers: one at a time, a stage of
+	// thousands would start at the disk's fsync rate, not at the rate.
+	errs := make([]error, len(idx))
+	sem := make(chan struct{}, startParallel)
+	var wg sync.WaitGroup
+	for k, i := range idx {
 		cd := &c.Devices[i]
-		d, err := s.opts.Store.GetDevice(ctx, cd.ID)
-		if err == nil && !d.Revoked {
-			if v := kind.Requested(d, cd.Started); v != 0 {
-				cd.Version = v
-			} else {
-				cd.Version, err = kind.Start(ctx, cd.ID, actor)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d, err := s.opts.Store.GetDevice(ctx, cd.ID)
+			if err == nil && !d.Revoked {
+				if v := kind.Requested(d, cd.Started); v != 0 {
+					cd.Version = v
+				} else {
+					cd.Version, err = kind.Start(ctx, cd.ID, actor)
+				}
+			} else if err == nil {
+				err = rotation.ErrRevoked
 			}
-		} else if err == nil {
-			err = rotation.ErrRevoked
-		}
+			errs[k] = err
+		}()
+	}
+	wg.Wait()
+	for k, i := range idx {
+		cd, err := &c.Devices[i], errs[k]
 		switch {
 		case errors.Is(err, store.ErrNotExist), errors.Is(err, rotation.ErrRevoked):
 			cd.Status, cd.Finished, cd.Detail = store.DeviceFailed, now, err.Error()
