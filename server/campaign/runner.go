@@ -159,7 +159,7 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		case cd.Status == store.DeviceAway && s.connected(d, now):
 			// Back: its change goes on, timed from now.
 			cd.Status, cd.Started, cd.Detail, changed = store.DeviceInProgress, now, "came back", true
-		case cd.Status == store.DeviceInProgress && now.Sub(cd.Started) < c.DeviceTimeout:
+		case cd.Status == store.DeviceInProgress && now.Sub(later(cd.Started, s.born)) < c.DeviceTimeout:
 			s.nudge(ctx, c, cd, now, kind)
 		case cd.Status == store.DeviceInProgress:
 			if !s.connected(d, cd.Started) {
@@ -433,4 +433,12 @@ func (s *Service) recovery(ctx context.Context, c *store.Campaign, kind Kind) *s
 	}
 	return &store.Event{Action: "campaign-recovered", Actor: "campaign:" + c.ID,
 		Detail: fmt.Sprintf("campaign %s: every device rolled back and connected runs an accepted state, %v after the rollback", c.ID, took.Round(time.Millisecond))}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

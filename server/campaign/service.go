@@ -59,6 +59,11 @@ type Service struct {
 	mu      sync.Mutex
 	buckets map[string]*bucket
 	nudged  map[string]time.Time // campaign/device: last nudge
+	// born is when this Service began: a device started before it (by
+	// a fleetd that stopped) has its timeout counted from here, since no
+	// device could finish while fleetd was down and its devices are
+	// reconnecting to it.
+	born time.Time
 }
 
 // New returns a Service; Run advances its campaigns.
@@ -68,7 +73,7 @@ func New(opts Options) *Service {
 		opts.Now = time.Now
 	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
-	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}}
+	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}, born: opts.Now()}
 }
 
 // Spec is what an operator asks for.

@@ -1,0 +1,95 @@
+package campaign_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyfleet/keyfleet/server/campaign"
+	"github.com/keyfleet/keyfleet/server/escrow"
+	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/policy"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// clock is a settable time for the services of one test.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// TestDeviceTimeoutCountsFromRestart: a device started by a fleetd that
+// then stopped for longer than the device timeout is not failed by the
+// next fleetd at once (it could not finish while fleetd was down, and its
+// agent is reconnecting); its timeout runs from the new fleetd's start.
+func TestDeviceTimeoutCountsFromRestart(t *testing.T) {
+	dir := t.TempDir()
+	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	if err := st.CreateDevice(ctx, &store.Device{ID: "d1"}); err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Now()}
+	esc, err := escrow.New(keys, st, policy.Default(), clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := &pushes{n: map[string]int{}}
+	esc.SetHooks(escrow.Hooks{Push: push})
+	service := func() *campaign.Service {
+		return campaign.New(campaign.Options{Store: st, Sessions: connected{}, Now: clk.Now,
+			Kinds: map[string]campaign.Kind{campaign.KindDataKey: campaign.DataKey{Escrow: esc, Engine: push}}})
+	}
+	first := service()
+	c, err := first.Create(ctx, campaign.Spec{Kind: campaign.KindDataKey, Stages: []float64{1}, MinReached: 1,
+		DeviceTimeout: time.Minute}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Step(ctx)
+	status := func() store.CampaignDeviceStatus {
+		t.Helper()
+		got, err := st.GetCampaign(ctx, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Devices[0].Status
+	}
+	if s := status(); s != store.DeviceInProgress {
+		t.Fatalf("after the first step d1 is %s, want in progress", s)
+	}
+
+	clk.Add(5 * time.Minute) // fleetd was down five device timeouts
+	second := service()
+	second.Step(ctx)
+	if s := status(); s != store.DeviceInProgress {
+		t.Fatalf("right after the restart d1 is %s, want still in progress", s)
+	}
+	clk.Add(59 * time.Second)
+	second.Step(ctx)
+	if s := status(); s != store.DeviceInProgress {
+		t.Fatalf("59 s after the restart d1 is %s, want still in progress", s)
+	}
+	clk.Add(2 * time.Second)
+	second.Step(ctx)
+	if s := status(); s != store.DeviceFailed {
+		t.Fatalf("61 s after the restart d1 is %s, want failed (timed out while connected)", s)
+	}
+}
