@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 30s
 PKGS     := ./...
 
-.PHONY: all build run test bench chaos fuzz lint deps clean
+.PHONY: all build agents run test bench chaos fuzz lint deps clean
 
 all: build
 
@@ -13,6 +13,10 @@ deps:
 build:
 	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
+
+## agents: fleet-agent for ARM boards, static and stripped: bin/fleet-agent-linux-arm64, bin/fleet-agent-linux-armv7 (GOARM=7)
+agents:
+	@GO=$(GO) scripts/agents.sh bin
 
 ## run: fleetd + embedded broker + SoftHSM2 + five agents, a staged identity campaign every 15 s
 run: build
