@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // unit is a parsed unit file: every value of every key, per section, in
@@ -347,6 +348,17 @@ func TestUnits(t *testing.T) {
 		}
 	})
 
+	t.Run("documentation links", func(t *testing.T) {
+		anchors := docAnchors(t, filepath.Join(moduleRoot(t), "docs", "operations.md"))
+		for _, u := range []unit{fleetd, agent} {
+			doc, _ := u.value("Unit", "Documentation")
+			_, anchor, ok := strings.Cut(doc, "docs/operations.md#")
+			if !ok || !anchors[anchor] {
+				t.Errorf("%s: Documentation=%s is not a heading of docs/operations.md", u.name, doc)
+			}
+		}
+	})
+
 	t.Run("flags accepted", func(t *testing.T) {
 		for _, tc := range []struct {
 			name    string
@@ -494,4 +506,33 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// docAnchors returns the anchors GitHub gives the headings of a Markdown
+// file: lower case, spaces as hyphens, other punctuation dropped.
+func docAnchors(t *testing.T, file string) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		title, ok := strings.CutPrefix(line, "#")
+		if !ok {
+			continue
+		}
+		title = strings.TrimSpace(strings.TrimLeft(title, "#"))
+		var a strings.Builder
+		for _, r := range strings.ToLower(title) {
+			switch {
+			case r == ' ':
+				a.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+				a.WriteRune(r)
+			}
+		}
+		anchors[a.String()] = true
+	}
+	return anchors
 }
