@@ -11,8 +11,8 @@
 // # Caveats
 //
 // The tests need systemd-analyze (Debian's systemd package) and SoftHSM2,
-// which `make deps` installs through scripts/deps.sh; without them they
-// fail and say so. They need no running systemd: verify and security
+// which `make deps` installs through scripts/deps.sh --with-systemd;
+// without them they fail and say so. They need no running systemd: verify and security
 // --offline read unit files only, and the start test runs fleetd from the
 // unit's command line with systemd's specifiers expanded by hand.
 package systemd
@@ -281,7 +281,7 @@ func expand(line, stateRoot, credDir string, env map[string]string) []string {
 // the PIN read from $CREDENTIALS_DIRECTORY.
 func TestUnits(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Fatal("systemd-analyze not found: install Debian's systemd package (make deps does)")
+		t.Fatal("systemd-analyze not found: run `make deps` (scripts/deps.sh --with-systemd installs Debian's systemd package)")
 	}
 	bin := t.TempDir()
 	bins := map[string]string{"fleetd": build(t, bin, "fleetd"), "fleet-agent": build(t, bin, "fleet-agent")}
