@@ -348,6 +348,10 @@ func TestUnits(t *testing.T) {
 		}
 	})
 
+	t.Run("sysusers and tmpfiles", func(t *testing.T) {
+		checkSnippets(t, []unit{fleetd, agent})
+	})
+
 	t.Run("documentation links", func(t *testing.T) {
 		anchors := docAnchors(t, filepath.Join(moduleRoot(t), "docs", "operations.md"))
 		for _, u := range []unit{fleetd, agent} {
@@ -535,4 +539,74 @@ func docAnchors(t *testing.T, file string) map[string]bool {
 		anchors[a.String()] = true
 	}
 	return anchors
+}
+
+// checkSnippets installs every unit's sysusers and tmpfiles snippet into
+// an empty root, as the install steps do, and runs systemd-sysusers and
+// systemd-tmpfiles --create on it: the users the units run as are made,
+// and every StateDirectory of theirs exists with mode 0700, owned by the
+// unit's user (ownership only when the test runs as root: tmpfiles cannot
+// chown otherwise), so that init or a keystore copy can come first.
+func checkSnippets(t *testing.T, units []unit) {
+	root := t.TempDir()
+	for _, d := range []string{"etc", "usr/lib/sysusers.d", "usr/lib/tmpfiles.d"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range units {
+		base := strings.TrimSuffix(u.name, ".service")
+		for src, dst := range map[string]string{base + ".sysusers": "usr/lib/sysusers.d", base + ".tmpfiles": "usr/lib/tmpfiles.d"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(root, dst, base+".conf"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if out, err := exec.Command("systemd-sysusers", "--root="+root).CombinedOutput(); err != nil {
+		t.Fatalf("systemd-sysusers: %v\n%s", err, out)
+	}
+	out, err := exec.Command("systemd-tmpfiles", "--root="+root, "--create").CombinedOutput()
+	asRoot := os.Geteuid() == 0
+	if asRoot && err != nil || regexp.MustCompile(`(?i)failed to parse|unknown|invalid`).Match(out) {
+		t.Fatalf("systemd-tmpfiles --create: %v\n%s", err, out)
+	}
+	passwd, err := os.ReadFile(filepath.Join(root, "etc", "passwd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uids := map[string]uint32{}
+	for _, line := range strings.Split(string(passwd), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 3 {
+			var uid uint32
+			fmt.Sscan(f[2], &uid)
+			uids[f[0]] = uid
+		}
+	}
+	for _, u := range units {
+		user, _ := u.value("Service", "User")
+		uid, ok := uids[user]
+		if !ok {
+			t.Errorf("%s: sysusers makes no user %s (made: %v)", u.name, user, uids)
+			continue
+		}
+		state, _ := u.value("Service", "StateDirectory")
+		for _, d := range strings.Fields(state) {
+			st, err := os.Stat(filepath.Join(root, "var", "lib", d))
+			if err != nil {
+				t.Errorf("%s: tmpfiles does not make StateDirectory %s: %v", u.name, d, err)
+				continue
+			}
+			if st.Mode().Perm() != 0o700 {
+				t.Errorf("%s: /var/lib/%s has mode %v, want 0700", u.name, d, st.Mode().Perm())
+			}
+			if owner := st.Sys().(*syscall.Stat_t).Uid; asRoot && owner != uid {
+				t.Errorf("%s: /var/lib/%s owned by uid %d, want %s (%d)", u.name, d, owner, user, uid)
+			}
+		}
+	}
 }
