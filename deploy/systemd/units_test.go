@@ -34,6 +34,10 @@ import (
 	"testing"
 	"time"
 	"unicode"
+
+	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
+	"github.com/keyfleet/keyfleet/internal/provision"
 )
 
 // unit is a parsed unit file: every value of every key, per section, in
@@ -383,31 +387,115 @@ func TestUnits(t *testing.T) {
 		}
 	})
 
-	t.Run("fleetd starts from the unit", func(t *testing.T) {
-		startFromUnit(t, bins["fleetd"], fleetd)
+	t.Run("fleetd and an agent start from their units", func(t *testing.T) {
+		startFromUnits(t, bins, fleetd, agent)
 	})
 }
 
-// startFromUnit initialises a SoftHSM2 token and data directory as the
+// service is a process started from a unit's command line.
+type service struct {
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	exited chan struct{} // closed when the process has exited; err is then set
+	err    error
+}
+
+// start runs args with env, its output collected, killed at the end of
+// the test if still running.
+func start(t *testing.T, args, env []string) *service {
+	t.Helper()
+	s := &service{cmd: exec.Command(args[0], args[1:]...), log: &syncBuffer{}, exited: make(chan struct{})}
+	s.cmd.Env = env
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.exited:
+		default:
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+	})
+	return s
+}
+
+// waitFor polls cond every 100 ms until it holds, failing the test if the
+// process exits or within elapses first.
+func (s *service) waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.After(within)
+	for !cond() {
+		select {
+		case <-s.exited:
+			t.Fatalf("%s exited before %s: %v\n%s", s.cmd.Path, what, s.err, s.log.String())
+		case <-deadline:
+			t.Fatalf("%s: no %s within %v\n%s", s.cmd.Path, what, within, s.log.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends SIGTERM, as systemctl stop does, and wants a clean exit
+// within the unit's TimeoutStopSec (systemd's default, 90 s, if unset).
+func (s *service) stop(t *testing.T, u unit) {
+	t.Helper()
+	timeout := 90 * time.Second
+	if ts, ok := u.value("Service", "TimeoutStopSec"); ok {
+		var err error
+		if timeout, err = time.ParseDuration(ts); err != nil {
+			t.Fatalf("%s: TimeoutStopSec=%q: %v", u.name, ts, err)
+		}
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+		if s.err != nil {
+			t.Errorf("%s after SIGTERM: %v\n%s", u.name, s.err, s.log.String())
+		}
+	case <-time.After(timeout):
+		t.Errorf("%s did not stop within %v of SIGTERM\n%s", u.name, timeout, s.log.String())
+	}
+}
+
+// startFromUnits initialises a SoftHSM2 token and data directory as the
 // install steps do, then runs fleetd with its unit's ExecStart, %d being a
 // credentials directory holding the PIN as systemd's LoadCredential
 // leaves it (mode 0400, $CREDENTIALS_DIRECTORY set), and waits for
-// /readyz: ready means the token was opened with that PIN.
-func startFromUnit(t *testing.T, fleetd string, u unit) {
+// /readyz: ready means the token was opened with that PIN. It then
+// provisions a device into the agent unit's keystore directory, runs the
+// agent with its unit's ExecStart and the example fleet-agent.env, and
+// has it rotate once: the keystore under the StateDirectory is where the
+// agent keeps and replaces its keys. Both stop cleanly on SIGTERM.
+func startFromUnits(t *testing.T, bins map[string]string, fleetdUnit, agentUnit unit) {
 	dir := t.TempDir()
-	stateRoot := filepath.Join(dir, "state")
+	stateRoot := filepath.Join(dir, "state") // %S
 	credDir := filepath.Join(dir, "credentials")
 	tokens := filepath.Join(stateRoot, "keyfleet", "tokens")
-	for _, d := range []string{filepath.Join(stateRoot, "keyfleet", "fleetd"), tokens, credDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
+	// What StateDirectory= makes before ExecStart.
+	for _, u := range []unit{fleetdUnit, agentUnit} {
+		state, _ := u.value("Service", "StateDirectory")
+		for _, d := range strings.Fields(state) {
+			if err := os.MkdirAll(filepath.Join(stateRoot, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
 		}
+	}
+	if err := os.MkdirAll(credDir, 0o700); err != nil {
+		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "softhsm2.conf")
 	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cred, _ := u.value("Service", "LoadCredential")
+	cred, _ := fleetdUnit.value("Service", "LoadCredential")
 	id, _, _ := strings.Cut(cred, ":")
 	if err := os.WriteFile(filepath.Join(credDir, id), []byte("unit-test-pin\n"), 0o400); err != nil {
 		t.Fatal(err)
@@ -420,67 +508,58 @@ func startFromUnit(t *testing.T, fleetd string, u unit) {
 		k, v, _ := strings.Cut(kv, "=")
 		envMap[k] = v
 	}
-	line, _ := u.value("Service", "ExecStart")
+	line, _ := fleetdUnit.value("Service", "ExecStart")
 	args := expand(line, stateRoot, credDir, envMap)
+	args[0] = bins["fleetd"]
 	data := flagValue(args, "--data")
-	pinFile := flagValue(args, "--pin-file")
 
-	initCmd := exec.Command(fleetd, "init", "--data="+data, "--pin-file="+pinFile, "--create-token", "--log-level=warn")
+	initCmd := exec.Command(bins["fleetd"], "init", "--data="+data, "--pin-file="+flagValue(args, "--pin-file"), "--create-token", "--log-level=warn")
 	initCmd.Env = env
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		t.Fatalf("fleetd init: %v\n%s", err, out)
 	}
-
-	run := exec.Command(fleetd, args[1:]...)
-	run.Env = env
-	var log syncBuffer
-	run.Stdout, run.Stderr = &log, &log
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- run.Wait() }()
-	t.Cleanup(func() {
-		if run.ProcessState == nil {
-			_ = run.Process.Kill()
-			<-done
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+"/readyz", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("fleetd exited before ready: %v\n%s", err, log.String())
-		case <-ctx.Done():
-			t.Fatalf("fleetd not ready within 30 s\n%s", log.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	ts, _ := u.value("Service", "TimeoutStopSec")
-	stopTimeout, err := time.ParseDuration(ts)
-	if err != nil {
-		t.Fatalf("TimeoutStopSec=%q: %v", ts, err)
-	}
-	if err := run.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
+	fleetd := start(t, args, env)
+	fleetd.waitFor(t, "/readyz 200", 60*time.Second, func() bool {
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + ops + "/readyz")
 		if err != nil {
-			t.Fatalf("fleetd after SIGTERM: %v\n%s", err, log.String())
+			return false
 		}
-	case <-time.After(stopTimeout):
-		t.Fatalf("fleetd did not stop within the unit's TimeoutStopSec (%v) after SIGTERM\n%s", stopTimeout, log.String())
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+
+	// The operator provisions a device; its keystore is copied to where the
+	// agent's unit keeps it.
+	adminDir := filepath.Join(data, "admin")
+	addr, err := os.ReadFile(filepath.Join(adminDir, "address"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	tc, err := client.LoadCredential(adminDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := client.New(strings.TrimSpace(string(addr)), tc)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	line, _ = agentUnit.value("Service", "ExecStart")
+	agentArgs := expand(line, stateRoot, credDir, envFile(t, "fleet-agent.env"))
+	agentArgs[0] = bins["fleet-agent"]
+	const device = "unit-dev-1"
+	if _, err := provision.Device(ctx, admin, device, flagValue(agentArgs, "--dir"), ""); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	agent := start(t, agentArgs, os.Environ())
+	event := func(kind string) func() bool {
+		return func() bool { return strings.Contains(agent.log.String(), `"event":"`+kind+`"`) }
+	}
+	agent.waitFor(t, "connected event", 60*time.Second, event("connected"))
+	if _, err := admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{device}}); err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	agent.waitFor(t, "activated event", 60*time.Second, event("activated"))
+	agent.stop(t, agentUnit)
+	fleetd.stop(t, fleetdUnit)
 }
 
 // freeAddr is a loopback address with a port free at the time of the call.
