@@ -391,15 +391,21 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- run.Wait() }()
+	exited := make(chan struct{}) // closed once fleetd has exited; runErr is then set
+	var runErr error
+	go func() {
+		runErr = run.Wait()
+		close(exited)
+	}()
 	t.Cleanup(func() {
-		if run.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = run.Process.Kill()
-			<-done
+			<-exited
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for ready := false; !ready; {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+"/readyz", nil)
@@ -408,10 +414,10 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 			ready = resp.StatusCode == http.StatusOK
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("fleetd exited before ready: %v\n%s", err, log.String())
+		case <-exited:
+			t.Fatalf("fleetd exited before ready: %v\n%s", runErr, log.String())
 		case <-ctx.Done():
-			t.Fatalf("fleetd not ready within 30 s\n%s", log.String())
+			t.Fatalf("fleetd not ready within 60 s\n%s", log.String())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -435,8 +441,13 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 	if err := run.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Errorf("fleetd after SIGTERM: %v\n%s", err, log.String())
+	select {
+	case <-exited:
+		if runErr != nil {
+			t.Errorf("fleetd after SIGTERM: %v\n%s", runErr, log.String())
+		}
+	case <-time.After(10 * time.Second): // docker stop's default grace before SIGKILL
+		t.Fatalf("fleetd did not stop within 10 s of SIGTERM (docker stop would kill it)\n%s", log.String())
 	}
 	if err := check(); err == nil {
 		t.Error("HEALTHCHECK passes with fleetd stopped")
