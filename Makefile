@@ -3,16 +3,20 @@ GO       ?= go
 FUZZTIME ?= 30s
 PKGS     := ./...
 
-.PHONY: all build run test bench chaos fuzz lint deps clean
+.PHONY: all build agents run test bench chaos fuzz lint deps clean
 
 all: build
 
 deps:
-	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium
+	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium --with-systemd
 
 build:
 	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
+
+## agents: fleet-agent for ARM boards, static and stripped: bin/fleet-agent-linux-arm64, bin/fleet-agent-linux-armv7 (GOARM=7)
+agents:
+	@GO=$(GO) scripts/agents.sh bin
 
 ## run: fleetd + embedded broker + SoftHSM2 + five agents, a staged identity campaign every 15 s
 run: build

@@ -7,6 +7,8 @@
 # the server against fleetd; on a host with
 # systemd the package also enables a Prometheus server on :9090:
 # `systemctl disable --now prometheus` if it is not wanted).
+# With --with-systemd, systemd (systemd-analyze checks deploy/systemd's
+# units; installing the package starts nothing in a container).
 # Recommended packages are left out: prometheus recommends the node
 # exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
@@ -29,11 +31,13 @@ for arg in "$@"; do
       command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
     --with-chromium)
       command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
+    --with-systemd)
+      command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) ;;
     --with-promtool)
       want_promtool=true
       have_promtool || need+=(prometheus) ;;
     *)
-      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool)" >&2
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd)" >&2
       exit 2 ;;
   esac
 done
@@ -63,6 +67,12 @@ have_softhsm || { echo "keyfleet: softhsm2 installed but libsofthsm2.so not foun
 for p in "${need[@]}"; do
   if [ "$p" = chromium ] && ! command -v chromium >/dev/null 2>&1; then
     echo "keyfleet: chromium installed but not on PATH; the status page test runs \`chromium --headless\`" >&2
+    exit 1
+  fi
+done
+for p in "${need[@]}"; do
+  if [ "$p" = systemd ] && ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "keyfleet: systemd installed but systemd-analyze not found on PATH" >&2
     exit 1
   fi
 done
