@@ -29,11 +29,15 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -152,10 +156,54 @@ func (is *Issuer) Refresh(ctx context.Context) error {
 	if len(roots) == 0 {
 		return fmt.Errorf("stepca: %s has no roots", is.opts.URL)
 	}
+	inter, err := is.fetchIntermediates(ctx, roots)
+	if err != nil {
+		return err
+	}
 	is.mu.Lock()
-	is.roots = roots
+	is.roots, is.intermediates = roots, inter
 	is.mu.Unlock()
 	return nil
+}
+
+// fetchIntermediates reads step-ca's /intermediates.pem (smallstep's
+// client has no call for it) over TLS verified against roots.
+func (is *Issuer) fetchIntermediates(ctx context.Context, roots []*x509.Certificate) ([]*x509.Certificate, error) {
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, is.base+"/intermediates.pem", nil)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: intermediates: %w", err)
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: intermediates from %s: %w", is.opts.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("stepca: intermediates from %s: status %d, %v", is.opts.URL, resp.StatusCode, err)
+	}
+	var out []*x509.Certificate
+	for rest := body; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("stepca: intermediates from %s: %w", is.opts.URL, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("stepca: %s has no intermediates", is.opts.URL)
+	}
+	return out, nil
 }
 
 // Roots are step-ca's roots: what devices and the broker must trust.
@@ -165,12 +213,31 @@ func (is *Issuer) Roots() []*x509.Certificate {
 	return append([]*x509.Certificate(nil), is.roots...)
 }
 
-// Intermediates are the issuing certificates step-ca returned with its last
-// certificate (none before the first).
+// Intermediates are step-ca's issuing certificates: those it listed at New
+// (or Refresh) and any other it has returned with a certificate since.
 func (is *Issuer) Intermediates() []*x509.Certificate {
 	is.mu.RLock()
 	defer is.mu.RUnlock()
 	return append([]*x509.Certificate(nil), is.intermediates...)
+}
+
+// learn adds the intermediates of an answer not known yet (step-ca's
+// intermediate was replaced since Refresh).
+func (is *Issuer) learn(chain []api.Certificate) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+next:
+	for _, c := range chain {
+		if c.Certificate == nil {
+			continue
+		}
+		for _, k := range is.intermediates {
+			if k.Equal(c.Certificate) {
+				continue next
+			}
+		}
+		is.intermediates = append(is.intermediates, c.Certificate)
+	}
 }
 
 // claims are a JWK provisioner token's: the registered ones and the SANs
@@ -231,13 +298,7 @@ func (is *Issuer) Issue(ctx context.Context, req certs.Request) (*x509.Certifica
 	if len(resp.CertChainPEM) == 0 || resp.CertChainPEM[0].Certificate == nil {
 		return nil, fmt.Errorf("stepca: issue %s: empty answer", req.Identity)
 	}
-	var inter []*x509.Certificate
-	for _, c := range resp.CertChainPEM[1:] {
-		inter = append(inter, c.Certificate)
-	}
-	is.mu.Lock()
-	is.intermediates = inter
-	is.mu.Unlock()
+	is.learn(resp.CertChainPEM[1:])
 	return resp.CertChainPEM[0].Certificate, nil
 }
 
