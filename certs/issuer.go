@@ -36,6 +36,11 @@ type Request struct {
 	// DNSNames and IPs are added for server certificates.
 	DNSNames []string
 	IPs      []net.IP
+	// CSR is the requester's own signed request (DER), already checked by
+	// the caller (CheckCSR). The embedded CA needs only PublicKey; an
+	// external CA (step-ca) signs nothing without the requester's proof of
+	// possession, so callers that have one pass it on.
+	CSR []byte
 }
 
 // Errors of enrolment policy.

@@ -32,4 +32,7 @@ bin/fleetsim run --fleetd-bin bin/fleetd --dir "$WORK/fleet" --fleet "$FLEET" --
 echo "== (d) the long-absence scenario: 1,000 devices, 300 away for 400 simulated days"
 bin/fleetsim year --devices 1000 --offline 300 --offline-days 400 --dir "$WORK/year" \
   --report table --json-out "$OUT/year-1000.json"
+echo "== (e) three-way: embedded CA, step-ca as keyfleet's issuer, and step ca rekey without keyfleet"
+BENCH_STEPCA_OUT="$PWD/$OUT/stepca-threeway.json" BENCH_STEPCA_DEVICES=${BENCH_STEPCA_DEVICES:-200} \
+  go test -run '^$' -bench 'ThreeWay$' -benchtime 1x ./certs/stepca | tee "$OUT/stepca-threeway.txt"
 echo "== results in $OUT"

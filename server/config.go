@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
@@ -78,6 +79,7 @@ type Config struct {
 	// of every slot: identity and data keys per device, anchors and
 	// firmware fleet-wide (Device "").
 	OnStateChange func(lifecycle.Change)
+	Issuer        issuing.Config // who signs device certificates: the embedded CA or step-ca (--issuer)
 	// Store, if set, is used instead of the bbolt store in DataDir;
 	// fleetd closes it at Close.
 	Store store.Store

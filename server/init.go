@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
 
@@ -30,24 +31,16 @@ func Init(ctx context.Context, cfg Config) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("server: init: %w", err)
 	}
-	keys, err := openCustody(&cfg)
+	keys, err := custody.OpenIn(cfg.HSM, cfg.InsecureSoftKeys, cfg.DataDir, cfg.Logger)
 	if err != nil {
 		return err
 	}
 	defer keys.Close()
-	if err := trust.Bootstrap(ctx, trust.Options{Files: p.Trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames); err != nil {
+	if err := errors.Join(trust.Bootstrap(ctx, trust.Options{Files: p.Trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames),
+		issuing.Init(cfg.Issuer, keys, p.Dir, cfg.Logger)); err != nil { // both run: a retried init keeps step-ca's key
 		return err
 	}
 	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(LabelCA), "update_key", keys.URI(LabelUpdate),
 		"admin", p.AdminDir())
 	return nil
-}
-
-// openCustody opens the token, or the soft keys with InsecureSoftKeys.
-func openCustody(c *Config) (custody.Keys, error) {
-	var soft string
-	if c.InsecureSoftKeys {
-		soft = datadir.Paths{Dir: c.DataDir}.SoftKeys()
-	}
-	return custody.Open(c.HSM, soft, c.Logger)
 }

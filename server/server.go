@@ -17,6 +17,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/inventory"
+	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/metrics"
 	"github.com/keyfleet/keyfleet/server/ops"
@@ -64,7 +65,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
-	if s.keys, err = openCustody(&s.cfg); err != nil {
+	if s.keys, err = custody.OpenIn(cfg.HSM, cfg.InsecureSoftKeys, cfg.DataDir, cfg.Logger); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.keys.Close)
@@ -97,7 +98,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
-	s.engine = rotation.New(s.st, s.trust, s.trust.Keeper(), codec, rotation.Options{
+	iss, err := issuing.Open(ctx, cfg.Issuer, s.trust, s.keys, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s.engine = rotation.New(s.st, iss, s.trust.Keeper(), codec, rotation.Options{
 		Policy: pols.Holder(), CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
 		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
 		Anchors: chain, DataKeys: escrowed, Firmware: s.releases,
@@ -109,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if cfg.ExternalBroker != "" {
 		s.cfg.MQTTAddr = cfg.ExternalBroker
-	} else if err := s.startBroker(ctx, pols.Holder()); err != nil {
+	} else if err := s.startBroker(ctx, pols.Holder(), iss.Trust(s.trust)); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { s.link.Close(); return nil })
@@ -126,7 +131,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
 	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
-	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: m.Revoker(s.engine),
+	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: iss.Revoker(m.Revoker(s.engine), s.st),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
 		Inventory: inventory.NewLabeler(s.st), Policies: pols}
 	if s.broker != nil { // an external broker's sessions are unknown
@@ -157,10 +162,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 }
 
 // startBroker starts the embedded broker on cfg.MQTTAddr.
-func (s *Server) startBroker(ctx context.Context, pol policy.Source) (err error) {
+func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust) (err error) {
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
-		Trust: s.trust, Policy: pol, Now: s.cfg.Now,
+		Trust: trust, Policy: pol, Now: s.cfg.Now,
 		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger,
 		OnRestore: func(device string) {
 			if err := s.engine.Resend(ctx, device); err != nil {

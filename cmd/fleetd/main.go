@@ -32,6 +32,7 @@ import (
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/hsm"
+	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/policy"
 )
 
@@ -42,6 +43,7 @@ type flags struct {
 	names                                             []string
 	grace, validity, ttl                              time.Duration
 	printChanges                                      bool
+	issuer                                            issuing.Config
 }
 
 func main() {
@@ -66,6 +68,11 @@ func root() *cobra.Command {
 	pf.BoolVar(&f.insecureSoft, "insecure-soft-keys", false, "keep CA and update keys in files instead of a token (INSECURE)")
 	pf.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	pf.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	pf.StringVar(&f.issuer.Kind, "issuer", issuing.KindEmbedded, "who signs device certificates: embedded (fleetd's CA) or stepca")
+	pf.StringVar(&f.issuer.StepCAURL, "stepca-url", "", "step-ca's base URL, e.g. https://ca.example:9000 (--issuer stepca)")
+	pf.StringVar(&f.issuer.StepCARoot, "stepca-root", "", "step-ca's root certificate, PEM (--issuer stepca)")
+	pf.StringVar(&f.issuer.StepCAProvisioner, "stepca-provisioner", "", "name of the JWK provisioner registered at step-ca for fleetd (--issuer stepca)")
+	pf.StringVar(&f.issuer.StepCAKey, "stepca-key", issuing.LabelProvisioner, "label of the provisioner key in the token; fleetd init makes it (--issuer stepca)")
 
 	initCmd := &cobra.Command{Use: "init", Short: "create the fleet's keys, CA and operator credential", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -158,7 +165,10 @@ func (f *flags) config() (server.Config, error) {
 	if err != nil {
 		return server.Config{}, err
 	}
-	cfg := server.Config{DataDir: f.data, InsecureSoftKeys: f.insecureSoft, Logger: log}
+	cfg := server.Config{DataDir: f.data, InsecureSoftKeys: f.insecureSoft, Logger: log, Issuer: f.issuer}
+	if err := f.issuer.Validate(); err != nil {
+		return cfg, err
+	}
 	if f.insecureSoft {
 		return cfg, nil
 	}

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/trust"
@@ -58,4 +59,14 @@ func Open(cfg hsm.Config, insecureSoftDir string, log *slog.Logger) (Keys, error
 		return nil, err
 	}
 	return t, nil
+}
+
+// OpenIn opens the token cfg names or, with insecure set, the soft keys in
+// dataDir (datadir.Paths.SoftKeys): fleetd's choice for Init and Start.
+func OpenIn(cfg hsm.Config, insecure bool, dataDir string, log *slog.Logger) (Keys, error) {
+	var soft string
+	if insecure {
+		soft = datadir.Paths{Dir: dataDir}.SoftKeys()
+	}
+	return Open(cfg, soft, log)
 }

@@ -126,7 +126,7 @@ func (e *Engine) onReenroll(ctx context.Context, d *store.Device, m *protocol.Re
 		return reject(ReasonReenrollTooSoon, "device %s: version %d was issued to its birth credential %v ago and is not in use yet",
 			d.ID, l.Version, e.now().Sub(l.IssuedAt).Round(time.Second))
 	}
-	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: d.ID}, PublicKey: pub})
+	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: d.ID}, PublicKey: pub, CSR: m.CSR})
 	if err != nil {
 		return fmt.Errorf("rotation: re-enrol %s: %w", d.ID, err)
 	}

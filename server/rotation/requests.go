@@ -91,7 +91,7 @@ func (e *Engine) Provision(ctx context.Context, device string, csr *x509.Certifi
 	if _, err := e.st.GetDevice(ctx, device); err == nil {
 		return nil, fmt.Errorf("device %q: %w", device, store.ErrExists)
 	}
-	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: device}, PublicKey: pub})
+	cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: device}, PublicKey: pub, CSR: csr.Raw})
 	if err != nil {
 		return nil, fmt.Errorf("rotation: provision %s: %w", device, err)
 	}
@@ -187,7 +187,7 @@ func (e *Engine) ProvisionBatch(ctx context.Context, items []ProvisionItem, acto
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: it.ID}, PublicKey: pub})
+			cert, err := e.issuer.Issue(ctx, certs.Request{Identity: identity.Identity{Role: identity.RoleDevice, Name: it.ID}, PublicKey: pub, CSR: it.CSR.Raw})
 			if err != nil {
 				res[i].Err = fmt.Errorf("rotation: provision %s: %w", it.ID, err)
 				return

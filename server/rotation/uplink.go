@@ -312,6 +312,7 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	cert, err := e.issuer.Issue(ctx, certs.Request{
 		Identity:  identity.Identity{Role: identity.RoleDevice, Name: d.ID},
 		PublicKey: pub,
+		CSR:       m.CSR,
 	})
 	if err != nil {
 		return fmt.Errorf("rotation: issue %s %v v%d: %w", d.ID, m.Slot, sv.Version, err)
