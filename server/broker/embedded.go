@@ -251,6 +251,21 @@ func (e *Embedded) Present(device string) bool {
 	return ok
 }
 
+// ConnectedSince returns when device's newest session was accepted, and
+// whether it has one: campaigns time a device's change from its reconnect
+// when it came back after the change began.
+func (e *Embedded) ConnectedSince(device string) (time.Time, bool) {
+	cl, ok := e.ids.latest.Load(device)
+	if !ok {
+		return time.Time{}, false
+	}
+	v, ok := e.ids.m.Load(cl)
+	if !ok {
+		return time.Time{}, false
+	}
+	return v.(session).at, true
+}
+
 // minLevel drops records below min.
 type minLevel struct {
 	min slog.Level

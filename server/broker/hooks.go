@@ -76,6 +76,7 @@ type session struct {
 	id     identity.Identity
 	serial string // hex, as the store records it
 	access policy.Access
+	at     time.Time // when it was accepted
 }
 
 func (i *identities) get(cl *mqtt.Client) (session, bool) {
@@ -182,7 +183,7 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.logs.Log(h.log, slog.LevelInfo, cl.ID+"/restricted", "broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
 	}
 	h.settleTakeover(cl)
-	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access})
+	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access, at: h.now()})
 	h.ids.latest.Store(cl.ID, cl)
 	h.accepted.Add(1)
 	return true

@@ -122,6 +122,18 @@ func (s *Service) save(ctx context.Context, c *store.Campaign, events ...store.E
 	return err
 }
 
+// connectedSince returns when device's current session began, if the
+// Sessions know it (the embedded broker does).
+func (s *Service) connectedSince(device string) (time.Time, bool) {
+	cs, ok := s.opts.Sessions.(interface {
+		ConnectedSince(device string) (time.Time, bool)
+	})
+	if !ok {
+		return time.Time{}, false
+	}
+	return cs.ConnectedSince(device)
+}
+
 // connected reports whether device has been reached since since: it is
 // connected now, or (without Sessions) its last hello came after since.
 func (s *Service) connected(d *store.Device, since time.Time) bool {
@@ -164,6 +176,22 @@ func (s *Service) observe(ctx context.Context, c *store.Campaign, kind Kind, act
 		case cd.Status == store.DeviceInProgress:
 			if !s.connected(d, cd.Started) {
 				cd.Status, cd.Detail, changed = store.DeviceAway, "not connected", true
+				s.finished(c, i, ResultAway)
+				continue
+			}
+			if at, ok := s.connectedSince(cd.ID); ok && now.Sub(at) < c.DeviceTimeout {
+				// It reconnected within its timeout (fleetd restarted and
+				// a fleet is reconnecting, or its link dropped): it has not
+				// timed out while connected. It gets up to a second timeout;
+				// past that it counts as away and, still connected, comes
+				// back with a fresh one, so a device that keeps
+				// reconnecting never holds its stage.
+				if now.Sub(later(cd.Started, s.born)) < 2*c.DeviceTimeout {
+					s.nudge(ctx, c, cd, now, kind)
+					continue
+				}
+				cd.Status, changed = store.DeviceAway, true
+				cd.Detail = fmt.Sprintf("connected only %v of its %v timeout", now.Sub(at).Round(time.Second), c.DeviceTimeout)
 				s.finished(c, i, ResultAway)
 				continue
 			}

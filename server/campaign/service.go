@@ -30,7 +30,9 @@ type Store interface {
 }
 
 // Sessions tells whether a device is connected now; the embedded broker
-// satisfies it. Without it (an external broker) a device counts as
+// satisfies it. If it also has ConnectedSince(device) (time.Time, bool),
+// as the embedded broker does, a device that reconnected within its
+// timeout is not failed as timed out while connected. Without it (an external broker) a device counts as
 // connected once its last hello is later than the time it was started.
 type Sessions interface {
 	Present(device string) bool

@@ -93,3 +93,100 @@ func TestDeviceTimeoutCountsFromRestart(t *testing.T) {
 		t.Fatalf("61 s after the restart d1 is %s, want failed (timed out while connected)", s)
 	}
 }
+
+// sessions are connected devices with the time each session began.
+type sessions struct {
+	mu    sync.Mutex
+	since map[string]time.Time
+}
+
+func (s *sessions) Present(device string) bool { _, ok := s.ConnectedSince(device); return ok }
+func (s *sessions) ConnectedSince(device string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.since[device]
+	return at, ok
+}
+func (s *sessions) connect(device string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.since[device] = at
+}
+
+// TestDeviceTimeoutWhileConnected: a device fails as timed out only once
+// it was connected for the whole timeout. One that reconnected within it
+// gets more time; one that keeps reconnecting counts as away after two
+// timeouts, so it never holds its stage.
+func TestDeviceTimeoutWhileConnected(t *testing.T) {
+	dir := t.TempDir()
+	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	for _, id := range []string{"steady", "flapping"} {
+		if err := st.CreateDevice(ctx, &store.Device{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk := &clock{now: time.Now()}
+	t0 := clk.Now()
+	esc, err := escrow.New(keys, st, policy.Default(), clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := &pushes{n: map[string]int{}}
+	esc.SetHooks(escrow.Hooks{Push: push})
+	sess := &sessions{since: map[string]time.Time{"steady": t0, "flapping": t0}}
+	svc := campaign.New(campaign.Options{Store: st, Sessions: sess, Now: clk.Now,
+		Kinds: map[string]campaign.Kind{campaign.KindDataKey: campaign.DataKey{Escrow: esc, Engine: push}}})
+	c, err := svc.Create(ctx, campaign.Spec{Kind: campaign.KindDataKey, Stages: []float64{1}, MinReached: 1,
+		DeviceTimeout: time.Minute}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Step(ctx)
+	status := func() map[string]store.CampaignDeviceStatus {
+		t.Helper()
+		got, err := st.GetCampaign(ctx, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]store.CampaignDeviceStatus{}
+		for _, d := range got.Devices {
+			out[d.ID] = d.Status
+		}
+		return out
+	}
+	for _, step := range []struct {
+		at               time.Duration // after the start
+		reconnect        []string
+		steady, flapping store.CampaignDeviceStatus
+	}{
+		{at: 50 * time.Second, reconnect: []string{"steady", "flapping"},
+			steady: store.DeviceInProgress, flapping: store.DeviceInProgress},
+		// Past the timeout, but both reconnected 11 s ago.
+		{at: 61 * time.Second, steady: store.DeviceInProgress, flapping: store.DeviceInProgress},
+		{at: 100 * time.Second, reconnect: []string{"flapping"},
+			steady: store.DeviceInProgress, flapping: store.DeviceInProgress},
+		// steady has been connected for 61 s: timed out while connected.
+		{at: 111 * time.Second, steady: store.DeviceFailed, flapping: store.DeviceInProgress},
+		// Two timeouts gone and flapping connected for only 21 s: away.
+		{at: 121 * time.Second, steady: store.DeviceFailed, flapping: store.DeviceAway},
+	} {
+		clk.Add(t0.Add(step.at).Sub(clk.Now()))
+		for _, id := range step.reconnect {
+			sess.connect(id, clk.Now())
+		}
+		svc.Step(ctx)
+		got := status()
+		if got["steady"] != step.steady || got["flapping"] != step.flapping {
+			t.Fatalf("at %v: steady %s, flapping %s; want %s, %s", step.at, got["steady"], got["flapping"], step.steady, step.flapping)
+		}
+	}
+}
