@@ -231,3 +231,21 @@ func checkPlaces(places map[string]hsm.KeyPlace) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Tokens lists the distinct tokens cfg's keys live in (cfg's own alone
+// when it places none), for fleetd init --create-token.
+func Tokens(cfg hsm.Config) []hsm.Config {
+	if len(cfg.Keys) == 0 {
+		return []hsm.Config{cfg}
+	}
+	var out []hsm.Config
+	seen := map[[2]string]bool{}
+	for _, r := range Roles() {
+		t := cfg.Keys[r.Name].Token
+		if id := [2]string{t.Module, t.TokenLabel}; !seen[id] {
+			seen[id] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
