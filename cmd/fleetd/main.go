@@ -87,9 +87,9 @@ func build() (*cobra.Command, *flags) {
 	pf.BoolVar(&f.insecureSoft, "insecure-soft-keys", false, "keep CA and update keys in files instead of a token (INSECURE)")
 	pf.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	pf.StringVar(&f.logFormat, "log-format", "text", "text or json")
-	pf.StringArrayVar(&f.keyURIs, "key-uri", nil, "place a key by PKCS#11 URI, ROLE=pkcs11:token=T;object=O?module-path=M&pin-source=file:P "+
-		"(repeatable; roles "+strings.Join(roleNames(), ", ")+"; others stay in --token under their usual labels)")
-	pf.StringVar(&f.configFile, "config", "", "YAML configuration file: every flag as a key (fleetd config defaults prints one); or set KEYFLEET_CONFIG")
+	pf.StringArrayVar(&f.keyURIs, "key-uri", nil, "place a key by PKCS#11 URI: `ROLE=URI`, URI as pkcs11:token=T;object=O?module-path=M&pin-source=file:P "+
+		"(repeatable; ROLE one of "+strings.Join(roleNames(), ", ")+")")
+	pf.StringVar(&f.configFile, "config", "", "YAML configuration `FILE`: every flag as a key (fleetd config defaults prints one); or set KEYFLEET_CONFIG")
 
 	initCmd := &cobra.Command{Use: "init", Short: "create the fleet's keys, CA and operator credential", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

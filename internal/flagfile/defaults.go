@@ -31,7 +31,7 @@ func WriteDefaults(w io.Writer, header string, sections []Section, skip ...strin
 				return
 			}
 			seen[fl.Name] = true
-			comment := fl.Usage
+			comment := wrap(strings.ReplaceAll(fl.Usage, "`", ""), 76) // pflag's `NAME` marks
 			if first && s.Title != "" {
 				comment = "\n" + s.Title + "\n\n" + comment
 				first = false
@@ -44,7 +44,6 @@ func WriteDefaults(w io.Writer, header string, sections []Section, skip ...strin
 	for _, line := range strings.Split(strings.TrimSpace(header), "\n") {
 		buf.WriteString(strings.TrimRight("# "+line, " ") + "\n")
 	}
-	buf.WriteString("\n")
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
 	if err := enc.Encode(root); err != nil {
@@ -79,4 +78,21 @@ func defaultNode(fl *pflag.Flag) *yaml.Node {
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: fl.DefValue}
 	}
 	return &yaml.Node{Kind: yaml.ScalarNode, Value: fl.DefValue, Style: yaml.DoubleQuotedStyle}
+}
+
+// wrap breaks text into lines of at most width bytes at spaces (a longer
+// word stays whole).
+func wrap(text string, width int) string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(text) {
+		if line != "" && len(line)+1+len(w) > width {
+			lines, line = append(lines, line), ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	return strings.Join(append(lines, line), "\n")
 }
