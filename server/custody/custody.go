@@ -68,6 +68,9 @@ func Open(cfg hsm.Config, insecureSoftDir string, log *slog.Logger) (Keys, error
 		if err != nil {
 			return nil, err
 		}
+		for _, role := range Roles() {
+			log.Info("key placed by URI", "role", role.Name, "uri", r.URI(role.Label))
+		}
 		return r, nil
 	}
 	t, err := hsm.Open(cfg)
