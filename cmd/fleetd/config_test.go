@@ -151,11 +151,11 @@ func TestConfigRefusedNothingStarted(t *testing.T) {
 		{"bad key uri in the file", "key-uri:\n  ca: pkcs11:token=a;object=b;serial=9\n", nil, nil,
 			[]string{`fleetd.yaml:1: key-uri: custody: key uri ca: unknown path attribute "serial"`}},
 		{"unknown module in a key uri", "", nil, []string{"--key-uri", "update=pkcs11:token=a;object=b?module-path=/nonexistent/p11.so"},
-			[]string{"--key-uri: key-uri: custody: key uri update: module-path /nonexistent/p11.so: no such PKCS#11 library"}},
+			[]string{"--key-uri: custody: key uri update: module-path /nonexistent/p11.so: no such PKCS#11 library"}},
 		{"role named twice", "", nil, []string{"--key-uri", "ca=pkcs11:token=a;object=b", "--key-uri", "ca=pkcs11:token=a;object=c"},
 			[]string{"key uri ca: role named twice"}},
 		{"unreadable pin-source", "", map[string]string{"KEYFLEET_KEY_URI": "birth-ca=pkcs11:token=a;object=b?pin-source=file:/nonexistent/pin"}, nil,
-			[]string{"KEYFLEET_KEY_URI: key-uri: custody: key uri birth-ca: pin-source file:/nonexistent/pin: unreadable"}},
+			[]string{"KEYFLEET_KEY_URI: custody: key uri birth-ca: pin-source file:/nonexistent/pin: unreadable"}},
 		{"bad env value", "", map[string]string{"KEYFLEET_GRACE": "forever"}, nil, []string{`KEYFLEET_GRACE: duration "forever"`}},
 	} {
 		for _, command := range []string{"init", "run"} {

@@ -99,7 +99,7 @@ func build() (*cobra.Command, *flags) {
 			}
 			if f.createToken && !f.insecureSoft {
 				for _, tok := range custody.Tokens(cfg.HSM) {
-					so := hsm.PIN(os.Getenv("KEYFLEET_HSM_SO_PIN"))
+					so := hsm.PIN(f.getenv("KEYFLEET_HSM_SO_PIN"))
 					if so == "" {
 						so = tok.PIN
 					}

@@ -144,7 +144,7 @@ func (f *File) Where(key string) string {
 type Origins map[string]string
 
 // Wrap prefixes err with where the flag's value came from ("fleetd.yaml:7:
-// key-uri: ..."), each of its errors if it joins several, so that every
+// key-uri: ...", "--key-uri: ...", "KEYFLEET_KEY_URI: ..."), each of its errors if it joins several, so that every
 // line of the message says where; with no origin, err is returned as it is.
 func (o Origins) Wrap(name string, err error) error {
 	if err == nil || o[name] == "" {
@@ -156,6 +156,9 @@ func (o Origins) Wrap(name string, err error) error {
 			errs = append(errs, o.Wrap(name, e))
 		}
 		return errors.Join(errs...)
+	}
+	if !strings.Contains(o[name], ":") { // "--flag" or "KEYFLEET_FLAG" names the key already
+		return fmt.Errorf("%s: %w", o[name], err)
 	}
 	return fmt.Errorf("%s: %s: %w", o[name], name, err)
 }

@@ -142,6 +142,9 @@ func TestOriginsWrap(t *testing.T) {
 	if !errors.Is(o.Wrap("key-uri", base), base) {
 		t.Error("wrapped error lost its cause")
 	}
+	if got := (Origins{"grace": "--grace"}).Wrap("grace", base).Error(); got != "--grace: x" {
+		t.Errorf("flag origin: %q", got)
+	}
 }
 
 // WriteDefaults writes every flag once, at its default, which reads back.

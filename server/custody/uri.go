@@ -3,6 +3,7 @@ package custody
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"slices"
@@ -144,7 +145,11 @@ func ParseKeyURI(role, raw string, def hsm.Config) (hsm.KeyPlace, error) {
 	case src != "":
 		b, err := u.Read("pin-source") // file:PATH or PATH
 		if err != nil {
-			return fail("pin-source %s: unreadable: %v", src, errors.Unwrap(err))
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fail("pin-source %s: unreadable: %v", src, err)
 		}
 		if place.Token.PIN = hsm.PIN(strings.TrimSpace(string(b))); place.Token.PIN == "" {
 			return fail("pin-source %s: empty", src)
