@@ -87,7 +87,9 @@ func ParseKeyURI(role, raw string, def hsm.Config) (hsm.KeyPlace, error) {
 	if !strings.HasPrefix(raw, "pkcs11:") {
 		return fail("not a pkcs11: URI")
 	}
-	u, err := uri.ParseWithScheme("pkcs11", raw)
+	// RFC 7512 gives "+" no meaning, but the parser reads attributes as a
+	// query string, where it is a space: keep it a plus.
+	u, err := uri.ParseWithScheme("pkcs11", strings.ReplaceAll(raw, "+", "%2B"))
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
