@@ -216,5 +216,33 @@ func (f *flags) config() (server.Config, error) {
 		return cfg, errors.Join(append(errs, errors.New("no token PIN: use --pin-file or KEYFLEET_HSM_PIN"))...)
 	}
 	cfg.HSM, err = custody.ParseKeyURIs(f.keyURIs, hsm.Config{Module: module, TokenLabel: f.token, PIN: hsm.PIN(pin)})
-	return cfg, errors.Join(append(errs, f.origins.Wrap("key-uri", err))...)
+	return cfg, errors.Join(append(errs, f.keyURIError(err))...)
 }
+
+// keyURIError says where each refused key URI was written: its own line
+// in a key-uri mapping of the file, else where key-uri was set.
+func (f *flags) keyURIError(err error) error {
+	if err == nil {
+		return nil
+	}
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		j = joined{err}
+	}
+	var errs []error
+	for _, e := range j.Unwrap() {
+		var ke *custody.KeyURIError
+		if errors.As(e, &ke) {
+			errs = append(errs, f.origins.WrapItem("key-uri", ke.Role, e))
+		} else {
+			errs = append(errs, f.origins.Wrap("key-uri", e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// joined is one error seen as a list of them.
+type joined []error
+
+func (j joined) Error() string   { return errors.Join(j...).Error() }
+func (j joined) Unwrap() []error { return j }

@@ -140,8 +140,18 @@ func (f *File) Where(key string) string {
 }
 
 // Origins tells where each flag's value came from, for messages of checks
-// made after Apply. Flags left at their default have none.
+// made after Apply. Flags left at their default have none. An item of a
+// mapping in the file has its own line, under "NAME.ITEM".
 type Origins map[string]string
+
+// WrapItem is Wrap with the origin of one item of a mapping ("key-uri" item
+// "ca": the line of "ca:" under "key-uri:"), or else of the whole flag.
+func (o Origins) WrapItem(name, item string, err error) error {
+	if at := o[name+"."+item]; at != "" && err != nil {
+		return fmt.Errorf("%s: %s: %w", at, name, err)
+	}
+	return o.Wrap(name, err)
+}
 
 // Wrap prefixes err with where the flag's value came from ("fleetd.yaml:7:
 // key-uri: ...", "--key-uri: ...", "KEYFLEET_KEY_URI: ..."), each of its errors if it joins several, so that every
@@ -196,6 +206,11 @@ func Apply(fs *pflag.FlagSet, f *File, prefix string, getenv func(string) string
 		}
 		where := f.Where(fl.Name)
 		origins[fl.Name] = where
+		if n := f.values[fl.Name]; n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				origins[fl.Name+"."+n.Content[i].Value] = fmt.Sprintf("%s:%d", f.Path, n.Content[i].Line)
+			}
+		}
 		if err := setNode(fl, f.values[fl.Name]); err != nil {
 			errs = append(errs, &Error{Where: where, Key: fl.Name, Msg: err.Error()})
 		}

@@ -92,6 +92,14 @@ func TestApplyValues(t *testing.T) {
 			if origins[tc.key] != "f.yaml:1" {
 				t.Errorf("origin %q, want f.yaml:1", origins[tc.key])
 			}
+			if tc.key == "key-uri" {
+				if got := origins.WrapItem("key-uri", "update", errors.New("bad")).Error(); got != "f.yaml:3: key-uri: bad" {
+					t.Errorf("item origin: %q", got)
+				}
+				if got := origins.WrapItem("key-uri", "firmware", errors.New("bad")).Error(); got != "f.yaml:1: key-uri: bad" {
+					t.Errorf("origin of an item not in the file: %q", got)
+				}
+			}
 		})
 	}
 }

@@ -68,6 +68,14 @@ var (
 	queryAttrs = []string{"module-path", "pin-source", "pin-value"}
 )
 
+// KeyURIError is a refused key URI: the role it was given for and the
+// problem, so that a caller can say where that role's URI was written.
+type KeyURIError struct {
+	Role, Msg string
+}
+
+func (e *KeyURIError) Error() string { return "custody: key uri " + e.Role + ": " + e.Msg }
+
 // ParseKeyURI reads an RFC 7512 URI of role's key, such as
 //
 //	pkcs11:token=fleet;object=ca-2026?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/credentials/fleetd/pin
@@ -79,7 +87,7 @@ var (
 // carry the URI itself, which may hold a pin-value.
 func ParseKeyURI(role, raw string, def hsm.Config) (hsm.KeyPlace, error) {
 	fail := func(format string, a ...any) (hsm.KeyPlace, error) {
-		return hsm.KeyPlace{}, fmt.Errorf("custody: key uri %s: "+format, append([]any{role}, a...)...)
+		return hsm.KeyPlace{}, &KeyURIError{Role: role, Msg: fmt.Sprintf(format, a...)}
 	}
 	if !slices.Contains(roleNames(), role) {
 		return fail("unknown role (want one of %s)", strings.Join(roleNames(), ", "))
@@ -185,7 +193,7 @@ func ParseKeyURIs(entries []string, def hsm.Config) (hsm.Config, error) {
 			continue
 		}
 		if _, dup := places[role]; dup {
-			errs = append(errs, fmt.Errorf("custody: key uri %s: role named twice", role))
+			errs = append(errs, &KeyURIError{Role: role, Msg: "role named twice"})
 			continue
 		}
 		p, err := ParseKeyURI(role, strings.TrimSpace(raw), def)
@@ -228,11 +236,11 @@ func checkPlaces(places map[string]hsm.KeyPlace) error {
 		p := places[r.Name]
 		tok := [2]string{p.Token.Module, p.Token.TokenLabel}
 		if other, ok := keys[[3]string{tok[0], tok[1], p.Object}]; ok {
-			errs = append(errs, fmt.Errorf("custody: key uri %s: names the same key as %s (token %q, object %q)", r.Name, other, tok[1], p.Object))
+			errs = append(errs, &KeyURIError{Role: r.Name, Msg: fmt.Sprintf("names the same key as %s (token %q, object %q)", other, tok[1], p.Object)})
 		}
 		keys[[3]string{tok[0], tok[1], p.Object}] = r.Name
 		if pin, ok := pins[tok]; ok && pin != p.Token.PIN {
-			errs = append(errs, fmt.Errorf("custody: key uri %s: token %q is given another PIN than for the other keys in it", r.Name, tok[1]))
+			errs = append(errs, &KeyURIError{Role: r.Name, Msg: fmt.Sprintf("token %q is given another PIN than for the other keys in it", tok[1])})
 		}
 		pins[tok] = p.Token.PIN
 	}
