@@ -3,9 +3,17 @@
 //
 //	fleetd init --data DIR [--create-token]   create keys, CA and operator credential
 //	fleetd run  --data DIR                     serve devices and operators
+//	fleetd config check FILE                   check a configuration file
+//	fleetd config defaults                     print a complete configuration file
 //
-// The token PIN is read from --pin-file or KEYFLEET_HSM_PIN, never a flag.
-// Durations take days as well as Go durations (--grace 7d).
+// Every flag is also a key of the --config file (config.go) and an
+// environment variable KEYFLEET_NAME; the command line wins over the
+// environment, which wins over the file.
+//
+// The token PIN is read from --pin-file or KEYFLEET_HSM_PIN, never a flag;
+// each key may live elsewhere, named by --key-uri ROLE=URI (RFC 7512,
+// with its own pin-source). Durations take days as well as Go durations
+// (--grace 7d).
 //
 // fleetd run writes the admin API's address to the file "address" in the
 // operator credential directory (DATA/admin), where fleetctl looks for it.
@@ -15,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,10 +35,12 @@ import (
 
 	"github.com/keyfleet/keyfleet/internal/cmdtree"
 	"github.com/keyfleet/keyfleet/internal/durationflag"
+	"github.com/keyfleet/keyfleet/internal/flagfile"
 	"github.com/keyfleet/keyfleet/internal/logx"
 	"github.com/keyfleet/keyfleet/internal/procstat"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 	"github.com/keyfleet/keyfleet/server"
+	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/issuing"
@@ -44,6 +55,10 @@ type flags struct {
 	grace, validity, ttl                              time.Duration
 	printChanges                                      bool
 	issuer                                            issuing.Config
+	keyURIs                                           []string
+	configFile                                        string
+	origins                                           flagfile.Origins // where each flag's value came from
+	getenv                                            func(string) string
 }
 
 func main() {
@@ -58,7 +73,13 @@ func main() {
 const addressFile = "address"
 
 func root() *cobra.Command {
-	f := &flags{}
+	cmd, _ := build()
+	return cmd
+}
+
+// build makes fleetd's command tree and the flags its commands fill.
+func build() (*cobra.Command, *flags) {
+	f := &flags{getenv: os.Getenv}
 	cmd := &cobra.Command{Use: "fleetd", Short: "keyfleet fleet server"}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.data, "data", "var/fleetd", "data directory")
@@ -73,21 +94,26 @@ func root() *cobra.Command {
 	pf.StringVar(&f.issuer.StepCARoot, "stepca-root", "", "step-ca's root certificate, PEM (--issuer stepca)")
 	pf.StringVar(&f.issuer.StepCAProvisioner, "stepca-provisioner", "", "name of the JWK provisioner registered at step-ca for fleetd (--issuer stepca)")
 	pf.StringVar(&f.issuer.StepCAKey, "stepca-key", issuing.LabelProvisioner, "label of the provisioner key in the token; fleetd init makes it (--issuer stepca)")
+	pf.StringArrayVar(&f.keyURIs, "key-uri", nil, "place a key by PKCS#11 URI: `ROLE=URI`, URI as pkcs11:token=T;object=O?module-path=M&pin-source=file:P "+
+		"(repeatable; ROLE one of "+strings.Join(roleNames(), ", ")+")")
+	pf.StringVar(&f.configFile, "config", "", "YAML configuration `FILE`: every flag as a key (fleetd config defaults prints one); or set KEYFLEET_CONFIG")
 
 	initCmd := &cobra.Command{Use: "init", Short: "create the fleet's keys, CA and operator credential", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := f.config()
+			cfg, err := f.load(cmd)
 			if err != nil {
 				return err
 			}
 			if f.createToken && !f.insecureSoft {
-				so := hsm.PIN(os.Getenv("KEYFLEET_HSM_SO_PIN"))
-				if so == "" {
-					so = cfg.HSM.PIN
-				}
-				if err := hsm.InitToken(cfg.HSM.Module, cfg.HSM.TokenLabel, so, cfg.HSM.PIN); err != nil &&
-					!strings.Contains(err.Error(), "already exists") {
-					return err
+				for _, tok := range custody.Tokens(cfg.HSM) {
+					so := hsm.PIN(f.getenv("KEYFLEET_HSM_SO_PIN"))
+					if so == "" {
+						so = tok.PIN
+					}
+					if err := hsm.InitToken(tok.Module, tok.TokenLabel, so, tok.PIN); err != nil &&
+						!strings.Contains(err.Error(), "already exists") {
+						return err
+					}
 				}
 			}
 			cfg.ServerNames = f.names
@@ -98,7 +124,7 @@ func root() *cobra.Command {
 
 	runCmd := &cobra.Command{Use: "run", Short: "serve devices and operators until interrupted", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := f.config()
+			cfg, err := f.load(cmd)
 			if err != nil {
 				return err
 			}
@@ -107,7 +133,7 @@ func root() *cobra.Command {
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
 			if f.policy != "" {
 				if cfg.PolicyFile, err = policy.LoadFile(f.policy); err != nil {
-					return err
+					return f.origins.Wrap("policy", err)
 				}
 			}
 			// Every device connection is a descriptor.
@@ -154,41 +180,79 @@ func root() *cobra.Command {
 	durationflag.Var(rf, &f.ttl, "command-ttl", 10*time.Minute, "expiry of commands and freshness window of uplinks")
 	rf.BoolVar(&f.printChanges, "print-changes", false, "print one readable line per key state change on stdout (make run's screen)")
 
-	cmd.AddCommand(initCmd, runCmd)
+	cmd.AddCommand(initCmd, runCmd, configCmd(cmd))
 	cmd.SetContext(context.Background())
 	cmdtree.Setup(cmd)
-	return cmd
+	return cmd, f
 }
 
+// config builds fleetd's configuration from the flags, once the
+// environment and the file have set theirs (load). It reads the PIN and
+// checks every key URI, so that a bad setting stops fleetd before it
+// opens a token, writes a file or listens anywhere. Errors say where the
+// bad value came from.
 func (f *flags) config() (server.Config, error) {
+	var errs []error
 	log, err := logx.New(os.Stderr, f.logLevel, f.logFormat)
 	if err != nil {
-		return server.Config{}, err
+		name := "log-level"
+		if strings.HasPrefix(err.Error(), "log format") {
+			name = "log-format"
+		}
+		errs, log = append(errs, f.origins.Wrap(name, err)), slog.Default()
 	}
 	cfg := server.Config{DataDir: f.data, InsecureSoftKeys: f.insecureSoft, Logger: log, Issuer: f.issuer}
 	if err := f.issuer.Validate(); err != nil {
 		return cfg, err
 	}
 	if f.insecureSoft {
-		return cfg, nil
+		return cfg, errors.Join(errs...)
 	}
 	module := f.module
 	if module == "" {
-		if module, err = softhsm.Module(); err != nil {
-			return cfg, fmt.Errorf("%w (or pass --pkcs11-module)", err)
+		if module, err = softhsm.Module(); err != nil && len(f.keyURIs) == 0 {
+			return cfg, errors.Join(append(errs, fmt.Errorf("%w (or pass --pkcs11-module)", err))...)
 		}
 	}
-	pin := os.Getenv("KEYFLEET_HSM_PIN")
+	pin := f.getenv("KEYFLEET_HSM_PIN")
 	if f.pinFile != "" {
 		b, err := os.ReadFile(f.pinFile)
 		if err != nil {
-			return cfg, fmt.Errorf("pin file: %w", err)
+			return cfg, errors.Join(append(errs, f.origins.Wrap("pin-file", fmt.Errorf("pin file: %w", err)))...)
 		}
 		pin = strings.TrimSpace(string(b))
 	}
-	if pin == "" {
-		return cfg, errors.New("no token PIN: use --pin-file or KEYFLEET_HSM_PIN")
+	if pin == "" && len(f.keyURIs) == 0 {
+		return cfg, errors.Join(append(errs, errors.New("no token PIN: use --pin-file or KEYFLEET_HSM_PIN"))...)
 	}
-	cfg.HSM = hsm.Config{Module: module, TokenLabel: f.token, PIN: hsm.PIN(pin)}
-	return cfg, nil
+	cfg.HSM, err = custody.ParseKeyURIs(f.keyURIs, hsm.Config{Module: module, TokenLabel: f.token, PIN: hsm.PIN(pin)})
+	return cfg, errors.Join(append(errs, f.keyURIError(err))...)
 }
+
+// keyURIError says where each refused key URI was written: its own line
+// in a key-uri mapping of the file, else where key-uri was set.
+func (f *flags) keyURIError(err error) error {
+	if err == nil {
+		return nil
+	}
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		j = joined{err}
+	}
+	var errs []error
+	for _, e := range j.Unwrap() {
+		var ke *custody.KeyURIError
+		if errors.As(e, &ke) {
+			errs = append(errs, f.origins.WrapItem("key-uri", ke.Role, e))
+		} else {
+			errs = append(errs, f.origins.Wrap("key-uri", e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// joined is one error seen as a list of them.
+type joined []error
+
+func (j joined) Error() string   { return errors.Join(j...).Error() }
+func (j joined) Unwrap() []error { return j }

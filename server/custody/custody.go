@@ -8,6 +8,14 @@
 // from: the signing keys of the trust anchors and the birth CA (by label)
 // and the escrow's key-encryption key.
 //
+// Each key has a role (Roles: ca, update, firmware, escrow-kek, birth-ca,
+// stepca-provisioner) and a usual label in the one token fleetd is given.
+// An operator may place any of them elsewhere with an RFC 7512 URI
+// (ParseKeyURI, ParseKeyURIs: --key-uri ROLE=URI): another token, another
+// module, another label. fleetd's parts keep asking for the usual labels;
+// Open's router sends each to its place, and keys a rotation makes later
+// in a role ("keyfleet-ca-v2") into the role's token as "OBJECT-v2".
+//
 // # Caveats
 //
 // Soft keys are readable by anyone who reads their directory: Open logs a
@@ -39,10 +47,12 @@ type Keys interface {
 var (
 	_ Keys = (*hsm.Token)(nil)
 	_ Keys = (*hsm.SoftKeys)(nil)
+	_ Keys = (*router)(nil)
 )
 
 // Open opens the token cfg names or, with insecureSoftDir set, the soft
-// keys in that directory instead.
+// keys in that directory instead. With cfg.Keys (ParseKeyURIs), it opens
+// every token they name, once each, and sends each key to its place.
 func Open(cfg hsm.Config, insecureSoftDir string, log *slog.Logger) (Keys, error) {
 	if insecureSoftDir != "" {
 		log.Warn("INSECURE: CA and update-signing keys are software keys in files; anyone who reads "+
@@ -53,6 +63,16 @@ func Open(cfg hsm.Config, insecureSoftDir string, log *slog.Logger) (Keys, error
 			return nil, err // not a typed nil inside the interface
 		}
 		return k, nil
+	}
+	if len(cfg.Keys) > 0 {
+		r, err := openRouter(cfg)
+		if err != nil {
+			return nil, err
+		}
+		for _, role := range Roles() {
+			log.Info("key placed by URI", "role", role.Name, "uri", r.URI(role.Label))
+		}
+		return r, nil
 	}
 	t, err := hsm.Open(cfg)
 	if err != nil {

@@ -49,6 +49,18 @@ type Config struct {
 	PIN PIN
 	// MaxSessions bounds concurrent PKCS#11 sessions; 0 means 32.
 	MaxSessions int
+	// Keys places keys elsewhere than this token under their usual labels:
+	// by role (package custody names the roles), each in a token and under
+	// a label of its own, as the operator's PKCS#11 URIs say. Open ignores
+	// it; custody.Open opens one Token per distinct token it names.
+	Keys map[string]KeyPlace
+}
+
+// KeyPlace is where one key lives: the token that holds it (module, token
+// label, PIN) and the key's label there, the RFC 7512 "token" and "object".
+type KeyPlace struct {
+	Token  Config
+	Object string
 }
 
 // Token is an open PKCS#11 token. It is safe for concurrent use.
