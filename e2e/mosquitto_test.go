@@ -20,38 +20,8 @@ import (
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/mosquitto"
 )
-
-// mosquittoConf configures Mosquitto as keyfleet needs an external broker:
-// TLS with required client certificates from the fleet CA, the certificate's
-// CN as the user name, and the ACL the embedded broker enforces, written as
-// Mosquitto patterns (%u is the CN, which is the device id).
-const mosquittoConf = `user %[6]s
-per_listener_settings false
-allow_anonymous false
-listener %[1]d 127.0.0.1
-cafile %[2]s
-certfile %[3]s
-keyfile %[4]s
-require_certificate true
-use_identity_as_username true
-acl_file %[5]s
-max_packet_size 4352
-max_inflight_messages 1000
-max_queued_messages 10000
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-`
-
-const mosquittoACL = `user fleetd
-topic readwrite kf/#
-
-pattern write kf/d/%u/up
-pattern read kf/d/%u/down
-pattern read kf/b/#
-`
 
 // currentUser keeps Mosquitto, when started as root, from switching to its
 // own user, who could not read the test's private files.
@@ -77,29 +47,31 @@ func mosquittoPath(t *testing.T) string {
 	return p
 }
 
-// fleetd with Mosquitto instead of its embedded broker: the same engine
-// code path rotates devices through a broker it does not control.
-func TestRotationThroughMosquitto(t *testing.T) {
-	const n = 5
-	f := fleettest.InitFleet(t, nil)
+// startMosquitto runs Mosquitto with the configuration fleetctl broker
+// config mosquitto generates (the dynamic-security plugin seeded for
+// fleetd, retained publishes off), fleetd's certificate as the broker's,
+// and returns its address once it listens.
+func startMosquitto(t *testing.T, f *fleettest.Fleet) string {
+	t.Helper()
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := freeAddr(t)
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	conf, err := mosquitto.Config(mosquitto.ConfigOptions{Listen: addr, CAFile: p.CACert(), CertFile: p.ServerCert(),
+		KeyFile: p.ServerKey(), DynsecFile: filepath.Join(dir, "dynamic-security.json"), User: currentUser(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	p := datadir.Paths{Dir: f.Config.DataDir}
-	acl := filepath.Join(dir, "acl")
-	conf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(acl, []byte(mosquittoACL), 0o644); err != nil {
+	seed, err := mosquitto.SeedFile(f.Config.Topics)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(mosquittoConf, port, p.CACert(), p.ServerCert(), p.ServerKey(), acl, currentUser(t))), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "dynamic-security.json"), seed, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start(t, nil, mosquittoPath(t), "-c", conf)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := os.WriteFile(filepath.Join(dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start(t, nil, mosquittoPath(t), "-c", filepath.Join(dir, "mosquitto.conf"))
 	eventually(t, 10*time.Second, "mosquitto listening", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -107,8 +79,17 @@ func TestRotationThroughMosquitto(t *testing.T) {
 		}
 		return err == nil
 	})
+	return addr
+}
 
-	f.Config.ExternalBroker = addr
+// fleetd with Mosquitto instead of its embedded broker: the same engine
+// code path rotates devices through a broker it does not control, only
+// keeps in step (mosquitto://).
+func TestRotationThroughMosquitto(t *testing.T) {
+	const n = 5
+	f := fleettest.InitFleet(t, nil)
+	addr := startMosquitto(t, f)
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
 	if f.Broker() != nil {
 		t.Fatal("embedded broker started despite ExternalBroker")

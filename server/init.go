@@ -38,7 +38,7 @@ func Init(ctx context.Context, cfg Config) error {
 	if err := trust.Bootstrap(ctx, trust.Options{Files: p.Trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames); err != nil {
 		return err
 	}
-	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(LabelCA), "update_key", keys.URI(LabelUpdate),
+	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(trust.LabelCA), "update_key", keys.URI(trust.LabelUpdate),
 		"admin", p.AdminDir())
 	return nil
 }

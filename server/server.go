@@ -19,6 +19,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/metrics"
+	"github.com/keyfleet/keyfleet/server/mosquitto"
 	"github.com/keyfleet/keyfleet/server/ops"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/policyrun"
@@ -80,7 +81,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
-	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange) // every signature timed, every change counted
+	dyn := mosquitto.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger)          // an external Mosquitto kept in step, if managed
+	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(dyn.Observe(cfg.OnStateChange)) // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
@@ -107,13 +109,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.engine.Start(ctx); err != nil {
 		return nil, err
 	}
-	if cfg.ExternalBroker != "" {
-		s.cfg.MQTTAddr = cfg.ExternalBroker
-	} else if err := s.startBroker(ctx, pols.Holder()); err != nil {
+	if err := s.startBroker(ctx, pols.Holder(), dyn); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { s.link.Close(); return nil })
-	if err := s.link.Start(ctx, link.Options{Broker: s.cfg.MQTTAddr, Logger: cfg.Logger, Now: cfg.Now,
+	if err := s.link.Start(ctx, link.Options{Broker: s.cfg.MQTTAddr, Logger: cfg.Logger, Now: cfg.Now, NoRetain: dyn.Managed(),
 		Certificate: s.trust.GetClientCertificate, Roots: s.trust.Roots, OnConnect: s.trust.Announce,
 		Subscriptions: []string{cfg.Topics.SharedUp(broker.ServerShareGroup), cfg.Topics.SharedReenroll(broker.ServerShareGroup)},
 		OnMessage:     func(topic string, payload []byte) { s.engine.Submit(ctx, topic, payload) },
@@ -152,12 +152,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	cfg.Logger.Info("fleetd serving", "mqtt", s.cfg.MQTTAddr, "admin", s.admin.Addr(),
-		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
+		"ca_key", s.keys.URI(trust.LabelCA), "embedded_broker", s.broker != nil)
 	return s, nil
 }
 
-// startBroker starts the embedded broker on cfg.MQTTAddr.
-func (s *Server) startBroker(ctx context.Context, pol policy.Source) (err error) {
+// startBroker starts the embedded broker on cfg.MQTTAddr, or the upkeep of
+// an external one.
+func (s *Server) startBroker(ctx context.Context, pol policy.Source, dyn *mosquitto.Sync) (err error) {
+	if s.cfg.ExternalBroker != "" {
+		s.cfg.MQTTAddr = dyn.Addr()
+		return dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots)
+	}
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
 		Trust: s.trust, Policy: pol, Now: s.cfg.Now,

@@ -1,0 +1,234 @@
+package mosquitto
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
+	"github.com/keyfleet/keyfleet/server/link"
+	"github.com/keyfleet/keyfleet/server/rotation"
+	"github.com/keyfleet/keyfleet/server/store"
+)
+
+// Scheme marks an external broker fleetd manages: --external-broker
+// mosquitto://HOST:PORT. A plain HOST:PORT is a broker fleetd only
+// connects to (its operator enforces the rules, or it asks fleetd's HTTP
+// hooks).
+const Scheme = "mosquitto://"
+
+// Control topics of the dynamic-security plugin.
+const (
+	controlTopic  = "$CONTROL/dynamic-security/v1"
+	responseTopic = controlTopic + "/response"
+)
+
+// commandTimeout bounds one command message to the broker (its PUBACK).
+const commandTimeout = 3 * time.Second
+
+// retryEvery is how often devices whose commands could not be sent are
+// tried again.
+const retryEvery = time.Second
+
+// Devices is what Sync reads of the store.
+type Devices interface {
+	GetDevice(ctx context.Context, id string) (*store.Device, error)
+	ForEachDevice(ctx context.Context, fn func(d *store.Device) error) error
+}
+
+// SessionCloserSetter is the rotation engine's hook for dropping sessions.
+type SessionCloserSetter interface {
+	SetSessionCloser(c rotation.SessionCloser)
+}
+
+// Sync keeps a Mosquitto broker's dynamic-security clients in step with
+// fleetd's devices. Built by New for every fleetd; it does nothing unless
+// the external broker is given as mosquitto://HOST:PORT.
+type Sync struct {
+	addr    string
+	managed bool
+	st      Devices
+	topics  protocol.Topics
+	log     *slog.Logger
+
+	ctl  link.Link // fleetd's admin session at the broker
+	mu   sync.Mutex
+	retr map[string]bool // devices whose commands failed: retried
+}
+
+// New reads external (--external-broker) and returns the Sync for it.
+func New(external string, st Devices, topics protocol.Topics, log *slog.Logger) *Sync {
+	if log == nil {
+		log = slog.Default()
+	}
+	addr, managed := strings.CutPrefix(external, Scheme)
+	return &Sync{addr: addr, managed: managed, st: st, topics: topics, log: log, retr: map[string]bool{}}
+}
+
+// Addr is the broker's host:port, without the scheme.
+func (s *Sync) Addr() string { return s.addr }
+
+// Managed reports whether fleetd manages the broker's access control.
+func (s *Sync) Managed() bool { return s.managed }
+
+// Observe wraps a state-change callback: a device's first identity version
+// (provisioning, re-enrolment) makes it a dynsec client before the device
+// can use it, so that it is allowed its topics when it connects.
+func (s *Sync) Observe(next func(lifecycle.Change)) func(lifecycle.Change) {
+	if !s.managed {
+		return next
+	}
+	return func(c lifecycle.Change) {
+		if c.Device != "" && c.Slot == lifecycle.SlotIdentity && c.From == lifecycle.StateUnknown {
+			s.send(context.Background(), c.Device, false)
+		}
+		if next != nil {
+			next(c)
+		}
+	}
+}
+
+// Start opens fleetd's admin session at the broker, replays the fleet at
+// every connect, and becomes the engine's session closer, so that a
+// revocation deletes the device's dynsec client (and Mosquitto drops its
+// sessions) before Revoke returns. It stops when ctx ends.
+func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error), roots func() *x509.CertPool) error {
+	if !s.managed {
+		return nil
+	}
+	engine.SetSessionCloser(s)
+	if err := s.ctl.Start(ctx, link.Options{Broker: s.addr, Certificate: cert, Roots: roots, Logger: s.log,
+		Subscriptions: []string{responseTopic}, OnMessage: s.response, OnConnect: s.replay}); err != nil {
+		return fmt.Errorf("mosquitto: admin session: %w", err)
+	}
+	context.AfterFunc(ctx, s.ctl.Close)
+	go s.retry(ctx)
+	return nil
+}
+
+// Disconnect deletes the device's dynsec client: Mosquitto drops every
+// session with its user name at once and allows it nothing from then on.
+// Mosquitto does not say how many sessions it dropped: 0 is returned.
+func (s *Sync) Disconnect(device string) int {
+	s.send(context.Background(), device, true)
+	return 0
+}
+
+// DisconnectCredential is called when a superseded version retires. The
+// plugin knows user names, not certificates: every version of a device has
+// the same one, so it cannot drop the retired version's sessions alone.
+// That version is refused by a CRL at Mosquitto's next reload (see the
+// package doc); nothing is done here.
+func (s *Sync) DisconnectCredential(device, serial string) int { return 0 }
+
+// replay brings the broker in step with the whole store: runs at every
+// connect of the admin session (fleetd's start, the broker's restart).
+func (s *Sync) replay(ctx context.Context) {
+	start, n := time.Now(), 0
+	err := s.st.ForEachDevice(ctx, func(d *store.Device) error {
+		n++
+		s.send(ctx, d.ID, d.Revoked)
+		return nil
+	})
+	if err != nil {
+		s.log.Error("mosquitto: replaying the fleet to the broker failed", "err", err)
+		return
+	}
+	s.log.Info("mosquitto: fleet replayed to the broker", "devices", n, "took", time.Since(start))
+}
+
+// send brings one device in step: revoked, its client and role go;
+// otherwise they are made (an existing one is reported and left). What
+// cannot be sent is retried.
+func (s *Sync) send(ctx context.Context, device string, revoked bool) {
+	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	b, err := json.Marshal(map[string]any{"commands": commands(s.topics, device, revoked)})
+	if err == nil {
+		err = s.ctl.Publish(ctx, controlTopic, b)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.retr[device] = true
+		s.log.Warn("mosquitto: broker not updated; retrying", "device", device, "revoked", revoked, "err", err)
+		return
+	}
+	delete(s.retr, device)
+}
+
+// retry sends again, from the store's current state, what could not be
+// sent.
+func (s *Sync) retry(ctx context.Context) {
+	t := time.NewTicker(retryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		var todo []string
+		for d := range s.retr {
+			todo = append(todo, d)
+		}
+		s.mu.Unlock()
+		for _, id := range todo {
+			d, err := s.st.GetDevice(ctx, id)
+			if errors.Is(err, store.ErrNotExist) {
+				s.mu.Lock()
+				delete(s.retr, id)
+				s.mu.Unlock()
+				continue
+			} else if err != nil {
+				continue
+			}
+			s.send(ctx, id, d.Revoked)
+		}
+	}
+}
+
+// commands are the dynsec commands that bring one device in step.
+func commands(t protocol.Topics, device string, revoked bool) []map[string]any {
+	role := deviceRolePrefix + device
+	if revoked {
+		return []map[string]any{
+			{"command": "deleteClient", "username": device},
+			{"command": "deleteRole", "rolename": role},
+		}
+	}
+	return []map[string]any{
+		{"command": "createRole", "rolename": role, "acls": deviceACLs(t, device)},
+		{"command": "createClient", "username": device, "roles": []map[string]any{{"rolename": role}}},
+	}
+}
+
+// response logs what the plugin refused. "already exists" and "not found"
+// are what replaying an up-to-date broker answers; they are expected.
+func (s *Sync) response(_ string, payload []byte) {
+	var r struct {
+		Responses []struct {
+			Command string `json:"command"`
+			Error   string `json:"error"`
+		} `json:"responses"`
+	}
+	if err := json.Unmarshal(payload, &r); err != nil {
+		s.log.Warn("mosquitto: unreadable dynamic-security response", "err", err)
+		return
+	}
+	for _, x := range r.Responses {
+		if x.Error == "" || strings.Contains(x.Error, "already exists") || strings.Contains(x.Error, "not found") {
+			continue
+		}
+		s.log.Warn("mosquitto: dynamic-security command refused", "command", x.Command, "err", x.Error)
+	}
+}
