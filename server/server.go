@@ -81,8 +81,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
-	dyn := mosquitto.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger)          // an external Mosquitto kept in step, if managed
-	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(dyn.Observe(cfg.OnStateChange)) // every signature timed, every change counted
+	dyn := mosquitto.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger) // an external Mosquitto kept in step, if managed
+	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange)     // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
@@ -126,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
 	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
-	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: m.Revoker(s.engine),
+	parts := admin.Parts{Devices: s.st, Provision: dyn.Provisioner(station), Rotations: s.engine, Revoker: m.Revoker(s.engine),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
 		Inventory: inventory.NewLabeler(s.st), Policies: pols}
 	if s.broker != nil { // an external broker's sessions are unknown

@@ -16,8 +16,9 @@
 // nothing with it.
 //
 // Sync keeps the plugin's clients in step with the store: a device is
-// added when its first identity version appears (provisioning, bulk
-// provisioning, re-enrolment), deleted when it is revoked (Mosquitto drops
+// added when it is registered (one or in bulk), before its credential is
+// handed out; it keeps its client through rotations and re-enrolment;
+// it is deleted when it is revoked (Mosquitto drops
 // the client's open sessions at once when its dynsec client is deleted),
 // and at every start the whole fleet is replayed. Config renders the
 // broker's configuration and SeedFile the plugin's first state, in which

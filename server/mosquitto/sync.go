@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
-	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/link"
+	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -79,21 +79,45 @@ func (s *Sync) Addr() string { return s.addr }
 // Managed reports whether fleetd manages the broker's access control.
 func (s *Sync) Managed() bool { return s.managed }
 
-// Observe wraps a state-change callback: a device's first identity version
-// (provisioning, re-enrolment) makes it a dynsec client before the device
-// can use it, so that it is allowed its topics when it connects.
-func (s *Sync) Observe(next func(lifecycle.Change)) func(lifecycle.Change) {
+// Provisioner is the admin API's registration (provisioning.Station).
+type Provisioner interface {
+	Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (provisioning.Credential, error)
+	ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) []provisioning.Result
+	Bundle() (provisioning.Bundle, error)
+}
+
+// Provisioner wraps p so that a device registered through it is a dynsec
+// client, allowed its topics, before its credential is handed out. (The
+// engine reports registrations only to the audit log, not as state
+// changes.)
+func (s *Sync) Provisioner(p Provisioner) Provisioner {
 	if !s.managed {
-		return next
+		return p
 	}
-	return func(c lifecycle.Change) {
-		if c.Device != "" && c.Slot == lifecycle.SlotIdentity && c.From == lifecycle.StateUnknown {
-			s.send(context.Background(), c.Device, false)
-		}
-		if next != nil {
-			next(c)
+	return provisioner{p, s}
+}
+
+type provisioner struct {
+	Provisioner
+	s *Sync
+}
+
+func (p provisioner) Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (provisioning.Credential, error) {
+	c, err := p.Provisioner.Provision(ctx, device, csr, birthCSR, actor)
+	if err == nil {
+		p.s.send(ctx, device, false)
+	}
+	return c, err
+}
+
+func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) []provisioning.Result {
+	out := p.Provisioner.ProvisionBatch(ctx, items, actor)
+	for i, r := range out {
+		if r.Err == nil {
+			p.s.send(ctx, items[i].ID, false)
 		}
 	}
+	return out
 }
 
 // Start opens fleetd's admin session at the broker, replays the fleet at
