@@ -2,7 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
@@ -55,18 +61,23 @@ func mosquittoPath(t *testing.T) string {
 func startMosquitto(t *testing.T, f *fleettest.Fleet) string {
 	t.Helper()
 	addr := freeAddr(t)
-	startMosquittoAt(t, f, addr)
+	startMosquittoAt(t, f, addr, "")
 	return addr
 }
 
 // startMosquittoAt starts Mosquitto at addr with a new plugin state, and
-// returns the process.
-func startMosquittoAt(t *testing.T, f *fleettest.Fleet, addr string) *proc {
+// returns the process. With tlsDir, the broker uses the broker.pem,
+// broker.key and ca.pem there (fleetctl broker cert's); else fleetd's own.
+func startMosquittoAt(t *testing.T, f *fleettest.Fleet, addr, tlsDir string) *proc {
 	t.Helper()
 	dir := t.TempDir()
 	p := datadir.Paths{Dir: f.Config.DataDir}
-	conf, err := mosquitto.Config(mosquitto.ConfigOptions{Listen: addr, CAFile: p.CACert(), CertFile: p.ServerCert(),
-		KeyFile: p.ServerKey(), DynsecFile: filepath.Join(dir, "dynamic-security.json"), User: currentUser(t)})
+	o := mosquitto.ConfigOptions{Listen: addr, CAFile: p.CACert(), CertFile: p.ServerCert(),
+		KeyFile: p.ServerKey(), DynsecFile: filepath.Join(dir, "dynamic-security.json"), User: currentUser(t)}
+	if tlsDir != "" {
+		o.CAFile, o.CertFile, o.KeyFile = filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, "broker.pem"), filepath.Join(tlsDir, "broker.key")
+	}
+	conf, err := mosquitto.Config(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,14 +198,21 @@ func mqttAs(t *testing.T, addr, dir, id string, version uint32, subs []string, l
 // dynamic-security plugin in step, enforces what the embedded broker does:
 // a device reaches only its own topics, a revoked device's open session is
 // dropped within a second (measured over revocationRuns revocations) and
-// it is allowed nothing after, and a retained publish is refused.
+// it is allowed nothing after, and a retained publish is refused. The
+// broker's certificate is the one fleetd issues through the admin API (as
+// fleetctl broker cert asks), from a first start with the embedded broker.
 func TestMosquittoEnforcement(t *testing.T) {
 	const revocationRuns = 20
-	f := fleettest.InitFleet(t, nil)
-	addr := startMosquitto(t, f)
+	ctx := context.Background()
+	f := fleettest.StartFleet(t, nil)
+	tlsDir := brokerCert(t, f.Admin, "127.0.0.1")
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	startMosquittoAt(t, f, addr, tlsDir)
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
-	ctx := context.Background()
 	var topics protocol.Topics
 	dirA, dirB := f.AddDevice(t, "dev-a"), f.AddDevice(t, "dev-b")
 
@@ -315,7 +333,7 @@ func TestMosquittoEnforcement(t *testing.T) {
 func TestMosquittoReplay(t *testing.T) {
 	f := fleettest.InitFleet(t, nil)
 	addr := freeAddr(t)
-	first := startMosquittoAt(t, f, addr)
+	first := startMosquittoAt(t, f, addr, "")
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
 	ctx := context.Background()
@@ -326,7 +344,7 @@ func TestMosquittoReplay(t *testing.T) {
 	}
 	_ = first.cmd.Process.Kill()
 	first.done <- <-first.done // the cleanup reads it again
-	startMosquittoAt(t, f, addr)
+	startMosquittoAt(t, f, addr, "")
 	eventually(t, 15*time.Second, "dev-a allowed its topics at the new broker", func() bool {
 		_, err := mqttAs(t, addr, dirA, "dev-a", 1, []string{topics.Down("dev-a")}, nil)
 		return err == nil
@@ -334,4 +352,35 @@ func TestMosquittoReplay(t *testing.T) {
 	if _, err := mqttAs(t, addr, dirB, "dev-b", 1, []string{topics.Down("dev-b")}, nil); !errors.Is(err, mqttc.ErrDenied) {
 		t.Errorf("revoked dev-b at the new broker: %v, want %v", err, mqttc.ErrDenied)
 	}
+}
+
+// brokerCert has fleetd issue a broker certificate for names, as fleetctl
+// broker cert does, and returns the directory with broker.pem, broker.key
+// and ca.pem.
+func brokerCert(t *testing.T, admin *client.Client, names ...string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := admin.BrokerCert(context.Background(), adminapi.BrokerCertRequest{CSR: csr, Names: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"broker.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		"broker.pem": res.Certificate, "ca.pem": res.CA} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/inventory"
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/metrics"
-	"github.com/keyfleet/keyfleet/server/mosquitto"
+	"github.com/keyfleet/keyfleet/server/mosquitto/dynsec"
 	"github.com/keyfleet/keyfleet/server/ops"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/policyrun"
@@ -81,8 +81,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
-	dyn := mosquitto.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger) // an external Mosquitto kept in step, if managed
-	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange)     // every signature timed, every change counted
+	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger) // an external Mosquitto kept in step, if managed
+	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange)  // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
@@ -128,7 +128,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
 	parts := admin.Parts{Devices: s.st, Provision: dyn.Provisioner(station), Rotations: s.engine, Revoker: m.Revoker(s.engine),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
-		Inventory: inventory.NewLabeler(s.st), Policies: pols}
+		Inventory: inventory.NewLabeler(s.st), Policies: pols, Broker: s.trust}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
 	}
@@ -158,7 +158,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 
 // startBroker starts the embedded broker on cfg.MQTTAddr, or the upkeep of
 // an external one.
-func (s *Server) startBroker(ctx context.Context, pol policy.Source, dyn *mosquitto.Sync) (err error) {
+func (s *Server) startBroker(ctx context.Context, pol policy.Source, dyn *dynsec.Sync) (err error) {
 	if s.cfg.ExternalBroker != "" {
 		s.cfg.MQTTAddr = dyn.Addr()
 		return dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots)

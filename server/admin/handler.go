@@ -44,6 +44,8 @@ type Parts struct {
 	Campaigns Campaigns
 	// Policies is the running policy, its diff and apply.
 	Policies Policies
+	// Broker issues external brokers' TLS certificates; nil: not offered.
+	Broker BrokerCA
 	// Sessions tells whether a device is connected; nil when fleetd
 	// cannot tell (an external broker): device show then says "unknown"
 	// and rotation progress says nothing of it.
@@ -84,6 +86,7 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"GET", adminapi.PathCampaigns, h.listCampaigns},
 		{"GET", adminapi.PathCampaigns + "/{id}", h.showCampaign},
 		{"POST", adminapi.PathCampaigns + "/{id}/{action}", h.campaignAction},
+		{"POST", adminapi.PathBrokerCert, h.brokerCert},
 	} {
 		mux.HandleFunc(r.method+" "+r.path, r.fn)
 	}

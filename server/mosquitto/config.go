@@ -12,6 +12,12 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 )
 
+// Scheme marks an external broker fleetd manages: --external-broker
+// mosquitto://HOST:PORT. A plain HOST:PORT is a broker fleetd only
+// connects to (its operator enforces the rules, or it asks fleetd's HTTP
+// hooks).
+const Scheme = "mosquitto://"
+
 // DefaultPlugin is where Debian and Ubuntu install the dynamic-security
 // plugin of Mosquitto 2.0.
 const DefaultPlugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -168,4 +174,21 @@ func SeedFile(t protocol.Topics) ([]byte, error) {
 		return nil, fmt.Errorf("mosquitto: seed: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+// Commands are the dynamic-security commands that bring one device in step:
+// its role and client made, or, revoked, deleted (Mosquitto then drops
+// every session with its user name).
+func Commands(t protocol.Topics, device string, revoked bool) []map[string]any {
+	role := deviceRolePrefix + device
+	if revoked {
+		return []map[string]any{
+			{"command": "deleteClient", "username": device},
+			{"command": "deleteRole", "rolename": role},
+		}
+	}
+	return []map[string]any{
+		{"command": "createRole", "rolename": role, "acls": deviceACLs(t, device)},
+		{"command": "createClient", "username": device, "roles": []map[string]any{{"rolename": role}}},
+	}
 }

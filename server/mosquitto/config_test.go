@@ -107,7 +107,7 @@ func TestSeedFile(t *testing.T) {
 // A device's role is broker.Allowed for full access: its own topics only.
 func TestDeviceCommands(t *testing.T) {
 	var topics protocol.Topics
-	add := commands(topics, "dev-1", false)
+	add := Commands(topics, "dev-1", false)
 	if add[0]["command"] != "createRole" || add[1]["command"] != "createClient" || add[1]["username"] != "dev-1" {
 		t.Fatalf("add: %v", add)
 	}
@@ -122,7 +122,7 @@ func TestDeviceCommands(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("acls\n got %v\nwant %v", got, want)
 	}
-	del := commands(topics, "dev-1", true)
+	del := Commands(topics, "dev-1", true)
 	if del[0]["command"] != "deleteClient" || del[0]["username"] != "dev-1" || del[1]["command"] != "deleteRole" {
 		t.Errorf("revoke: %v", del)
 	}

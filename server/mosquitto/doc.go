@@ -1,7 +1,10 @@
 // Package mosquitto makes an external Mosquitto 2.0 broker enforce what
 // fleetd's embedded broker does, with what Mosquitto ships: its
 // dynamic-security plugin, which fleetd manages as an admin client over
-// $CONTROL/dynamic-security/v1, and its global retain switch.
+// $CONTROL/dynamic-security/v1 (package dynsec), and its global retain
+// switch. This package holds the configuration, the plugin's seed and
+// commands, and imports nothing of the server, so that fleetctl can print
+// the configuration.
 //
 // # Basics
 //
@@ -15,7 +18,7 @@
 // fleetd has not provisioned, or has revoked, can open a TLS session and do
 // nothing with it.
 //
-// Sync keeps the plugin's clients in step with the store: a device is
+// dynsec.Sync keeps the plugin's clients in step with the store: a device is
 // added when it is registered (one or in bulk), before its credential is
 // handed out; it keeps its client through rotations and re-enrolment;
 // it is deleted when it is revoked (Mosquitto drops

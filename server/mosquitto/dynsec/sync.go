@@ -1,4 +1,4 @@
-package mosquitto
+package dynsec
 
 import (
 	"context"
@@ -14,16 +14,11 @@ import (
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/link"
+	"github.com/keyfleet/keyfleet/server/mosquitto"
 	"github.com/keyfleet/keyfleet/server/provisioning"
 	"github.com/keyfleet/keyfleet/server/rotation"
 	"github.com/keyfleet/keyfleet/server/store"
 )
-
-// Scheme marks an external broker fleetd manages: --external-broker
-// mosquitto://HOST:PORT. A plain HOST:PORT is a broker fleetd only
-// connects to (its operator enforces the rules, or it asks fleetd's HTTP
-// hooks).
-const Scheme = "mosquitto://"
 
 // Control topics of the dynamic-security plugin.
 const (
@@ -69,7 +64,7 @@ func New(external string, st Devices, topics protocol.Topics, log *slog.Logger) 
 	if log == nil {
 		log = slog.Default()
 	}
-	addr, managed := strings.CutPrefix(external, Scheme)
+	addr, managed := strings.CutPrefix(external, mosquitto.Scheme)
 	return &Sync{addr: addr, managed: managed, st: st, topics: topics, log: log, retr: map[string]bool{}}
 }
 
@@ -175,7 +170,7 @@ func (s *Sync) replay(ctx context.Context) {
 func (s *Sync) send(ctx context.Context, device string, revoked bool) {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	b, err := json.Marshal(map[string]any{"commands": commands(s.topics, device, revoked)})
+	b, err := json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked)})
 	if err == nil {
 		err = s.ctl.Publish(ctx, controlTopic, b)
 	}
@@ -218,21 +213,6 @@ func (s *Sync) retry(ctx context.Context) {
 			}
 			s.send(ctx, id, d.Revoked)
 		}
-	}
-}
-
-// commands are the dynsec commands that bring one device in step.
-func commands(t protocol.Topics, device string, revoked bool) []map[string]any {
-	role := deviceRolePrefix + device
-	if revoked {
-		return []map[string]any{
-			{"command": "deleteClient", "username": device},
-			{"command": "deleteRole", "rolename": role},
-		}
-	}
-	return []map[string]any{
-		{"command": "createRole", "rolename": role, "acls": deviceACLs(t, device)},
-		{"command": "createClient", "username": device, "roles": []map[string]any{{"rolename": role}}},
 	}
 }
 
