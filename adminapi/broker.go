@@ -2,8 +2,17 @@ package adminapi
 
 import "time"
 
-// PathBrokerCert issues the TLS certificate of an external broker.
-const PathBrokerCert = "/v1/broker/cert"
+// Paths for external brokers.
+const (
+	// PathBrokerCert issues the TLS certificate of an external broker.
+	PathBrokerCert = "/v1/broker/cert"
+	// PathBrokerAuthn and PathBrokerAuthz answer a broker's HTTP
+	// authentication and authorization requests (EMQX 5's format). Besides
+	// operators, the broker's own certificate (fleetctl broker cert) is
+	// admitted to these two, and only these.
+	PathBrokerAuthn = "/v1/broker/authn"
+	PathBrokerAuthz = "/v1/broker/authz"
+)
 
 // BrokerCertRequest asks for a broker's TLS certificate. The broker's key
 // is made where the broker runs (fleetctl broker cert) and only its CSR

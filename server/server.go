@@ -12,6 +12,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/brokerhook"
 	"github.com/keyfleet/keyfleet/server/campaign"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
@@ -128,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
 	parts := admin.Parts{Devices: s.st, Provision: dyn.Provisioner(station), Rotations: s.engine, Revoker: m.Revoker(s.engine),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
-		Inventory: inventory.NewLabeler(s.st), Policies: pols, Broker: s.trust}
+		Inventory: inventory.NewLabeler(s.st), Policies: pols, Broker: s.trust, BrokerHooks: brokerhook.New(s.st, cfg.Topics, cfg.Logger)}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
 	}

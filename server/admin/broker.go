@@ -31,9 +31,33 @@ type BrokerAuditor interface {
 	Audit(ctx context.Context, events ...store.Event) error
 }
 
+// BrokerHooks answers a broker's HTTP authentication and authorization
+// requests (*brokerhook.Hooks).
+type BrokerHooks interface {
+	Authn(w http.ResponseWriter, r *http.Request)
+	Authz(w http.ResponseWriter, r *http.Request)
+}
+
+func (h *handler) brokerAuthn(w http.ResponseWriter, r *http.Request) {
+	if h.p.BrokerHooks == nil {
+		writeErr(w, http.StatusNotImplemented, adminapi.CodeInternal, errors.New("admin: no broker hooks here"))
+		return
+	}
+	h.p.BrokerHooks.Authn(w, r)
+}
+
+func (h *handler) brokerAuthz(w http.ResponseWriter, r *http.Request) {
+	if h.p.BrokerHooks == nil {
+		writeErr(w, http.StatusNotImplemented, adminapi.CodeInternal, errors.New("admin: no broker hooks here"))
+		return
+	}
+	h.p.BrokerHooks.Authz(w, r)
+}
+
 // brokerIdentity names external brokers' certificates. It is a server
 // identity: the embedded broker, which an external broker replaces, is
-// the only place that would let it in as a client.
+// the only place that would let it in as a client. The admin API admits
+// it to the broker hooks only.
 var brokerIdentity = identity.Identity{Role: identity.RoleServer, Name: "broker"}
 
 // brokerCertValidity is the life of a broker certificate: long enough to
