@@ -6,13 +6,16 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
+	"github.com/keyfleet/keyfleet/internal/provision"
 )
 
 // An EMQX-style broker asks fleetd's admin listener, with the certificate
@@ -80,6 +83,15 @@ func TestBrokerHooksOverAdminListener(t *testing.T) {
 	}
 	if got := authz("dev-a", "kf/d/dev-a/up", "publish", "false"); got != "deny" {
 		t.Errorf("revoked dev-a publishing its uplink: %q, want deny", got)
+	}
+	// A device may not take fleetd's or a broker's name: the hooks (and
+	// Mosquitto) know clients by their certificate's CN alone.
+	for _, id := range []string{"fleetd", "broker"} {
+		_, err := provision.Device(ctx, f.Admin, id, filepath.Join(t.TempDir(), id), "")
+		var apiErr *client.APIError
+		if !errors.As(err, &apiErr) || apiErr.Code != adminapi.CodeInvalid {
+			t.Errorf("registering a device %q: %v, want the API's %q", id, err, adminapi.CodeInvalid)
+		}
 	}
 	// The broker's certificate is no operator's.
 	resp, err := hc.Get("https://" + f.AdminAddr() + adminapi.PathDevices)

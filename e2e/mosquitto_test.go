@@ -131,8 +131,8 @@ func TestRotationThroughMosquitto(t *testing.T) {
 		t.Errorf("device show through Mosquitto: connection %q, %v; want %q", d.Connection, err, adminapi.ConnectionUnknown)
 	}
 	// Mosquitto enforces the same ACL: a device that subscribes to another
-	// device's commands gets none of them (Mosquitto 2.0 grants the
-	// subscription and refuses each delivery).
+	// device's commands gets none of them (the plugin refuses the
+	// subscription; were it granted, each delivery would be refused).
 	ks, err := device.OpenKeystore(dirs[0])
 	if err != nil {
 		t.Fatal(err)

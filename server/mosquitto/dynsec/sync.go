@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,12 +85,24 @@ type Provisioner interface {
 // Provisioner wraps p so that a device registered through it is a dynsec
 // client, allowed its topics, before its credential is handed out. (The
 // engine reports registrations only to the audit log, not as state
-// changes.)
+// changes.) With any broker it refuses the device ids an external broker
+// would take for fleetd's or its own (ReservedIDs): brokers that know a
+// client by its certificate's CN alone cannot tell them apart.
 func (s *Sync) Provisioner(p Provisioner) Provisioner {
-	if !s.managed {
-		return p
-	}
 	return provisioner{p, s}
+}
+
+// ReservedIDs are the certificate names of fleetd (mosquitto.ServerUser)
+// and of external brokers (fleetctl broker cert): no device may have them.
+var ReservedIDs = []string{mosquitto.ServerUser, "broker"}
+
+// reserved refuses a ReservedIDs id as a bad device id (the admin API
+// answers 400 invalid).
+func reserved(device string) error {
+	if slices.Contains(ReservedIDs, device) {
+		return fmt.Errorf("%w: %q is reserved for fleetd and external brokers", protocol.ErrBadDeviceID, device)
+	}
+	return nil
 }
 
 type provisioner struct {
@@ -98,18 +111,29 @@ type provisioner struct {
 }
 
 func (p provisioner) Provision(ctx context.Context, device string, csr, birthCSR *x509.CertificateRequest, actor string) (provisioning.Credential, error) {
+	if err := reserved(device); err != nil {
+		return provisioning.Credential{}, err
+	}
 	c, err := p.Provisioner.Provision(ctx, device, csr, birthCSR, actor)
-	if err == nil {
+	if err == nil && p.s.managed {
 		p.s.send(ctx, device, false)
 	}
 	return c, err
 }
 
 func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.ProvisionItem, actor string) []provisioning.Result {
-	out := p.Provisioner.ProvisionBatch(ctx, items, actor)
-	for i, r := range out {
-		if r.Err == nil {
-			p.s.send(ctx, items[i].ID, false)
+	out := make([]provisioning.Result, len(items))
+	var good []rotation.ProvisionItem
+	var idx []int
+	for i, it := range items {
+		if out[i].Err = reserved(it.ID); out[i].Err == nil {
+			good, idx = append(good, it), append(idx, i)
+		}
+	}
+	for k, r := range p.Provisioner.ProvisionBatch(ctx, good, actor) {
+		out[idx[k]] = r
+		if r.Err == nil && p.s.managed {
+			p.s.send(ctx, good[k].ID, false)
 		}
 	}
 	return out
