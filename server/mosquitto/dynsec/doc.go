@@ -11,8 +11,10 @@
 // closer, so that Revoke deletes the device's dynsec client, and Mosquitto
 // drops its sessions, before it returns. Provisioner wraps registration,
 // which the engine reports only to the audit log: a registered device is
-// a client before its credential is handed out. Commands that cannot be
-// sent are retried every second from the store's current state.
+// a client before its credential is handed out. Every command message is
+// made from the store's state read just before it is sent, one at a time,
+// so a replay cannot undo a revocation made meanwhile; what cannot be sent
+// is retried every second.
 //
 // # Caveats
 //

@@ -55,9 +55,13 @@ type Sync struct {
 	topics  protocol.Topics
 	log     *slog.Logger
 
-	ctl  link.Link // fleetd's admin session at the broker
-	mu   sync.Mutex
-	retr map[string]bool // devices whose commands failed: retried
+	ctl link.Link // fleetd's admin session at the broker
+	// order serializes read-then-send per command message, so that a
+	// replay that read a device before its revocation cannot send after
+	// the revocation's delete.
+	order sync.Mutex
+	mu    sync.Mutex
+	retr  map[string]bool // devices whose commands failed: retried
 }
 
 // New reads external (--external-broker) and returns the Sync for it.
@@ -116,7 +120,7 @@ func (p provisioner) Provision(ctx context.Context, device string, csr, birthCSR
 	}
 	c, err := p.Provisioner.Provision(ctx, device, csr, birthCSR, actor)
 	if err == nil && p.s.managed {
-		p.s.send(ctx, device, false)
+		p.s.sync(ctx, device)
 	}
 	return c, err
 }
@@ -133,7 +137,7 @@ func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.Provis
 	for k, r := range p.Provisioner.ProvisionBatch(ctx, good, actor) {
 		out[idx[k]] = r
 		if r.Err == nil && p.s.managed {
-			p.s.send(ctx, good[k].ID, false)
+			p.s.sync(ctx, good[k].ID)
 		}
 	}
 	return out
@@ -149,7 +153,8 @@ func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(
 	}
 	engine.SetSessionCloser(s)
 	if err := s.ctl.Start(ctx, link.Options{Broker: s.addr, Certificate: cert, Roots: roots, Logger: s.log,
-		Subscriptions: []string{responseTopic}, OnMessage: s.response, OnConnect: s.replay}); err != nil {
+		Subscriptions: []string{responseTopic}, OnMessage: s.response,
+		OnConnect: func(ctx context.Context) { go s.replay(ctx) }}); err != nil {
 		return fmt.Errorf("mosquitto: admin session: %w", err)
 	}
 	context.AfterFunc(ctx, s.ctl.Close)
@@ -161,51 +166,75 @@ func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(
 // session with its user name at once and allows it nothing from then on.
 // Mosquitto does not say how many sessions it dropped: 0 is returned.
 func (s *Sync) Disconnect(device string) int {
-	s.send(context.Background(), device, true)
+	s.sync(context.Background(), device) // the store says revoked already
 	return 0
 }
 
 // DisconnectCredential is called when a superseded version retires. The
 // plugin knows user names, not certificates: every version of a device has
 // the same one, so it cannot drop the retired version's sessions alone.
-// That version is refused by a CRL at Mosquitto's next reload (see the
-// package doc); nothing is done here.
+// Refusing that version takes a CRL, which fleetd does not write yet
+// (docs/operations.md, External brokers); nothing is done here.
 func (s *Sync) DisconnectCredential(device, serial string) int { return 0 }
 
-// replay brings the broker in step with the whole store: runs at every
-// connect of the admin session (fleetd's start, the broker's restart).
+// replay brings the broker in step with the whole store; it runs, in the
+// background, at every connect of the admin session (fleetd's start, the
+// broker's restart). The ids are read first, so that no store transaction
+// stays open across the network.
 func (s *Sync) replay(ctx context.Context) {
-	start, n := time.Now(), 0
-	err := s.st.ForEachDevice(ctx, func(d *store.Device) error {
-		n++
-		s.send(ctx, d.ID, d.Revoked)
+	start := time.Now()
+	var ids []string
+	if err := s.st.ForEachDevice(ctx, func(d *store.Device) error {
+		ids = append(ids, d.ID)
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		s.log.Error("mosquitto: replaying the fleet to the broker failed", "err", err)
 		return
 	}
-	s.log.Info("mosquitto: fleet replayed to the broker", "devices", n, "took", time.Since(start))
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return
+		}
+		s.sync(ctx, id)
+	}
+	s.log.Info("mosquitto: fleet replayed to the broker", "devices", len(ids), "took", time.Since(start))
 }
 
-// send brings one device in step: revoked, its client and role go;
-// otherwise they are made (an existing one is reported and left). What
-// cannot be sent is retried.
-func (s *Sync) send(ctx context.Context, device string, revoked bool) {
+// sync brings one device in step with the store: revoked, its client and
+// role go; otherwise they are made (an existing one is reported and
+// left). What cannot be sent is retried.
+func (s *Sync) sync(ctx context.Context, device string) {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	b, err := json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked)})
-	if err == nil {
-		err = s.ctl.Publish(ctx, controlTopic, b)
+	s.order.Lock()
+	d, err := s.st.GetDevice(ctx, device)
+	if errors.Is(err, store.ErrNotExist) {
+		s.order.Unlock()
+		s.done(device)
+		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	revoked := err == nil && d.Revoked
+	if err == nil {
+		var b []byte
+		if b, err = json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked)}); err == nil {
+			err = s.ctl.Publish(ctx, controlTopic, b)
+		}
+	}
+	s.order.Unlock()
 	if err != nil {
+		s.mu.Lock()
 		s.retr[device] = true
+		s.mu.Unlock()
 		s.log.Warn("mosquitto: broker not updated; retrying", "device", device, "revoked", revoked, "err", err)
 		return
 	}
+	s.done(device)
+}
+
+func (s *Sync) done(device string) {
+	s.mu.Lock()
 	delete(s.retr, device)
+	s.mu.Unlock()
 }
 
 // retry sends again, from the store's current state, what could not be
@@ -226,16 +255,7 @@ func (s *Sync) retry(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		for _, id := range todo {
-			d, err := s.st.GetDevice(ctx, id)
-			if errors.Is(err, store.ErrNotExist) {
-				s.mu.Lock()
-				delete(s.retr, id)
-				s.mu.Unlock()
-				continue
-			} else if err != nil {
-				continue
-			}
-			s.send(ctx, id, d.Revoked)
+			s.sync(ctx, id)
 		}
 	}
 }
