@@ -2,7 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -10,48 +15,20 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keyfleet/keyfleet/adminapi"
+	"github.com/keyfleet/keyfleet/adminapi/client"
 	"github.com/keyfleet/keyfleet/device"
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/mosquitto"
 )
-
-// mosquittoConf configures Mosquitto as keyfleet needs an external broker:
-// TLS with required client certificates from the fleet CA, the certificate's
-// CN as the user name, and the ACL the embedded broker enforces, written as
-// Mosquitto patterns (%u is the CN, which is the device id).
-const mosquittoConf = `user %[6]s
-per_listener_settings false
-allow_anonymous false
-listener %[1]d 127.0.0.1
-cafile %[2]s
-certfile %[3]s
-keyfile %[4]s
-require_certificate true
-use_identity_as_username true
-acl_file %[5]s
-max_packet_size 4352
-max_inflight_messages 1000
-max_queued_messages 10000
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-`
-
-const mosquittoACL = `user fleetd
-topic readwrite kf/#
-
-pattern write kf/d/%u/up
-pattern read kf/d/%u/down
-pattern read kf/b/#
-`
 
 // currentUser keeps Mosquitto, when started as root, from switching to its
 // own user, who could not read the test's private files.
@@ -77,29 +54,44 @@ func mosquittoPath(t *testing.T) string {
 	return p
 }
 
-// fleetd with Mosquitto instead of its embedded broker: the same engine
-// code path rotates devices through a broker it does not control.
-func TestRotationThroughMosquitto(t *testing.T) {
-	const n = 5
-	f := fleettest.InitFleet(t, nil)
+// startMosquitto runs Mosquitto with the configuration fleetctl broker
+// config mosquitto generates (the dynamic-security plugin seeded for
+// fleetd, retained publishes off), fleetd's certificate as the broker's,
+// and returns its address once it listens.
+func startMosquitto(t *testing.T, f *fleettest.Fleet) string {
+	t.Helper()
+	addr := freeAddr(t)
+	startMosquittoAt(t, f, addr, "")
+	return addr
+}
+
+// startMosquittoAt starts Mosquitto at addr with a new plugin state, and
+// returns the process. With tlsDir, the broker uses the broker.pem,
+// broker.key and ca.pem there (fleetctl broker cert's); else fleetd's own.
+func startMosquittoAt(t *testing.T, f *fleettest.Fleet, addr, tlsDir string) *proc {
+	t.Helper()
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	o := mosquitto.ConfigOptions{Listen: addr, CAFile: p.CACert(), CertFile: p.ServerCert(),
+		KeyFile: p.ServerKey(), DynsecFile: filepath.Join(dir, "dynamic-security.json"), User: currentUser(t)}
+	if tlsDir != "" {
+		o.CAFile, o.CertFile, o.KeyFile = filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, "broker.pem"), filepath.Join(tlsDir, "broker.key")
+	}
+	conf, err := mosquitto.Config(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	p := datadir.Paths{Dir: f.Config.DataDir}
-	acl := filepath.Join(dir, "acl")
-	conf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(acl, []byte(mosquittoACL), 0o644); err != nil {
+	seed, err := mosquitto.SeedFile(f.Config.Topics)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(mosquittoConf, port, p.CACert(), p.ServerCert(), p.ServerKey(), acl, currentUser(t))), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "dynamic-security.json"), seed, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start(t, nil, mosquittoPath(t), "-c", conf)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := os.WriteFile(filepath.Join(dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pr := start(t, nil, mosquittoPath(t), "-c", filepath.Join(dir, "mosquitto.conf"))
 	eventually(t, 10*time.Second, "mosquitto listening", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -107,8 +99,17 @@ func TestRotationThroughMosquitto(t *testing.T) {
 		}
 		return err == nil
 	})
+	return pr
+}
 
-	f.Config.ExternalBroker = addr
+// fleetd with Mosquitto instead of its embedded broker: the same engine
+// code path rotates devices through a broker it does not control, only
+// keeps in step (mosquitto://).
+func TestRotationThroughMosquitto(t *testing.T) {
+	const n = 5
+	f := fleettest.InitFleet(t, nil)
+	addr := startMosquitto(t, f)
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
 	if f.Broker() != nil {
 		t.Fatal("embedded broker started despite ExternalBroker")
@@ -130,8 +131,8 @@ func TestRotationThroughMosquitto(t *testing.T) {
 		t.Errorf("device show through Mosquitto: connection %q, %v; want %q", d.Connection, err, adminapi.ConnectionUnknown)
 	}
 	// Mosquitto enforces the same ACL: a device that subscribes to another
-	// device's commands gets none of them (Mosquitto 2.0 grants the
-	// subscription and refuses each delivery).
+	// device's commands gets none of them (the plugin refuses the
+	// subscription; were it granted, each delivery would be refused).
 	ks, err := device.OpenKeystore(dirs[0])
 	if err != nil {
 		t.Fatal(err)
@@ -163,4 +164,223 @@ func TestRotationThroughMosquitto(t *testing.T) {
 	if got := issuedOnce(t, f.Store()); got != 2*n+1 {
 		t.Errorf("issued: got %d, want %d", got, 2*n+1)
 	}
+}
+
+// mqttAs opens an MQTT session at addr with a device's identity version
+// from its directory, as the agent would; lost receives the time the
+// broker dropped it.
+func mqttAs(t *testing.T, addr, dir, id string, version uint32, subs []string, lost chan<- time.Time) (*mqttc.Conn, error) {
+	t.Helper()
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, _, err := ks.TLSCredential(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := mqttc.Dial(context.Background(), mqttc.Options{Broker: addr, ClientID: id, Timeout: 5 * time.Second,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+		Subscriptions: subs,
+		OnLost: func(error) {
+			if lost != nil {
+				lost <- time.Now()
+			}
+		},
+	})
+	if c != nil {
+		t.Cleanup(c.Close)
+	}
+	return c, err
+}
+
+// Mosquitto, with the generated configuration and fleetd keeping its
+// dynamic-security plugin in step, enforces what the embedded broker does:
+// a device reaches only its own topics, a revoked device's open session is
+// dropped within a second (measured over revocationRuns revocations) and
+// it is allowed nothing after, and a retained publish is refused. The
+// broker's certificate is the one fleetd issues through the admin API (as
+// fleetctl broker cert asks), from a first start with the embedded broker.
+func TestMosquittoEnforcement(t *testing.T) {
+	const revocationRuns = 20
+	ctx := context.Background()
+	f := fleettest.StartFleet(t, nil)
+	tlsDir := brokerCert(t, f.Admin, "127.0.0.1")
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	startMosquittoAt(t, f, addr, tlsDir)
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Restart(t)
+	var topics protocol.Topics
+	dirA, dirB := f.AddDevice(t, "dev-a"), f.AddDevice(t, "dev-b")
+
+	// fleetd's own view of the uplinks: an observer with fleetd's certificate.
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	srvCert, err := tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := device.OpenKeystore(dirA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 16)
+	obs, err := mqttc.Dial(ctx, mqttc.Options{Broker: addr, ClientID: "fleetd-observer", Timeout: 5 * time.Second,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{srvCert}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+		Subscriptions: []string{topics.Root() + "/d/+/up"},
+		OnMessage:     func(topic string, payload []byte) { seen <- topic + " " + string(payload) },
+	})
+	if err != nil {
+		t.Fatalf("observer with fleetd's certificate: %v", err)
+	}
+	defer obs.Close()
+
+	// A reaches its own topics, not B's.
+	lostA := make(chan time.Time, 1)
+	a, err := mqttAs(t, addr, dirA, "dev-a", 1, []string{topics.Down("dev-a"), topics.Broadcast()}, lostA)
+	if err != nil {
+		t.Fatalf("dev-a on its own topics: %v", err)
+	}
+	if _, err := mqttAs(t, addr, dirA, "dev-a-probe", 1, []string{topics.Down("dev-b")}, nil); !errors.Is(err, mqttc.ErrDenied) {
+		t.Errorf("dev-a subscribing to dev-b's down topic: %v, want %v", err, mqttc.ErrDenied)
+	}
+	if _, err := mqttAs(t, addr, dirA, "dev-a-probe", 1, []string{topics.ReenrollDown("dev-b")}, nil); !errors.Is(err, mqttc.ErrDenied) {
+		t.Errorf("dev-a subscribing to dev-b's re-enrolment answers: %v, want %v", err, mqttc.ErrDenied)
+	}
+	for _, topic := range []string{topics.Up("dev-b"), topics.Down("dev-b"), topics.Reenroll("dev-b"), topics.Up("dev-a")} {
+		if err := a.Publish(ctx, topic, []byte("from-a")); err != nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+	}
+	select { // the broker keeps order: A's own uplink, published last, comes first and alone
+	case got := <-seen:
+		if got != topics.Up("dev-a")+" from-a" {
+			t.Errorf("fleetd saw %q first; want only dev-a's own uplink", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("dev-a's own uplink never reached fleetd")
+	}
+	select {
+	case got := <-seen:
+		t.Errorf("fleetd saw %q: dev-a wrote another device's topic", got)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// A retained publish is refused: Mosquitto drops the session.
+	_ = a.PublishRetained(ctx, topics.Up("dev-a"), []byte("retained"))
+	select {
+	case <-lostA:
+	case <-time.After(5 * time.Second):
+		t.Error("a retained publish did not end dev-a's session")
+	}
+	select {
+	case got := <-seen:
+		t.Errorf("fleetd saw %q: the retained publish went through", got)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := mqttAs(t, addr, dirB, "dev-b", 1, []string{topics.Down("dev-b")}, nil); err != nil {
+		t.Fatalf("dev-b before any revocation: %v", err)
+	}
+
+	// Revocations: each open session is dropped, and timed from the admin
+	// call to the moment the device's connection ends.
+	var dirs []string
+	for i := 0; i < revocationRuns; i++ {
+		dirs = append(dirs, f.AddDevice(t, fmt.Sprintf("rv-%02d", i)))
+	}
+	var lat []time.Duration
+	for i, dir := range dirs {
+		id := fmt.Sprintf("rv-%02d", i)
+		lost := make(chan time.Time, 1)
+		if _, err := mqttAs(t, addr, dir, id, 1, []string{topics.Down(id)}, lost); err != nil {
+			t.Fatalf("%s before its revocation: %v", id, err)
+		}
+		start := time.Now()
+		if _, err := f.Admin.Revoke(ctx, id, "mosquitto test"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-lost:
+			lat = append(lat, at.Sub(start))
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s's session still open 5 s after its revocation", id)
+		}
+	}
+	slices.Sort(lat)
+	p50, p99 := lat[len(lat)/2], lat[(len(lat)*99+99)/100-1]
+	t.Logf("revoked session dropped after: p50 %v, p99 %v, max %v over %d revocations", p50, p99, lat[len(lat)-1], len(lat))
+	if p99 > time.Second {
+		t.Errorf("p99 of the drop after revocation %v, want at most 1 s", p99)
+	}
+	// A revoked device is refused from then on: it may open a TLS session
+	// but is allowed no topic.
+	for _, i := range []int{0, revocationRuns - 1} {
+		id := fmt.Sprintf("rv-%02d", i)
+		if _, err := mqttAs(t, addr, dirs[i], id, 1, []string{topics.Down(id)}, nil); !errors.Is(err, mqttc.ErrDenied) {
+			t.Errorf("revoked %s subscribing to its own down topic: %v, want %v", id, err, mqttc.ErrDenied)
+		}
+	}
+	if _, err := mqttAs(t, addr, dirB, "dev-b", 1, []string{topics.Down("dev-b")}, nil); err != nil {
+		t.Errorf("dev-b, not revoked, after the others' revocations: %v", err)
+	}
+}
+
+// fleetd replays the fleet whenever its admin session connects: a broker
+// that lost its plugin state (here restarted with a new one) learns every
+// device again, revoked ones stay refused.
+func TestMosquittoReplay(t *testing.T) {
+	f := fleettest.InitFleet(t, nil)
+	addr := freeAddr(t)
+	first := startMosquittoAt(t, f, addr, "")
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Restart(t)
+	ctx := context.Background()
+	var topics protocol.Topics
+	dirA, dirB := f.AddDevice(t, "dev-a"), f.AddDevice(t, "dev-b")
+	if _, err := f.Admin.Revoke(ctx, "dev-b", "mosquitto test"); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.cmd.Process.Kill()
+	first.done <- <-first.done // the cleanup reads it again
+	startMosquittoAt(t, f, addr, "")
+	eventually(t, 15*time.Second, "dev-a allowed its topics at the new broker", func() bool {
+		_, err := mqttAs(t, addr, dirA, "dev-a", 1, []string{topics.Down("dev-a")}, nil)
+		return err == nil
+	})
+	if _, err := mqttAs(t, addr, dirB, "dev-b", 1, []string{topics.Down("dev-b")}, nil); !errors.Is(err, mqttc.ErrDenied) {
+		t.Errorf("revoked dev-b at the new broker: %v, want %v", err, mqttc.ErrDenied)
+	}
+}
+
+// brokerCert has fleetd issue a broker certificate for names, as fleetctl
+// broker cert does, and returns the directory with broker.pem, broker.key
+// and ca.pem.
+func brokerCert(t *testing.T, admin *client.Client, names ...string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := admin.BrokerCert(context.Background(), adminapi.BrokerCertRequest{CSR: csr, Names: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"broker.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		"broker.pem": res.Certificate, "ca.pem": res.CA} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -13,14 +13,6 @@ import (
 	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
-	"github.com/keyfleet/keyfleet/server/trust"
-)
-
-// Labels of the first CA and update keys in the token (package trust
-// names every key).
-const (
-	LabelCA     = trust.LabelCA
-	LabelUpdate = trust.LabelUpdate
 )
 
 // Config configures fleetd. Zero values take the documented defaults.

@@ -40,7 +40,7 @@ func Init(ctx context.Context, cfg Config) error {
 		issuing.Init(cfg.Issuer, keys, p.Dir, cfg.Logger)); err != nil { // both run: a retried init keeps step-ca's key
 		return err
 	}
-	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(LabelCA), "update_key", keys.URI(LabelUpdate),
+	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(trust.LabelCA), "update_key", keys.URI(trust.LabelUpdate),
 		"admin", p.AdminDir())
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
 	"github.com/keyfleet/keyfleet/server/broker"
+	"github.com/keyfleet/keyfleet/server/brokerhook"
 	"github.com/keyfleet/keyfleet/server/campaign"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
@@ -20,6 +21,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/metrics"
+	"github.com/keyfleet/keyfleet/server/mosquitto/dynsec"
 	"github.com/keyfleet/keyfleet/server/ops"
 	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/policyrun"
@@ -81,7 +83,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
-	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange) // every signature timed, every change counted
+	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger) // an external Mosquitto kept in step, if managed
+	s.keys, cfg.OnStateChange = m.Keys(), m.Observe(cfg.OnStateChange)  // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
@@ -112,13 +115,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.engine.Start(ctx); err != nil {
 		return nil, err
 	}
-	if cfg.ExternalBroker != "" {
-		s.cfg.MQTTAddr = cfg.ExternalBroker
-	} else if err := s.startBroker(ctx, pols.Holder(), iss.Trust(s.trust)); err != nil {
+	if err := s.startBroker(ctx, pols.Holder(), iss.Trust(s.trust), dyn); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { s.link.Close(); return nil })
-	if err := s.link.Start(ctx, link.Options{Broker: s.cfg.MQTTAddr, Logger: cfg.Logger, Now: cfg.Now,
+	if err := s.link.Start(ctx, link.Options{Broker: s.cfg.MQTTAddr, Logger: cfg.Logger, Now: cfg.Now, NoRetain: dyn.Managed(),
 		Certificate: s.trust.GetClientCertificate, Roots: s.trust.Roots, OnConnect: s.trust.Announce,
 		Subscriptions: []string{cfg.Topics.SharedUp(broker.ServerShareGroup), cfg.Topics.SharedReenroll(broker.ServerShareGroup)},
 		OnMessage:     func(topic string, payload []byte) { s.engine.Submit(ctx, topic, payload) },
@@ -131,9 +132,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	station := provisioning.New(s.engine, s.trust.BirthCA(), chain, cmp.Or(cfg.AdvertiseMQTT, s.cfg.MQTTAddr))
 	counters := status.Sources{Engine: s.engine, Devices: s.st, HSM: s.keys, Anchors: chain, Firmware: s.releases,
 		Broker: s.broker, BrokerAddr: s.cfg.MQTTAddr, Process: m}
-	parts := admin.Parts{Devices: s.st, Provision: station, Rotations: s.engine, Revoker: iss.Revoker(m.Revoker(s.engine), s.st),
+	parts := admin.Parts{Devices: s.st, Provision: dyn.Provisioner(station), Rotations: s.engine, Revoker: iss.Revoker(m.Revoker(s.engine), s.st),
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
-		Inventory: inventory.NewLabeler(s.st), Policies: pols}
+		Inventory: inventory.NewLabeler(s.st), Policies: pols, Broker: s.trust, BrokerHooks: brokerhook.New(s.st, cfg.Topics, cfg.Logger)}
 	if s.broker != nil { // an external broker's sessions are unknown
 		parts.Sessions = s.broker
 	}
@@ -157,12 +158,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	cfg.Logger.Info("fleetd serving", "mqtt", s.cfg.MQTTAddr, "admin", s.admin.Addr(),
-		"ca_key", s.keys.URI(LabelCA), "embedded_broker", s.broker != nil)
+		"ca_key", s.keys.URI(trust.LabelCA), "embedded_broker", s.broker != nil)
 	return s, nil
 }
 
-// startBroker starts the embedded broker on cfg.MQTTAddr.
-func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust) (err error) {
+// startBroker starts the embedded broker on cfg.MQTTAddr, or the upkeep of
+// an external one.
+func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust, dyn *dynsec.Sync) (err error) {
+	if s.cfg.ExternalBroker != "" {
+		s.cfg.MQTTAddr = dyn.Addr()
+		return dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots)
+	}
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
 		Trust: trust, Policy: pol, Now: s.cfg.Now,

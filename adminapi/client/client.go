@@ -226,3 +226,10 @@ func (c *Client) PublishFirmware(ctx context.Context, req adminapi.FirmwareReque
 	var out adminapi.FirmwareInfo
 	return out, c.do(ctx, http.MethodPost, adminapi.PathFirmware, req, &out)
 }
+
+// BrokerCert has fleetd issue an external broker's TLS certificate for the
+// key in req.CSR.
+func (c *Client) BrokerCert(ctx context.Context, req adminapi.BrokerCertRequest) (adminapi.BrokerCertResponse, error) {
+	var out adminapi.BrokerCertResponse
+	return out, c.do(ctx, http.MethodPost, adminapi.PathBrokerCert, req, &out)
+}

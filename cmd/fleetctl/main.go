@@ -19,6 +19,8 @@
 //	fleetctl datakeys rotate
 //	fleetctl escrow recover DEVICE VERSION --out FILE
 //	fleetctl firmware publish --image FILE --version N --uri URI --vendor UUID --class UUID [--staged]
+//	fleetctl broker cert --san HOST... --out DIR
+//	fleetctl broker config mosquitto [--listen ADDR] [--cafile F] [--certfile F] [--keyfile F] [--write-dynsec F]
 //
 // Output is a table for people, or JSON with -o json for scripts.
 //
@@ -298,7 +300,7 @@ func newRoot(out io.Writer) *cobra.Command {
 
 	top, devSub := a.keyCommands()
 	deviceCmd.AddCommand(devSub...)
-	root.AddCommand(devices, deviceCmd, rotate, status, audit, a.campaignCommands(), a.policyCommands())
+	root.AddCommand(devices, deviceCmd, rotate, status, audit, a.campaignCommands(), a.policyCommands(), a.brokerCommands())
 	root.AddCommand(top...)
 	root.SetContext(context.Background())
 	cmdtree.Setup(root)

@@ -173,7 +173,7 @@ func build() (*cobra.Command, *flags) {
 	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
 	rf.StringVar(&f.ops, "ops-listen", "127.0.0.1:9464", `plain-HTTP address of /metrics, /healthz and /readyz ("" or "off": none)`)
 	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
-	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one")
+	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one; mosquitto://host:port also keeps its dynamic-security plugin in step (fleetctl broker config mosquitto)")
 	rf.StringVar(&f.policy, "policy", "", "policy file (YAML): seeds the running policy when none was applied (fleetctl policy apply); else only compared with it")
 	durationflag.Var(rf, &f.grace, "grace", 0, "how long a superseded identity stays accepted, e.g. 7d or 36h (overrides the policy; default 7d)")
 	durationflag.Var(rf, &f.validity, "cert-validity", 0, "validity of device certificates, e.g. 90d (overrides the policy; default 90d)")

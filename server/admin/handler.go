@@ -44,6 +44,11 @@ type Parts struct {
 	Campaigns Campaigns
 	// Policies is the running policy, its diff and apply.
 	Policies Policies
+	// Broker issues external brokers' TLS certificates; nil: not offered.
+	Broker BrokerCA
+	// BrokerHooks answers external brokers' HTTP authentication and
+	// authorization requests; nil: not offered.
+	BrokerHooks BrokerHooks
 	// Sessions tells whether a device is connected; nil when fleetd
 	// cannot tell (an external broker): device show then says "unknown"
 	// and rotation progress says nothing of it.
@@ -84,6 +89,9 @@ func Handler(p Parts, log *slog.Logger) http.Handler {
 		{"GET", adminapi.PathCampaigns, h.listCampaigns},
 		{"GET", adminapi.PathCampaigns + "/{id}", h.showCampaign},
 		{"POST", adminapi.PathCampaigns + "/{id}/{action}", h.campaignAction},
+		{"POST", adminapi.PathBrokerCert, h.brokerCert},
+		{"POST", adminapi.PathBrokerAuthn, h.brokerAuthn},
+		{"POST", adminapi.PathBrokerAuthz, h.brokerAuthz},
 	} {
 		mux.HandleFunc(r.method+" "+r.path, r.fn)
 	}
@@ -109,6 +117,10 @@ func (h *handler) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		id, err := identity.Of(r.TLS.VerifiedChains[0][0])
+		if err == nil && id == brokerIdentity && (r.URL.Path == adminapi.PathBrokerAuthn || r.URL.Path == adminapi.PathBrokerAuthz) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, id.String())))
+			return
+		}
 		if err != nil || id.Role != identity.RoleAdmin {
 			h.log.Warn("admin: refused non-admin credential", "subject", r.TLS.VerifiedChains[0][0].Subject.CommonName)
 			writeErr(w, http.StatusForbidden, adminapi.CodeForbidden, errors.New("admin: credential is not an operator's"))

@@ -40,6 +40,12 @@ type Options struct {
 	OnConnect func(ctx context.Context)
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// NoRetain sends PublishRetained's messages without the retain flag,
+	// for a broker that refuses retained publishes from every client
+	// (Mosquitto's retain_available false): the broadcasts still reach the
+	// devices connected then, and the engine sends a device that is behind
+	// what it missed.
+	NoRetain bool
 }
 
 // Link is fleetd's MQTT session, reconnected as needed. The zero Link is
@@ -168,6 +174,9 @@ func (l *Link) PublishRetained(ctx context.Context, topic string, payload []byte
 	c := l.current()
 	if c == nil {
 		return ErrNotConnected
+	}
+	if l.opts.NoRetain {
+		return c.Publish(ctx, topic, payload)
 	}
 	return c.PublishRetained(ctx, topic, payload)
 }
