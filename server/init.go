@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/trust"
 )
@@ -16,8 +17,8 @@ import (
 // ErrInitialized: Init found an existing deployment in the data directory.
 var ErrInitialized = errors.New("server: already initialised")
 
-// Init creates a deployment: the CA key, the update-signing key and the
-// birth CA key in the token (sensitive, non-extractable), the CA
+// Init creates a deployment: the CA key, the update-signing key, the
+// birth CA key and the escrow KEK in the token (sensitive, non-extractable), the CA
 // certificate, anchor set version 1, fleetd's TLS credential and an
 // operator credential in DataDir/admin. It refuses to run twice on the
 // same data directory.
@@ -37,7 +38,7 @@ func Init(ctx context.Context, cfg Config) error {
 	}
 	defer keys.Close()
 	if err := errors.Join(trust.Bootstrap(ctx, trust.Options{Files: p.Trust(), Keys: keys, Now: cfg.Now}, cfg.ServerNames),
-		issuing.Init(cfg.Issuer, keys, p.Dir, cfg.Logger)); err != nil { // both run: a retried init keeps step-ca's key
+		issuing.Init(cfg.Issuer, keys, p.Dir, cfg.Logger), escrow.EnsureKEK(keys)); err != nil { // all run: a retried init keeps the keys made
 		return err
 	}
 	cfg.Logger.Info("initialised", "data", cfg.DataDir, "ca_key", keys.URI(trust.LabelCA), "update_key", keys.URI(trust.LabelUpdate),

@@ -38,13 +38,14 @@ func TestInitCreatesKeysAtURIs(t *testing.T) {
 		"  ca: pkcs11:token="+ca+";object=root"+q+"\n"+
 		"  birth-ca: pkcs11:token="+ca+";object=factory"+q+"\n"+
 		"  update: pkcs11:token="+other+";object=upd"+q+"\n"+
-		"  firmware: pkcs11:token="+other+";object=fw"+q+"\n")
+		"  firmware: pkcs11:token="+other+";object=fw"+q+"\n"+
+		"  escrow-kek: pkcs11:token="+other+";object=kek"+q+"\n")
 	cmd := root()
 	cmd.SetArgs([]string{"init", "--create-token", "--config", file, "--log-level", "warn"})
 	if err := cmd.Execute(); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []struct{ token, object string }{{ca, "root"}, {ca, "factory"}, {other, "upd"}, {other, "fw"}} {
+	for _, k := range []struct{ token, object string }{{ca, "root"}, {ca, "factory"}, {other, "upd"}, {other, "fw"}, {other, "kek"}} {
 		sensitive, extractable, err := hsm.KeyAttributes(module, k.token, "uri-pin", k.object)
 		if err != nil || !sensitive || extractable {
 			t.Errorf("%s/%s: sensitive %v, extractable %v, %v", k.token, k.object, sensitive, extractable, err)

@@ -117,16 +117,30 @@ func New(h HSM, st Store, pol policy.Source, now func() time.Time) (*Escrow, err
 	if pol == nil {
 		pol = policy.Default()
 	}
+	if err := EnsureKEK(h); err != nil {
+		return nil, err
+	}
+	return &Escrow{hsm: h, st: st, policy: pol, now: now}, nil
+}
+
+// EnsureKEK makes the key-encryption key in the token if it has none:
+// fleetd init calls it, so that every key of a deployment exists (where
+// its URI puts it) before fleetd first runs, and New again for a
+// deployment made before init did.
+func EnsureKEK(h interface {
+	GenerateKEK(label string) error
+	HasKEK(label string) (bool, error)
+}) error {
 	ok, err := h.HasKEK(KEKLabel)
 	if err != nil {
-		return nil, fmt.Errorf("escrow: %w", err)
+		return fmt.Errorf("escrow: %w", err)
 	}
 	if !ok {
 		if err := h.GenerateKEK(KEKLabel); err != nil {
-			return nil, fmt.Errorf("escrow: %w", err)
+			return fmt.Errorf("escrow: %w", err)
 		}
 	}
-	return &Escrow{hsm: h, st: st, policy: pol, now: now}, nil
+	return nil
 }
 
 // UnwrapDataKey implements rotation.DataKeySource.

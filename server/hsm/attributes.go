@@ -55,8 +55,8 @@ func signingKeyTemplates(label string) (public, private crypto11.AttributeSet, e
 	return public, private, nil
 }
 
-// KeyAttributes reads the security attributes of the private key labelled
-// object in token: whether it is sensitive and extractable. It exists so that
+// KeyAttributes reads the security attributes of the private key (or, if
+// there is none, the secret key) labelled object in token: whether it is sensitive and extractable. It exists so that
 // tests (and operators auditing a token) can prove the keys cannot leave it.
 func KeyAttributes(module, token string, pin PIN, object string) (sensitive, extractable bool, err error) {
 	p := pkcs11.New(module)
@@ -92,16 +92,22 @@ func KeyAttributes(module, token string, pin PIN, object string) (sensitive, ext
 				return false, false, fmt.Errorf("hsm: login: %w", err)
 			}
 		}
-		if err := p.FindObjectsInit(sess, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, object),
-		}); err != nil {
-			return false, false, fmt.Errorf("hsm: find: %w", err)
-		}
-		objs, _, err := p.FindObjects(sess, 2)
-		_ = p.FindObjectsFinal(sess)
-		if err != nil {
-			return false, false, fmt.Errorf("hsm: find: %w", err)
+		var objs []pkcs11.ObjectHandle
+		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_SECRET_KEY} { // a key pair's private half, or the escrow KEK
+			if err := p.FindObjectsInit(sess, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, object),
+			}); err != nil {
+				return false, false, fmt.Errorf("hsm: find: %w", err)
+			}
+			objs, _, err = p.FindObjects(sess, 2)
+			_ = p.FindObjectsFinal(sess)
+			if err != nil {
+				return false, false, fmt.Errorf("hsm: find: %w", err)
+			}
+			if len(objs) > 0 {
+				break
+			}
 		}
 		if len(objs) != 1 {
 			return false, false, fmt.Errorf("%w: %s (%d matches)", ErrKeyNotFound, KeyURI(token, object), len(objs))
