@@ -63,12 +63,14 @@ func WriteCAFile(path string, roots []*x509.Certificate) (changed bool, err erro
 	return true, nil
 }
 
-// Reload runs the operator's --broker-reload command through sh -c, so
-// that it may be "systemctl reload mosquitto" (Debian's unit sends SIGHUP)
-// or "kill -HUP $(cat /run/mosquitto/mosquitto.pid)". A command rather than
-// a pid file: fleetd and Mosquitto run as different users, so fleetd may
-// not signal Mosquitto itself, and the operator knows how it is allowed to.
-// Mosquitto 2.0 re-reads its listeners' cafile and crlfile on SIGHUP.
+// Reload runs the operator's --broker-reload command through sh -c, e.g.
+// "sudo systemctl restart mosquitto". A command rather than a pid file to
+// signal: fleetd and Mosquitto run as different users, so fleetd may not
+// signal Mosquitto itself, and what makes a broker re-read its CA file
+// differs: Mosquitto 2.0 re-reads cafile and crlfile only when it starts
+// (a SIGHUP, systemctl reload, reloads its own certificate and key but not
+// the CA store), so for it the command is a restart; devices reconnect,
+// and the dynamic-security state persists in its file.
 func Reload(ctx context.Context, cmd string) error {
 	if cmd == "" {
 		return nil
