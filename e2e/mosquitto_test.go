@@ -70,12 +70,22 @@ func startMosquitto(t *testing.T, f *fleettest.Fleet) string {
 // broker.key and ca.pem there (fleetctl broker cert's); else fleetd's own.
 func startMosquittoAt(t *testing.T, f *fleettest.Fleet, addr, tlsDir string) *proc {
 	t.Helper()
+	return startMosquittoWith(t, f, addr, tlsDir, nil)
+}
+
+// startMosquittoWith is startMosquittoAt with mod applied to the
+// configuration's options last.
+func startMosquittoWith(t *testing.T, f *fleettest.Fleet, addr, tlsDir string, mod func(*mosquitto.ConfigOptions)) *proc {
+	t.Helper()
 	dir := t.TempDir()
 	p := datadir.Paths{Dir: f.Config.DataDir}
 	o := mosquitto.ConfigOptions{Listen: addr, CAFile: p.CACert(), CertFile: p.ServerCert(),
 		KeyFile: p.ServerKey(), DynsecFile: filepath.Join(dir, "dynamic-security.json"), User: currentUser(t)}
 	if tlsDir != "" {
 		o.CAFile, o.CertFile, o.KeyFile = filepath.Join(tlsDir, "ca.pem"), filepath.Join(tlsDir, "broker.pem"), filepath.Join(tlsDir, "broker.key")
+	}
+	if mod != nil {
+		mod(&o)
 	}
 	conf, err := mosquitto.Config(o)
 	if err != nil {
@@ -383,4 +393,108 @@ func brokerCert(t *testing.T, admin *client.Client, names ...string) string {
 		}
 	}
 	return dir
+}
+
+// An anchor rotation keeps Mosquitto's CA file current: fleetd writes
+// --broker-ca-file with every root at start and after the rotation, and
+// runs --broker-reload, so that a device whose new certificate chains only
+// to the new root connects, and one still on the old root keeps
+// connecting. Mosquitto 2.0 re-reads its cafile only when it starts (a
+// SIGHUP reloads its own certificate, not the CA store: with kill -HUP
+// here, the new root's device is refused), so the reload is a restart, as
+// systemctl restart mosquitto does: here the command stops it and the test
+// starts it again on the same address.
+func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
+	ctx := context.Background()
+	f := fleettest.InitFleet(t, nil)
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	caFile := filepath.Join(t.TempDir(), "broker-ca.pem")
+	first, err := os.ReadFile(p.CACert()) // Mosquitto starts before fleetd writes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, first, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Config.BrokerCAFile, f.Config.BrokerReload = caFile, fmt.Sprintf("kill %d", mq.cmd.Process.Pid)
+	f.Restart(t)
+	var topics protocol.Topics
+	dir := f.AddDevice(t, "dev-a")
+	oldRoot := f.Server.Trust().Chain().Root()
+	if roots := caRoots(t, caFile); len(roots) != 1 || !roots[0].Equal(oldRoot) {
+		t.Fatalf("CA file at start: %d roots, want the one root", len(roots))
+	}
+
+	if _, err := f.Admin.RotateAnchors(ctx, []string{"ca"}); err != nil {
+		t.Fatal(err)
+	}
+	newRoot := f.Server.Trust().Chain().Root()
+	if newRoot.Equal(oldRoot) {
+		t.Fatal("anchors rotate kept the root")
+	}
+	if roots := caRoots(t, caFile); len(roots) != 2 || !roots[0].Equal(oldRoot) || !roots[1].Equal(newRoot) {
+		t.Fatalf("CA file after anchors rotate: %d roots, want the old and the new one", len(roots))
+	}
+	select { // the reload command ran before anchors rotate returned
+	case err := <-mq.done:
+		mq.done <- err // the cleanup reads it again
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reload command did not stop Mosquitto")
+	}
+	startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	runAgents(t, []string{dir}, nil)
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "dev-a at v2 through Mosquitto", func() bool { return activeVersions(t, f.Admin)["dev-a"] == 2 })
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, _, err := ks.TLSCredential(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cred.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	onlyOld := x509.NewCertPool()
+	onlyOld.AddCert(oldRoot)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: onlyOld, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+		t.Fatal("dev-a's v2 certificate chains to the old root: the test proves nothing")
+	}
+	if err := leaf.CheckSignatureFrom(newRoot); err != nil {
+		t.Fatalf("dev-a's v2 certificate is not the new root's: %v", err)
+	}
+	if _, err := mqttAs(t, addr, dir, "dev-a-v2", 2, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a with its certificate of the new root: %v", err)
+	}
+	if _, err := mqttAs(t, addr, dir, "dev-a-v1", 1, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a with its certificate of the old root, still within its grace: %v", err)
+	}
+}
+
+// caRoots reads the certificates of a PEM CA file.
+func caRoots(t *testing.T, path string) []*x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
 }

@@ -34,6 +34,14 @@
 // device that connects later and is behind is sent the anchors in answer to
 // its first uplink, as with the embedded broker.
 //
+// # CA file
+//
+// WriteCAFile and Reload keep the broker's cafile holding every root of
+// the anchor chain (fleetd's --broker-ca-file and --broker-reload; dynsec
+// calls them at start and after each anchor change), so that an anchor
+// rotation needs no hand-edited file. Mosquitto 2.0 re-reads cafile only
+// when it starts, so its reload command is a restart.
+//
 // # Caveats
 //
 // The plugin keys everything on the user name, and every certificate of a

@@ -352,6 +352,18 @@ func (c *Chain) Roots() *x509.CertPool {
 	return p
 }
 
+// RootCertificates returns every root of the chain, oldest first: what
+// Roots holds, for a broker's CA file (an external Mosquitto's).
+func (c *Chain) RootCertificates() []*x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*x509.Certificate, 0, len(c.recs))
+	for _, r := range c.recs {
+		out = append(out, r.root)
+	}
+	return out
+}
+
 // Root returns the current root: new certificates are issued under it.
 func (c *Chain) Root() *x509.Certificate {
 	c.mu.RLock()

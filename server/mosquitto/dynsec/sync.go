@@ -62,6 +62,9 @@ type Sync struct {
 	order sync.Mutex
 	mu    sync.Mutex
 	retr  map[string]bool // devices whose commands failed: retried
+
+	caMu sync.Mutex // one CA file write and reload at a time
+	ca   caFile
 }
 
 // New reads external (--external-broker) and returns the Sync for it.
@@ -147,7 +150,19 @@ func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.Provis
 // every connect, and becomes the engine's session closer, so that a
 // revocation deletes the device's dynsec client (and Mosquitto drops its
 // sessions) before Revoke returns. It stops when ctx ends.
-func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error), roots func() *x509.CertPool) error {
+//
+// With WithCAFile, it first writes the broker's CA file with rootCerts (and
+// reloads the broker if that changed it), for any external broker.
+func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error),
+	roots func() *x509.CertPool, rootCerts func() []*x509.Certificate) error {
+	if s.ca.path != "" {
+		s.caMu.Lock()
+		s.ca.roots = rootCerts
+		s.caMu.Unlock()
+		if err := s.writeCA(ctx); err != nil {
+			return err
+		}
+	}
 	if !s.managed {
 		return nil
 	}

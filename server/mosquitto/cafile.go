@@ -1,0 +1,83 @@
+package mosquitto
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// CAPEM is the content of the broker's CA file: every root, in the order
+// given, as PEM. Mosquitto verifies a device's certificate against any of
+// them, so an identity issued under a root fleetd has rotated away from
+// keeps connecting until it expires, and one under the new root connects
+// from the first moment.
+func CAPEM(roots []*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, r := range roots {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
+	}
+	return b.Bytes()
+}
+
+// WriteCAFile replaces path with roots atomically (a file next to it,
+// renamed over it), so that a broker that reloads meanwhile reads the old
+// or the new file, never half of one. It reports whether the content
+// changed: an unchanged file needs no reload.
+func WriteCAFile(path string, roots []*x509.Certificate) (changed bool, err error) {
+	if len(roots) == 0 {
+		return false, fmt.Errorf("mosquitto: CA file %s: no roots", path)
+	}
+	b := CAPEM(roots)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		return false, nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return false, fmt.Errorf("mosquitto: CA file: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after the rename, there is nothing left to remove
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+	}
+	// Certificates are public; the broker often runs as another user.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// Reload runs the operator's --broker-reload command through sh -c, e.g.
+// "sudo systemctl restart mosquitto". A command rather than a pid file to
+// signal: fleetd and Mosquitto run as different users, so fleetd may not
+// signal Mosquitto itself, and what makes a broker re-read its CA file
+// differs: Mosquitto 2.0 re-reads cafile and crlfile only when it starts
+// (a SIGHUP, systemctl reload, reloads its own certificate and key but not
+// the CA store), so for it the command is a restart; devices reconnect,
+// and the dynamic-security state persists in its file.
+func Reload(ctx context.Context, cmd string) error {
+	if cmd == "" {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "sh", "-c", cmd).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mosquitto: reload %q: %w: %s", cmd, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
