@@ -59,6 +59,11 @@
 // sign that step. Revocation lists are cumulative and never shrink, and are
 // capped at MaxRevoked ids.
 //
+// A set may also name an external issuer (Issuers: step-ca's roots and
+// intermediates, at most MaxIssuers): devices then accept their own new
+// certificates from it too. It signs no set and vouches for no server;
+// it only widens which CA may certify the device's next key.
+//
 // Both keys of a set sign the next one, so losing either key stops anchor
 // rotation for good (devices would need re-provisioning); keep both in the
 // HSM with backups. One stolen key alone cannot move the anchors.

@@ -65,6 +65,7 @@ const (
 //	  ? 5: [+ bstr .size 8], ; Revoked: key ids, strictly ascending
 //	  ? 6: bstr .size 32,    ; Prev: SHA-256 of the previous signed set; absent iff Version == 1
 //	  7: uint,               ; IssuedAt: Unix seconds, > 0
+//	  ? 8: [+ bstr],         ; Issuers: DER CA certificates of an external issuer
 //	}
 type Set struct {
 	// Version numbers sets from 1 up, one step at a time, so that a device
@@ -95,6 +96,39 @@ type Set struct {
 	// IssuedAt is when the server issued the set, Unix seconds. It is
 	// informational: Walk has no clock and orders sets by Version only.
 	IssuedAt uint64 `cbor:"7,keyasint"`
+	// Issuers are the DER CA certificates (roots and intermediates) of an
+	// external issuer such as step-ca that signs device certificates in the
+	// fleet CA's stead. A device checks a new identity certificate against
+	// Root plus these, so certificates from that issuer install by rotation;
+	// they never sign sets nor the server's TLS certificate. Optional and
+	// omitted when empty, so sets without it encode as before, byte for byte.
+	Issuers [][]byte `cbor:"8,keyasint,omitempty"`
+}
+
+// MaxIssuers caps a set's issuer certificates: a root and an intermediate
+// or two, and room for a second issuer's root during a switch.
+const MaxIssuers = 4
+
+// IssuerPools parses Issuers and sorts them into roots (self-signed) and
+// intermediates, the pools a device verifies an identity certificate with
+// next to Root. Both are empty, never nil, for a set without issuers.
+func (s *Set) IssuerPools() (roots, intermediates *x509.CertPool, err error) {
+	roots, intermediates = x509.NewCertPool(), x509.NewCertPool()
+	for i, der := range s.Issuers {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: issuer certificate %d: %v", ErrMalformed, i, err)
+		}
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return nil, nil, fmt.Errorf("%w: issuer certificate %d is not a CA", ErrMalformed, i)
+		}
+		if bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			roots.AddCert(c)
+		} else {
+			intermediates.AddCert(c)
+		}
+	}
+	return roots, intermediates, nil
 }
 
 // RootCert parses the root certificate, for the pool that device and
@@ -189,6 +223,12 @@ func (s *Set) validate() error {
 		return fmt.Errorf("%w: version 1 has a previous set", ErrMalformed)
 	case s.Version > 1 && len(s.Prev) != sha256.Size:
 		return fmt.Errorf("%w: prev is %d bytes, want %d", ErrMalformed, len(s.Prev), sha256.Size)
+	}
+	if len(s.Issuers) > MaxIssuers {
+		return fmt.Errorf("%w: %d issuer certificates, over %d", ErrMalformed, len(s.Issuers), MaxIssuers)
+	}
+	if _, _, err := s.IssuerPools(); err != nil {
+		return err
 	}
 	if len(s.Revoked) > MaxRevoked {
 		return fmt.Errorf("%w: %d revoked ids, over %d", ErrMalformed, len(s.Revoked), MaxRevoked)

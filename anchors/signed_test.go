@@ -286,6 +286,11 @@ func setCases(tb testing.TB) []setCase {
 		{"revoked id of 7 bytes", mk(func(s *Set) { s.Revoked = [][]byte{id(1)[:7]} }), ErrMalformed, "7 bytes"},
 		{"revokes its own update key", mk(func(s *Set) { s.Revoked = [][]byte{kidOf(tb, e.update)} }), ErrMalformed, "revokes its own key"},
 		{"too many revoked ids", mk(func(s *Set) { s.Revoked = many }), ErrMalformed, "64"},
+		{"valid with issuers", mk(func(s *Set) { s.Issuers = [][]byte{selfSigned(tb, fixedKey(tb, "issuer"), "issuer", true)} }), nil, ""},
+		{"issuer not a CA", mk(func(s *Set) { s.Issuers = [][]byte{selfSigned(tb, fixedKey(tb, "issuer"), "leaf", false)} }), ErrMalformed, "issuer certificate 0 is not a CA"},
+		{"garbage issuer", mk(func(s *Set) { s.Issuers = [][]byte{{0x30, 0x00}} }), ErrMalformed, "issuer certificate 0"},
+		// The count is checked before any certificate is parsed.
+		{"too many issuers", mk(func(s *Set) { s.Issuers = [][]byte{{1}, {2}, {3}, {4}, {5}} }), ErrMalformed, "5 issuer certificates"},
 	}
 }
 
@@ -395,7 +400,8 @@ func rawCases(tb testing.TB) []rawCase {
 	add("duplicate map key", sp(append(append([]byte{0xa6}, m(fields...)[1:]...), 0x01, 0x01)), ErrMalformed, "duplicate map key")
 	add("indefinite-length map", sp(append(append([]byte{0xbf}, m(fields...)[1:]...), 0xff)), ErrMalformed, "indefinite-length map")
 	add("tag inside payload", sp(m(slices.Concat(fields[:2], []any{2, cbor.Tag{Number: 24, Content: base.Root}}, fields[4:])...)), ErrMalformed, "tag")
-	add("unknown field", sp(m(append(slices.Clone(fields), 8, 0)...)), ErrMalformed, "unknown field")
+	add("unknown field", sp(m(append(slices.Clone(fields), 9, 0)...)), ErrMalformed, "unknown field")
+	add("empty issuer list", sp(m(append(slices.Clone(fields), 8, [][]byte{})...)), ErrMalformed, "core deterministic")
 	add("text where bytes belong", sp(m(slices.Concat(fields[:6], []any{4, "key"}, fields[8:])...)), ErrMalformed, "set")
 	add("negative version", sp(m(slices.Concat([]any{1, -1}, fields[2:])...)), ErrMalformed, "set")
 	add("version over 32 bits", sp(m(slices.Concat([]any{1, uint64(1) << 32}, fields[2:])...)), ErrMalformed, "overflows")

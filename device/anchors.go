@@ -76,6 +76,48 @@ func (ks *Keystore) setRoots(root *x509.Certificate, prev []byte) {
 	ks.rootList, ks.roots = list, pool
 }
 
+// setIssuers makes the anchor set's issuer certificates (an external CA
+// such as step-ca) trusted for the device's own new certificates. Called
+// with ks.mu held.
+func (ks *Keystore) setIssuers(s *anchors.Set) error {
+	_, inters, err := s.IssuerPools() // validates: a CA certificate each
+	if err != nil {
+		return err
+	}
+	var roots []*x509.Certificate
+	for _, der := range s.Issuers {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("device: issuer certificate: %w", err)
+		}
+		if bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			roots = append(roots, c)
+		}
+	}
+	if len(s.Issuers) == 0 {
+		inters = nil
+	}
+	ks.issuerRoots, ks.issuerInters = roots, inters
+	return nil
+}
+
+// certPools returns the pools a new certificate of this device is checked
+// against: the fleet roots plus the anchor set's issuer roots, and the
+// issuer's intermediates. Called with ks.mu held.
+func (ks *Keystore) certPools() (roots, intermediates *x509.CertPool) {
+	if len(ks.issuerRoots) == 0 && ks.issuerInters == nil {
+		return ks.roots, nil
+	}
+	roots = x509.NewCertPool()
+	for _, c := range ks.rootList {
+		roots.AddCert(c)
+	}
+	for _, c := range ks.issuerRoots {
+		roots.AddCert(c)
+	}
+	return roots, ks.issuerInters
+}
+
 // loadAnchors makes the stored anchor set, if the keystore has one, the
 // agent's trust. A keystore installed before anchor chains has none: its
 // trust is the CA and update key it was installed with until a version 1
@@ -104,6 +146,12 @@ func (a *Agent) useAnchors(cur *anchors.Signed, persist bool) error {
 		return err
 	}
 	kid, err := protocol.KeyID(upd)
+	if err != nil {
+		return err
+	}
+	a.ks.mu.Lock()
+	err = a.ks.setIssuers(cur.Set)
+	a.ks.mu.Unlock()
 	if err != nil {
 		return err
 	}

@@ -40,10 +40,15 @@ type Keystore struct {
 	id       Identity
 	roots    *x509.CertPool
 	rootList []*x509.Certificate // newest first
-	update   any
-	anchors  anchorState
-	mu       sync.Mutex
-	state    SlotState
+	// issuerRoots and issuerInters come from the anchor set's Issuers: an
+	// external issuer's CA certificates, trusted for the device's own new
+	// certificates only (never for the server's TLS certificate).
+	issuerRoots  []*x509.Certificate
+	issuerInters *x509.CertPool
+	update       any
+	anchors      anchorState
+	mu           sync.Mutex
+	state        SlotState
 }
 
 // Paths inside the keystore directory.
@@ -293,7 +298,8 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}
-	id, err := identity.Verify(c, ks.roots, now)
+	roots, inters := ks.certPools()
+	id, err := identity.VerifyChain(c, roots, inters, now)
 	if err != nil {
 		return nil, fmt.Errorf("device: certificate v%d: %w", v, err)
 	}

@@ -104,7 +104,8 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 	if err != nil {
 		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
 	}
-	id, err := identity.Verify(c, ks.roots, now)
+	roots, inters := ks.certPools()
+	id, err := identity.VerifyChain(c, roots, inters, now)
 	if err != nil {
 		return nil, fmt.Errorf("device: re-enrolled certificate: %w", err)
 	}

@@ -14,9 +14,11 @@
 //
 // # Caveats
 //
-// Devices verify a new certificate against their anchors: with step-ca as
-// issuer, devices must hold step-ca's root and intermediates as anchors
-// (anchor sets do not carry them yet).
+// Devices verify a new certificate against their anchor set: with step-ca
+// as issuer, the set must carry step-ca's roots and intermediates
+// (AnchorIssuers; Open hands them to the anchor chain, which publishes
+// such a set at start when the current one lacks them, see
+// trust.Service.UseIssuers).
 package issuing
 
 import (
@@ -135,8 +137,32 @@ type Issuing struct {
 	log  *slog.Logger
 }
 
+// AnchorUser is the anchor chain's side of the issuer choice
+// (trust.Service.UseIssuers): the CA certificates its sets must carry so
+// that devices accept what the issuer signs, nil for the embedded CA.
+type AnchorUser interface {
+	UseIssuers(ctx context.Context, ders [][]byte) error
+}
+
 // Open returns the issuer c names; embedded is the anchor chain's CA.
+// When embedded is also an AnchorUser (fleetd's trust service), Open hands
+// it the issuer's CA certificates (AnchorIssuers), so that the anchor sets
+// carry step-ca's roots and intermediates, or drop them after a switch
+// back to the embedded CA.
 func Open(ctx context.Context, c Config, embedded certs.Issuer, keys Keys, log *slog.Logger) (*Issuing, error) {
+	i, err := open(ctx, c, embedded, keys, log)
+	if err != nil {
+		return nil, err
+	}
+	if u, ok := embedded.(AnchorUser); ok {
+		if err := u.UseIssuers(ctx, i.AnchorIssuers()); err != nil {
+			return nil, fmt.Errorf("issuing: %w", err)
+		}
+	}
+	return i, nil
+}
+
+func open(ctx context.Context, c Config, embedded certs.Issuer, keys Keys, log *slog.Logger) (*Issuing, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -156,6 +182,19 @@ func Open(ctx context.Context, c Config, embedded certs.Issuer, keys Keys, log *
 	}
 	log.Info("issuing device certificates through step-ca", "url", c.StepCAURL, "provisioner", c.StepCAProvisioner)
 	return &Issuing{Issuer: step, step: step, log: log}, nil
+}
+
+// AnchorIssuers returns step-ca's roots and intermediates (DER) for the
+// anchor sets, or nil with the embedded CA, whose root the sets name.
+func (i *Issuing) AnchorIssuers() [][]byte {
+	if i.step == nil {
+		return nil
+	}
+	var out [][]byte
+	for _, c := range append(i.step.Roots(), i.step.Intermediates()...) {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 // Trust returns the broker's trust: t, plus step-ca's roots and

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/keyfleet/keyfleet/anchors"
@@ -144,4 +145,32 @@ func (s *Service) report(version uint32, from, to lifecycle.State, actor string)
 	if s.opts.OnChange != nil {
 		s.opts.OnChange(lifecycle.Change{Slot: lifecycle.SlotAnchors, Version: version, From: from, To: to, Actor: actor})
 	}
+}
+
+// UseIssuers makes the anchor sets carry ders, the CA certificates of the
+// external issuer fleetd runs with (nil for the embedded CA). fleetd calls
+// it at start: when the current set does not carry exactly these, it
+// publishes the next set with the same keys and these issuers, since a
+// device checks a new certificate only against its current set. During a
+// staged roll-out it only records them: the set after the prepared one
+// carries them, and certificates from the issuer are refused by devices
+// until then.
+func (s *Service) UseIssuers(ctx context.Context, ders [][]byte) error {
+	s.rotMu.Lock()
+	s.chain.SetIssuers(ders)
+	cur, prepared := s.chain.Current(), s.chain.Prepared()
+	s.rotMu.Unlock()
+	if slices.EqualFunc(cur.Issuers, ders, bytes.Equal) {
+		return nil
+	}
+	if prepared != nil {
+		s.log.Warn("issuers changed during an anchor roll-out; the next set carries them", "prepared", prepared.Version)
+		return nil
+	}
+	info, err := s.Rotate(ctx, nil, "fleetd")
+	if err != nil {
+		return fmt.Errorf("trust: anchors with the issuer's CA certificates: %w", err)
+	}
+	s.log.Info("anchor set carries the issuer's CA certificates", "version", info.Version, "issuers", len(ders))
+	return nil
 }

@@ -29,6 +29,7 @@
 package trust
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -38,6 +39,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -111,6 +113,9 @@ type Chain struct {
 	// the online key. A newer set, if any, is prepared: a staged roll-out
 	// hands it to devices one by one until its campaign publishes it.
 	published uint32
+	// issuers are the external issuer's CA certificates (DER) every new
+	// set carries (anchors.Set.Issuers), from SetIssuers.
+	issuers [][]byte
 }
 
 // filePublished records the published version when a prepared set
@@ -321,11 +326,21 @@ func (c *Chain) SetsAfter(v uint32, max int) [][]byte {
 // setsBetween returns up to max sets after v, up to version to.
 func (c *Chain) setsBetween(v, to uint32, max int) [][]byte {
 	var out [][]byte
+	size := 0
 	for i := v; i < to && len(out) < max; i++ {
+		// Sets carrying an issuer's certificates are larger: stop before
+		// the message outgrows a packet (at least one set always goes).
+		if size += len(c.recs[i].Set); len(out) > 0 && size > setsBudget {
+			break
+		}
 		out = append(out, c.recs[i].Set)
 	}
 	return out
 }
+
+// setsBudget bounds the signed sets of one anchors message, leaving room
+// in protocol.MaxPacketSize for the message's header and framing.
+const setsBudget = protocol.MaxPacketSize - 256
 
 // Latest returns the newest n published sets, oldest first: what the
 // retained anchors topic carries.
@@ -334,9 +349,14 @@ func (c *Chain) Latest(n int) [][]byte {
 	defer c.mu.RUnlock()
 	from := max(int(c.published)-n, 0)
 	var out [][]byte
-	for _, r := range c.recs[from:c.published] {
-		out = append(out, r.Set)
+	size := 0
+	for i := int(c.published) - 1; i >= from; i-- { // newest first, within setsBudget
+		if size += len(c.recs[i].Set); len(out) > 0 && size > setsBudget {
+			break
+		}
+		out = append(out, c.recs[i].Set)
 	}
+	slices.Reverse(out)
 	return out
 }
 
@@ -425,6 +445,15 @@ func (c *Chain) Rotate(ctx context.Context, roles []string) (*anchors.Signed, er
 	}
 	c.published = uint32(len(c.recs))
 	return set, nil
+}
+
+// SetIssuers makes every set made from now on carry ders, an external
+// issuer's CA certificates (step-ca's roots and intermediates), so that
+// devices accept the certificates it issues. Nil drops them again.
+func (c *Chain) SetIssuers(ders [][]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.issuers = ders
 }
 
 // Prepared returns the prepared set, or nil when the newest is published.
@@ -548,8 +577,8 @@ func (c *Chain) next(ctx context.Context, roles []string) (*anchors.Signed, erro
 			return nil, fmt.Errorf("trust: unknown role %q", r)
 		}
 	}
-	if len(want) == 0 {
-		return nil, errors.New("trust: a rotation replaces at least one key")
+	if len(want) == 0 && slices.EqualFunc(cur.signed.Issuers, c.issuers, bytes.Equal) {
+		return nil, errors.New("trust: a rotation replaces at least one key or changes the issuers")
 	}
 	oldCA, err := c.keys.Signer(cur.Labels.CA)
 	if err != nil {
@@ -611,7 +640,7 @@ func (c *Chain) next(ctx context.Context, roles []string) (*anchors.Signed, erro
 	if err != nil {
 		return nil, err
 	}
-	set.Revoked = revoked
+	set.Revoked, set.Issuers = revoked, c.issuers
 	raw, err := anchors.Next(cur.signed, set, oldCA, oldUpd)
 	if err != nil {
 		return nil, err
