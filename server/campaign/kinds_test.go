@@ -2,16 +2,12 @@ package campaign_test
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keyfleet/keyfleet/server/campaign"
-	"github.com/keyfleet/keyfleet/server/escrow"
-	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/lifecycle"
-	"github.com/keyfleet/keyfleet/server/policy"
 	"github.com/keyfleet/keyfleet/server/store"
 )
 
@@ -115,29 +111,9 @@ func (o *observer) Recovered(_ string, slot lifecycle.SlotKind, _ time.Duration)
 // every device, finished ones included, and the recovery time is
 // reported once every device connected reports it.
 func TestDataKeyCampaignRollback(t *testing.T) {
-	dir := t.TempDir()
-	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ctx := context.Background()
 	ids := []string{"d1", "d2", "d3", "d4"}
-	for _, id := range ids {
-		if err := st.CreateDevice(ctx, &store.Device{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	esc, err := escrow.New(keys, st, policy.Default(), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	push := &pushes{n: map[string]int{}}
-	esc.SetHooks(escrow.Hooks{Push: push})
+	st, esc, push := dataKeyFleet(t, time.Now, ids...)
+	ctx := context.Background()
 	if _, err := esc.RotateDataKeys(ctx, "admin:test"); err != nil { // v1 everywhere
 		t.Fatal(err)
 	}

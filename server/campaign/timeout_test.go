@@ -32,27 +32,9 @@ func (c *clock) Add(d time.Duration) {
 // next fleetd at once (it could not finish while fleetd was down, and its
 // agent is reconnecting); its timeout runs from the new fleetd's start.
 func TestDeviceTimeoutCountsFromRestart(t *testing.T) {
-	dir := t.TempDir()
-	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ctx := context.Background()
-	if err := st.CreateDevice(ctx, &store.Device{ID: "d1"}); err != nil {
-		t.Fatal(err)
-	}
 	clk := &clock{now: time.Now()}
-	esc, err := escrow.New(keys, st, policy.Default(), clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	push := &pushes{n: map[string]int{}}
-	esc.SetHooks(escrow.Hooks{Push: push})
+	st, esc, push := dataKeyFleet(t, clk.Now, "d1")
+	ctx := context.Background()
 	service := func() *campaign.Service {
 		return campaign.New(campaign.Options{Store: st, Sessions: connected{}, Now: clk.Now,
 			Kinds: map[string]campaign.Kind{campaign.KindDataKey: campaign.DataKey{Escrow: esc, Engine: push}}})
@@ -118,30 +100,10 @@ func (s *sessions) connect(device string, at time.Time) {
 // gets more time; one that keeps reconnecting counts as away after two
 // timeouts, so it never holds its stage.
 func TestDeviceTimeoutWhileConnected(t *testing.T) {
-	dir := t.TempDir()
-	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ctx := context.Background()
-	for _, id := range []string{"steady", "flapping"} {
-		if err := st.CreateDevice(ctx, &store.Device{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	clk := &clock{now: time.Now()}
 	t0 := clk.Now()
-	esc, err := escrow.New(keys, st, policy.Default(), clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	push := &pushes{n: map[string]int{}}
-	esc.SetHooks(escrow.Hooks{Push: push})
+	st, esc, push := dataKeyFleet(t, clk.Now, "steady", "flapping")
+	ctx := context.Background()
 	sess := &sessions{since: map[string]time.Time{"steady": t0, "flapping": t0}}
 	svc := campaign.New(campaign.Options{Store: st, Sessions: sess, Now: clk.Now,
 		Kinds: map[string]campaign.Kind{campaign.KindDataKey: campaign.DataKey{Escrow: esc, Engine: push}}})
@@ -189,4 +151,32 @@ func TestDeviceTimeoutWhileConnected(t *testing.T) {
 			t.Fatalf("at %v: steady %s, flapping %s; want %s, %s", step.at, got["steady"], got["flapping"], step.steady, step.flapping)
 		}
 	}
+}
+
+// dataKeyFleet makes devices ids in a real bbolt store, and an escrow over
+// soft keys whose pushes are counted: what a data-key campaign runs on.
+func dataKeyFleet(t *testing.T, now func() time.Time, ids ...string) (*store.Bolt, *escrow.Escrow, *pushes) {
+	t.Helper()
+	dir := t.TempDir()
+	keys, err := hsm.OpenSoftKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	for _, id := range ids {
+		if err := st.CreateDevice(context.Background(), &store.Device{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	esc, err := escrow.New(keys, st, policy.Default(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := &pushes{n: map[string]int{}}
+	esc.SetHooks(escrow.Hooks{Push: push})
+	return st, esc, push
 }
