@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,16 +48,6 @@ func binaries(t *testing.T) string {
 		t.Fatal(buildErr)
 	}
 	return binDir
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // proc is a child process whose output goes to the test log on failure.
@@ -146,7 +135,7 @@ func startFleetdProc(t *testing.T, dir, token string) *fleetdProc {
 	bin := binaries(t)
 	fp := &fleetdProc{bin: filepath.Join(bin, "fleetd"), data: filepath.Join(dir, "fleetd"),
 		env:      []string{"KEYFLEET_HSM_PIN=crash-test-pin"},
-		mqttAddr: freeAddr(t), adminAddr: freeAddr(t), opsAddr: freeAddr(t)}
+		mqttAddr: fleettest.FreeAddr(t), adminAddr: fleettest.FreeAddr(t), opsAddr: fleettest.FreeAddr(t)}
 	// Info level: the output is shown only when the test fails, and then
 	// every state change and refusal is what one needs.
 	fp.args = []string{"--data", fp.data, "--token", token, "--log-level", "info"}

@@ -60,7 +60,7 @@ func mosquittoPath(t *testing.T) string {
 // and returns its address once it listens.
 func startMosquitto(t *testing.T, f *fleettest.Fleet) string {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := fleettest.FreeAddr(t)
 	startMosquittoAt(t, f, addr, "")
 	return addr
 }
@@ -219,7 +219,7 @@ func TestMosquittoEnforcement(t *testing.T) {
 	if err := f.Server.Close(); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := fleettest.FreeAddr(t)
 	startMosquittoAt(t, f, addr, tlsDir)
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
@@ -342,7 +342,7 @@ func TestMosquittoEnforcement(t *testing.T) {
 // device again, revoked ones stay refused.
 func TestMosquittoReplay(t *testing.T) {
 	f := fleettest.InitFleet(t, nil)
-	addr := freeAddr(t)
+	addr := fleettest.FreeAddr(t)
 	first := startMosquittoAt(t, f, addr, "")
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Restart(t)
@@ -416,7 +416,7 @@ func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
 	if err := os.WriteFile(caFile, first, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := fleettest.FreeAddr(t)
 	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Config.BrokerCAFile, f.Config.BrokerReload = caFile, fmt.Sprintf("kill %d", mq.cmd.Process.Pid)

@@ -3,46 +3,17 @@
 package scripts
 
 import (
-	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyfleet/keyfleet/internal/fleettest"
 )
-
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // proc is a process of the process group under test.
 type proc struct {
@@ -109,10 +80,10 @@ func TestRunScript(t *testing.T) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	adminAddr := freeAddr(t)
+	adminAddr := fleettest.FreeAddr(t)
 	cmd.Env = append(cmd.Env, "VAR="+varDir, "BIN="+bin, "DEVICES=2", "EVERY=1",
-		"MQTT="+freeAddr(t), "ADMIN="+adminAddr, "OPS="+freeAddr(t))
-	var out syncBuffer
+		"MQTT="+fleettest.FreeAddr(t), "ADMIN="+adminAddr, "OPS="+fleettest.FreeAddr(t))
+	var out fleettest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/keyfleet/keyfleet/internal/flagfile"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/softhsm"
 )
 
@@ -112,17 +113,6 @@ func TestConfigLists(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // Bad settings, in the file, the environment or on the command line, are
 // refused with where they are and what is wrong, and fleetd init and
 // fleetd run start nothing: no data directory, no listener.
@@ -170,7 +160,7 @@ func TestConfigRefusedNothingStarted(t *testing.T) {
 				}
 				dir := t.TempDir()
 				data := filepath.Join(dir, "data")
-				addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+				addrs := []string{fleettest.FreeAddr(t), fleettest.FreeAddr(t), fleettest.FreeAddr(t)}
 				args := []string{command, "--data", data}
 				if command == "run" {
 					args = append(args, "--mqtt-listen", addrs[0], "--admin-listen", addrs[1], "--ops-listen", addrs[2])

@@ -31,10 +31,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyfleet/keyfleet/internal/fleettest"
 )
 
 // instruction is one Containerfile instruction with its stage (0-based).
@@ -363,7 +364,7 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 	if err := os.WriteFile(pinFile, []byte("container-test-pin\n"), 0o400); err != nil {
 		t.Fatal(err)
 	}
-	ops := freeAddr(t)
+	ops := fleettest.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(ops)
 	var args []string
 	for _, a := range cmd {
@@ -386,7 +387,7 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 	}
 	run := exec.Command(bin, append(args, "--log-level=warn")...)
 	run.Env = env
-	var log syncBuffer
+	var log fleettest.SyncBuffer
 	run.Stdout, run.Stderr = &log, &log
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
@@ -452,33 +453,4 @@ func runImage(t *testing.T, root string, entry, cmd, probe []string, tokendir, o
 	if err := check(); err == nil {
 		t.Error("HEALTHCHECK passes with fleetd stopped")
 	}
-}
-
-// freeAddr is a loopback address with a port free at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// syncBuffer collects a child's output while the test may read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

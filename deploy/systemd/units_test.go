@@ -21,7 +21,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,7 +28,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,6 +35,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
+	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/provision"
 )
 
@@ -395,7 +394,7 @@ func TestUnits(t *testing.T) {
 // service is a process started from a unit's command line.
 type service struct {
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *fleettest.SyncBuffer
 	exited chan struct{} // closed when the process has exited; err is then set
 	err    error
 }
@@ -404,7 +403,7 @@ type service struct {
 // the test if still running.
 func start(t *testing.T, args, env []string) *service {
 	t.Helper()
-	s := &service{cmd: exec.Command(args[0], args[1:]...), log: &syncBuffer{}, exited: make(chan struct{})}
+	s := &service{cmd: exec.Command(args[0], args[1:]...), log: &fleettest.SyncBuffer{}, exited: make(chan struct{})}
 	s.cmd.Env = env
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
@@ -500,7 +499,7 @@ func startFromUnits(t *testing.T, bins map[string]string, fleetdUnit, agentUnit 
 	if err := os.WriteFile(filepath.Join(credDir, id), []byte("unit-test-pin\n"), 0o400); err != nil {
 		t.Fatal(err)
 	}
-	ops := freeAddr(t)
+	ops := fleettest.FreeAddr(t)
 	env := append(os.Environ(), "SOFTHSM2_CONF="+conf, "CREDENTIALS_DIRECTORY="+credDir,
 		"FLEETD_OPTS=--mqtt-listen=127.0.0.1:0 --admin-listen=127.0.0.1:0 --ops-listen="+ops+" --log-level=warn")
 	envMap := map[string]string{}
@@ -560,35 +559,6 @@ func startFromUnits(t *testing.T, bins map[string]string, fleetdUnit, agentUnit 
 	agent.waitFor(t, "activated event", 60*time.Second, event("activated"))
 	agent.stop(t, agentUnit)
 	fleetd.stop(t, fleetdUnit)
-}
-
-// freeAddr is a loopback address with a port free at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// syncBuffer collects a child's output while the test may read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // docAnchors returns the anchors GitHub gives the headings of a Markdown
