@@ -6,14 +6,15 @@
 //
 // # Basics
 //
-// One server serves a whole test binary; each test takes a database of its
-// own, which costs milliseconds where a cluster costs seconds:
+// One server serves a whole test binary; each test takes a schema of its
+// own (NewSchema: milliseconds) or a database (NewDatabase: a few hundred
+// milliseconds), where a cluster costs seconds:
 //
 //	var pg *pgtest.Server
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 //
-//	func TestX(t *testing.T) { dsn := pg.NewDatabase(t); ... }
+//	func TestX(t *testing.T) { dsn := pg.NewSchema(t); ... }
 //
 // Start and Stop serve tests that want a server of their own (a restart, a
 // crash). fsync and synchronous_commit stay on, as in production; only
@@ -273,6 +274,36 @@ func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
 func (s *Server) NewDatabase(t testing.TB) string {
 	t.Helper()
 	dsn, err := s.CreateDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dsn
+}
+
+// sharedDB holds the schemas NewSchema makes.
+const sharedDB = "postgres"
+
+// CreateSchema makes an empty schema and returns a DSN whose search_path
+// is it: to the store an empty database, in a few milliseconds where
+// CREATE DATABASE takes hundreds (it copies and syncs a template).
+func (s *Server) CreateSchema(ctx context.Context) (string, error) {
+	name := fmt.Sprintf("s%d", s.seq.Add(1))
+	conn, err := pgx.Connect(ctx, s.DSN(sharedDB))
+	if err != nil {
+		return "", fmt.Errorf("pgtest: connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+name); err != nil {
+		return "", fmt.Errorf("pgtest: create schema %s: %w", name, err)
+	}
+	return s.DSN(sharedDB) + "&search_path=" + name, nil
+}
+
+// NewSchema is CreateSchema for a test: what most tests want, an empty
+// namespace of their own.
+func (s *Server) NewSchema(t testing.TB) string {
+	t.Helper()
+	dsn, err := s.CreateSchema(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

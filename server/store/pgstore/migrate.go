@@ -81,11 +81,12 @@ func (s *Store) migrate(ctx context.Context) error {
 		`INSERT INTO kf_schema_lock (id, holder) VALUES (1, '') ON CONFLICT (id) DO NOTHING`,
 	} {
 		// Two processes creating the same table at once can collide in
-		// PostgreSQL's catalog (23505, 42P07); the loser's retry finds it.
+		// PostgreSQL's catalog (23505, 42P07, 42710); the loser's retry
+		// finds it.
 		for attempt := 0; ; attempt++ {
 			_, err := s.pool.Exec(ctx, q)
 			var pe *pgconn.PgError
-			if err != nil && attempt < 5 && errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07") {
+			if err != nil && attempt < 5 && errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07" || pe.Code == "42710") {
 				continue
 			}
 			if err != nil {

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 // open opens a store on a fresh database and closes it at the end.
 func open(t *testing.T, opts Options) (*Store, string) {
 	t.Helper()
-	dsn := pg.NewDatabase(t)
+	dsn := pg.NewSchema(t)
 	s, err := Open(context.Background(), dsn, opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
