@@ -65,6 +65,8 @@ const dirPrefix = "keyfleet-pg-"
 // Server is a running PostgreSQL cluster of a test binary.
 type Server struct {
 	dir  string // owned by the server's user; data/ and the socket are in it
+	bin  string
+	cred *syscall.Credential
 	port int
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the server process has exited
@@ -125,10 +127,12 @@ func owner() (*syscall.Credential, error) {
 	return nil, errors.New("pgtest: running as root and found neither a postgres nor a nobody user to run PostgreSQL as")
 }
 
-// command runs bin as the server's user, killed if the test binary dies.
+// command runs bin as the server's user, killed if the test binary dies,
+// in a process group of its own: the server's backends join it, so that
+// Kill ends all of them at once, as a crash of the machine would.
 func command(cred *syscall.Credential, bin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
 	return cmd
 }
@@ -188,8 +192,13 @@ func launch(bin string, cred *syscall.Credential, dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return launchOn(bin, cred, dir, port)
+}
+
+// launchOn starts the server on port and waits until it answers.
+func launchOn(bin string, cred *syscall.Credential, dir string, port int) (*Server, error) {
 	logPath := filepath.Join(dir, "server.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
@@ -203,7 +212,7 @@ func launch(bin string, cred *syscall.Credential, dir string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	s := &Server{dir: dir, port: port, cmd: cmd, done: make(chan struct{})}
+	s := &Server{dir: dir, bin: bin, cred: cred, port: port, cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -314,6 +323,11 @@ func (s *Server) NewSchema(t testing.TB) string {
 // and removes the cluster.
 func (s *Server) Stop() error {
 	var err error
+	select {
+	case <-s.done: // killed, not restarted
+		return os.RemoveAll(s.dir)
+	default:
+	}
 	if s.cmd.Process != nil {
 		_ = s.cmd.Process.Signal(syscall.SIGINT)
 		select {
@@ -326,13 +340,40 @@ func (s *Server) Stop() error {
 	return errors.Join(err, os.RemoveAll(s.dir))
 }
 
-// Kill ends the server at once with SIGKILL, as a crash would; the cluster
-// stays (Stop removes it).
+// Kill ends the server and every backend at once with SIGKILL, as a crash
+// would; the cluster stays for Restart (Stop removes it).
 func (s *Server) Kill() { s.kill() }
 
 func (s *Server) kill() {
-	_ = s.cmd.Process.Kill()
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	<-s.done
+	// The backends are gone with the group; wait until the kernel has
+	// reaped them, or a restart finds their shared memory still attached.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if syscall.Kill(-s.cmd.Process.Pid, 0) != nil {
+			return
+		}
+	}
+}
+
+// Restart starts the server again on its cluster after Kill (crash
+// recovery replays the WAL) or Stop's shutdown, on the same port.
+func (s *Server) Restart() error {
+	select {
+	case <-s.done:
+	default:
+		return errors.New("pgtest: restart: the server is still running")
+	}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var n *Server
+		if n, err = launchOn(s.bin, s.cred, s.dir, s.port); err == nil {
+			s.cmd, s.done = n.cmd, n.done
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return err
 }
 
 // reapLeftovers stops and removes the clusters of test binaries that are
