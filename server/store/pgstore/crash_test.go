@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyfleet/keyfleet/internal/pgtest"
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/store"
 )
@@ -20,15 +19,9 @@ import (
 // together or not at all), and every chain verifies.
 func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	const devices, writers = 4, 8
-	srv, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	// The binary's server: tests run one at a time, and the next finds it
+	// restarted.
+	srv := pg
 	ctx := context.Background()
 	dsn := srv.NewSchema(t)
 	s, err := Open(ctx, dsn, Options{})
