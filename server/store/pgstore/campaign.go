@@ -36,16 +36,16 @@ func (s *Store) CreateCampaign(ctx context.Context, c *store.Campaign, events ..
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	given := c.ID == ""
+	auto := c.ID == "" // the store gives the id
 	var exists bool
 	err := s.retry(ctx, func() error {
 		exists = false
-		if given {
+		if auto {
 			c.ID = ""
 		}
 		return s.inTx(ctx, func(tx pgx.Tx) error {
 			for {
-				if given {
+				if auto {
 					var n int64
 					if err := tx.QueryRow(ctx, `SELECT nextval('kf_campaign_seq')`).Scan(&n); err != nil {
 						return err
@@ -64,7 +64,7 @@ func (s *Store) CreateCampaign(ctx context.Context, c *store.Campaign, events ..
 				if tag.RowsAffected() == 1 {
 					break
 				}
-				if !given {
+				if !auto {
 					exists = true
 					return errRollback
 				}
