@@ -24,7 +24,7 @@ type head struct {
 // appendAudit numbers, chains and stores events in tx: it locks the head
 // rows of the chains the events go to (in chain order, so that two writers
 // never wait for each other crosswise), takes one Seq per event while
-// holding them, and moves the heads on. Four statements, whatever the
+// holding them, and moves the heads on. Three statements, whatever the
 // number of events.
 func (s *Store) appendAudit(ctx context.Context, tx pgx.Tx, events []store.Event) error {
 	if len(events) == 0 {
@@ -86,19 +86,23 @@ func (s *Store) appendAudit(ctx context.Context, tx pgx.Tx, events []store.Event
 		recSeqs[i], recChains[i], recs[i] = seqs[i], int32(c), b
 		*h = head{seq: seqs[i], hash: hash, n: h.n + 1}
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO kf_audit (seq, chain, rec) SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[])`,
-		recSeqs, recChains, recs); err != nil {
-		return fmt.Errorf("store audit records: %w", err)
-	}
 	hSeqs, hHashes, hNs := make([]int64, len(chains)), make([][]byte, len(chains)), make([]int64, len(chains))
 	for i, c := range chains {
 		h := heads[uint32(c)]
 		hSeqs[i], hHashes[i], hNs[i] = h.seq, h.hash, h.n
 	}
-	if _, err := tx.Exec(ctx, `UPDATE kf_audit_heads AS h SET seq = u.seq, hash = u.hash, n = u.n
-		FROM unnest($1::int[], $2::bigint[], $3::bytea[], $4::bigint[]) AS u(chain, seq, hash, n) WHERE h.chain = u.chain`,
-		chains, hSeqs, hHashes, hNs); err != nil {
-		return fmt.Errorf("move audit heads: %w", err)
+	// One statement stores the records and moves the heads: a
+	// data-modifying WITH always runs to completion.
+	tag, err := tx.Exec(ctx, `WITH ins AS (
+			INSERT INTO kf_audit (seq, chain, rec) SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[]))
+		UPDATE kf_audit_heads AS h SET seq = u.seq, hash = u.hash, n = u.n
+		FROM unnest($4::int[], $5::bigint[], $6::bytea[], $7::bigint[]) AS u(chain, seq, hash, n) WHERE h.chain = u.chain`,
+		recSeqs, recChains, recs, chains, hSeqs, hHashes, hNs)
+	if err != nil {
+		return fmt.Errorf("store audit records: %w", err)
+	}
+	if tag.RowsAffected() != int64(len(chains)) {
+		return fmt.Errorf("%w: moved %d of %d audit heads", store.ErrAuditBroken, tag.RowsAffected(), len(chains))
 	}
 	return nil
 }

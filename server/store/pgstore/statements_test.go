@@ -93,9 +93,9 @@ func provisioned(t testing.TB, s store.Store, n int) []string {
 
 // maxStatementsPerUpdate bounds what one uncontended device update sends:
 // read; BEGIN, compare-and-set UPDATE, lock the chain head, number the
-// records, insert them, move the head, COMMIT; and, when the grace index
-// changes, a DELETE and an INSERT.
-const maxStatementsPerUpdate = 10
+// records, insert them and move the head, COMMIT; and, when the grace
+// index changes, a DELETE and an INSERT.
+const maxStatementsPerUpdate = 9
 
 // TestStatementsPerRotation counts the statements an uncontended rotation
 // sends to PostgreSQL, for sizing (docs/scale-out.md): it fails if an
