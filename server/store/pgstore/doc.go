@@ -48,7 +48,8 @@
 // The store keeps to SQL that CockroachDB and YugabyteDB also accept, so
 // that an operator may run it on either: bytea, text and bigint columns;
 // sequences (nextval) and generate_series; INSERT ... ON CONFLICT DO
-// NOTHING; SELECT ... FOR UPDATE; UPDATE ... FROM unnest(...); tuple
+// NOTHING; SELECT ... FOR UPDATE; UPDATE ... FROM unnest(...); an INSERT
+// in a WITH (data-modifying common table expression); tuple
 // comparison for keyset paging; CREATE ... IF NOT EXISTS. No LISTEN/NOTIFY,
 // advisory locks, PL/pgSQL, triggers, collations or jsonb operators; no
 // reliance on READ COMMITTED (under SERIALIZABLE the same statements retry
