@@ -39,6 +39,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -209,11 +210,26 @@ func launchOn(bin string, cred *syscall.Credential, dir string, port int) (*Serv
 		"-c", "shared_buffers=16MB", "-c", "max_connections=100",
 		"-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	s := &Server{dir: dir, bin: bin, cred: cred, port: port, cmd: cmd, done: make(chan struct{})}
+	// Pdeathsig fires when the thread that started the child ends, not the
+	// process: start it from a thread locked to a goroutine that lives as
+	// long as the server, or a Go runtime retiring that thread would kill
+	// PostgreSQL mid-test.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	s := &Server{dir: dir, bin: bin, cred: cred, port: port, cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(s.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
