@@ -8,7 +8,7 @@ PKGS     := ./...
 all: build
 
 deps:
-	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium --with-systemd
+	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium --with-systemd --with-postgres
 
 build:
 	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off
@@ -23,7 +23,7 @@ run: build
 	@scripts/deps.sh
 	@scripts/run.sh
 
-## test: every test, with the race detector, on real SoftHSM2, brokers and bbolt
+## test: every test, with the race detector, on real SoftHSM2, brokers, bbolt and PostgreSQL
 test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -timeout 15m $(PKGS)

@@ -23,6 +23,10 @@ type AuditRecord struct {
 	Prev *string `json:"prev"`
 	// Hash is this record's hash, hex.
 	Hash string `json:"hash"`
+	// Chain is the hash chain the record is on (PostgreSQL keeps several;
+	// Prev is then the previous record of the same chain). 0 is omitted
+	// here and in the hashed encoding alike.
+	Chain uint32 `json:"chain,omitempty"`
 }
 
 // AuditPage is one page of `GET /v1/audit`, oldest record first.

@@ -9,6 +9,10 @@
 # `systemctl disable --now prometheus` if it is not wanted).
 # With --with-systemd, systemd (systemd-analyze checks deploy/systemd's
 # units; installing the package starts nothing in a container).
+# With --with-postgres, postgresql (the PostgreSQL store's tests start their
+# own server from /usr/lib/postgresql/*/bin in a temporary directory; on a
+# host with systemd the package also starts a cluster on :5432, which
+# keyfleet does not use: `systemctl disable --now postgresql` if unwanted).
 # Recommended packages are left out: prometheus recommends the node
 # exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
@@ -22,6 +26,7 @@ have_softhsm() {
   done
   return 1
 }
+have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_softhsm || need+=(softhsm2)
 want_promtool=false
@@ -33,11 +38,13 @@ for arg in "$@"; do
       command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
     --with-systemd)
       command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) ;;
+    --with-postgres)
+      have_postgres || need+=(postgresql) ;;
     --with-promtool)
       want_promtool=true
       have_promtool || need+=(prometheus) ;;
     *)
-      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd)" >&2
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd, --with-postgres)" >&2
       exit 2 ;;
   esac
 done
@@ -73,6 +80,12 @@ done
 for p in "${need[@]}"; do
   if [ "$p" = systemd ] && ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "keyfleet: systemd installed but systemd-analyze not found on PATH" >&2
+    exit 1
+  fi
+done
+for p in "${need[@]}"; do
+  if [ "$p" = postgresql ] && ! have_postgres; then
+    echo "keyfleet: postgresql installed but no /usr/lib/postgresql/*/bin/postgres and initdb" >&2
     exit 1
   fi
 done

@@ -150,6 +150,10 @@ func TestConfigRefusedNothingStarted(t *testing.T) {
 		{"unreadable pin-source", "", map[string]string{"KEYFLEET_KEY_URI": "birth-ca=pkcs11:token=a;object=b?pin-source=file:/nonexistent/pin"}, nil,
 			[]string{"KEYFLEET_KEY_URI: custody: key uri birth-ca: pin-source file:/nonexistent/pin: unreadable"}},
 		{"bad env value", "", map[string]string{"KEYFLEET_GRACE": "forever"}, nil, []string{`KEYFLEET_GRACE: duration "forever"`}},
+		{"store neither bolt nor postgres", "store: mysql://kf:secret@db.example/fleet\n", nil, nil,
+			[]string{`fleetd.yaml:1: store: pgstore: store "…@db.example/fleet": want "bolt"`}},
+		{"store unreachable", "", nil, []string{"--store", "postgres://kf:secret@127.0.0.1:1/fleet"},
+			[]string{"--store: pgstore: connect to 127.0.0.1:1/fleet"}},
 	} {
 		for _, command := range []string{"init", "run"} {
 			t.Run(tc.name+"/"+command, func(t *testing.T) {
@@ -185,6 +189,9 @@ func TestConfigRefusedNothingStarted(t *testing.T) {
 				}
 				if strings.Contains(err.Error(), "1234") {
 					t.Errorf("error %q shows the PIN", err)
+				}
+				if strings.Contains(err.Error(), "secret") {
+					t.Errorf("error %q shows the database password", err)
 				}
 				if _, err := os.Stat(data); !os.IsNotExist(err) {
 					t.Errorf("the data directory was made: %v", err)

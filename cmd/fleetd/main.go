@@ -45,6 +45,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/hsm"
 	"github.com/keyfleet/keyfleet/server/issuing"
 	"github.com/keyfleet/keyfleet/server/policy"
+	"github.com/keyfleet/keyfleet/server/store/pgstore"
 )
 
 type flags struct {
@@ -58,6 +59,7 @@ type flags struct {
 	issuer                                            issuing.Config
 	keyURIs                                           []string
 	configFile                                        string
+	store                                             string           // --store: bolt or a PostgreSQL DSN
 	origins                                           flagfile.Origins // where each flag's value came from
 	getenv                                            func(string) string
 }
@@ -97,6 +99,8 @@ func build() (*cobra.Command, *flags) {
 	pf.StringVar(&f.issuer.StepCAKey, "stepca-key", issuing.LabelProvisioner, "label of the provisioner key in the token; fleetd init makes it (--issuer stepca)")
 	pf.StringArrayVar(&f.keyURIs, "key-uri", nil, "place a key by PKCS#11 URI: `ROLE=URI`, URI as pkcs11:token=T;object=O?module-path=M&pin-source=file:P "+
 		"(repeatable; ROLE one of "+strings.Join(roleNames(), ", ")+")")
+	pf.StringVar(&f.store, "store", pgstore.Bolt, "where fleetd keeps devices, campaigns and the audit log: bolt (the file in --data) "+
+		"or a PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DB, which several fleetd processes may share")
 	pf.StringVar(&f.configFile, "config", "", "YAML configuration `FILE`: every flag as a key (fleetd config defaults prints one); or set KEYFLEET_CONFIG")
 
 	initCmd := &cobra.Command{Use: "init", Short: "create the fleet's keys, CA and operator credential", Args: cobra.NoArgs,
@@ -118,6 +122,15 @@ func build() (*cobra.Command, *flags) {
 				}
 			}
 			cfg.ServerNames = f.names
+			// The database first: one that cannot be reached stops init
+			// before it makes a key; one that can gets its schema.
+			st, err := pgstore.OpenSelection(cmd.Context(), f.store)
+			if err != nil {
+				return f.origins.Wrap("store", err)
+			}
+			if st != nil {
+				defer st.Close()
+			}
 			return server.Init(cmd.Context(), cfg)
 		}}
 	initCmd.Flags().StringSliceVar(&f.names, "san", nil, "DNS name or IP address to add to fleetd's TLS certificate (repeatable)")
@@ -149,6 +162,12 @@ func build() (*cobra.Command, *flags) {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if cfg.Store, err = pgstore.OpenSelection(ctx, f.store); err != nil { // fleetd closes it
+				return f.origins.Wrap("store", err)
+			}
+			if w, ok := cfg.Store.(interface{ Where() string }); ok {
+				cfg.Logger.Info("store on PostgreSQL", "database", w.Where())
+			}
 			srv, err := server.Start(ctx, cfg)
 			if err != nil {
 				return err
@@ -205,6 +224,9 @@ func (f *flags) config() (server.Config, error) {
 		errs, log = append(errs, f.origins.Wrap(name, err)), slog.Default()
 	}
 	cfg := server.Config{DataDir: f.data, InsecureSoftKeys: f.insecureSoft, Logger: log, Issuer: f.issuer}
+	if err := pgstore.CheckSelection(f.store); err != nil {
+		errs = append(errs, f.origins.Wrap("store", err))
+	}
 	if err := f.issuer.Validate(); err != nil {
 		return cfg, err
 	}

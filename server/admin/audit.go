@@ -197,7 +197,7 @@ func wireRecord(r *store.AuditRecord) adminapi.AuditRecord {
 	}
 	return adminapi.AuditRecord{Seq: r.Seq, Time: at, Action: r.Action, Device: r.Device,
 		Slot: r.Slot, Version: r.Version, RID: hexOrNull(r.RID), Actor: r.Actor, Detail: r.Detail,
-		Prev: hexOrNull(r.Prev), Hash: hex.EncodeToString(r.Hash)}
+		Prev: hexOrNull(r.Prev), Hash: hex.EncodeToString(r.Hash), Chain: r.Chain}
 }
 
 // hexOrNull keeps a nil byte string apart from an empty one: they hash

@@ -27,6 +27,20 @@ type AuditRecord struct {
 	Event
 	Prev []byte
 	Hash []byte
+	// Chain is the hash chain the record is on: always 0 in a store with
+	// one chain (bbolt). A store shared by several fleetd processes
+	// (PostgreSQL) keeps several, chosen by the event's device, so that no
+	// single head row serialises every write; Prev is then the hash of the
+	// previous record of the same chain. Zero is not encoded, so records
+	// written before chains existed hash as they always did.
+	Chain uint32 `cbor:",omitempty"`
+}
+
+// ComputeHash returns the record's hash as defined on AuditRecord, with
+// enc the store's deterministic CBOR encoder: for backends outside this
+// package, which must hash exactly as Bolt does.
+func (r *AuditRecord) ComputeHash(enc func(any) ([]byte, error)) ([]byte, error) {
+	return r.computeHash(enc)
 }
 
 func (r *AuditRecord) computeHash(enc func(any) ([]byte, error)) ([]byte, error) {
