@@ -2,6 +2,7 @@ package campaign_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,3 +215,44 @@ func (o stepObserver) Campaigns([]*store.Campaign) {
 	}
 }
 func (o stepObserver) Recovered(string, lifecycle.SlotKind, time.Duration) {}
+
+// TestClusteredRefusesAnchorsAndFirmware: while several fleetd processes
+// share the store, anchors and firmware campaigns (whose kinds change
+// what each process keeps in its own data directory) are refused with
+// store.ErrClustered and nothing is stored; other kinds are created as
+// before, and SetClustered(false) lifts the refusal.
+func TestClusteredRefusesAnchorsAndFirmware(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	st, esc, push := dataKeyFleet(t, clk.Now, "d1")
+	ctx := context.Background()
+	svc := campaign.New(campaign.Options{Store: st, Sessions: connected{}, Now: clk.Now, Clustered: true,
+		Kinds: map[string]campaign.Kind{
+			campaign.KindDataKey:  campaign.DataKey{Escrow: esc, Engine: push},
+			campaign.KindFirmware: campaign.Firmware{Releases: releases{}},
+			campaign.KindAnchors:  campaign.Anchors{},
+		}})
+	spec := func(kind string, release uint32) campaign.Spec {
+		return campaign.Spec{Kind: kind, Stages: []float64{1}, DeviceTimeout: time.Minute, Release: release}
+	}
+	for _, tc := range []struct {
+		spec campaign.Spec
+		want error
+	}{
+		{spec(campaign.KindAnchors, 0), store.ErrClustered},
+		{spec(campaign.KindFirmware, 4), store.ErrClustered},
+		{spec(campaign.KindDataKey, 0), nil},
+	} {
+		t.Run(tc.spec.Kind, func(t *testing.T) {
+			if _, err := svc.Create(ctx, tc.spec, "admin:test"); !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if cs, err := svc.List(ctx); err != nil || len(cs) != 1 || cs[0].Kind != campaign.KindDataKey {
+		t.Errorf("campaigns stored: %d (%v), want the data-key one only", len(cs), err)
+	}
+	svc.SetClustered(false)
+	if _, err := svc.Create(ctx, spec(campaign.KindFirmware, 4), "admin:test"); err != nil {
+		t.Errorf("firmware campaign alone again: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyfleet/keyfleet/server/inventory"
@@ -48,9 +49,12 @@ type Options struct {
 	// Observer hears devices finish and campaigns pause; nil: nobody.
 	Observer Observer
 	// Tick is how often running campaigns advance; default 1 s.
-	Tick   time.Duration
-	Now    func() time.Time
-	Logger *slog.Logger
+	Tick time.Duration
+	// Clustered refuses anchors and firmware campaigns (store.ErrClustered)
+	// from the start; SetClustered changes it later.
+	Clustered bool
+	Now       func() time.Time
+	Logger    *slog.Logger
 }
 
 // Service creates campaigns, takes the operator's actions on them and
@@ -66,8 +70,15 @@ type Service struct {
 	// a fleetd that stopped) has its timeout counted from here, since no
 	// device could finish while fleetd was down and its devices are
 	// reconnecting to it.
-	born time.Time
+	born      time.Time
+	clustered atomic.Bool
 }
+
+// SetClustered refuses, while several fleetd processes share the store,
+// the campaigns whose kinds change what each process keeps in its own data
+// directory: anchors (the chain) and firmware (the releases). Create then
+// answers store.ErrClustered; campaigns of other kinds run as before.
+func (s *Service) SetClustered(on bool) { s.clustered.Store(on) }
 
 // New returns a Service; Run advances its campaigns.
 func New(opts Options) *Service {
@@ -76,7 +87,9 @@ func New(opts Options) *Service {
 		opts.Now = time.Now
 	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
-	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}, born: opts.Now()}
+	s := &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}, born: opts.Now()}
+	s.clustered.Store(opts.Clustered)
+	return s
 }
 
 // Spec is what an operator asks for.
@@ -134,6 +147,9 @@ func (sp Spec) validate(kinds map[string]Kind) error {
 // Create selects the devices and stores a running campaign over them,
 // audited; Run starts its first stage.
 func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Campaign, error) {
+	if s.clustered.Load() && (sp.Kind == KindAnchors || sp.Kind == KindFirmware) {
+		return nil, fmt.Errorf("campaign: %s campaign: %w", sp.Kind, store.ErrClustered)
+	}
 	if err := sp.validate(s.opts.Kinds); err != nil {
 		return nil, err
 	}
