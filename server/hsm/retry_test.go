@@ -2,6 +2,7 @@ package hsm_test
 
 import (
 	"bufio"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -104,7 +105,9 @@ func TestTwoProcessesSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTwoProcessesSign$", "-test.count=1", "-test.v")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hung child fails the test
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestTwoProcessesSign$", "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), childEnv+"="+cfg.Module+"|"+cfg.TokenLabel+"|"+os.Getenv("SOFTHSM2_CONF"))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -128,8 +131,9 @@ func TestTwoProcessesSign(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	var mine error
+	var took time.Duration
 	wg.Add(1)
-	go func() { defer wg.Done(); mine = signN(s, n) }()
+	go func() { defer wg.Done(); t0 := time.Now(); mine = signN(s, n); took = time.Since(t0) }()
 	for lines.Scan() {
 		log = append(log, lines.Text())
 	}
@@ -145,6 +149,6 @@ func TestTwoProcessesSign(t *testing.T) {
 	if werr != nil || !signed {
 		t.Errorf("the child process: %v\n%s", werr, strings.Join(log, "\n"))
 	}
-	t.Logf("2 processes x %d signatures in %v; retries: here %d, child: %s", n, time.Since(start).Round(time.Millisecond),
-		tok.Retries(), log[len(log)-min(len(log), 4):])
+	t.Logf("2 processes x %d signatures: %v with the child's start, %v for this process's; retries here %d; child: %q",
+		n, time.Since(start).Round(time.Millisecond), took.Round(time.Millisecond), tok.Retries(), log[len(log)-min(len(log), 3):])
 }
