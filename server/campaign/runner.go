@@ -12,8 +12,19 @@ import (
 )
 
 // Run advances the campaigns every Tick until ctx ends: the ones fleetd
-// was running when it stopped resume where their records say.
+// was running when it stopped resume where their records say. Each Run is
+// a term: when several fleetd processes share the store, only the one
+// holding the leader lease runs campaigns, and a process that takes the
+// lease over calls Run again. A term starts afresh, as a restarted fleetd
+// would: devices in progress are timed from its start (the previous
+// leader's devices were reconnecting meanwhile), rates refill and nudges
+// start over.
 func (s *Service) Run(ctx context.Context) {
+	s.mu.Lock()
+	s.born = s.opts.Now()
+	clear(s.buckets)
+	clear(s.nudged)
+	s.mu.Unlock()
 	t := time.NewTicker(s.opts.Tick)
 	defer t.Stop()
 	for {
@@ -45,7 +56,14 @@ func (s *Service) Step(ctx context.Context) {
 		if !live(c) {
 			continue
 		}
-		if err := s.step(ctx, c.ID); err != nil && ctx.Err() == nil {
+		switch err := s.step(ctx, c.ID); {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, errStale):
+			// Another process (an operator's action, a leader that took
+			// over) wrote the record since this step read it: its write
+			// stands, and the next tick steps from it.
+			s.opts.Logger.Debug("campaign step dropped; retried next tick", "campaign", c.ID, "err", err)
+		default:
 			s.opts.Logger.Error("campaign step failed", "campaign", c.ID, "err", err)
 		}
 	}
@@ -110,16 +128,47 @@ func (s *Service) step(ctx context.Context, id string) error {
 	return s.save(ctx, c, events...)
 }
 
+// errStale: the campaign's record changed since it was read (through
+// another process sharing the store); the write that found it so is
+// dropped.
+var errStale = errors.New("campaign: record changed meanwhile")
+
+// save writes c, read at c.UpdatedAt, if the stored record is still the
+// one read: a compare-and-set on UpdatedAt, which every write of a
+// campaign moves forward (stamp). Within one process s.mu orders the
+// writes; across processes the comparison keeps an operator's Pause made
+// on another node, or the record of a leader that took over, from being
+// overwritten by a step that read before it (errStale).
 func (s *Service) save(ctx context.Context, c *store.Campaign, events ...store.Event) error {
-	c.UpdatedAt = s.opts.Now()
+	readAt := c.UpdatedAt
+	c.UpdatedAt = s.stamp(readAt)
 	_, err := s.opts.Store.UpdateCampaign(ctx, c.ID, func(cur *store.Campaign) ([]store.Event, error) {
+		if !cur.UpdatedAt.Equal(readAt) {
+			return nil, fmt.Errorf("%w: %s read at %s, now %s", errStale, c.ID,
+				readAt.Format(time.RFC3339Nano), cur.UpdatedAt.Format(time.RFC3339Nano))
+		}
 		*cur = *c
 		return events, nil
 	})
+	if err != nil {
+		c.UpdatedAt = readAt
+		return err
+	}
 	for _, ev := range events {
 		s.opts.Logger.Info("campaign "+ev.Action, "campaign", c.ID, "detail", ev.Detail)
 	}
-	return err
+	return nil
+}
+
+// stamp returns the UpdatedAt of a write over a record stamped prev: now,
+// to the microsecond (what every store keeps exactly), and always after
+// prev, so that two writes within one clock reading still differ.
+func (s *Service) stamp(prev time.Time) time.Time {
+	now := s.opts.Now().Truncate(time.Microsecond)
+	if floor := prev.Truncate(time.Microsecond).Add(time.Microsecond); now.Before(floor) {
+		return floor
+	}
+	return now
 }
 
 // connectedSince returns when device's current session began, if the

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyfleet/keyfleet/server/inventory"
@@ -47,9 +49,12 @@ type Options struct {
 	// Observer hears devices finish and campaigns pause; nil: nobody.
 	Observer Observer
 	// Tick is how often running campaigns advance; default 1 s.
-	Tick   time.Duration
-	Now    func() time.Time
-	Logger *slog.Logger
+	Tick time.Duration
+	// Clustered refuses anchors and firmware campaigns (store.ErrClustered)
+	// from the start; SetClustered changes it later.
+	Clustered bool
+	Now       func() time.Time
+	Logger    *slog.Logger
 }
 
 // Service creates campaigns, takes the operator's actions on them and
@@ -65,8 +70,15 @@ type Service struct {
 	// a fleetd that stopped) has its timeout counted from here, since no
 	// device could finish while fleetd was down and its devices are
 	// reconnecting to it.
-	born time.Time
+	born      time.Time
+	clustered atomic.Bool
 }
+
+// SetClustered refuses, while several fleetd processes share the store,
+// the campaigns whose kinds change what each process keeps in its own data
+// directory: anchors (the chain) and firmware (the releases). Create then
+// answers store.ErrClustered; campaigns of other kinds run as before.
+func (s *Service) SetClustered(on bool) { s.clustered.Store(on) }
 
 // New returns a Service; Run advances its campaigns.
 func New(opts Options) *Service {
@@ -75,7 +87,9 @@ func New(opts Options) *Service {
 		opts.Now = time.Now
 	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
-	return &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}, born: opts.Now()}
+	s := &Service{opts: opts, buckets: map[string]*bucket{}, nudged: map[string]time.Time{}, born: opts.Now()}
+	s.clustered.Store(opts.Clustered)
+	return s
 }
 
 // Spec is what an operator asks for.
@@ -133,6 +147,9 @@ func (sp Spec) validate(kinds map[string]Kind) error {
 // Create selects the devices and stores a running campaign over them,
 // audited; Run starts its first stage.
 func (s *Service) Create(ctx context.Context, sp Spec, actor string) (*store.Campaign, error) {
+	if s.clustered.Load() && (sp.Kind == KindAnchors || sp.Kind == KindFirmware) {
+		return nil, fmt.Errorf("campaign: %s campaign: %w", sp.Kind, store.ErrClustered)
+	}
 	if err := sp.validate(s.opts.Kinds); err != nil {
 		return nil, err
 	}
@@ -218,7 +235,7 @@ func (s *Service) transition(ctx context.Context, id, actor, action, reason stri
 		if !ok {
 			return nil, invalid("campaign %s is %s", c.ID, c.State)
 		}
-		c.State, c.Reason, c.UpdatedAt = to, reason, s.opts.Now()
+		c.State, c.Reason, c.UpdatedAt = to, reason, s.stamp(c.UpdatedAt)
 		return []store.Event{{Action: action, Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
 	})
 }
@@ -233,10 +250,33 @@ func (s *Service) transition(ctx context.Context, id, actor, action, reason stri
 func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campaign, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The record is written by compare-and-set (see save): when another
+	// process wrote it meanwhile, the rollback is done again from the new
+	// record, and the devices it already rolled back count as such
+	// without being asked twice.
+	done := map[string]bool{}
+	for range rollbackAttempts - 1 {
+		c, err := s.rollback(ctx, id, actor, done)
+		if !errors.Is(err, errStale) {
+			return c, err
+		}
+		s.opts.Logger.Info("campaign changed during its rollback; rolling back again", "campaign", id, "err", err)
+	}
+	return s.rollback(ctx, id, actor, done)
+}
+
+// rollbackAttempts bounds how often Rollback starts again on a record that
+// another process keeps changing.
+const rollbackAttempts = 5
+
+// rollback is one attempt of Rollback; done holds the devices rolled back
+// by earlier attempts, and gains this one's.
+func (s *Service) rollback(ctx context.Context, id, actor string, done map[string]bool) (*store.Campaign, error) {
 	c, err := s.opts.Store.GetCampaign(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	readAt := c.UpdatedAt
 	if c.State == store.CampaignRolledBack {
 		return nil, invalid("campaign %s is rolled back already", c.ID)
 	}
@@ -259,8 +299,14 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 		errs      []error
 		sem       = make(chan struct{}, rollbackWorkers)
 	)
+	earlier := maps.Clone(done) // read here, while the workers add to done
 	for i := range c.Devices {
 		cd := &c.Devices[i]
+		if earlier[cd.ID] {
+			cancelled++
+			cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, now, "rolled back"
+			continue
+		}
 		open := cd.Status == store.DeviceInProgress || cd.Status == store.DeviceAway
 		if !(open || reverts && cd.Status == store.DeviceSucceeded) || cd.Version == 0 {
 			continue
@@ -277,6 +323,7 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 				errs = append(errs, err)
 			case ok:
 				cancelled++
+				done[cd.ID] = true
 				cd.Status, cd.Finished, cd.Detail = store.DeviceCancelled, now, "rolled back"
 			}
 		}()
@@ -296,8 +343,11 @@ func (s *Service) Rollback(ctx context.Context, id, actor string) (*store.Campai
 	}
 	reason := fmt.Sprintf("rolled back by the operator: %d %s", cancelled, what)
 	return s.opts.Store.UpdateCampaign(ctx, id, func(cur *store.Campaign) ([]store.Event, error) {
+		if !cur.UpdatedAt.Equal(readAt) {
+			return nil, fmt.Errorf("%w: %s", errStale, c.ID)
+		}
 		*cur = *c
-		cur.State, cur.Reason, cur.UpdatedAt, cur.RolledBackAt = store.CampaignRolledBack, reason, now, now
+		cur.State, cur.Reason, cur.UpdatedAt, cur.RolledBackAt = store.CampaignRolledBack, reason, s.stamp(readAt), now
 		return []store.Event{{Action: "campaign-rolled-back", Actor: actor, Detail: "campaign " + c.ID + ": " + reason}}, nil
 	})
 }

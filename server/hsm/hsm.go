@@ -65,11 +65,15 @@ type KeyPlace struct {
 
 // Token is an open PKCS#11 token. It is safe for concurrent use.
 type Token struct {
-	ctx   *crypto11.Context
-	label string
-	ops   atomic.Uint64
-	genMu sync.Mutex // makes look-up-then-generate atomic within the process
-	raw   *rawToken  // raw PKCS#11 for the KEK and data keys (session.go), started lazily
+	ctx     atomic.Pointer[crypto11.Context] // replaced by reopen
+	cfg     Config
+	gen     atomic.Uint64 // how many times reopen replaced ctx
+	reMu    sync.Mutex    // one reopen at a time
+	label   string
+	ops     atomic.Uint64
+	retries atomic.Uint64 // signatures tried again (retry.go)
+	genMu   sync.Mutex    // makes look-up-then-generate atomic within the process
+	raw     *rawToken     // raw PKCS#11 for the KEK and data keys (session.go), started lazily
 }
 
 // Open logs in to the token cfg names.
@@ -81,23 +85,35 @@ func Open(cfg Config) (*Token, error) {
 	if max == 0 {
 		max = 32
 	}
+	cfg.MaxSessions = max
+	ctx, err := configure(cfg)
+	if err != nil {
+		return nil, err
+	}
+	t := &Token{cfg: cfg, label: cfg.TokenLabel, raw: newRawToken(cfg)}
+	t.ctx.Store(ctx)
+	return t, nil
+}
+
+// configure opens crypto11's session pool on cfg's token and logs in.
+func configure(cfg Config) (*crypto11.Context, error) {
 	ctx, err := crypto11.Configure(&crypto11.Config{
 		Path:        cfg.Module,
 		TokenLabel:  cfg.TokenLabel,
 		Pin:         string(cfg.PIN),
-		MaxSessions: max,
+		MaxSessions: cfg.MaxSessions,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open token %q with %s: %w", cfg.TokenLabel, cfg.Module, err)
 	}
-	return &Token{ctx: ctx, label: cfg.TokenLabel, raw: newRawToken(cfg)}, nil
+	return ctx, nil
 }
 
 // Close releases the token's sessions. The data-key sessions close first,
 // while crypto11 still holds the module initialised.
 func (t *Token) Close() error {
 	err := t.raw.close()
-	return errors.Join(err, t.ctx.Close())
+	return errors.Join(err, t.ctx.Load().Close())
 }
 
 // Ops returns how many key operations this Token has performed: signatures
@@ -115,7 +131,7 @@ func (t *Token) URI(label string) string { return KeyURI(t.label, label) }
 func (t *Token) GenerateP256(label string) (crypto.Signer, error) {
 	t.genMu.Lock()
 	defer t.genMu.Unlock()
-	if existing, err := t.ctx.FindKeyPairs(nil, []byte(label)); err != nil {
+	if existing, err := t.ctx.Load().FindKeyPairs(nil, []byte(label)); err != nil {
 		return nil, fmt.Errorf("hsm: look up %s: %w", t.URI(label), err)
 	} else if len(existing) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrKeyExists, t.URI(label))
@@ -124,26 +140,38 @@ func (t *Token) GenerateP256(label string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hsm: template of %s: %w", t.URI(label), err)
 	}
-	s, err := t.ctx.GenerateECDSAKeyPairWithAttributes(pub, priv, elliptic.P256())
+	gen := t.gen.Load()
+	s, err := t.ctx.Load().GenerateECDSAKeyPairWithAttributes(pub, priv, elliptic.P256())
 	if err != nil {
 		return nil, fmt.Errorf("hsm: generate %s: %w", t.URI(label), err)
 	}
-	return &countingSigner{Signer: s, ops: &t.ops}, nil
+	return t.newSigner(label, s, gen), nil
 }
 
 // Signer returns the key pair named label.
 func (t *Token) Signer(label string) (crypto.Signer, error) {
-	found, err := t.ctx.FindKeyPairs(nil, []byte(label))
+	gen := t.gen.Load()
+	s, err := t.find(label)
+	if err != nil {
+		return nil, err
+	}
+	return t.newSigner(label, s, gen), nil
+}
+
+// find looks the key pair named label up in the current session pool.
+func (t *Token) find(label string) (crypto.Signer, error) {
+	found, err := t.ctx.Load().FindKeyPairs(nil, []byte(label))
 	if err != nil {
 		return nil, fmt.Errorf("hsm: find %s: %w", t.URI(label), err)
 	}
 	if len(found) != 1 {
 		return nil, fmt.Errorf("%w: %s (%d matches)", ErrKeyNotFound, t.URI(label), len(found))
 	}
-	return &countingSigner{Signer: found[0], ops: &t.ops}, nil
+	return found[0], nil
 }
 
-// countingSigner counts each signature made with the wrapped key.
+// countingSigner counts each signature made with the wrapped key (a soft
+// key; token keys have tokenSigner, which also retries).
 type countingSigner struct {
 	crypto.Signer
 	ops *atomic.Uint64

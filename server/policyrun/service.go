@@ -204,6 +204,39 @@ func (s *Service) Apply(ctx context.Context, name string, text []byte, actor str
 	return s.holder.Running(), nil
 }
 
+// Reload runs the newest stored version if it is newer than the one
+// running, and reports whether it changed anything. When several fleetd
+// processes share the store, an apply through one of them stores the
+// version and runs it there only; the others call Reload (when told, and
+// periodically, which is what makes it certain) to run it too. A stored
+// version that no longer compiles is an error and the running one stays.
+func (s *Service) Reload(ctx context.Context) (bool, error) {
+	if s.versions == nil {
+		return false, nil
+	}
+	latest, err := s.versions.LatestPolicy(ctx)
+	if errors.Is(err, store.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("policyrun: reload: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if latest.Version <= s.holder.Running().Version {
+		return false, nil
+	}
+	f, err := policy.ParseFile(fmt.Sprintf("policy v%d", latest.Version), latest.Text)
+	if err == nil {
+		err = Compile(f)
+	}
+	if err != nil {
+		return false, fmt.Errorf("policyrun: reload stored policy v%d: %w", latest.Version, err)
+	}
+	s.holder.Set(&policy.Running{Version: latest.Version, File: f, AppliedAt: latest.AppliedAt, AppliedBy: latest.Actor})
+	s.opts.Logger.Info("policy reloaded", "version", latest.Version, "sha256", latest.SHA256, "rules", len(f.Rules), "applied_by", latest.Actor)
+	return true, nil
+}
+
 func (s *Service) store(ctx context.Context, f *policy.File, actor string) (*policy.Running, error) {
 	v := &store.PolicyVersion{Text: f.Text, SHA256: f.SHA256(), Actor: actor, AppliedAt: s.opts.Now()}
 	if err := s.versions.AppendPolicy(ctx, v, store.Event{Action: "policy-applied", Actor: actor}); err != nil {

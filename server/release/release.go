@@ -169,9 +169,24 @@ type Info struct {
 // Releases holds the current release and the staged ones. It is safe for
 // concurrent use.
 type Releases struct {
-	opts Options
-	snap atomic.Pointer[state]
-	mu   sync.Mutex // one change at a time
+	opts      Options
+	snap      atomic.Pointer[state]
+	mu        sync.Mutex // one change at a time
+	clustered atomic.Bool
+}
+
+// SetClustered refuses every change of release (Publish, Stage, Promote,
+// Revert) with store.ErrClustered while several fleetd processes share
+// the store: the releases live in each process's data directory, and one
+// process's change would leave the others offering the old release.
+func (r *Releases) SetClustered(on bool) { r.clustered.Store(on) }
+
+// refuseClustered is the error of a change asked for while clustered.
+func (r *Releases) refuseClustered(what string) error {
+	if r.clustered.Load() {
+		return fmt.Errorf("release: %s: %w", what, store.ErrClustered)
+	}
+	return nil
 }
 
 // Open loads the current release and the staged ones, if any were
@@ -279,6 +294,9 @@ func info(rel Release, key crypto.Signer) (Info, error) {
 // offline, or reads no broadcasts: a renew-only session) gets it in
 // answer.
 func (r *Releases) Publish(ctx context.Context, m *firmware.Manifest, actor string) (Info, error) {
+	if err := r.refuseClustered("publish"); err != nil {
+		return Info{}, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.snap.Load()
@@ -334,6 +352,9 @@ func (r *Releases) makeCurrent(ctx context.Context, cur *state, s Staged, actor,
 // devices to it, and the fleet's current release stays as it is until
 // Promote.
 func (r *Releases) Stage(ctx context.Context, m *firmware.Manifest, actor string) (Info, error) {
+	if err := r.refuseClustered("stage"); err != nil {
+		return Info{}, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.snap.Load()
@@ -368,6 +389,9 @@ func (r *Releases) addStaged(ctx context.Context, cur *state, s Staged, ev store
 // broadcast. Promoting a release that is current already, or older than
 // it, does nothing.
 func (r *Releases) Promote(ctx context.Context, v uint32, actor string) error {
+	if err := r.refuseClustered("promote"); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.snap.Load()
@@ -389,6 +413,9 @@ func (r *Releases) Promote(ctx context.Context, v uint32, actor string) error {
 // staged, audited firmware-reverted; FirmwareFor offers it to every
 // device that runs bad.
 func (r *Releases) Revert(ctx context.Context, bad, good uint32, actor string) (uint32, error) {
+	if err := r.refuseClustered("revert"); err != nil {
+		return 0, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur := r.snap.Load()

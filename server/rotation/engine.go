@@ -185,22 +185,8 @@ func (e *Engine) SetPublisher(p Publisher) { e.pub.Store(&publisherBox{p}) }
 // Start launches the workers and the grace timer; they stop when ctx ends.
 // It first loads the superseded versions whose grace is running.
 func (e *Engine) Start(ctx context.Context) error {
-	if gi, ok := e.st.(store.GraceIndex); ok {
-		// The index: start-up time does not grow with the fleet.
-		if err := gi.ForEachGrace(ctx, func(dev string, slot uint8, v uint32, until time.Time) error {
-			e.grace.push(graceItem{device: dev, slot: protocol.Slot(slot), version: v, at: until})
-			return nil
-		}); err != nil {
-			return fmt.Errorf("rotation: load grace windows: %w", err)
-		}
-	} else if err := e.st.ForEachDevice(ctx, func(d *store.Device) error {
-		for slot, s := range d.Slots {
-			for _, k := range s.Versions {
-				if k.State == lifecycle.StateSuperseded {
-					e.grace.push(graceItem{device: d.ID, slot: slot, version: k.Version, at: k.GraceUntil})
-				}
-			}
-		}
+	if err := e.forEachGrace(ctx, func(it graceItem) error {
+		e.grace.push(it)
 		return nil
 	}); err != nil {
 		return fmt.Errorf("rotation: load grace windows: %w", err)

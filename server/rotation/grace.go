@@ -31,17 +31,35 @@ func (h *graceHeap) Pop() any {
 	return x
 }
 
-// graceQueue orders superseded versions by the end of their grace.
-type graceQueue struct {
-	mu   sync.Mutex
-	h    graceHeap
-	wake chan struct{}
+// graceKey names one version on the grace timer.
+type graceKey struct {
+	device  string
+	slot    protocol.Slot
+	version uint32
 }
 
-func newGraceQueue() *graceQueue { return &graceQueue{wake: make(chan struct{}, 1)} }
+// graceQueue orders superseded versions by the end of their grace. A
+// version is queued once: the periodic grace sweep (SweepGrace) pushes
+// what it finds again and again, and the heap must not grow with it.
+type graceQueue struct {
+	mu     sync.Mutex
+	h      graceHeap
+	queued map[graceKey]bool
+	wake   chan struct{}
+}
+
+func newGraceQueue() *graceQueue {
+	return &graceQueue{wake: make(chan struct{}, 1), queued: map[graceKey]bool{}}
+}
 
 func (q *graceQueue) push(it graceItem) {
+	k := graceKey{it.device, it.slot, it.version}
 	q.mu.Lock()
+	if q.queued[k] {
+		q.mu.Unlock()
+		return
+	}
+	q.queued[k] = true
 	heap.Push(&q.h, it)
 	q.mu.Unlock()
 	select {
@@ -56,7 +74,9 @@ func (q *graceQueue) due(now time.Time) ([]graceItem, time.Duration) {
 	defer q.mu.Unlock()
 	var out []graceItem
 	for len(q.h) > 0 && !q.h[0].at.After(now) {
-		out = append(out, heap.Pop(&q.h).(graceItem))
+		it := heap.Pop(&q.h).(graceItem)
+		delete(q.queued, graceKey{it.device, it.slot, it.version})
+		out = append(out, it)
 	}
 	next := time.Second
 	if len(q.h) > 0 {
@@ -90,7 +110,9 @@ func (e *Engine) runGrace(ctx context.Context) {
 	}
 }
 
-func (e *Engine) retire(ctx context.Context, it graceItem) {
+// retire ends the grace of one version, if it is still superseded and its
+// grace is over, and says whether it did.
+func (e *Engine) retire(ctx context.Context, it graceItem) bool {
 	now := e.now()
 	var changes []lifecycle.Change
 	serial := ""
@@ -114,10 +136,10 @@ func (e *Engine) retire(ctx context.Context, it graceItem) {
 			it.at = now.Add(5 * time.Second)
 			e.grace.push(it)
 		}
-		return
+		return false
 	}
 	if changes == nil {
-		return
+		return false
 	}
 	e.stats.Retired.Add(1)
 	e.emit(changes)
@@ -129,4 +151,5 @@ func (e *Engine) retire(ctx context.Context, it graceItem) {
 	if err := e.sendRetire(ctx, it.device, it.slot, it.version); err != nil {
 		e.log.Warn("retire not sent; the device gets it on its next hello", "device", it.device, "err", err)
 	}
+	return true
 }

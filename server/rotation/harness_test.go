@@ -94,6 +94,8 @@ type harness struct {
 	out    *sent
 	codec  *protocol.Codec
 	escrow *escrow.Escrow
+	keeper *online.Keeper
+	pol    policy.Policy
 
 	mu      sync.Mutex
 	changes []lifecycle.Change // what the engine reported through OnStateChange
@@ -123,7 +125,7 @@ func newHarness(t *testing.T, pol policy.Policy) *harness {
 		return ca
 	}
 	pol = pol.WithDefaults()
-	h := &harness{t: t, clk: clk, codec: protocol.NewCodec(), out: &sent{}}
+	h := &harness{t: t, clk: clk, codec: protocol.NewCodec(), out: &sent{}, pol: pol}
 	h.ca = mk("ca", "fleet", pol.CertValidity.D())
 	h.birth = mk("birth", "factory", 20*365*24*time.Hour)
 	upd, err := keys.GenerateP256("update")
@@ -134,6 +136,7 @@ func newHarness(t *testing.T, pol policy.Policy) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.keeper = keeper
 	if h.st, err = store.OpenBolt(filepath.Join(dir, "fleet.db"), store.BoltOptions{Now: clk.Now}); err != nil {
 		t.Fatal(err)
 	}

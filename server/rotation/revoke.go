@@ -18,7 +18,9 @@ import (
 // from then on, and the engine refuses its re-enrolment and key
 // deliveries. It is audited. A device revoked before is left as it is and
 // reported with an *AlreadyRevokedError (ErrAlreadyRevoked), which says
-// when.
+// when; its sessions are dropped again all the same, so that a revoke
+// retried after a crash between the commit and the drop (or one whose drop
+// went to a node that was down) still ends the session.
 func (e *Engine) Revoke(ctx context.Context, device, actor, reason string) (time.Duration, error) {
 	start := time.Now()
 	now := e.now()
@@ -47,6 +49,11 @@ func (e *Engine) Revoke(ctx context.Context, device, actor, reason string) (time
 	})
 	var already *AlreadyRevokedError
 	if errors.As(err, &already) {
+		if e.closer != nil {
+			if n := e.closer.Disconnect(device); n > 0 {
+				e.log.Warn("sessions of a revoked device dropped again", "device", device, "actor", actor, "sessions_dropped", n)
+			}
+		}
 		return 0, already
 	} else if err != nil {
 		return 0, fmt.Errorf("rotation: revoke %s: %w", device, err)

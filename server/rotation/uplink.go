@@ -318,11 +318,22 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 		return fmt.Errorf("rotation: issue %s %v v%d: %w", d.ID, m.Slot, sv.Version, err)
 	}
 	now := e.now()
-	var issued *store.KeyVersion
+	var issued, twin *store.KeyVersion
 	var changes []lifecycle.Change
 	_, err = e.st.UpdateDevice(ctx, d.ID, func(d *store.Device) ([]store.Event, error) {
+		issued, twin, changes = nil, nil, nil
 		s := d.Slot(m.Slot)
 		v := s.Version(m.Version)
+		if v != nil && v.State == lifecycle.StateIssued && bytes.Equal(v.RID, m.RID) &&
+			bytes.Equal(v.EnrollID, m.ID) && bytes.Equal(v.KeyID, kid) {
+			// A twin: another worker or node handled this very enroll (a
+			// QoS 1 redelivery after its process died, or a shared
+			// subscription) and committed first. The certificate it
+			// recorded is the one the device must get; the one signed
+			// here is dropped unrecorded and never sent.
+			twin = v
+			return nil, store.ErrNoChange
+		}
 		if v == nil || v.State != lifecycle.StatePending || !bytes.Equal(v.RID, m.RID) {
 			return nil, reject(ReasonNotPending, "device %s: version %d changed meanwhile", d.ID, m.Version)
 		}
@@ -338,6 +349,11 @@ func (e *Engine) onEnroll(ctx context.Context, d *store.Device, kv *store.KeyVer
 	})
 	if err != nil {
 		return err
+	}
+	if twin != nil {
+		e.stats.Resent.Add(1)
+		e.log.Info("enroll committed by a twin; its certificate sent", "device", d.ID, "slot", m.Slot, "version", m.Version)
+		return e.sendCert(ctx, d.ID, m.Slot, twin)
 	}
 	e.stats.Issued.Add(1)
 	e.emit(changes)

@@ -35,6 +35,9 @@ import (
 // certifies the online key under its update key too. It returns the
 // prepared set's version.
 func (s *Service) Prepare(ctx context.Context, roles []string, actor string) (uint32, error) {
+	if err := s.refuseClustered("prepare anchors"); err != nil {
+		return 0, err
+	}
 	s.rotMu.Lock()
 	defer s.rotMu.Unlock()
 	before := s.chain.Prepared()
@@ -124,6 +127,9 @@ func (s *Service) Deliver(ctx context.Context, device string, have uint32) (uint
 // roll-out. Publishing a version published already does nothing, so a
 // campaign that completes again after a restart publishes once.
 func (s *Service) Publish(ctx context.Context, version uint32, actor string) error {
+	if err := s.refuseClustered("publish anchors"); err != nil {
+		return err
+	}
 	s.rotMu.Lock()
 	defer s.rotMu.Unlock()
 	prev := s.chain.Current()

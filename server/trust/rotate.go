@@ -84,6 +84,9 @@ func (s *Service) publishAnchors(ctx context.Context, live bool) error {
 // through the cross certificates), then the retained chain, then a new
 // online key under a new update key.
 func (s *Service) Rotate(ctx context.Context, roles []string, actor string) (Info, error) {
+	if err := s.refuseClustered("rotate anchors"); err != nil {
+		return Info{}, err
+	}
 	s.rotMu.Lock()
 	defer s.rotMu.Unlock()
 	prev := s.chain.Current()
@@ -162,6 +165,9 @@ func (s *Service) UseIssuers(ctx context.Context, ders [][]byte) error {
 	s.rotMu.Unlock()
 	if slices.EqualFunc(cur.Issuers, ders, bytes.Equal) {
 		return nil
+	}
+	if err := s.refuseClustered("anchor set with the issuer's CA certificates"); err != nil {
+		return err
 	}
 	if prepared != nil {
 		s.log.Warn("issuers changed during an anchor roll-out; the next set carries them", "prepared", prepared.Version)

@@ -98,8 +98,26 @@ type Service struct {
 	keeper *online.Keeper
 	birth  *certs.CA
 
-	rotMu    sync.Mutex // one anchor rotation, or TLS renewal, at a time
-	renewals atomic.Uint64
+	rotMu     sync.Mutex // one anchor rotation, or TLS renewal, at a time
+	renewals  atomic.Uint64
+	clustered atomic.Bool // SetClustered
+}
+
+// SetClustered refuses every change of the anchor chain (Rotate, Prepare,
+// Publish, and UseIssuers when the issuers differ from the current set's)
+// with store.ErrClustered while several fleetd processes share the store:
+// the chain lives in each process's data directory, and a rotation through
+// one process would leave the others with brokers that refuse the new
+// root's certificates and anchor sets that devices have left behind.
+func (s *Service) SetClustered(on bool) { s.clustered.Store(on) }
+
+// refuseClustered is the error of a chain change asked for while
+// clustered.
+func (s *Service) refuseClustered(what string) error {
+	if s.clustered.Load() {
+		return fmt.Errorf("trust: %s: %w", what, store.ErrClustered)
+	}
+	return nil
 }
 
 // NewService loads the chain (making version 1 for a deployment that

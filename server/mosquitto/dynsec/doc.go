@@ -16,6 +16,14 @@
 // so a replay cannot undo a revocation made meanwhile; what cannot be sent
 // is retried every second.
 //
+// Several fleetd processes on one broker (workers) must not all replay: a
+// replay that read a device before another process revoked it would send
+// its client back after the delete. SetReplay gates the replay at connect
+// on holding the leader lease; the leader replays when it takes the lease
+// (Replay) and re-syncs each device another process revoked (Resync), so
+// the last command about a revoked device is its delete. Every process
+// still deletes at once on its own revocations.
+//
 // # Caveats
 //
 // Mosquitto answers on $CONTROL/dynamic-security/v1/response; answers are

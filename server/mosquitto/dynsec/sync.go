@@ -62,6 +62,7 @@ type Sync struct {
 	order sync.Mutex
 	mu    sync.Mutex
 	retr  map[string]bool // devices whose commands failed: retried
+	gate  func() bool     // SetReplay: whether this process replays at connect
 
 	caMu sync.Mutex // one CA file write and reload at a time
 	ca   caFile
@@ -81,6 +82,49 @@ func (s *Sync) Addr() string { return s.addr }
 
 // Managed reports whether fleetd manages the broker's access control.
 func (s *Sync) Managed() bool { return s.managed }
+
+// SetReplay makes the replay at each connect of the admin session depend
+// on gate: when several fleetd processes (workers) share the broker, only
+// the one holding the leader lease replays the fleet. Two replays, or one
+// replay and another process's revocation, race: a replay that read a
+// device before its revocation was committed can send createClient after
+// the revoking process's deleteClient, and the revoked device has its
+// client back. One replaying process, which also re-syncs every device
+// another process revoked (Resync), makes the delete land last. nil, the
+// default, replays always (one fleetd). Call it before Start.
+func (s *Sync) SetReplay(gate func() bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gate = gate
+}
+
+// Replay brings the broker in step with the whole store now, and returns
+// when every device was sent (what could not be is retried). The process
+// that takes the leader lease calls it: its admin session may have
+// connected while another process led.
+func (s *Sync) Replay(ctx context.Context) {
+	if s.managed {
+		s.replay(ctx)
+	}
+}
+
+// Resync brings one device in step with the store now: the leader calls
+// it for every device another process revoked (or changed), so that the
+// device's state at the broker is the store's whatever the leader's own
+// replay sent before. Its read and send are ordered with the replay's.
+func (s *Sync) Resync(ctx context.Context, device string) {
+	if s.managed {
+		s.sync(ctx, device)
+	}
+}
+
+// replays reports whether this process replays at connect (SetReplay).
+func (s *Sync) replays() bool {
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	return gate == nil || gate()
+}
 
 // Provisioner is the admin API's registration (provisioning.Station).
 type Provisioner interface {
@@ -147,7 +191,8 @@ func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.Provis
 }
 
 // Start opens fleetd's admin session at the broker, replays the fleet at
-// every connect, and becomes the engine's session closer, so that a
+// every connect (unless SetReplay's gate says another process does), and
+// becomes the engine's session closer, so that a
 // revocation deletes the device's dynsec client (and Mosquitto drops its
 // sessions) before Revoke returns. It stops when ctx ends.
 //
@@ -169,7 +214,11 @@ func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(
 	engine.SetSessionCloser(s)
 	if err := s.ctl.Start(ctx, link.Options{Broker: s.addr, Certificate: cert, Roots: roots, Logger: s.log,
 		Subscriptions: []string{responseTopic}, OnMessage: s.response,
-		OnConnect: func(ctx context.Context) { go s.replay(ctx) }}); err != nil {
+		OnConnect: func(ctx context.Context) {
+			if s.replays() {
+				go s.replay(ctx)
+			}
+		}}); err != nil {
 		return fmt.Errorf("mosquitto: admin session: %w", err)
 	}
 	context.AfterFunc(ctx, s.ctl.Close)
