@@ -111,7 +111,7 @@ func (a *app) brokerCommands() *cobra.Command {
 	f.StringVar(&o.CAFile, "cafile", "/etc/mosquitto/keyfleet/ca.pem", "the fleet's roots (ca.pem of fleetctl broker cert)")
 	f.StringVar(&o.CertFile, "certfile", "/etc/mosquitto/keyfleet/broker.pem", "the broker's certificate (fleetctl broker cert)")
 	f.StringVar(&o.KeyFile, "keyfile", "/etc/mosquitto/keyfleet/broker.key", "the broker's key (fleetctl broker cert)")
-	f.StringVar(&o.CRLFile, "crlfile", "", "a PEM CRL of the fleet CA, if you keep one (re-read when Mosquitto reloads)")
+	f.StringVar(&o.CRLFile, "crlfile", "/etc/mosquitto/keyfleet/crl.pem", `the CRLs fleetd keeps (fleetd's --broker-crl-file; "" omits the line); re-read on SIGHUP`)
 	f.StringVar(&o.Plugin, "plugin", mosquitto.DefaultPlugin, "the dynamic-security plugin")
 	f.StringVar(&o.DynsecFile, "dynsec-file", "/var/lib/mosquitto/keyfleet-dynsec.json", "the plugin's state, writable by Mosquitto")
 	f.StringVar(&o.User, "user", "", "the system user Mosquitto runs as (omitted: Mosquitto's default)")
