@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,7 +27,9 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/mosquitto"
 )
 
@@ -395,9 +398,9 @@ func brokerCert(t *testing.T, admin *client.Client, names ...string) string {
 	return dir
 }
 
-// An anchor rotation keeps Mosquitto's CA file current: fleetd writes
-// --broker-ca-file with every root at start and after the rotation, and
-// runs --broker-reload, so that a device whose new certificate chains only
+// An anchor rotation keeps Mosquitto's CA and CRL files current: fleetd
+// writes --broker-ca-file with every root, and --broker-crl-file with a
+// list of each, at start and after the rotation, and runs --broker-reload, so that a device whose new certificate chains only
 // to the new root connects, and one still on the old root keeps
 // connecting. Mosquitto 2.0 re-reads its cafile only when it starts (a
 // SIGHUP reloads its own certificate, not the CA store: with kill -HUP
@@ -416,8 +419,16 @@ func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
 	if err := os.WriteFile(caFile, first, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// With a CRL file too: Mosquitto then refuses any certificate of a root
+	// without a list, so fleetd must add the new root's before the root.
+	f.Config.BrokerCRLFile = filepath.Join(t.TempDir(), "crl.pem")
+	f.Restart(t) // the embedded broker; fleetd writes the CRL file before Mosquitto starts
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	withFiles := func(o *mosquitto.ConfigOptions) { o.CAFile, o.CRLFile = caFile, f.Config.BrokerCRLFile }
 	addr := fleettest.FreeAddr(t)
-	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	mq := startMosquittoWith(t, f, addr, "", withFiles)
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Config.BrokerCAFile, f.Config.BrokerReload = caFile, fmt.Sprintf("kill %d", mq.cmd.Process.Pid)
 	f.Restart(t)
@@ -444,7 +455,10 @@ func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reload command did not stop Mosquitto")
 	}
-	startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	if lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile); err != nil || len(lists) != 2 {
+		t.Fatalf("CRL file after anchors rotate: %d lists, %v; want one per root", len(lists), err)
+	}
+	startMosquittoWith(t, f, addr, "", withFiles)
 	runAgents(t, []string{dir}, nil)
 	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
 		t.Fatal(err)
@@ -496,5 +510,106 @@ func caRoots(t *testing.T, path string) []*x509.Certificate {
 			t.Fatal(err)
 		}
 		out = append(out, c)
+	}
+}
+
+// A retired version is refused by Mosquitto in the TLS handshake: fleetd
+// keeps --broker-crl-file listing it (the plugin cannot tell it from the
+// current version: both have the device's name) and has Mosquitto re-read
+// it (here kill -HUP, as systemctl reload mosquitto does), while the
+// current version connects. The file is written by a first start with the
+// embedded broker, so that it exists when Mosquitto starts. The time from
+// the retirement to the first refusal is measured.
+func TestMosquittoRefusesRetiredVersions(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{}
+	retired := make(chan time.Time, 1)
+	f := fleettest.InitFleet(t, func(c *server.Config) {
+		c.Grace, c.Now = time.Minute, clk.Now
+		c.OnStateChange = func(ch lifecycle.Change) {
+			if ch.Device == "dev-a" && ch.Slot == lifecycle.SlotIdentity && ch.Version == 1 && ch.To == lifecycle.StateRetired {
+				retired <- time.Now()
+			}
+		}
+	})
+	f.Config.BrokerCRLFile = filepath.Join(t.TempDir(), "crl.pem")
+	f.Restart(t) // the embedded broker; fleetd writes the CRL file
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile); err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 0 {
+		t.Fatalf("CRL file before Mosquitto starts: %d lists, %v; want one empty list", len(lists), err)
+	}
+	addr := fleettest.FreeAddr(t)
+	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CRLFile = f.Config.BrokerCRLFile })
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Config.BrokerCRLReload = fmt.Sprintf("kill -HUP %d", mq.cmd.Process.Pid)
+	f.Restart(t)
+	var topics protocol.Topics
+	dir := f.AddDevice(t, "dev-a")
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, _, err := ks.TLSCredential(1) // kept: the agent deletes it once v2 is active
+	if err != nil {
+		t.Fatal(err)
+	}
+	asV1 := func() error {
+		c, err := mqttc.Dial(ctx, mqttc.Options{Broker: addr, ClientID: "dev-a-v1", Timeout: 5 * time.Second,
+			TLS:           &tls.Config{Certificates: []tls.Certificate{v1}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+			Subscriptions: []string{topics.Down("dev-a")}})
+		if c != nil {
+			c.Close()
+		}
+		return err
+	}
+	runAgents(t, []string{dir}, nil)
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "dev-a at v2 through Mosquitto", func() bool { return activeVersions(t, f.Admin)["dev-a"] == 2 })
+	if err := asV1(); err != nil {
+		t.Fatalf("dev-a's v1 within its grace: %v", err)
+	}
+
+	// TLS 1.2, so that the server's verdict on the client certificate is
+	// part of the handshake (TLS 1.3 sends it after).
+	handshakeV1 := func() error {
+		c, err := tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{v1}, RootCAs: ks.Roots(),
+			ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12})
+		if c != nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := handshakeV1(); err != nil {
+		t.Fatalf("dev-a's v1 handshake within its grace: %v", err)
+	}
+	clk.Advance(2 * time.Minute) // v1's grace ends
+	var at time.Time
+	select {
+	case at = <-retired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("v1 not retired 10 s after its grace ended")
+	}
+	var lastErr error
+	eventually(t, 10*time.Second, "dev-a's v1 refused by Mosquitto", func() bool {
+		lastErr = handshakeV1()
+		return lastErr != nil
+	})
+	t.Logf("retired version refused by Mosquitto %v after its retirement (debounce %v, signing, SIGHUP)", time.Since(at).Round(time.Millisecond), 200*time.Millisecond)
+	if !strings.Contains(lastErr.Error(), "revoked certificate") {
+		t.Errorf("dev-a's v1: %v; want it refused in the TLS handshake as revoked", lastErr)
+	}
+	if err := asV1(); err == nil {
+		t.Error("dev-a's retired v1 connected over MQTT")
+	}
+	if _, err := mqttAs(t, addr, dir, "dev-a-v2", 2, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a's current v2 after v1's retirement: %v", err)
+	}
+	lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile)
+	if err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 1 {
+		t.Fatalf("CRL file after the retirement: %d lists, %v; want one with one entry", len(lists), err)
 	}
 }

@@ -162,12 +162,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	return s, nil
 }
 
-// startBroker starts the embedded broker on cfg.MQTTAddr, or the upkeep of
-// an external one.
+// startBroker starts the upkeep of an external broker (of its files with
+// any broker), or else the embedded broker on cfg.MQTTAddr.
 func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust, dyn *dynsec.Sync) (err error) {
-	if s.cfg.ExternalBroker != "" {
-		s.cfg.MQTTAddr = dyn.Addr()
-		return dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain())
+	if err = dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain()); err != nil || s.cfg.ExternalBroker != "" {
+		s.cfg.MQTTAddr = dyn.Addr() // the broker's files are kept with the embedded broker too: they exist before Mosquitto first starts
+		return err
 	}
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},

@@ -77,6 +77,7 @@ func (s *Sync) writeFiles(ctx context.Context) error {
 		}
 	}
 	switch {
+	case s.addr == "": // fleetd's embedded broker: the files are made ready for a broker not running yet
 	case caChanged:
 		return mosquitto.Reload(ctx, s.ca.reload)
 	case crlChanged:
