@@ -132,6 +132,10 @@ func build() (*cobra.Command, *flags) {
 			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
 			cfg.OpsAddr, cfg.BrokerCAFile, cfg.BrokerReload = f.ops, f.brokerCA, f.brokerReload
 			cfg.BrokerCRLFile, cfg.BrokerCRLReload = f.brokerCRL, f.brokerCRLRel
+			if cfg.BrokerCRLFile != "" && cfg.Issuer.Kind == issuing.KindStepCA {
+				// Mosquitto would refuse every device: it needs a list of the issuing CA, step-ca's intermediate.
+				return f.origins.Wrap("broker-crl-file", errors.New("needs fleetd's own CA as issuer: with --issuer stepca the device certificates are issued by step-ca's intermediate, whose CRL fleetd cannot sign"))
+			}
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
 			if f.policy != "" {
 				if cfg.PolicyFile, err = policy.LoadFile(f.policy); err != nil {
