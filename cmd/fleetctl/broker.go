@@ -112,6 +112,8 @@ func (a *app) brokerCommands() *cobra.Command {
 	f.StringVar(&o.CertFile, "certfile", "/etc/mosquitto/keyfleet/broker.pem", "the broker's certificate (fleetctl broker cert)")
 	f.StringVar(&o.KeyFile, "keyfile", "/etc/mosquitto/keyfleet/broker.key", "the broker's key (fleetctl broker cert)")
 	f.StringVar(&o.CRLFile, "crlfile", "/etc/mosquitto/keyfleet/crl.pem", `the CRLs fleetd keeps (fleetd's --broker-crl-file; "" omits the line); re-read on SIGHUP`)
+	f.StringVar(&o.BirthListen, "birth-listen", "", "a second listener, host:port, for birth credentials to re-enrol through (the agent's re-enrolment broker); none if empty")
+	f.StringVar(&o.BirthCAFile, "birth-cafile", "/etc/mosquitto/keyfleet/birth-ca.pem", "the birth CA (fleetd's pki/idevid-ca.pem), trusted on the birth listener only")
 	f.StringVar(&o.Plugin, "plugin", mosquitto.DefaultPlugin, "the dynamic-security plugin")
 	f.StringVar(&o.DynsecFile, "dynsec-file", "/var/lib/mosquitto/keyfleet-dynsec.json", "the plugin's state, writable by Mosquitto")
 	f.StringVar(&o.User, "user", "", "the system user Mosquitto runs as (omitted: Mosquitto's default)")

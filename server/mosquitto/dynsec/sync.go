@@ -240,7 +240,7 @@ func (s *Sync) sync(ctx context.Context, device string) {
 	revoked := err == nil && d.Revoked
 	if err == nil {
 		var b []byte
-		if b, err = json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked)}); err == nil {
+		if b, err = json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked, d.Birth != nil)}); err == nil {
 			err = s.ctl.Publish(ctx, controlTopic, b)
 		}
 	}
