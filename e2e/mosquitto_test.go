@@ -613,3 +613,114 @@ func TestMosquittoRefusesRetiredVersions(t *testing.T) {
 		t.Fatalf("CRL file after the retirement: %d lists, %v; want one with one entry", len(lists), err)
 	}
 }
+
+// A birth credential re-enrols through Mosquitto's birth listener, which
+// trusts only the birth CA and names the client "CN=ID": fleetd's plugin
+// role for that name reaches the device's re-enrolment topics and nothing
+// else, and the identity re-enrolment brings connects on the device
+// listener. The birth credential is refused on the device listener.
+func TestMosquittoBirthCredentialReenrols(t *testing.T) {
+	ctx := context.Background()
+	f := fleettest.InitFleet(t, nil)
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	addr, birthAddr := fleettest.FreeAddr(t), fleettest.FreeAddr(t)
+	startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.BirthListen, o.BirthCAFile = birthAddr, p.BirthCA() })
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Restart(t)
+	var topics protocol.Topics
+	dir := f.AddDevice(t, "dev-a")
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bkey, bcert, err := ks.BirthCredential()
+	if err != nil {
+		t.Fatal(err)
+	}
+	birth := tls.Certificate{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}
+	dial := func(at, id string, cred tls.Certificate, subs []string, onMsg func(string, []byte)) (*mqttc.Conn, error) {
+		c, err := mqttc.Dial(ctx, mqttc.Options{Broker: at, ClientID: id, Timeout: 5 * time.Second,
+			TLS:           &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+			Subscriptions: subs, OnMessage: onMsg})
+		if c != nil {
+			t.Cleanup(c.Close)
+		}
+		return c, err
+	}
+
+	// What the birth credential may not do.
+	if _, err := dial(addr, "dev-a-birth", birth, []string{topics.ReenrollDown("dev-a")}, nil); err == nil {
+		t.Error("the birth credential connected on the device listener")
+	}
+	for _, topic := range []string{topics.Down("dev-a"), topics.Broadcast(), topics.ReenrollDown("dev-b")} {
+		if _, err := dial(birthAddr, "dev-a-probe", birth, []string{topic}, nil); !errors.Is(err, mqttc.ErrDenied) {
+			t.Errorf("birth credential subscribing to %s: %v, want %v", topic, err, mqttc.ErrDenied)
+		}
+	}
+	srvCert, err := tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 16)
+	if _, err := dial(addr, "fleetd-observer", srvCert, []string{topics.Up("dev-a"), topics.Down("dev-a")},
+		func(topic string, _ []byte) { seen <- topic }); err != nil {
+		t.Fatalf("observer with fleetd's certificate: %v", err)
+	}
+
+	// Re-enrolment, as the agent does it, through the birth listener.
+	answers := make(chan []byte, 8)
+	bc, err := dial(birthAddr, "dev-a", birth, []string{topics.ReenrollDown("dev-a")}, func(_ string, b []byte) { answers <- b })
+	if err != nil {
+		t.Fatalf("birth credential on the birth listener: %v", err)
+	}
+	for _, topic := range []string{topics.Up("dev-a"), topics.Down("dev-a")} {
+		if err := bc.Publish(ctx, topic, []byte("from-birth")); err != nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+	}
+	select {
+	case topic := <-seen:
+		t.Errorf("the birth credential wrote %s", topic)
+	case <-time.After(300 * time.Millisecond):
+	}
+	key, err := device.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := device.CSR("dev-a", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec := protocol.NewCodec()
+	m := protocol.Stamp(&protocol.Reenroll{CSR: csr, Anchors: 1}, time.Now(), 0)
+	m.RID = protocol.NewID()
+	req, err := codec.Seal(m, bkey, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.Publish(ctx, topics.Reenroll("dev-a"), req); err != nil {
+		t.Fatal(err)
+	}
+	var leaf []byte
+	for leaf == nil {
+		select {
+		case b := <-answers:
+			env, err := codec.Open(b)
+			if err != nil || env.IsSigned() {
+				continue
+			}
+			if msg, err := codec.Message(env); err == nil {
+				if c, ok := msg.(*protocol.Cert); ok {
+					if leaf, err = protocol.ExpandLeaf(c.Cert, &key.PublicKey); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no certificate in answer to the re-enrolment through the birth listener")
+		}
+	}
+	if _, err := dial(addr, "dev-a", tls.Certificate{Certificate: [][]byte{leaf}, PrivateKey: key}, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a with its re-enrolled identity on the device listener: %v", err)
+	}
+}
