@@ -69,14 +69,15 @@ func writeFile(path, what string, b []byte) (changed bool, err error) {
 	return true, nil
 }
 
-// Reload runs the operator's --broker-reload command through sh -c, e.g.
-// "sudo systemctl restart mosquitto". A command rather than a pid file to
-// signal: fleetd and Mosquitto run as different users, so fleetd may not
-// signal Mosquitto itself, and what makes a broker re-read its CA file
-// differs: Mosquitto 2.0 re-reads cafile and crlfile only when it starts
-// (a SIGHUP, systemctl reload, reloads its own certificate and key but not
-// the CA store), so for it the command is a restart; devices reconnect,
-// and the dynamic-security state persists in its file.
+// Reload runs the operator's --broker-reload (or --broker-crl-reload)
+// command through sh -c, e.g. "sudo systemctl restart mosquitto". A
+// command rather than a pid file to signal: fleetd and Mosquitto run as
+// different users, so fleetd may not signal Mosquitto itself, and what
+// makes a broker re-read its files differs: Mosquitto 2.0 re-reads cafile
+// only when it starts (a SIGHUP, systemctl reload, reloads its own
+// certificate and key and its crlfile, but not the CA store), so for a CA
+// file the command is a restart (devices reconnect, and the
+// dynamic-security state persists in its file), for a CRL file a SIGHUP.
 func Reload(ctx context.Context, cmd string) error {
 	if cmd == "" {
 		return nil
