@@ -519,7 +519,9 @@ func caRoots(t *testing.T, path string) []*x509.Certificate {
 // it (here kill -HUP, as systemctl reload mosquitto does), while the
 // current version connects. The file is written by a first start with the
 // embedded broker, so that it exists when Mosquitto starts. The time from
-// the retirement to the first refusal is measured.
+// the retirement to the first refusal is measured. A device restored from
+// a backup that holds only the retired version then re-enrols through the
+// birth listener with its agent.
 func TestMosquittoRefusesRetiredVersions(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{}
@@ -540,8 +542,10 @@ func TestMosquittoRefusesRetiredVersions(t *testing.T) {
 	if lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile); err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 0 {
 		t.Fatalf("CRL file before Mosquitto starts: %d lists, %v; want one empty list", len(lists), err)
 	}
-	addr := fleettest.FreeAddr(t)
-	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CRLFile = f.Config.BrokerCRLFile })
+	addr, birthAddr := fleettest.FreeAddr(t), fleettest.FreeAddr(t)
+	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) {
+		o.CRLFile, o.BirthListen, o.BirthCAFile = f.Config.BrokerCRLFile, birthAddr, datadir.Paths{Dir: f.Config.DataDir}.BirthCA()
+	})
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Config.BrokerCRLReload = fmt.Sprintf("kill -HUP %d", mq.cmd.Process.Pid)
 	f.Restart(t)
@@ -564,7 +568,11 @@ func TestMosquittoRefusesRetiredVersions(t *testing.T) {
 		}
 		return err
 	}
-	runAgents(t, []string{dir}, nil)
+	restored := filepath.Join(t.TempDir(), "dev-a") // the keystore as a backup holds it: v1 only
+	if err := os.CopyFS(restored, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	stopAgent := runAgentsStoppable(t, []string{dir})
 	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -612,6 +620,12 @@ func TestMosquittoRefusesRetiredVersions(t *testing.T) {
 	if err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 1 {
 		t.Fatalf("CRL file after the retirement: %d lists, %v; want one with one entry", len(lists), err)
 	}
+	// The device restored from the backup holds only v1, which Mosquitto
+	// refuses: its agent re-enrols with the birth credential through the
+	// birth listener and connects with the identity that brings.
+	stopAgent()
+	runAgents(t, []string{restored}, func(o *device.Options) { o.ReenrollBroker, o.ReenrollAfter = birthAddr, 100*time.Millisecond })
+	eventually(t, 30*time.Second, "dev-a re-enrolled through Mosquitto's birth listener, at v3", func() bool { return activeVersions(t, f.Admin)["dev-a"] == 3 })
 }
 
 // A birth credential re-enrols through Mosquitto's birth listener, which
