@@ -91,6 +91,10 @@ type Options struct {
 	AnchorSteps int
 	// Firmware, if set, turns on firmware updates.
 	Firmware *FirmwareOptions
+	// ReenrollBroker is where the birth credential connects to re-enrol;
+	// empty means Broker. An external Mosquitto takes birth credentials on
+	// a listener of their own (docs/operations.md, External brokers).
+	ReenrollBroker string
 	// ReenrollAfter is how long every credential must have been refused,
 	// over at least two rounds, before the agent re-enrols with its birth
 	// credential; 0 means one minute. It keeps a short server-side outage

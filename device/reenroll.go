@@ -1,6 +1,7 @@
 package device
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -156,13 +157,14 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 	if err != nil {
 		return err
 	}
-	host, _, err := net.SplitHostPort(a.opts.Broker)
+	broker := cmp.Or(a.opts.ReenrollBroker, a.opts.Broker)
+	host, _, err := net.SplitHostPort(broker)
 	if err != nil {
-		return fmt.Errorf("device: broker address %q: %w", a.opts.Broker, err)
+		return fmt.Errorf("device: broker address %q: %w", broker, err)
 	}
 	id := a.ks.ID().ID
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker:   a.opts.Broker,
+		Broker:   broker,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}},
 			RootCAs: a.ks.Roots(), ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves,

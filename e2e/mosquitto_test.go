@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,7 +27,9 @@ import (
 	"github.com/keyfleet/keyfleet/internal/fleettest"
 	"github.com/keyfleet/keyfleet/internal/mqttc"
 	"github.com/keyfleet/keyfleet/protocol"
+	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/lifecycle"
 	"github.com/keyfleet/keyfleet/server/mosquitto"
 )
 
@@ -395,9 +398,9 @@ func brokerCert(t *testing.T, admin *client.Client, names ...string) string {
 	return dir
 }
 
-// An anchor rotation keeps Mosquitto's CA file current: fleetd writes
-// --broker-ca-file with every root at start and after the rotation, and
-// runs --broker-reload, so that a device whose new certificate chains only
+// An anchor rotation keeps Mosquitto's CA and CRL files current: fleetd
+// writes --broker-ca-file with every root, and --broker-crl-file with a
+// list of each, at start and after the rotation, and runs --broker-reload, so that a device whose new certificate chains only
 // to the new root connects, and one still on the old root keeps
 // connecting. Mosquitto 2.0 re-reads its cafile only when it starts (a
 // SIGHUP reloads its own certificate, not the CA store: with kill -HUP
@@ -416,8 +419,16 @@ func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
 	if err := os.WriteFile(caFile, first, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// With a CRL file too: Mosquitto then refuses any certificate of a root
+	// without a list, so fleetd must add the new root's before the root.
+	f.Config.BrokerCRLFile = filepath.Join(t.TempDir(), "crl.pem")
+	f.Restart(t) // the embedded broker; fleetd writes the CRL file before Mosquitto starts
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	withFiles := func(o *mosquitto.ConfigOptions) { o.CAFile, o.CRLFile = caFile, f.Config.BrokerCRLFile }
 	addr := fleettest.FreeAddr(t)
-	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	mq := startMosquittoWith(t, f, addr, "", withFiles)
 	f.Config.ExternalBroker = mosquitto.Scheme + addr
 	f.Config.BrokerCAFile, f.Config.BrokerReload = caFile, fmt.Sprintf("kill %d", mq.cmd.Process.Pid)
 	f.Restart(t)
@@ -444,7 +455,10 @@ func TestMosquittoCAFileFollowsAnchors(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reload command did not stop Mosquitto")
 	}
-	startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.CAFile = caFile })
+	if lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile); err != nil || len(lists) != 2 {
+		t.Fatalf("CRL file after anchors rotate: %d lists, %v; want one per root", len(lists), err)
+	}
+	startMosquittoWith(t, f, addr, "", withFiles)
 	runAgents(t, []string{dir}, nil)
 	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
 		t.Fatal(err)
@@ -496,5 +510,231 @@ func caRoots(t *testing.T, path string) []*x509.Certificate {
 			t.Fatal(err)
 		}
 		out = append(out, c)
+	}
+}
+
+// A retired version is refused by Mosquitto in the TLS handshake: fleetd
+// keeps --broker-crl-file listing it (the plugin cannot tell it from the
+// current version: both have the device's name) and has Mosquitto re-read
+// it (here kill -HUP, as systemctl reload mosquitto does), while the
+// current version connects. The file is written by a first start with the
+// embedded broker, so that it exists when Mosquitto starts. The time from
+// the retirement to the first refusal is measured. A device restored from
+// a backup that holds only the retired version then re-enrols through the
+// birth listener with its agent.
+func TestMosquittoRefusesRetiredVersions(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{}
+	retired := make(chan time.Time, 1)
+	f := fleettest.InitFleet(t, func(c *server.Config) {
+		c.Grace, c.Now = time.Minute, clk.Now
+		c.OnStateChange = func(ch lifecycle.Change) {
+			if ch.Device == "dev-a" && ch.Slot == lifecycle.SlotIdentity && ch.Version == 1 && ch.To == lifecycle.StateRetired {
+				retired <- time.Now()
+			}
+		}
+	})
+	f.Config.BrokerCRLFile = filepath.Join(t.TempDir(), "crl.pem")
+	f.Restart(t) // the embedded broker; fleetd writes the CRL file
+	if err := f.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile); err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 0 {
+		t.Fatalf("CRL file before Mosquitto starts: %d lists, %v; want one empty list", len(lists), err)
+	}
+	addr, birthAddr := fleettest.FreeAddr(t), fleettest.FreeAddr(t)
+	mq := startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) {
+		o.CRLFile, o.BirthListen, o.BirthCAFile = f.Config.BrokerCRLFile, birthAddr, datadir.Paths{Dir: f.Config.DataDir}.BirthCA()
+	})
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Config.BrokerCRLReload = fmt.Sprintf("kill -HUP %d", mq.cmd.Process.Pid)
+	f.Restart(t)
+	var topics protocol.Topics
+	dir := f.AddDevice(t, "dev-a")
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, _, err := ks.TLSCredential(1) // kept: the agent deletes it once v2 is active
+	if err != nil {
+		t.Fatal(err)
+	}
+	asV1 := func() error {
+		c, err := mqttc.Dial(ctx, mqttc.Options{Broker: addr, ClientID: "dev-a-v1", Timeout: 5 * time.Second,
+			TLS:           &tls.Config{Certificates: []tls.Certificate{v1}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+			Subscriptions: []string{topics.Down("dev-a")}})
+		if c != nil {
+			c.Close()
+		}
+		return err
+	}
+	restored := filepath.Join(t.TempDir(), "dev-a") // the keystore as a backup holds it: v1 only
+	if err := os.CopyFS(restored, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	stopAgent := runAgentsStoppable(t, []string{dir})
+	if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{"dev-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "dev-a at v2 through Mosquitto", func() bool { return activeVersions(t, f.Admin)["dev-a"] == 2 })
+	if err := asV1(); err != nil {
+		t.Fatalf("dev-a's v1 within its grace: %v", err)
+	}
+
+	// TLS 1.2, so that the server's verdict on the client certificate is
+	// part of the handshake (TLS 1.3 sends it after).
+	handshakeV1 := func() error {
+		c, err := tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{v1}, RootCAs: ks.Roots(),
+			ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12})
+		if c != nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := handshakeV1(); err != nil {
+		t.Fatalf("dev-a's v1 handshake within its grace: %v", err)
+	}
+	clk.Advance(2 * time.Minute) // v1's grace ends
+	var at time.Time
+	select {
+	case at = <-retired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("v1 not retired 10 s after its grace ended")
+	}
+	var lastErr error
+	eventually(t, 10*time.Second, "dev-a's v1 refused by Mosquitto", func() bool {
+		lastErr = handshakeV1()
+		return lastErr != nil
+	})
+	t.Logf("retired version refused by Mosquitto %v after its retirement (debounce %v, signing, SIGHUP)", time.Since(at).Round(time.Millisecond), 200*time.Millisecond)
+	if !strings.Contains(lastErr.Error(), "revoked certificate") {
+		t.Errorf("dev-a's v1: %v; want it refused in the TLS handshake as revoked", lastErr)
+	}
+	if err := asV1(); err == nil {
+		t.Error("dev-a's retired v1 connected over MQTT")
+	}
+	if _, err := mqttAs(t, addr, dir, "dev-a-v2", 2, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a's current v2 after v1's retirement: %v", err)
+	}
+	lists, err := mosquitto.ReadCRLFile(f.Config.BrokerCRLFile)
+	if err != nil || len(lists) != 1 || len(lists[0].RevokedCertificateEntries) != 1 {
+		t.Fatalf("CRL file after the retirement: %d lists, %v; want one with one entry", len(lists), err)
+	}
+	// The device restored from the backup holds only v1, which Mosquitto
+	// refuses: its agent re-enrols with the birth credential through the
+	// birth listener and connects with the identity that brings.
+	stopAgent()
+	runAgents(t, []string{restored}, func(o *device.Options) { o.ReenrollBroker, o.ReenrollAfter = birthAddr, 100*time.Millisecond })
+	eventually(t, 30*time.Second, "dev-a re-enrolled through Mosquitto's birth listener, at v3", func() bool { return activeVersions(t, f.Admin)["dev-a"] == 3 })
+}
+
+// A birth credential re-enrols through Mosquitto's birth listener, which
+// trusts only the birth CA and names the client "CN=ID": fleetd's plugin
+// role for that name reaches the device's re-enrolment topics and nothing
+// else, and the identity re-enrolment brings connects on the device
+// listener. The birth credential is refused on the device listener.
+func TestMosquittoBirthCredentialReenrols(t *testing.T) {
+	ctx := context.Background()
+	f := fleettest.InitFleet(t, nil)
+	p := datadir.Paths{Dir: f.Config.DataDir}
+	addr, birthAddr := fleettest.FreeAddr(t), fleettest.FreeAddr(t)
+	startMosquittoWith(t, f, addr, "", func(o *mosquitto.ConfigOptions) { o.BirthListen, o.BirthCAFile = birthAddr, p.BirthCA() })
+	f.Config.ExternalBroker = mosquitto.Scheme + addr
+	f.Restart(t)
+	var topics protocol.Topics
+	dir := f.AddDevice(t, "dev-a")
+	ks, err := device.OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bkey, bcert, err := ks.BirthCredential()
+	if err != nil {
+		t.Fatal(err)
+	}
+	birth := tls.Certificate{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}
+	dial := func(at, id string, cred tls.Certificate, subs []string, onMsg func(string, []byte)) (*mqttc.Conn, error) {
+		c, err := mqttc.Dial(ctx, mqttc.Options{Broker: at, ClientID: id, Timeout: 5 * time.Second,
+			TLS:           &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: ks.Roots(), ServerName: "127.0.0.1"},
+			Subscriptions: subs, OnMessage: onMsg})
+		if c != nil {
+			t.Cleanup(c.Close)
+		}
+		return c, err
+	}
+
+	// What the birth credential may not do.
+	if _, err := dial(addr, "dev-a-birth", birth, []string{topics.ReenrollDown("dev-a")}, nil); err == nil {
+		t.Error("the birth credential connected on the device listener")
+	}
+	for _, topic := range []string{topics.Down("dev-a"), topics.Broadcast(), topics.ReenrollDown("dev-b")} {
+		if _, err := dial(birthAddr, "dev-a-probe", birth, []string{topic}, nil); !errors.Is(err, mqttc.ErrDenied) {
+			t.Errorf("birth credential subscribing to %s: %v, want %v", topic, err, mqttc.ErrDenied)
+		}
+	}
+	srvCert, err := tls.LoadX509KeyPair(p.ServerCert(), p.ServerKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 16)
+	if _, err := dial(addr, "fleetd-observer", srvCert, []string{topics.Up("dev-a"), topics.Down("dev-a")},
+		func(topic string, _ []byte) { seen <- topic }); err != nil {
+		t.Fatalf("observer with fleetd's certificate: %v", err)
+	}
+
+	// Re-enrolment, as the agent does it, through the birth listener.
+	answers := make(chan []byte, 8)
+	bc, err := dial(birthAddr, "dev-a", birth, []string{topics.ReenrollDown("dev-a")}, func(_ string, b []byte) { answers <- b })
+	if err != nil {
+		t.Fatalf("birth credential on the birth listener: %v", err)
+	}
+	for _, topic := range []string{topics.Up("dev-a"), topics.Down("dev-a")} {
+		if err := bc.Publish(ctx, topic, []byte("from-birth")); err != nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+	}
+	select {
+	case topic := <-seen:
+		t.Errorf("the birth credential wrote %s", topic)
+	case <-time.After(300 * time.Millisecond):
+	}
+	key, err := device.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := device.CSR("dev-a", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec := protocol.NewCodec()
+	m := protocol.Stamp(&protocol.Reenroll{CSR: csr, Anchors: 1}, time.Now(), 0)
+	m.RID = protocol.NewID()
+	req, err := codec.Seal(m, bkey, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.Publish(ctx, topics.Reenroll("dev-a"), req); err != nil {
+		t.Fatal(err)
+	}
+	var leaf []byte
+	for leaf == nil {
+		select {
+		case b := <-answers:
+			env, err := codec.Open(b)
+			if err != nil || env.IsSigned() {
+				continue
+			}
+			if msg, err := codec.Message(env); err == nil {
+				if c, ok := msg.(*protocol.Cert); ok {
+					if leaf, err = protocol.ExpandLeaf(c.Cert, &key.PublicKey); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no certificate in answer to the re-enrolment through the birth listener")
+		}
+	}
+	if _, err := dial(addr, "dev-a", tls.Certificate{Certificate: [][]byte{leaf}, PrivateKey: key}, []string{topics.Down("dev-a")}, nil); err != nil {
+		t.Errorf("dev-a with its re-enrolled identity on the device listener: %v", err)
 	}
 }

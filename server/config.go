@@ -31,8 +31,8 @@ type Config struct {
 	// ExternalBroker, if set (host:port), is used instead of the embedded
 	// broker; it must authenticate devices by certificate and enforce the
 	// ACL itself.
-	ExternalBroker             string
-	BrokerCAFile, BrokerReload string // the external broker's CA file kept with every root, and its reload command (dynsec.WithCAFile)
+	ExternalBroker                                             string
+	BrokerCAFile, BrokerReload, BrokerCRLFile, BrokerCRLReload string // the external broker's CA and CRL files kept current, and their reload commands (dynsec.WithCAFile, WithCRLFile)
 	// AdminAddr is the admin API's mTLS listener; default 127.0.0.1:8443.
 	AdminAddr string
 	// OpsAddr is the plain-HTTP listener of /metrics, /healthz, /readyz; "" or "off": none.

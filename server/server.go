@@ -83,8 +83,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	m := metrics.New(s.st, s.keys, metrics.Options{Now: cfg.Now, Logger: cfg.Logger})
-	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger).WithCAFile(cfg.BrokerCAFile, cfg.BrokerReload) // an external Mosquitto kept in step
-	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                    // every signature timed, every change counted
+	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger).WithCAFile(cfg.BrokerCAFile, cfg.BrokerReload).WithCRLFile(cfg.BrokerCRLFile, cfg.BrokerCRLReload, pols.Holder()) // an external Mosquitto kept in step
+	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                                                                                       // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
@@ -162,12 +162,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	return s, nil
 }
 
-// startBroker starts the embedded broker on cfg.MQTTAddr, or the upkeep of
-// an external one.
+// startBroker starts the upkeep of an external broker (of its files with
+// any broker), or else the embedded broker on cfg.MQTTAddr.
 func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust, dyn *dynsec.Sync) (err error) {
-	if s.cfg.ExternalBroker != "" {
-		s.cfg.MQTTAddr = dyn.Addr()
-		return dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain().RootCertificates)
+	if err = dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain()); err != nil || s.cfg.ExternalBroker != "" {
+		s.cfg.MQTTAddr = dyn.Addr() // the broker's files are kept with the embedded broker too: they exist before Mosquitto first starts
+		return err
 	}
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},

@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	var dir, broker, level, format, crashAt string
+	var dir, broker, reenrollBroker, level, format, crashAt string
 	var fwDir, fwVendor, fwClass, bootCheck string
 	var fwFactory uint32
 	cmd := &cobra.Command{
@@ -34,7 +34,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			opts := device.Options{Dir: dir, Broker: broker, Logger: log,
+			opts := device.Options{Dir: dir, Broker: broker, ReenrollBroker: reenrollBroker, Logger: log,
 				OnEvent: func(e device.Event) {
 					log.Info("agent", "event", string(e.Kind), "device", e.Device, "slot", "identity", "version", e.Version, "detail", e.Detail)
 				}}
@@ -68,6 +68,7 @@ func main() {
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "keystore directory (required)")
 	f.StringVar(&broker, "broker", "", "broker address host:port (default: the one recorded at provisioning)")
+	f.StringVar(&reenrollBroker, "reenroll-broker", "", "broker address host:port the birth credential re-enrols through (default: --broker); an external Mosquitto's birth listener")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text or json")
 	f.StringVar(&crashAt, "crash-at", "", "testing: SIGKILL the agent at this step (after-pending-key, after-enroll, after-cert-stored, after-promote)")

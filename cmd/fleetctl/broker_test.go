@@ -83,7 +83,7 @@ func TestBrokerConfigMosquitto(t *testing.T) {
 		t.Fatalf("status %d: %s", status, errOut)
 	}
 	for _, want := range []string{"listener 18883 127.0.0.1", "plugin_opt_config_file /var/lib/mosquitto/keyfleet-dynsec.json",
-		"require_certificate true", "use_identity_as_username true", "retain_available false"} {
+		"require_certificate true", "use_identity_as_username true", "retain_available false", "crlfile /etc/mosquitto/keyfleet/crl.pem"} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("no %q in:\n%s", want, out)
 		}

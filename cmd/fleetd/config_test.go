@@ -297,3 +297,19 @@ func TestConfigDefaultsRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// fleetd run refuses to keep a CRL file for the broker when step-ca
+// issues the device certificates: it cannot sign the list of step-ca's
+// intermediate, without which Mosquitto would refuse every device.
+func TestBrokerCRLFileRefusedWithStepCA(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	cmd := root()
+	cmd.SetArgs([]string{"run", "--data", data, "--insecure-soft-keys", "--issuer", "stepca", "--broker-crl-file", filepath.Join(t.TempDir(), "crl.pem")})
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), "--broker-crl-file: needs fleetd's own CA as issuer") {
+		t.Fatalf("err %v, want --broker-crl-file refused with --issuer stepca", err)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("the data directory was made: %v", err)
+	}
+}

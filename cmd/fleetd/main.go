@@ -52,7 +52,7 @@ type flags struct {
 	data, module, token, pinFile, logLevel, logFormat string
 	insecureSoft, createToken                         bool
 	mqtt, admin, ops, external, advertise, policy     string
-	brokerCA, brokerReload                            string
+	brokerCA, brokerReload, brokerCRL, brokerCRLRel   string
 	names                                             []string
 	grace, validity, ttl                              time.Duration
 	printChanges                                      bool
@@ -144,6 +144,11 @@ func build() (*cobra.Command, *flags) {
 			}
 			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
 			cfg.OpsAddr, cfg.BrokerCAFile, cfg.BrokerReload = f.ops, f.brokerCA, f.brokerReload
+			cfg.BrokerCRLFile, cfg.BrokerCRLReload = f.brokerCRL, f.brokerCRLRel
+			if cfg.BrokerCRLFile != "" && cfg.Issuer.Kind == issuing.KindStepCA {
+				// Mosquitto would refuse every device: it needs a list of the issuing CA, step-ca's intermediate.
+				return f.origins.Wrap("broker-crl-file", errors.New("needs fleetd's own CA as issuer: with --issuer stepca the device certificates are issued by step-ca's intermediate, whose CRL fleetd cannot sign"))
+			}
 			cfg.Grace, cfg.CertValidity, cfg.CommandTTL = f.grace, f.validity, f.ttl
 			if f.policy != "" {
 				if cfg.PolicyFile, err = policy.LoadFile(f.policy); err != nil {
@@ -195,7 +200,9 @@ func build() (*cobra.Command, *flags) {
 	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one; mosquitto://host:port also keeps its dynamic-security plugin in step (fleetctl broker config mosquitto)")
 	rf.StringVar(&f.brokerCA, "broker-ca-file", "", "with --external-broker: keep this file holding every root the broker must accept (its cafile), written at start and after every anchor rotation")
-	rf.StringVar(&f.brokerReload, "broker-reload", "", `command (sh -c) run after --broker-ca-file changed, to make the broker re-read it, e.g. "systemctl reload mosquitto"`)
+	rf.StringVar(&f.brokerReload, "broker-reload", "", `command (sh -c) run after --broker-ca-file changed, to make the broker re-read it; for Mosquitto 2.0 a restart, e.g. "sudo systemctl restart mosquitto"`)
+	rf.StringVar(&f.brokerCRL, "broker-crl-file", "", "with --external-broker: keep this file holding a CRL of every root (its crlfile), listing the retired and revoked device certificates")
+	rf.StringVar(&f.brokerCRLRel, "broker-crl-reload", "", `command (sh -c) run after only --broker-crl-file changed (default: --broker-reload); for Mosquitto 2.0 a SIGHUP suffices, e.g. "sudo systemctl reload mosquitto"`)
 	rf.StringVar(&f.policy, "policy", "", "policy file (YAML): seeds the running policy when none was applied (fleetctl policy apply); else only compared with it")
 	durationflag.Var(rf, &f.grace, "grace", 0, "how long a superseded identity stays accepted, e.g. 7d or 36h (overrides the policy; default 7d)")
 	durationflag.Var(rf, &f.validity, "cert-validity", 0, "validity of device certificates, e.g. 90d (overrides the policy; default 90d)")

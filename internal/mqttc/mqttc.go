@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -97,7 +98,7 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 	conn.c = paho.NewClient(po)
 	if err := wait(ctx, conn.c.Connect(), o.Timeout); err != nil {
 		if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) ||
-			errors.Is(err, packets.ErrorRefusedIDRejected) {
+			errors.Is(err, packets.ErrorRefusedIDRejected) || tlsAlert(err) {
 			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 		}
 		return nil, fmt.Errorf("mqttc: connect %s as %s: %w", o.Broker, o.ClientID, err)
@@ -187,3 +188,11 @@ func (c *Conn) Close() { c.c.Disconnect(250) }
 
 // Bytes returns the application payload bytes sent and received.
 func (c *Conn) Bytes() (up, down uint64) { return c.bytesUp.Load(), c.bytesDown.Load() }
+
+// tlsAlert reports whether the broker ended the TLS handshake with an
+// alert: it refused the client certificate (revoked, expired, of an unknown
+// CA), as Mosquitto does with its crlfile, before any MQTT packet.
+func tlsAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
+}

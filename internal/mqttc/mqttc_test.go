@@ -231,3 +231,66 @@ func TestDialRefusals(t *testing.T) {
 		})
 	}
 }
+
+// A broker that ends the TLS handshake with an alert refused the client's
+// certificate (Mosquitto with a crlfile refuses a retired one so): that is
+// ErrRefused too, so the agent tries its other credentials. A connection
+// that just closes is not.
+func TestDialCertificateRefused(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	for _, tc := range []struct {
+		name    string
+		serve   func(net.Conn)
+		refused bool
+	}{
+		{"alert in the handshake", func(c net.Conn) {
+			// TLS 1.2: the verdict on the client certificate is part of the handshake.
+			s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: x509.NewCertPool(), MaxVersion: tls.VersionTLS12})
+			_ = s.Handshake()
+			s.Close()
+		}, true},
+		{"closed without a word", func(c net.Conn) { c.Close() }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					tc.serve(c)
+				}
+			}()
+			conn, err := mqttc.Dial(context.Background(), mqttc.Options{Broker: l.Addr().String(), ClientID: "dev-1", Timeout: 5 * time.Second,
+				TLS: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}})
+			if conn != nil {
+				conn.Close()
+			}
+			if err == nil || errors.Is(err, mqttc.ErrRefused) != tc.refused {
+				t.Errorf("Dial: %v; want refused %v", err, tc.refused)
+			}
+		})
+	}
+}

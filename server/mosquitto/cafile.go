@@ -32,45 +32,52 @@ func WriteCAFile(path string, roots []*x509.Certificate) (changed bool, err erro
 	if len(roots) == 0 {
 		return false, fmt.Errorf("mosquitto: CA file %s: no roots", path)
 	}
-	b := CAPEM(roots)
+	return writeFile(path, "CA file", CAPEM(roots))
+}
+
+// writeFile replaces path with b atomically, mode 0644, unless it holds b
+// already; what names the file in errors.
+func writeFile(path, what string, b []byte) (changed bool, err error) {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
 		return false, nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return false, fmt.Errorf("mosquitto: CA file: %w", err)
+		return false, fmt.Errorf("mosquitto: %s: %w", what, err)
 	}
 	defer os.Remove(tmp.Name()) // after the rename, there is nothing left to remove
-	if _, err := tmp.Write(b); err != nil {
+	fail := func(err error) (bool, error) {
 		tmp.Close()
-		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+		return false, fmt.Errorf("mosquitto: %s %s: %w", what, path, err)
 	}
-	// Certificates are public; the broker often runs as another user.
+	if _, err := tmp.Write(b); err != nil {
+		return fail(err)
+	}
+	// Certificates and CRLs are public; the broker often runs as another user.
 	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+		return fail(err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+		return fail(err)
 	}
 	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+		return false, fmt.Errorf("mosquitto: %s %s: %w", what, path, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return false, fmt.Errorf("mosquitto: CA file %s: %w", path, err)
+		return false, fmt.Errorf("mosquitto: %s %s: %w", what, path, err)
 	}
 	return true, nil
 }
 
-// Reload runs the operator's --broker-reload command through sh -c, e.g.
-// "sudo systemctl restart mosquitto". A command rather than a pid file to
-// signal: fleetd and Mosquitto run as different users, so fleetd may not
-// signal Mosquitto itself, and what makes a broker re-read its CA file
-// differs: Mosquitto 2.0 re-reads cafile and crlfile only when it starts
-// (a SIGHUP, systemctl reload, reloads its own certificate and key but not
-// the CA store), so for it the command is a restart; devices reconnect,
-// and the dynamic-security state persists in its file.
+// Reload runs the operator's --broker-reload (or --broker-crl-reload)
+// command through sh -c, e.g. "sudo systemctl restart mosquitto". A
+// command rather than a pid file to signal: fleetd and Mosquitto run as
+// different users, so fleetd may not signal Mosquitto itself, and what
+// makes a broker re-read its files differs: Mosquitto 2.0 re-reads cafile
+// only when it starts (a SIGHUP, systemctl reload, reloads its own
+// certificate and key and its crlfile, but not the CA store), so for a CA
+// file the command is a restart (devices reconnect, and the
+// dynamic-security state persists in its file), for a CRL file a SIGHUP.
 func Reload(ctx context.Context, cmd string) error {
 	if cmd == "" {
 		return nil

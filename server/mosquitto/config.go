@@ -26,11 +26,24 @@ const DefaultPlugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 // common name of fleetd's certificate.
 const ServerUser = "fleetd"
 
-// serverRole and deviceRolePrefix name the dynsec roles fleetd manages.
+// serverRole, deviceRolePrefix and birthRolePrefix name the dynsec roles
+// fleetd manages.
 const (
 	serverRole       = "keyfleet-server"
 	deviceRolePrefix = "keyfleet-device-"
+	birthRolePrefix  = "keyfleet-birth-"
 )
+
+// BirthUser is the user name a device's birth credential has at
+// Mosquitto: on the birth listener (ConfigOptions.BirthListen), which
+// takes the certificate's whole subject as the user name
+// (use_subject_as_username), "CN=" and the device id. A birth
+// certificate names the device as its identities do, so on the device
+// listener (use_identity_as_username: the bare CN) the plugin could not
+// tell them apart; the two listeners trust different CAs, so each user
+// name comes from one kind of certificate only. Device ids have no
+// character RFC 2253 escapes.
+func BirthUser(device string) string { return "CN=" + device }
 
 // MaxPacketSize bounds every MQTT packet at the broker, as the embedded
 // broker does: the largest keyfleet message (a certificate delivery with
@@ -48,6 +61,10 @@ type ConfigOptions struct {
 	// CRLFile, if set, is a PEM CRL Mosquitto checks client certificates
 	// against (re-read when Mosquitto reloads).
 	CRLFile string
+	// BirthListen, if set (host:port), is a second listener for birth
+	// credentials (re-enrolment): it trusts BirthCAFile only and names
+	// clients BirthUser, whom the plugin allows the re-enrolment topics.
+	BirthListen, BirthCAFile string
 	// Plugin is the dynamic-security plugin; default DefaultPlugin.
 	Plugin string
 	// DynsecFile is the plugin's state (SeedFile writes its first version);
@@ -85,6 +102,17 @@ crlfile {{.CRLFile}}
 require_certificate true
 use_identity_as_username true
 tls_version tlsv1.2
+{{- if .BirthListen}}
+
+# Birth credentials (re-enrolment only): their own CA, user name "CN=<id>".
+listener {{.BirthPort}}{{if .BirthHost}} {{.BirthHost}}{{end}}
+cafile {{.BirthCAFile}}
+certfile {{.CertFile}}
+keyfile {{.KeyFile}}
+require_certificate true
+use_subject_as_username true
+tls_version tlsv1.2
+{{- end}}
 log_dest stderr
 log_type error
 log_type warning
@@ -99,7 +127,16 @@ func Config(o ConfigOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("mosquitto: listen address %q: %w", o.Listen, err)
 	}
-	for _, s := range []string{o.CAFile, o.CertFile, o.KeyFile, o.CRLFile, o.Plugin, o.DynsecFile, o.User, host, port} {
+	var bhost, bport string
+	if o.BirthListen != "" {
+		if bhost, bport, err = net.SplitHostPort(o.BirthListen); err != nil {
+			return "", fmt.Errorf("mosquitto: birth listen address %q: %w", o.BirthListen, err)
+		}
+		if o.BirthCAFile == "" {
+			return "", fmt.Errorf("mosquitto: the birth listener needs the birth CA file")
+		}
+	}
+	for _, s := range []string{o.CAFile, o.CertFile, o.KeyFile, o.CRLFile, o.Plugin, o.DynsecFile, o.User, host, port, bhost, bport, o.BirthCAFile} {
 		if strings.ContainsAny(s, "\n\r") {
 			return "", fmt.Errorf("mosquitto: %q: line breaks are not allowed", s)
 		}
@@ -107,9 +144,9 @@ func Config(o ConfigOptions) (string, error) {
 	var b bytes.Buffer
 	err = confTemplate.Execute(&b, struct {
 		ConfigOptions
-		Host, Port    string
-		MaxPacketSize int
-	}{ConfigOptions: withPlugin(o), Host: host, Port: port, MaxPacketSize: MaxPacketSize})
+		Host, Port, BirthHost, BirthPort string
+		MaxPacketSize                    int
+	}{ConfigOptions: withPlugin(o), Host: host, Port: port, BirthHost: bhost, BirthPort: bport, MaxPacketSize: MaxPacketSize})
 	return b.String(), err
 }
 
@@ -176,19 +213,36 @@ func SeedFile(t protocol.Topics) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// birthACLs is broker.Allowed for a birth credential, written as dynsec
+// entries: the device's re-enrolment topic to write, its answer topic to
+// read, nothing else.
+func birthACLs(t protocol.Topics, device string) []acl {
+	r := t.ReenrollDown(device)
+	return []acl{{"publishClientSend", t.Reenroll(device), true},
+		{"subscribeLiteral", r, true}, {"publishClientReceive", r, true}}
+}
+
 // Commands are the dynamic-security commands that bring one device in step:
-// its role and client made, or, revoked, deleted (Mosquitto then drops
-// every session with its user name).
-func Commands(t protocol.Topics, device string, revoked bool) []map[string]any {
-	role := deviceRolePrefix + device
+// its role and client made, and with birth (it has a birth credential) its
+// birth role and client (BirthUser); or, revoked, all of them deleted
+// (Mosquitto then drops every session with those user names).
+func Commands(t protocol.Topics, device string, revoked, birth bool) []map[string]any {
+	role, brole := deviceRolePrefix+device, birthRolePrefix+device
 	if revoked {
 		return []map[string]any{
 			{"command": "deleteClient", "username": device},
 			{"command": "deleteRole", "rolename": role},
+			{"command": "deleteClient", "username": BirthUser(device)},
+			{"command": "deleteRole", "rolename": brole},
 		}
 	}
-	return []map[string]any{
+	out := []map[string]any{
 		{"command": "createRole", "rolename": role, "acls": deviceACLs(t, device)},
 		{"command": "createClient", "username": device, "roles": []map[string]any{{"rolename": role}}},
 	}
+	if birth {
+		out = append(out, map[string]any{"command": "createRole", "rolename": brole, "acls": birthACLs(t, device)},
+			map[string]any{"command": "createClient", "username": BirthUser(device), "roles": []map[string]any{{"rolename": brole}}})
+	}
+	return out
 }

@@ -23,12 +23,18 @@ func TestConfig(t *testing.T) {
 			"crlfile /etc/kf/crl.pem", "require_certificate true", "use_identity_as_username true", "allow_anonymous false",
 			"retain_available false", "max_packet_size 4352", "plugin " + DefaultPlugin,
 			"plugin_opt_config_file /var/lib/mosquitto/dynsec.json",
-		}, absent: []string{"user "}},
+		}, absent: []string{"user ", "use_subject_as_username"}},
 		{name: "user, no CRL, default listener", opts: func() ConfigOptions {
 			o := full
 			o.Listen, o.CRLFile, o.User = "", "", "mosquitto"
 			return o
 		}(), want: []string{"listener 8883 0.0.0.0", "user mosquitto"}, absent: []string{"crlfile"}},
+		{name: "birth listener", opts: func() ConfigOptions {
+			o := full
+			o.BirthListen, o.BirthCAFile = "10.0.0.5:8884", "/etc/kf/birth-ca.pem"
+			return o
+		}(), want: []string{"listener 8884 10.0.0.5", "cafile /etc/kf/birth-ca.pem", "use_subject_as_username true"}},
+		{name: "birth listener without its CA", opts: func() ConfigOptions { o := full; o.BirthListen = "0.0.0.0:8884"; return o }(), wantErr: "birth CA"},
 		{name: "missing CA", opts: ConfigOptions{CertFile: "c", KeyFile: "k", DynsecFile: "d"}, wantErr: "required"},
 		{name: "bad listen", opts: func() ConfigOptions { o := full; o.Listen = "8883"; return o }(), wantErr: "listen address"},
 		{name: "line break smuggles a directive", opts: func() ConfigOptions { o := full; o.CAFile = "/x\nallow_anonymous true"; return o }(), wantErr: "line breaks"},
@@ -107,8 +113,8 @@ func TestSeedFile(t *testing.T) {
 // A device's role is broker.Allowed for full access: its own topics only.
 func TestDeviceCommands(t *testing.T) {
 	var topics protocol.Topics
-	add := Commands(topics, "dev-1", false)
-	if add[0]["command"] != "createRole" || add[1]["command"] != "createClient" || add[1]["username"] != "dev-1" {
+	add := Commands(topics, "dev-1", false, false)
+	if len(add) != 2 || add[0]["command"] != "createRole" || add[1]["command"] != "createClient" || add[1]["username"] != "dev-1" {
 		t.Fatalf("add: %v", add)
 	}
 	var got []string
@@ -122,8 +128,29 @@ func TestDeviceCommands(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("acls\n got %v\nwant %v", got, want)
 	}
-	del := Commands(topics, "dev-1", true)
-	if del[0]["command"] != "deleteClient" || del[0]["username"] != "dev-1" || del[1]["command"] != "deleteRole" {
+	del := Commands(topics, "dev-1", true, true)
+	if del[0]["command"] != "deleteClient" || del[0]["username"] != "dev-1" || del[1]["command"] != "deleteRole" ||
+		del[2]["command"] != "deleteClient" || del[2]["username"] != "CN=dev-1" || del[3]["rolename"] != "keyfleet-birth-dev-1" {
 		t.Errorf("revoke: %v", del)
+	}
+}
+
+// A device with a birth credential also gets a client named as the birth
+// listener names it, whose role is broker.Allowed for a birth credential:
+// its re-enrolment topics only.
+func TestBirthCommands(t *testing.T) {
+	var topics protocol.Topics
+	add := Commands(topics, "dev-1", false, true)
+	if len(add) != 4 || add[2]["command"] != "createRole" || add[2]["rolename"] != "keyfleet-birth-dev-1" ||
+		add[3]["command"] != "createClient" || add[3]["username"] != "CN=dev-1" {
+		t.Fatalf("add: %v", add)
+	}
+	var got []string
+	for _, a := range add[2]["acls"].([]acl) {
+		got = append(got, a.Type+" "+a.Topic)
+	}
+	want := []string{"publishClientSend kf/d/dev-1/reenroll", "subscribeLiteral kf/d/dev-1/reenroll/down", "publishClientReceive kf/d/dev-1/reenroll/down"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("acls\n got %v\nwant %v", got, want)
 	}
 }

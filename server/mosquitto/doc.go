@@ -34,7 +34,7 @@
 // device that connects later and is behind is sent the anchors in answer to
 // its first uplink, as with the embedded broker.
 //
-// # CA file
+// # CA and CRL files
 //
 // WriteCAFile and Reload keep the broker's cafile holding every root of
 // the anchor chain (fleetd's --broker-ca-file and --broker-reload; dynsec
@@ -42,12 +42,26 @@
 // rotation needs no hand-edited file. Mosquitto 2.0 re-reads cafile only
 // when it starts, so its reload command is a restart.
 //
+// The plugin keys everything on the user name, and every version of a
+// device carries the same common name, so it cannot tell a retired version
+// from the current one: PlanCRLFile and WriteCRLFile keep the broker's
+// crlfile (--broker-crl-file) listing those, one list per root signed with
+// its key, so that Mosquitto refuses them in the TLS handshake. Mosquitto
+// 2.0 re-reads crlfile on SIGHUP, keeping the lists it read before, among
+// which OpenSSL takes the latest: so a new list is always signed a second
+// or more after the previous one.
+//
+// # Birth credentials
+//
+// A birth credential also carries the device's common name. Config's
+// birth listener (BirthListen) trusts only the birth CA and takes the
+// whole subject as the user name (BirthUser: "CN=ID"), which no identity
+// certificate can have there; Commands give that name a role with the
+// device's re-enrolment topics only.
+//
 // # Caveats
 //
-// The plugin keys everything on the user name, and every certificate of a
-// device (each identity version, and its birth credential) carries the same
-// common name. So the plugin cannot tell a retired version, or a birth
-// credential, from the device's current identity: refusing those needs the
-// certificate itself refused in the TLS handshake (a CRL), which Mosquitto
-// re-reads only when it reloads. See docs/operations.md.
+// A session opened before its version retired stays open: Mosquitto checks
+// the CRL in the handshake only, and the plugin ends sessions per user
+// name, not per certificate. See docs/operations.md.
 package mosquitto

@@ -415,6 +415,25 @@ func (c *Chain) Signer(role string) (crypto.Signer, error) {
 	return c.signer(l, role)
 }
 
+// RootSigner returns the CA key of root, a root of the chain (one of
+// RootCertificates): what signs that root's CRL for an external broker,
+// which refuses every certificate of a root whose CRL it lacks.
+func (c *Chain) RootSigner(root *x509.Certificate) (crypto.Signer, error) {
+	c.mu.RLock()
+	label := ""
+	for _, r := range c.recs {
+		if r.root.Equal(root) {
+			label = r.Labels.CA
+			break
+		}
+	}
+	c.mu.RUnlock()
+	if label == "" {
+		return nil, fmt.Errorf("trust: %s is no root of the chain", root.Subject)
+	}
+	return c.keys.Signer(label)
+}
+
 func (c *Chain) signer(l Labels, role string) (crypto.Signer, error) {
 	switch role {
 	case RoleCA:

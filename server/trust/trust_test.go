@@ -3,6 +3,7 @@ package trust_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"testing"
 	"time"
@@ -56,6 +57,20 @@ func TestChain(t *testing.T) {
 	}
 	if _, err := c.Rotate(ctx, []string{"nonsense"}); err == nil {
 		t.Error("an unknown role rotated")
+	}
+	// Each root's CRLs are signed with its own CA key; a certificate that
+	// is no root of the chain (a cross certificate) has none.
+	for i, r := range c.RootCertificates() {
+		k, err := c.RootSigner(r)
+		if err != nil {
+			t.Fatalf("root %d: %v", i, err)
+		}
+		if pub, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(r.PublicKey) {
+			t.Errorf("root %d: the signer's key is not the root's", i)
+		}
+	}
+	if _, err := c.RootSigner(c.Crosses()[0]); err == nil {
+		t.Error("a cross certificate got a root's signer")
 	}
 	// A device holding v1 walks to v3.
 	got, err := anchors.Walk(v1, c.SetsAfter(1, 4), anchors.WalkOptions{})

@@ -1,6 +1,7 @@
 package dynsec
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"time"
@@ -30,37 +31,57 @@ func (s *Sync) WithCAFile(path, reload string) *Sync {
 	return s
 }
 
-// Observe returns next preceded by the CA file's upkeep: an anchor set
-// made current (or prepared) rewrites the file and reloads the broker
-// before the change is passed on, so that it is done when the admin call
-// that rotated the anchors returns.
+// Observe returns next preceded by the upkeep of the broker's files: an
+// anchor set made current (or prepared) rewrites the CRL and CA files and
+// reloads the broker before the change is passed on, so that it is done
+// when the admin call that rotated the anchors returns; a retired or
+// revoked identity version has the CRL file rewritten (debounced, in the
+// background).
 func (s *Sync) Observe(next func(lifecycle.Change)) func(lifecycle.Change) {
 	return func(c lifecycle.Change) {
-		if c.Slot == lifecycle.SlotAnchors && s.ca.path != "" {
+		if c.Slot == lifecycle.SlotAnchors && (s.ca.path != "" || s.crl.path != "") {
 			ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
-			if err := s.writeCA(ctx); err != nil {
-				s.log.Error("broker CA file not updated; the broker may refuse certificates of the new root", "version", c.Version, "err", err)
+			if err := s.writeFiles(ctx); err != nil {
+				s.log.Error("broker CA or CRL file not updated; the broker may refuse certificates of the new root", "version", c.Version, "err", err)
 			}
 			cancel()
 		}
+		s.crlKick(c)
 		if next != nil {
 			next(c)
 		}
 	}
 }
 
-// writeCA writes the CA file and, if it changed, reloads the broker.
-func (s *Sync) writeCA(ctx context.Context) error {
+// writeFiles writes the CRL file, then the CA file, and reloads the broker
+// if either changed: with the CA file's command if it changed (for
+// Mosquitto a restart, which re-reads both), else with the CRL file's.
+func (s *Sync) writeFiles(ctx context.Context) error {
 	s.caMu.Lock()
 	defer s.caMu.Unlock()
-	if s.ca.roots == nil { // before Start: Start writes it
-		return nil
+	var crlChanged, caChanged bool
+	if s.crl.roots != nil { // before Start: Start writes it
+		var err error
+		if crlChanged, err = s.writeCRL(ctx); err != nil {
+			return err
+		}
 	}
-	roots := s.ca.roots()
-	changed, err := mosquitto.WriteCAFile(s.ca.path, roots)
-	if err != nil || !changed {
-		return err
+	if s.ca.roots != nil {
+		roots := s.ca.roots()
+		var err error
+		if caChanged, err = mosquitto.WriteCAFile(s.ca.path, roots); err != nil {
+			return err
+		}
+		if caChanged {
+			s.log.Info("broker CA file written", "path", s.ca.path, "roots", len(roots))
+		}
 	}
-	s.log.Info("broker CA file written", "path", s.ca.path, "roots", len(roots))
-	return mosquitto.Reload(ctx, s.ca.reload)
+	switch {
+	case s.addr == "": // fleetd's embedded broker: the files are made ready for a broker not running yet
+	case caChanged:
+		return mosquitto.Reload(ctx, s.ca.reload)
+	case crlChanged:
+		return mosquitto.Reload(ctx, cmp.Or(s.crl.reload, s.ca.reload))
+	}
+	return nil
 }

@@ -64,8 +64,9 @@ type Sync struct {
 	retr  map[string]bool // devices whose commands failed: retried
 	gate  func() bool     // SetReplay: whether this process replays at connect
 
-	caMu sync.Mutex // one CA file write and reload at a time
+	caMu sync.Mutex // one write of the broker's files and reload at a time
 	ca   caFile
+	crl  crlFile
 }
 
 // New reads external (--external-broker) and returns the Sync for it.
@@ -196,17 +197,24 @@ func (p provisioner) ProvisionBatch(ctx context.Context, items []rotation.Provis
 // revocation deletes the device's dynsec client (and Mosquitto drops its
 // sessions) before Revoke returns. It stops when ctx ends.
 //
-// With WithCAFile, it first writes the broker's CA file with rootCerts (and
-// reloads the broker if that changed it), for any external broker.
+// With WithCRLFile and WithCAFile, it first writes the broker's CRL and CA
+// files from chain (and reloads the broker if that changed them), for any
+// external broker, and keeps the CRL file current until ctx ends.
 func (s *Sync) Start(ctx context.Context, engine SessionCloserSetter, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error),
-	roots func() *x509.CertPool, rootCerts func() []*x509.Certificate) error {
+	roots func() *x509.CertPool, chain Roots) error {
+	s.caMu.Lock()
 	if s.ca.path != "" {
-		s.caMu.Lock()
-		s.ca.roots = rootCerts
-		s.caMu.Unlock()
-		if err := s.writeCA(ctx); err != nil {
-			return err
-		}
+		s.ca.roots = chain.RootCertificates
+	}
+	if s.crl.path != "" {
+		s.crl.roots = chain
+	}
+	s.caMu.Unlock()
+	if err := s.writeFiles(ctx); err != nil {
+		return err
+	}
+	if s.crl.path != "" {
+		go s.crlLoop(ctx)
 	}
 	if !s.managed {
 		return nil
@@ -237,8 +245,9 @@ func (s *Sync) Disconnect(device string) int {
 // DisconnectCredential is called when a superseded version retires. The
 // plugin knows user names, not certificates: every version of a device has
 // the same one, so it cannot drop the retired version's sessions alone.
-// Refusing that version takes a CRL, which fleetd does not write yet
-// (docs/operations.md, External brokers); nothing is done here.
+// New sessions of that version are refused in the TLS handshake once the
+// CRL file (WithCRLFile) lists it and the broker has re-read it; a session
+// already open stays until it ends.
 func (s *Sync) DisconnectCredential(device, serial string) int { return 0 }
 
 // replay brings the broker in step with the whole store; it runs, in the
@@ -280,7 +289,7 @@ func (s *Sync) sync(ctx context.Context, device string) {
 	revoked := err == nil && d.Revoked
 	if err == nil {
 		var b []byte
-		if b, err = json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked)}); err == nil {
+		if b, err = json.Marshal(map[string]any{"commands": mosquitto.Commands(s.topics, device, revoked, d.Birth != nil)}); err == nil {
 			err = s.ctl.Publish(ctx, controlTopic, b)
 		}
 	}
