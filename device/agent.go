@@ -529,7 +529,7 @@ func (a *Agent) hello(ctx context.Context) error {
 // send seals m with the active identity key and publishes it.
 func (a *Agent) send(ctx context.Context, m protocol.Message) error {
 	st := a.ks.State()
-	key, err := a.ks.Key(st.Active)
+	key, err := a.ks.Signer(st.Active)
 	if err != nil {
 		return err
 	}
@@ -710,11 +710,11 @@ func (a *Agent) onCert(m *protocol.Cert) error {
 	}
 	// The delivery leaves out the key we sent in the CSR: put it back,
 	// then check the certificate as a whole.
-	key, err := a.ks.Key(m.Version)
+	key, err := a.ks.Signer(m.Version)
 	if err != nil {
 		return a.reject("bad-cert", err)
 	}
-	der, err := protocol.ExpandLeaf(m.Cert, &key.PublicKey)
+	der, err := protocol.ExpandLeaf(m.Cert, key.Public())
 	if err != nil {
 		return a.reject("bad-cert", err)
 	}
