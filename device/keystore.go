@@ -51,9 +51,9 @@ type Keystore struct {
 	// hw, if set, holds the identity and birth private keys in a token
 	// (hwkeys.go): the version directories keep a key.ref naming the
 	// token's object instead of a key.pem.
-	hw HardwareKeys
-	mu           sync.Mutex
-	state        SlotState
+	hw    HardwareKeys
+	mu    sync.Mutex
+	state SlotState
 }
 
 // Paths inside the keystore directory.
