@@ -96,6 +96,10 @@ type Options struct {
 	// credential; 0 means one minute. It keeps a short server-side outage
 	// from costing a healthy device its identity.
 	ReenrollAfter time.Duration
+	// Keys, if set, holds the device's private keys in a token (a TPM or
+	// secure element; package device/hwkeys): every new key is generated
+	// there and never leaves it. Nil keeps them in PEM files in Dir.
+	Keys HardwareKeys
 }
 
 // Agent is one device's agent.
@@ -168,11 +172,16 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	ks.SetSync(!opts.NoSync)
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Keys != nil {
+		if err := ks.UseHardware(opts.Keys, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	if opts.ReconnectMin == 0 {
 		opts.ReconnectMin = 200 * time.Millisecond

@@ -1,6 +1,7 @@
 // Command fleet-agent is the keyfleet device agent for a Linux device. It
 // keeps the device's keys in --dir (made by `fleetctl device add --out`),
-// connects to the fleet's broker with its identity and carries out key
+// or with --key-store its private keys in a TPM or secure element through
+// PKCS#11, connects to the fleet's broker with its identity and carries out key
 // rotations, trust-anchor walks, data keys and, with --firmware-dir,
 // firmware updates.
 package main
@@ -15,12 +16,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyfleet/keyfleet/device"
+	"github.com/keyfleet/keyfleet/device/hwkeys"
 	"github.com/keyfleet/keyfleet/internal/cmdtree"
 	"github.com/keyfleet/keyfleet/internal/logx"
 )
 
 func main() {
-	var dir, broker, level, format, crashAt string
+	var dir, broker, level, format, crashAt, keyStore string
 	var fwDir, fwVendor, fwClass, bootCheck string
 	var fwFactory uint32
 	cmd := &cobra.Command{
@@ -38,6 +40,16 @@ func main() {
 				OnEvent: func(e device.Event) {
 					log.Info("agent", "event", string(e.Kind), "device", e.Device, "slot", "identity", "version", e.Version, "detail", e.Detail)
 				}}
+			if keyStore != "" {
+				// Opened before anything else, so a bad URI or a build
+				// without PKCS#11 is refused before the agent connects.
+				keys, err := hwkeys.Open(keyStore)
+				if err != nil {
+					return err
+				}
+				defer keys.Close()
+				opts.Keys = keys
+			}
 			if fwDir != "" {
 				if opts.Firmware, err = firmwareOptions(fwDir, fwVendor, fwClass, fwFactory, bootCheck); err != nil {
 					return err
@@ -68,6 +80,9 @@ func main() {
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "keystore directory (required)")
 	f.StringVar(&broker, "broker", "", "broker address host:port (default: the one recorded at provisioning)")
+	f.StringVar(&keyStore, "key-store", "", "keep the device's private keys in a PKCS#11 token (TPM 2.0, secure element) instead of PEM files in --dir:\n"+
+		"pkcs11:token=LABEL;object=PREFIX?module-path=/usr/lib/<arch>/libtpm2_pkcs11.so.1&pin-source=file:PATH\n"+
+		"(RFC 7512; keys are P-256, generated in the token, labelled PREFIX/identity/vN; needs a build with CGO_ENABLED=1)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text or json")
 	f.StringVar(&crashAt, "crash-at", "", "testing: SIGKILL the agent at this step (after-pending-key, after-enroll, after-cert-stored, after-promote)")
