@@ -9,6 +9,9 @@
 # `systemctl disable --now prometheus` if it is not wanted).
 # With --with-systemd, systemd (systemd-analyze checks deploy/systemd's
 # units; installing the package starts nothing in a container).
+# With --with-tpm, swtpm and libtpm2-pkcs11-1 (a software TPM 2.0 and the
+# tpm2-pkcs11 module: the tests of fleet-agent --key-store; tokens are
+# made through PKCS#11 itself, so tpm2-tools are not needed).
 # Recommended packages are left out: prometheus recommends the node
 # exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
@@ -18,6 +21,13 @@ need=()
 have_softhsm() {
   for p in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
            /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
+    [ -e "$p" ] && return 0
+  done
+  return 1
+}
+have_tpm2_pkcs11() {
+  for p in /usr/lib/x86_64-linux-gnu/libtpm2_pkcs11.so.1 /usr/lib/aarch64-linux-gnu/libtpm2_pkcs11.so.1 \
+           /usr/lib/arm-linux-gnueabihf/libtpm2_pkcs11.so.1; do
     [ -e "$p" ] && return 0
   done
   return 1
@@ -33,11 +43,14 @@ for arg in "$@"; do
       command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
     --with-systemd)
       command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) ;;
+    --with-tpm)
+      command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+      have_tpm2_pkcs11 || need+=(libtpm2-pkcs11-1) ;;
     --with-promtool)
       want_promtool=true
       have_promtool || need+=(prometheus) ;;
     *)
-      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd)" >&2
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd, --with-tpm)" >&2
       exit 2 ;;
   esac
 done
@@ -73,6 +86,12 @@ done
 for p in "${need[@]}"; do
   if [ "$p" = systemd ] && ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "keyfleet: systemd installed but systemd-analyze not found on PATH" >&2
+    exit 1
+  fi
+done
+for p in "${need[@]}"; do
+  if [ "$p" = libtpm2-pkcs11-1 ] && ! have_tpm2_pkcs11; then
+    echo "keyfleet: libtpm2-pkcs11-1 installed but libtpm2_pkcs11.so.1 not found" >&2
     exit 1
   fi
 done
