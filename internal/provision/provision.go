@@ -45,8 +45,8 @@ func To(ctx context.Context, c *client.Client, id string, st device.Storage, bro
 // secure element): its first identity key and its birth key are
 // generated inside hw, and dir keeps only their references, so no private
 // key of the device is ever in a file.
-func InToken(ctx context.Context, c *client.Client, id, dir, broker string, hw device.HardwareKeys) (adminapi.ProvisionResponse, error) {
-	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, Inventory{}, hw)
+func InToken(ctx context.Context, c *client.Client, id, dir, broker string, inv Inventory, hw device.HardwareKeys) (adminapi.ProvisionResponse, error) {
+	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, inv, hw)
 }
 
 // newKey makes one of the device's keys: in software, or in hw.
