@@ -26,8 +26,17 @@ func main() {
 	var fwDir, fwVendor, fwClass, bootCheck string
 	var fwFactory uint32
 	cmd := &cobra.Command{
-		Use:           "fleet-agent",
-		Short:         "keyfleet device agent",
+		Use:   "fleet-agent",
+		Short: "keyfleet device agent",
+		Long: "keyfleet device agent: keeps the device's identity current over MQTT.\n\n" +
+			"Keys are PEM files in --dir unless --key-store names a PKCS#11 token (TPM 2.0 through\n" +
+			"tpm2-pkcs11, or a secure element's module). A board vendor gives: the module's path\n" +
+			"(module-path=, e.g. /usr/lib/aarch64-linux-gnu/libtpm2_pkcs11.so.1), an initialised token's\n" +
+			"label (token=), a label prefix for the agent's keys (object=) and a file with the user PIN\n" +
+			"(pin-source=file:PATH). Keys are ECDSA P-256, generated in the token, sensitive and not\n" +
+			"extractable. PKCS#11 needs a build with cgo: CGO_ENABLED=1 CC=<the SDK's gcc> go build\n" +
+			"./cmd/fleet-agent; a CGO_ENABLED=0 build refuses --key-store. See docs/operations.md,\n" +
+			"\"Device keys in a TPM or secure element\".",
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
