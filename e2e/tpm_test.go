@@ -30,7 +30,8 @@ import (
 // /dev/tpmrm0. The device is provisioned with its first identity key and
 // its birth key generated in the TPM, starts with an orphan key in the
 // token (what a crash between a key's generation and the state naming it
-// leaves), rotates twice, and the test reads every key object back through
+// leaves), rotates twice (the agent SIGKILLed in the first right after
+// its new key was made), and the test reads every key object back through
 // PKCS#11: generated in the token, sensitive, not extractable, the orphan
 // and the retired version destroyed, and no private key in any file of the
 // agent's directory.
@@ -81,22 +82,44 @@ func TestAgentKeysInTPM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	agent := start(t, nil, filepath.Join(bin, "fleet-agent"), "--dir", dir, "--key-store", uri, "--log-level", "debug")
-	eventually(t, 20*time.Second, "agent connected with its TPM key", func() bool {
-		d, err := f.Admin.Device(ctx, id)
-		return err == nil && d.Reported == 1
-	})
-	for v := uint32(2); v <= 3; v++ {
-		rotated := time.Now()
+	agentBin := filepath.Join(bin, "fleet-agent")
+	args := []string{"--dir", dir, "--key-store", uri, "--log-level", "debug"}
+	rotate := func() {
+		t.Helper()
 		if _, err := f.Admin.Rotate(ctx, adminapi.RotateRequest{Devices: []string{id}}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	complete := func(v uint32, began time.Time) {
+		t.Helper()
 		eventually(t, 30*time.Second, "rotation complete", func() bool {
 			d, err := f.Admin.Device(ctx, id)
 			return err == nil && d.Active == v && d.Reported == v
 		})
-		t.Logf("rotation to v%d with the key generated in the TPM: %v", v, time.Since(rotated).Round(time.Millisecond))
+		t.Logf("rotation to v%d with the key generated in the TPM: %v", v, time.Since(began).Round(time.Millisecond))
 	}
+	// The first agent is SIGKILLed right after it generated v2's key in
+	// the TPM and recorded it as pending: the restarted agent completes
+	// the rotation with that same key.
+	agent := start(t, nil, agentBin, append(args, "--crash-at", "after-pending-key")...)
+	eventually(t, 20*time.Second, "agent connected with its TPM key", func() bool {
+		d, err := f.Admin.Device(ctx, id)
+		return err == nil && d.Reported == 1
+	})
+	rotBegan := time.Now()
+	rotate()
+	if err := agent.wait(t, 20*time.Second); !killedBySIGKILL(err) {
+		t.Fatalf("agent exit: got %v, want killed by SIGKILL after the pending key", err)
+	}
+	pendingRef, err := os.ReadFile(filepath.Join(dir, "identity", "v2", "key.ref"))
+	if err != nil {
+		t.Fatalf("after the crash: %v", err)
+	}
+	agent = start(t, nil, agentBin, args...)
+	complete(2, rotBegan)
+	rotBegan = time.Now()
+	rotate()
+	complete(3, rotBegan)
 	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +158,9 @@ func TestAgentKeysInTPM(t *testing.T) {
 	want := []string{"fleet-agent/birth", "fleet-agent/identity/v2", "fleet-agent/identity/v3"}
 	if !slices.Equal(labels, want) {
 		t.Errorf("keys in the token: got %q, want %q (v1 retired and destroyed, the orphan swept)", labels, want)
+	}
+	if ref, err := os.ReadFile(filepath.Join(dir, "identity", "v2", "key.ref")); err != nil || !bytes.Equal(ref, pendingRef) {
+		t.Errorf("v2's key: got reference %q (%v), want %q, the key generated before the crash", ref, err, pendingRef)
 	}
 	for _, v := range []uint32{2, 3} {
 		if _, err := ks.Key(v); !errors.Is(err, device.ErrKeyInHardware) {
