@@ -38,7 +38,9 @@ import (
 func TestAgentKeysInTPM(t *testing.T) {
 	bin := binaries(t)
 	began := time.Now() // the binaries are built once for every test
-	defer func() { t.Logf("provisioning, two rotations and the read-back: %v", time.Since(began).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("provisioning, two rotations and the read-back: %v", time.Since(began).Round(time.Millisecond))
+	}()
 	tpm, err := swtpm.Start(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
