@@ -3,11 +3,13 @@
 package hwkeys
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/asn1"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -140,6 +142,7 @@ type Store struct {
 	sess   pkcs11.SessionHandle
 	pin    string
 	object string
+	token  string
 	mine   bool // this Store initialised the module and finalises it
 }
 
@@ -154,7 +157,7 @@ func Open(raw string) (*Store, error) {
 	if p == nil {
 		return nil, fmt.Errorf("hwkeys: cannot load PKCS#11 module %s", c.Module)
 	}
-	s := &Store{p: p, pin: c.PIN, object: c.Object, mine: true}
+	s := &Store{p: p, pin: c.PIN, object: c.Object, token: c.Token, mine: true}
 	if err := p.Initialize(); err != nil {
 		var pe pkcs11.Error
 		if !errors.As(err, &pe) || pe != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
@@ -170,28 +173,51 @@ func Open(raw string) (*Store, error) {
 		p.Destroy()
 		return nil, err
 	}
-	slots, err := p.GetSlotList(true)
-	if err != nil {
-		return fail(fmt.Errorf("hwkeys: list slots of %s: %w", c.Module, err))
-	}
-	slot, found := uint(0), false
-	for _, sl := range slots {
-		if ti, err := p.GetTokenInfo(sl); err == nil && ti.Label == c.Token {
-			slot, found = sl, true
-			break
-		}
-	}
-	if !found {
-		return fail(fmt.Errorf("hwkeys: no token labelled %q in %s", c.Token, c.Module))
-	}
-	if s.sess, err = p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
-		return fail(fmt.Errorf("hwkeys: open a session on token %q: %w", c.Token, err))
+	if err := s.openSession(); err != nil {
+		return fail(err)
 	}
 	if err := s.do(func() error { return nil }); err != nil {
 		_ = p.CloseSession(s.sess)
 		return fail(fmt.Errorf("hwkeys: token %q: %w", c.Token, err))
 	}
 	return s, nil
+}
+
+// openSession opens the session on the token labelled s.token.
+func (s *Store) openSession() error {
+	slots, err := s.p.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("hwkeys: list slots: %w", err)
+	}
+	for _, sl := range slots {
+		if ti, err := s.p.GetTokenInfo(sl); err == nil && ti.Label == s.token {
+			if s.sess, err = s.p.OpenSession(sl, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
+				return fmt.Errorf("hwkeys: open a session on token %q: %w", s.token, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("hwkeys: no token labelled %q", s.token)
+}
+
+// reload makes the module read the token's objects afresh, after a
+// destroy. tpm2-pkcs11 1.9 numbers a new object after the last one in its
+// list, so once an object before the last is destroyed a new key can get
+// the handle of an existing one, and a search then returns the wrong
+// object; a reloaded list has no holes. Only a Store that initialised the
+// module can; the caller holds s.mu.
+func (s *Store) reload() error {
+	if !s.mine {
+		return nil
+	}
+	_ = s.p.CloseSession(s.sess)
+	if err := s.p.Finalize(); err != nil {
+		return fmt.Errorf("hwkeys: reload the token: %w", err)
+	}
+	if err := s.p.Initialize(); err != nil {
+		return fmt.Errorf("hwkeys: reload the token: %w", err)
+	}
+	return s.openSession()
 }
 
 // Close ends the session and releases the module.
@@ -327,7 +353,32 @@ func (s *Store) find(id []byte, class int) ([]pkcs11.ObjectHandle, error) {
 	if err := s.p.FindObjectsFinal(s.sess); err != nil {
 		return nil, fmt.Errorf("find objects: %w", err)
 	}
-	return out, nil
+	// Check what each handle is: a module that mixes up handles (see
+	// reload) must not make the agent sign with, or destroy, another key.
+	kept := out[:0]
+	for _, h := range out {
+		a, err := s.p.GetAttributeValue(s.sess, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil), pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		if err != nil {
+			return nil, fmt.Errorf("read object %d: %w", h, err)
+		}
+		if (class < 0 || bytesToUint(a[0].Value) == uint(class)) && (id == nil || bytes.Equal(a[1].Value, id)) {
+			kept = append(kept, h)
+		}
+	}
+	return kept, nil
+}
+
+// bytesToUint reads a CK_ULONG attribute value (native byte order, as
+// miekg/pkcs11 returns it).
+func bytesToUint(b []byte) uint {
+	switch len(b) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(b))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(b))
+	}
+	return ^uint(0) // no CK_ULONG: matches no class
 }
 
 func parseRef(ref string) ([]byte, error) {
@@ -418,6 +469,7 @@ func (s *Store) Destroy(ref string) error {
 	if err != nil {
 		return err
 	}
+	destroyed := false
 	err = s.do(func() error {
 		hs, err := s.find(id, -1)
 		if err != nil {
@@ -427,11 +479,17 @@ func (s *Store) Destroy(ref string) error {
 			if err := s.p.DestroyObject(s.sess, h); err != nil {
 				return err
 			}
+			destroyed = true
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("hwkeys: destroy key %s: %w", ref, err)
+	}
+	if destroyed {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.reload()
 	}
 	return nil
 }
