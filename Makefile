@@ -8,7 +8,7 @@ PKGS     := ./...
 all: build
 
 deps:
-	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium --with-systemd --with-postgres
+	@scripts/deps.sh --with-mosquitto --with-promtool --with-chromium --with-systemd --with-postgres --with-tpm
 
 build:
 	@# -buildvcs=auto: --version names the commit even where GOFLAGS turns stamping off

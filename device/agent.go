@@ -100,6 +100,10 @@ type Options struct {
 	// credential; 0 means one minute. It keeps a short server-side outage
 	// from costing a healthy device its identity.
 	ReenrollAfter time.Duration
+	// Keys, if set, holds the device's private keys in a token (a TPM or
+	// secure element; package device/hwkeys): every new key is generated
+	// there and never leaves it. Nil keeps them in PEM files in Dir.
+	Keys HardwareKeys
 }
 
 // Agent is one device's agent.
@@ -172,11 +176,16 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	ks.SetSync(!opts.NoSync)
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Keys != nil {
+		if err := ks.UseHardware(opts.Keys, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	if opts.ReconnectMin == 0 {
 		opts.ReconnectMin = 200 * time.Millisecond
@@ -533,7 +542,7 @@ func (a *Agent) hello(ctx context.Context) error {
 // send seals m with the active identity key and publishes it.
 func (a *Agent) send(ctx context.Context, m protocol.Message) error {
 	st := a.ks.State()
-	key, err := a.ks.Key(st.Active)
+	key, err := a.ks.Signer(st.Active)
 	if err != nil {
 		return err
 	}
@@ -714,11 +723,11 @@ func (a *Agent) onCert(m *protocol.Cert) error {
 	}
 	// The delivery leaves out the key we sent in the CSR: put it back,
 	// then check the certificate as a whole.
-	key, err := a.ks.Key(m.Version)
+	key, err := a.ks.Signer(m.Version)
 	if err != nil {
 		return a.reject("bad-cert", err)
 	}
-	der, err := protocol.ExpandLeaf(m.Cert, &key.PublicKey)
+	der, err := protocol.ExpandLeaf(m.Cert, key.Public())
 	if err != nil {
 		return a.reject("bad-cert", err)
 	}

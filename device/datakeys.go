@@ -90,6 +90,13 @@ func (a *Agent) storeKey(m *protocol.Key) (bool, error) {
 			continue
 		}
 		k, kerr := a.ks.Key(v)
+		if errors.Is(kerr, ErrKeyInHardware) {
+			// Opening a data key takes ECDH with the identity key, which
+			// tpm2-pkcs11 does not offer (no CKM_ECDH1_DERIVE): say so
+			// rather than report a wrong recipient.
+			err = fmt.Errorf("identity v%d: %w: data keys need a software identity key", v, kerr)
+			continue
+		}
 		if kerr != nil {
 			continue
 		}

@@ -18,6 +18,16 @@ func Install(dir string, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, upd
 
 // InstallTo is Install into any Storage.
 func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, updatePEM []byte) error {
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return err
+	}
+	return installTo(st, id, fileKeyPEM, keyPEM, certPEM, caPEM, updatePEM)
+}
+
+// installTo writes a keystore whose version 1 key is keyData in keyFile
+// (a PEM key, or a token reference).
+func installTo(st Storage, id Identity, keyFile string, keyData, certPEM, caPEM, updatePEM []byte) error {
 	if err := protocol.ValidateDeviceID(id.ID); err != nil {
 		return err
 	}
@@ -26,10 +36,6 @@ func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, u
 	}
 	if _, err := identity.ParsePEM(caPEM); err != nil {
 		return fmt.Errorf("device: CA: %w", err)
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return err
 	}
 	idJSON, err := json.Marshal(id)
 	if err != nil {
@@ -41,7 +47,7 @@ func InstallTo(st Storage, id Identity, key *ecdsa.PrivateKey, certPEM, caPEM, u
 		data []byte
 		perm os.FileMode
 	}{
-		{vdir + "/key.pem", keyPEM, 0o600},
+		{vdir + "/" + keyFile, keyData, 0o600},
 		{vdir + "/cert.pem", certPEM, 0o644},
 		{fileCA, caPEM, 0o644},
 		{fileUpdate, updatePEM, 0o644},
@@ -70,14 +76,23 @@ type Bundle struct {
 	// device has one.
 	BirthKey     *ecdsa.PrivateKey
 	BirthCertPEM []byte
+	// KeyRef and BirthKeyRef, when set, stand for Key and BirthKey: the
+	// references (HardwareKeys.Generate) of keys generated in the
+	// device's token, so that no private key is ever in a file.
+	KeyRef, BirthKeyRef string
 }
 
 // InstallBundle writes a new keystore into st. It refuses to overwrite one.
 func InstallBundle(st Storage, b Bundle) error {
-	if b.BirthKey != nil {
-		kp, err := encodeKey(b.BirthKey)
-		if err != nil {
-			return err
+	if b.BirthKey != nil || b.BirthKeyRef != "" {
+		bfile, kp := fileBirthKey, []byte(b.BirthKeyRef+"\n")
+		if b.BirthKeyRef != "" {
+			bfile = birthDir + "/" + fileKeyRef
+		} else {
+			var err error
+			if kp, err = encodeKey(b.BirthKey); err != nil {
+				return err
+			}
 		}
 		if _, err := identity.ParsePEM(b.BirthCertPEM); err != nil {
 			return fmt.Errorf("device: birth certificate: %w", err)
@@ -85,7 +100,7 @@ func InstallBundle(st Storage, b Bundle) error {
 		if _, err := st.ReadFile(fileState); err == nil {
 			return fmt.Errorf("device: %s already has a keystore", b.Identity.ID)
 		}
-		if err := st.WriteFile(fileBirthKey, kp, 0o600); err != nil {
+		if err := st.WriteFile(bfile, kp, 0o600); err != nil {
 			return fmt.Errorf("device: install birth key: %w", err)
 		}
 		if err := st.WriteFile(fileBirthCert, b.BirthCertPEM, 0o644); err != nil {
@@ -101,6 +116,9 @@ func InstallBundle(st Storage, b Bundle) error {
 			return fmt.Errorf("device: install anchors: %w", err)
 		}
 	}
-	// The state file, written last by InstallTo, marks a complete install.
+	// The state file, written last by installTo, marks a complete install.
+	if b.KeyRef != "" {
+		return installTo(st, b.Identity, fileKeyRef, []byte(b.KeyRef+"\n"), b.CertPEM, b.CAPEM, b.UpdatePEM)
+	}
 	return InstallTo(st, b.Identity, b.Key, b.CertPEM, b.CAPEM, b.UpdatePEM)
 }

@@ -86,7 +86,7 @@ func TestAgentTrustsAnchorIssuers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.ks.StorePendingCert(2, ext.issue(t, "dev-1", &k2.PublicKey), time.Now()); err == nil {
+	if _, err := a.ks.StorePendingCert(2, ext.issue(t, "dev-1", k2.Public()), time.Now()); err == nil {
 		t.Fatal("external certificate before the anchors name its issuer: got nil error, want refusal")
 	}
 	if r := deliver(t, a, anchorsMsg(t, v2)); len(r) != 0 {
@@ -105,9 +105,9 @@ func TestAgentTrustsAnchorIssuers(t *testing.T) {
 		der     []byte
 		wantErr bool
 	}{
-		{"another issuer", stranger.issue(t, "dev-1", &k2.PublicKey), true},
-		{"the external issuer naming another device", ext.issue(t, "dev-2", &k2.PublicKey), true},
-		{"the external issuer", ext.issue(t, "dev-1", &k2.PublicKey), false},
+		{"another issuer", stranger.issue(t, "dev-1", k2.Public()), true},
+		{"the external issuer naming another device", ext.issue(t, "dev-2", k2.Public()), true},
+		{"the external issuer", ext.issue(t, "dev-1", k2.Public()), false},
 	} {
 		_, err := a.ks.StorePendingCert(2, tc.der, time.Now())
 		if (err != nil) != tc.wantErr {

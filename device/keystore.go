@@ -1,6 +1,7 @@
 package device
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -47,8 +48,12 @@ type Keystore struct {
 	issuerInters *x509.CertPool
 	update       any
 	anchors      anchorState
-	mu           sync.Mutex
-	state        SlotState
+	// hw, if set, holds the identity and birth private keys in a token
+	// (hwkeys.go): the version directories keep a key.ref naming the
+	// token's object instead of a key.pem.
+	hw    HardwareKeys
+	mu    sync.Mutex
+	state SlotState
 }
 
 // Paths inside the keystore directory.
@@ -66,10 +71,11 @@ var ErrNoCredential = errors.New("device: no such credential")
 // NewKey makes a P-256 key, the only kind keyfleet identities use.
 func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
-// CSR builds the certificate request naming device for key. It carries the
-// device id as common name only: the CA adds the identity URI itself, and
-// the 45 bytes of a requested SAN would travel in every enroll.
-func CSR(device string, key *ecdsa.PrivateKey) ([]byte, error) {
+// CSR builds the certificate request naming device for key, a software
+// key or one held in a token. It carries the device id as common name
+// only: the CA adds the identity URI itself, and the 45 bytes of a
+// requested SAN would travel in every enroll.
+func CSR(device string, key crypto.Signer) ([]byte, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: device},
 	}, key)
@@ -192,10 +198,14 @@ func (ks *Keystore) saveState(s SlotState) error {
 	return nil
 }
 
-// Key loads the private key of version v.
+// Key loads the software private key of version v. A key held in a
+// token has no software form: ErrKeyInHardware; Signer serves both.
 func (ks *Keystore) Key(v uint32) (*ecdsa.PrivateKey, error) {
-	b, err := ks.st.ReadFile(versionDir(v) + "/key.pem")
+	b, err := ks.st.ReadFile(versionDir(v) + "/" + fileKeyPEM)
 	if errors.Is(err, fs.ErrNotExist) {
+		if _, rerr := ks.st.ReadFile(versionDir(v) + "/" + fileKeyRef); rerr == nil {
+			return nil, fmt.Errorf("%w: key v%d", ErrKeyInHardware, v)
+		}
 		return nil, fmt.Errorf("%w: key v%d", ErrNoCredential, v)
 	} else if err != nil {
 		return nil, fmt.Errorf("device: key v%d: %w", v, err)
@@ -230,9 +240,10 @@ func (ks *Keystore) Cert(v uint32) (*x509.Certificate, error) {
 	return cs[0], nil
 }
 
-// TLSCredential returns version v as a TLS client certificate.
-func (ks *Keystore) TLSCredential(v uint32) (tls.Certificate, *ecdsa.PrivateKey, error) {
-	k, err := ks.Key(v)
+// TLSCredential returns version v as a TLS client certificate, its key
+// in software or in the token.
+func (ks *Keystore) TLSCredential(v uint32) (tls.Certificate, crypto.Signer, error) {
+	k, err := ks.Signer(v)
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
@@ -244,13 +255,16 @@ func (ks *Keystore) TLSCredential(v uint32) (tls.Certificate, *ecdsa.PrivateKey,
 }
 
 // BeginPending generates (or, for a repeated request, reloads) the key of
-// version v and records it as pending. The key is on disk before the state
-// names it, so the state never points at a missing key.
-func (ks *Keystore) BeginPending(v uint32, rid []byte) (*ecdsa.PrivateKey, error) {
+// version v and records it as pending: in the token when the keystore has
+// one, else as a PEM file. The key (or its reference) is stored before the
+// state names it, so the state never points at a missing key; a crash in
+// between leaves a token object nothing names, which the next
+// UseHardware destroys.
+func (ks *Keystore) BeginPending(v uint32, rid []byte) (crypto.Signer, error) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	if ks.state.Pending == v {
-		if k, err := ks.Key(v); err == nil {
+		if k, err := ks.Signer(v); err == nil {
 			if string(ks.state.PendingRID) != string(rid) {
 				s := ks.state
 				s.PendingRID = rid
@@ -264,18 +278,11 @@ func (ks *Keystore) BeginPending(v uint32, rid []byte) (*ecdsa.PrivateKey, error
 	if v <= ks.state.Active {
 		return nil, fmt.Errorf("device: version %d is not newer than active %d", v, ks.state.Active)
 	}
-	k, err := NewKey()
-	if err != nil {
-		return nil, err
-	}
-	pemKey, err := encodeKey(k)
-	if err != nil {
-		return nil, err
-	}
 	vdir := versionDir(v)
 	_ = ks.st.RemoveAll(vdir + "/cert.pem") // a stale certificate from an abandoned attempt
-	if err := ks.write(vdir+"/key.pem", pemKey, 0o600); err != nil {
-		return nil, fmt.Errorf("device: pending key: %w", err)
+	k, err := ks.newKey(vdir, "identity/v"+strconv.FormatUint(uint64(v), 10))
+	if err != nil {
+		return nil, fmt.Errorf("device: pending key v%d: %w", v, err)
 	}
 	s := ks.state
 	s.Pending, s.PendingRID = v, rid
@@ -306,11 +313,11 @@ func (ks *Keystore) StorePendingCert(v uint32, der []byte, now time.Time) (*x509
 	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
 		return nil, fmt.Errorf("device: certificate v%d names %s", v, id)
 	}
-	k, err := ks.Key(v)
+	k, err := ks.Signer(v)
 	if err != nil {
 		return nil, err
 	}
-	if !k.PublicKey.Equal(c.PublicKey) {
+	if !samePublic(k, c.PublicKey) {
 		return nil, fmt.Errorf("device: certificate v%d is not for the pending key", v)
 	}
 	if err := ks.write(versionDir(v)+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
@@ -343,7 +350,7 @@ func (ks *Keystore) Promote(v uint32) error {
 		return err
 	}
 	if old.Previous != 0 && old.Previous != v {
-		_ = ks.st.RemoveAll(versionDir(old.Previous))
+		_ = ks.removeVersion(old.Previous)
 	}
 	return nil
 }
@@ -367,8 +374,8 @@ func (ks *Keystore) Retire(v uint32) (bool, error) {
 	if err := ks.saveState(s); err != nil {
 		return false, err
 	}
-	if err := ks.st.RemoveAll(versionDir(v)); err != nil {
-		return true, fmt.Errorf("device: remove v%d: %w", v, err)
+	if err := ks.removeVersion(v); err != nil {
+		return true, err
 	}
 	return true, nil
 }

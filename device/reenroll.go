@@ -3,7 +3,7 @@ package device
 import (
 	"cmp"
 	"context"
-	"crypto/ecdsa"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -27,7 +27,8 @@ const (
 // Files of re-enrolment: the birth credential (IDevID) installed at the
 // factory and the key a re-enrolment asks a certificate for.
 const (
-	fileBirthKey  = "birth/key.pem"
+	birthDir      = "birth"
+	fileBirthKey  = birthDir + "/" + fileKeyPEM
 	fileBirthCert = "birth/cert.pem"
 	// reenrollDir holds the key made for a re-enrolment until the server
 	// names its version.
@@ -35,16 +36,13 @@ const (
 )
 
 // BirthCredential returns the device's birth credential (IDevID) as a TLS
-// client certificate, or ErrNoCredential.
-func (ks *Keystore) BirthCredential() (*ecdsa.PrivateKey, *x509.Certificate, error) {
-	kb, err := ks.st.ReadFile(fileBirthKey)
+// client certificate, or ErrNoCredential. Its key is a PEM file or, with
+// a token, a reference to the key in it.
+func (ks *Keystore) BirthCredential() (crypto.Signer, *x509.Certificate, error) {
+	k, err := ks.keyIn(birthDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, fmt.Errorf("%w: birth credential", ErrNoCredential)
 	} else if err != nil {
-		return nil, nil, fmt.Errorf("device: birth key: %w", err)
-	}
-	k, err := decodeKey(kb)
-	if err != nil {
 		return nil, nil, fmt.Errorf("device: birth key: %w", err)
 	}
 	cb, err := ks.st.ReadFile(fileBirthCert)
@@ -59,26 +57,22 @@ func (ks *Keystore) BirthCredential() (*ecdsa.PrivateKey, *x509.Certificate, err
 }
 
 // BeginReenroll makes (or reloads) the key a re-enrolment asks a
-// certificate for. Its version is unknown until the server answers.
-func (ks *Keystore) BeginReenroll() (*ecdsa.PrivateKey, error) {
+// certificate for, in the token when the keystore has one. Its version is
+// unknown until the server answers.
+func (ks *Keystore) BeginReenroll() (crypto.Signer, error) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if b, err := ks.st.ReadFile(reenrollDir + "/key.pem"); err == nil {
-		if k, err := decodeKey(b); err == nil && !ks.holdsKey(k) {
+	if k, err := ks.keyIn(reenrollDir); err == nil {
+		if !ks.holdsKey(k) {
 			return k, nil
 		}
 		// A key left behind by a crash after it was adopted: it is some
 		// version's key now, and the server would refuse it as reused.
+		// Only its directory goes: the adopting version names the key.
+		_ = ks.st.RemoveAll(reenrollDir)
 	}
-	k, err := NewKey()
+	k, err := ks.newKey(reenrollDir, "identity/reenroll")
 	if err != nil {
-		return nil, err
-	}
-	p, err := encodeKey(k)
-	if err != nil {
-		return nil, err
-	}
-	if err := ks.write(reenrollDir+"/key.pem", p, 0o600); err != nil {
 		return nil, fmt.Errorf("device: re-enrolment key: %w", err)
 	}
 	return k, nil
@@ -93,13 +87,11 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 	if v <= ks.state.Active {
 		return nil, fmt.Errorf("device: re-enrolled version %d is not newer than active %d", v, ks.state.Active)
 	}
-	kb, err := ks.st.ReadFile(reenrollDir + "/key.pem")
-	if err != nil {
+	k, err := ks.keyIn(reenrollDir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no re-enrolment under way", ErrNoCredential)
-	}
-	k, err := decodeKey(kb)
-	if err != nil {
-		return nil, err
+	} else if err != nil {
+		return nil, fmt.Errorf("device: re-enrolment key: %w", err)
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -113,19 +105,23 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 	if id.Role != identity.RoleDevice || id.Name != ks.id.ID {
 		return nil, fmt.Errorf("device: re-enrolled certificate names %s", id)
 	}
-	if !k.PublicKey.Equal(c.PublicKey) {
+	if !samePublic(k, c.PublicKey) {
 		return nil, errors.New("device: re-enrolled certificate is not for the re-enrolment key")
 	}
 	vdir := versionDir(v)
-	if err := ks.write(vdir+"/key.pem", kb, 0o600); err != nil {
-		return nil, err
+	for _, f := range []string{fileKeyRef, fileKeyPEM} {
+		if kb, err := ks.st.ReadFile(reenrollDir + "/" + f); err == nil {
+			if err := ks.write(vdir+"/"+f, kb, 0o600); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := ks.write(vdir+"/cert.pem", identity.EncodePEM(c), 0o644); err != nil {
 		return nil, err
 	}
 	s := ks.state
 	if s.Pending != 0 && s.Pending != v {
-		_ = ks.st.RemoveAll(versionDir(s.Pending)) // an abandoned rotation
+		_ = ks.removeVersion(s.Pending) // an abandoned rotation
 	}
 	s.Pending, s.PendingRID = v, rid
 	if err := ks.saveState(s); err != nil {
@@ -137,12 +133,12 @@ func (ks *Keystore) AdoptReenrolled(v uint32, rid, der []byte, now time.Time) (*
 
 // holdsKey reports whether k is the key of a version the keystore holds.
 // The caller holds ks.mu.
-func (ks *Keystore) holdsKey(k *ecdsa.PrivateKey) bool {
+func (ks *Keystore) holdsKey(k crypto.Signer) bool {
 	for _, v := range []uint32{ks.state.Active, ks.state.Pending, ks.state.Previous} {
 		if v == 0 {
 			continue
 		}
-		if hk, err := ks.Key(v); err == nil && hk.PublicKey.Equal(&k.PublicKey) {
+		if hk, err := ks.Signer(v); err == nil && samePublic(hk, k.Public()) {
 			return true
 		}
 	}
@@ -251,7 +247,7 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 					return err
 				}
 			case *protocol.Cert:
-				der, err := protocol.ExpandLeaf(msg.Cert, &key.PublicKey)
+				der, err := protocol.ExpandLeaf(msg.Cert, key.Public())
 				if err != nil {
 					a.log.Warn("re-enrolled certificate refused", "err", err)
 					continue

@@ -50,7 +50,7 @@ func TestReenrollKeyLeftByCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyPEM, _ := st.ReadFile(reenrollDir + "/key.pem")
-	if _, err := ks.AdoptReenrolled(5, []byte("rid-0001"), issue(&rk.PublicKey).Raw, time.Now()); err != nil {
+	if _, err := ks.AdoptReenrolled(5, []byte("rid-0001"), issue(rk.Public().(*ecdsa.PublicKey)).Raw, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	// The crash: the key file is back where AdoptReenrolled removed it.
@@ -61,11 +61,11 @@ func TestReenrollKeyLeftByCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.PublicKey.Equal(&rk.PublicKey) {
+	if samePublic(again, rk.Public()) {
 		t.Error("BeginReenroll reused the key that is now version 5's")
 	}
 	// Without a crash, a re-enrolment in progress keeps its key.
-	if k, _ := ks.BeginReenroll(); !k.PublicKey.Equal(&again.PublicKey) {
+	if k, _ := ks.BeginReenroll(); !samePublic(k, again.Public()) {
 		t.Error("BeginReenroll replaced the key of the re-enrolment under way")
 	}
 }

@@ -13,6 +13,9 @@
 # own server from /usr/lib/postgresql/*/bin in a temporary directory; on a
 # host with systemd the package also starts a cluster on :5432, which
 # keyfleet does not use: `systemctl disable --now postgresql` if unwanted).
+# With --with-tpm, swtpm and libtpm2-pkcs11-1 (a software TPM 2.0 and the
+# tpm2-pkcs11 module: the tests of fleet-agent --key-store; tokens are
+# made through PKCS#11 itself, so tpm2-tools are not needed).
 # Recommended packages are left out: prometheus recommends the node
 # exporter, smartmontools and ipmitool, none of which keyfleet uses.
 # Fails with a clear message when it cannot.
@@ -27,6 +30,13 @@ have_softhsm() {
   return 1
 }
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+have_tpm2_pkcs11() {
+  for p in /usr/lib/x86_64-linux-gnu/libtpm2_pkcs11.so.1 /usr/lib/aarch64-linux-gnu/libtpm2_pkcs11.so.1 \
+           /usr/lib/arm-linux-gnueabihf/libtpm2_pkcs11.so.1; do
+    [ -e "$p" ] && return 0
+  done
+  return 1
+}
 have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_softhsm || need+=(softhsm2)
 want_promtool=false
@@ -40,11 +50,14 @@ for arg in "$@"; do
       command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) ;;
     --with-postgres)
       have_postgres || need+=(postgresql) ;;
+    --with-tpm)
+      command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+      have_tpm2_pkcs11 || need+=(libtpm2-pkcs11-1) ;;
     --with-promtool)
       want_promtool=true
       have_promtool || need+=(prometheus) ;;
     *)
-      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd, --with-postgres)" >&2
+      echo "keyfleet: deps.sh: unknown option $arg (want --with-mosquitto, --with-chromium, --with-promtool, --with-systemd, --with-postgres, --with-tpm)" >&2
       exit 2 ;;
   esac
 done
@@ -86,6 +99,10 @@ done
 for p in "${need[@]}"; do
   if [ "$p" = postgresql ] && ! have_postgres; then
     echo "keyfleet: postgresql installed but no /usr/lib/postgresql/*/bin/postgres and initdb" >&2
+    exit 1
+  fi
+  if [ "$p" = libtpm2-pkcs11-1 ] && ! have_tpm2_pkcs11; then
+    echo "keyfleet: libtpm2-pkcs11-1 installed but libtpm2_pkcs11.so.1 not found" >&2
     exit 1
   fi
 done

@@ -4,7 +4,7 @@
 //
 //	fleetctl devices [--selector|-l SELECTOR]
 //	fleetctl device show ID
-//	fleetctl device add ID --out DIR [--label KEY=VALUE]... [--model M]
+//	fleetctl device add ID --out DIR [--label KEY=VALUE]... [--model M] [--key-store pkcs11:URI]
 //	fleetctl device label ID KEY=VALUE... KEY-...
 //	fleetctl rotate ID... | --all [--wait [--timeout 10m]]
 //	fleetctl device revoke ID --reason TEXT
@@ -49,6 +49,7 @@ import (
 
 	"github.com/keyfleet/keyfleet/adminapi"
 	"github.com/keyfleet/keyfleet/adminapi/client"
+	"github.com/keyfleet/keyfleet/device/hwkeys"
 	"github.com/keyfleet/keyfleet/internal/cmdtree"
 	"github.com/keyfleet/keyfleet/internal/durationflag"
 	"github.com/keyfleet/keyfleet/internal/provision"
@@ -191,7 +192,7 @@ func newRoot(out io.Writer) *cobra.Command {
 			}
 			return a.print(d, func(w *tabwriter.Writer) { showDevice(w, d) })
 		}}
-	var outDir, broker, model string
+	var outDir, broker, model, keyStore string
 	var labelFlags []string
 	add := &cobra.Command{Use: "add ID", Short: "register a device and write its first credential to --out", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -207,9 +208,22 @@ func newRoot(out io.Writer) *cobra.Command {
 				return err
 			}
 			// The key is made here, on the provisioning station, and goes
-			// only into the device's keystore; fleetd sees the CSR.
-			resp, err := provision.Labelled(cmd.Context(), c, args[0], outDir, broker, provision.Inventory{Labels: labels, Model: model})
-			if err != nil {
+			// only into the device's keystore; fleetd sees the CSR. With
+			// --key-store the keys are made inside the device's token and
+			// the keystore holds only their references.
+			inv := provision.Inventory{Labels: labels, Model: model}
+			var resp adminapi.ProvisionResponse
+			if keyStore != "" {
+				hw, err := hwkeys.Open(keyStore)
+				if err != nil {
+					return err
+				}
+				defer hw.Close()
+				resp, err = provision.InToken(cmd.Context(), c, args[0], outDir, broker, inv, hw)
+				if err != nil {
+					return err
+				}
+			} else if resp, err = provision.Labelled(cmd.Context(), c, args[0], outDir, broker, inv); err != nil {
 				return err
 			}
 			broker = resp.Broker
@@ -221,6 +235,8 @@ func newRoot(out io.Writer) *cobra.Command {
 	add.Flags().StringVar(&broker, "broker", "", "broker address to record for the device (default: fleetd's)")
 	add.Flags().StringArrayVar(&labelFlags, "label", nil, "KEY=VALUE label to record (repeatable; Kubernetes label syntax)")
 	add.Flags().StringVar(&model, "model", "", "the device's model or class (selected as the key model)")
+	add.Flags().StringVar(&keyStore, "key-store", "", "generate the device's identity and birth keys in its PKCS#11 token (TPM, secure element), as fleet-agent --key-store names it:\n"+
+		"pkcs11:token=LABEL;object=PREFIX?module-path=...&pin-source=file:PATH (needs a build with cgo)")
 	deviceCmd.AddCommand(show, add, a.labelCommand())
 
 	var all, wait bool

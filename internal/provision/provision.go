@@ -6,6 +6,8 @@ package provision
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"encoding/pem"
 	"fmt"
 
@@ -31,20 +33,38 @@ type Inventory struct {
 // Labelled is Device with the device's labels and model recorded at
 // registration (fleetctl device add --label --model).
 func Labelled(ctx context.Context, c *client.Client, id, dir, broker string, inv Inventory) (adminapi.ProvisionResponse, error) {
-	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, inv)
+	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, inv, nil)
 }
 
 // To is Device into any keystore storage.
 func To(ctx context.Context, c *client.Client, id string, st device.Storage, broker string) (adminapi.ProvisionResponse, error) {
-	return register(ctx, c, id, st, broker, Inventory{})
+	return register(ctx, c, id, st, broker, Inventory{}, nil)
 }
 
-func register(ctx context.Context, c *client.Client, id string, st device.Storage, broker string, inv Inventory) (adminapi.ProvisionResponse, error) {
-	key, err := device.NewKey()
+// InToken is Device for a device whose keys live in a token (a TPM or
+// secure element): its first identity key and its birth key are
+// generated inside hw, and dir keeps only their references, so no private
+// key of the device is ever in a file.
+func InToken(ctx context.Context, c *client.Client, id, dir, broker string, inv Inventory, hw device.HardwareKeys) (adminapi.ProvisionResponse, error) {
+	return register(ctx, c, id, &device.DirStorage{Dir: dir}, broker, inv, hw)
+}
+
+// newKey makes one of the device's keys: in software, or in hw.
+func newKey(hw device.HardwareKeys, name string) (crypto.Signer, string, error) {
+	if hw == nil {
+		k, err := device.NewKey()
+		return k, "", err
+	}
+	ref, k, err := hw.Generate(name)
+	return k, ref, err
+}
+
+func register(ctx context.Context, c *client.Client, id string, st device.Storage, broker string, inv Inventory, hw device.HardwareKeys) (adminapi.ProvisionResponse, error) {
+	key, keyRef, err := newKey(hw, "identity/v1")
 	if err != nil {
 		return adminapi.ProvisionResponse{}, err
 	}
-	birth, err := device.NewKey()
+	birth, birthRef, err := newKey(hw, "birth")
 	if err != nil {
 		return adminapi.ProvisionResponse{}, err
 	}
@@ -64,10 +84,18 @@ func register(ctx context.Context, c *client.Client, id string, st device.Storag
 	if broker == "" {
 		broker = resp.Broker
 	}
-	b := device.Bundle{Identity: device.Identity{ID: id, Broker: broker}, Key: key, CertPEM: []byte(resp.Cert),
+	b := device.Bundle{Identity: device.Identity{ID: id, Broker: broker}, KeyRef: keyRef, CertPEM: []byte(resp.Cert),
 		CAPEM: []byte(resp.CA), UpdatePEM: []byte(resp.UpdateKey), Anchors: resp.Anchors}
+	if hw == nil {
+		b.Key = key.(*ecdsa.PrivateKey)
+	}
 	if resp.Birth != "" {
-		b.BirthKey, b.BirthCertPEM = birth, []byte(resp.Birth)
+		b.BirthCertPEM, b.BirthKeyRef = []byte(resp.Birth), birthRef
+		if hw == nil {
+			b.BirthKey = birth.(*ecdsa.PrivateKey)
+		}
+	} else if hw != nil {
+		_ = hw.Destroy(birthRef) // fleetd issues no birth credentials
 	}
 	if err := device.InstallBundle(st, b); err != nil {
 		return resp, err
