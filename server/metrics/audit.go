@@ -51,10 +51,10 @@ type auditCollector struct {
 	last       map[uint32]uint64
 	window     uint64 // lateWindow for a store of several chains, else 0
 	written    uint64
-	verified bool // a verification ran
-	ok       bool
-	at       time.Time
-	records  uint64
+	verified   bool // a verification ran
+	ok         bool
+	at         time.Time
+	records    uint64
 }
 
 var errStop = errors.New("stop")
