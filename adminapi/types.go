@@ -160,9 +160,23 @@ type AuditVerify struct {
 	Records uint64 `json:"records"`
 	OK      bool   `json:"ok"`
 	Error   string `json:"error,omitempty"`
-	// Head is the hash of the last record checked (hex), empty for an
-	// empty log: an operator notes it to compare with an export later.
+	// Head is the hash (hex) of the latest record checked, the one with
+	// the highest sequence number, empty for an empty log: an operator
+	// notes it to compare with the last line of an export. With one chain
+	// (bbolt) it is that chain's head.
 	Head string `json:"head,omitempty"`
+	// Chains is where each hash chain ends, in chain order: one entry
+	// with bbolt, one per chain that holds records with PostgreSQL. A
+	// multi-chain export verifies when every chain ends at its entry.
+	Chains []AuditChainHead `json:"chains,omitempty"`
+}
+
+// AuditChainHead is the last record of one audit hash chain.
+type AuditChainHead struct {
+	Chain   uint32 `json:"chain"`
+	Records uint64 `json:"records"` // records on the chain
+	Seq     uint64 `json:"seq"`     // sequence number of its last record
+	Head    string `json:"head"`    // hash of its last record, hex
 }
 
 // BatchProvisionRequest registers up to MaxBatch devices in one call: how a

@@ -152,10 +152,14 @@ func (a *app) auditCommands() *cobra.Command {
 			}
 			bw := bufio.NewWriter(w)
 			enc := json.NewEncoder(bw)
+			// Records are counted, not taken from the last seq: sequence
+			// numbers may skip (PostgreSQL). The head is the latest
+			// record's hash, as audit verify prints it.
 			var n uint64
 			var head string
+			chains := map[uint32]bool{}
 			if err := c.ExportAudit(cmd.Context(), 0, func(r adminapi.AuditRecord) error {
-				n, head = r.Seq, r.Hash
+				n, head, chains[r.Chain] = n+1, r.Hash, true
 				return enc.Encode(r)
 			}); err != nil {
 				return err
@@ -168,7 +172,11 @@ func (a *app) auditCommands() *cobra.Command {
 					return err
 				}
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "exported %d records; head %s\n", n, dash(head))
+			fmt.Fprintf(cmd.ErrOrStderr(), "exported %d records; head %s", n, dash(head))
+			if len(chains) > 1 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "; %d chains", len(chains))
+			}
+			fmt.Fprintln(cmd.ErrOrStderr())
 			return nil
 		}}
 	export.Flags().StringVar(&outFile, "out", "", "new file to write to (default: standard output)")
@@ -188,6 +196,12 @@ func (a *app) auditCommands() *cobra.Command {
 					fmt.Fprintf(w, "audit chain verified: %d records, head %s\n", v.Records, dash(v.Head))
 				} else {
 					fmt.Fprintf(w, "AUDIT CHAIN BROKEN after %d records: %s\n", v.Records, v.Error)
+				}
+				if len(v.Chains) > 1 { // one chain (bbolt): the line above says it all
+					fmt.Fprintln(w, "CHAIN\tRECORDS\tLAST SEQ\tHEAD")
+					for _, c := range v.Chains {
+						fmt.Fprintf(w, "%d\t%d\t%d\t%s\n", c.Chain, c.Records, c.Seq, c.Head)
+					}
 				}
 			}); err != nil {
 				return err

@@ -176,7 +176,7 @@ func TestAuditCommands(t *testing.T) {
 	if _, errOut, status := run("audit", "export", "--out", tampered); status != 0 {
 		t.Fatalf("export after tampering: status %d: %s", status, errOut)
 	}
-	if err := checkExport(tampered); err == nil || !strings.Contains(err.Error(), "hash") {
+	if _, err := checkExport(tampered); err == nil || !strings.Contains(err.Error(), "hash") {
 		t.Errorf("independent check of the tampered export: got %v, want a hash mismatch", err)
 	}
 }
@@ -224,7 +224,7 @@ func tamper(t *testing.T, path, old, new string) {
 // verifyExport checks an export with checkExport and returns its head.
 func verifyExport(t *testing.T, path string) string {
 	t.Helper()
-	if err := checkExport(path); err != nil {
+	if _, err := checkExport(path); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -241,14 +241,17 @@ func verifyExport(t *testing.T, path string) string {
 
 // checkExport is an outside verifier, written from docs/operations.md
 // alone: it shares no code with the store, and decodes the export into its
-// own types. Each line's hash is SHA-256 over the previous hash and the
-// record's deterministic CBOR map with "Hash" null.
-func checkExport(path string) error {
+// own types. Each line's hash is SHA-256 over the previous hash of the
+// same chain and the record's deterministic CBOR map with "Hash" null;
+// sequence numbers increase strictly but may skip. It returns the head
+// (last hash) of each chain.
+func checkExport(path string) (map[uint32]string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var prev *string
+	heads := map[uint32]string{}
+	var last uint64
 	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		var r struct {
 			Seq                  uint64
@@ -259,17 +262,21 @@ func checkExport(path string) error {
 			Actor, Detail        string
 			Prev                 *string
 			Hash                 string
+			Chain                uint32
 		}
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			return fmt.Errorf("line %d: %w", i+1, err)
+			return nil, fmt.Errorf("line %d: %w", i+1, err)
 		}
-		if r.Seq != uint64(i+1) {
-			return fmt.Errorf("line %d: record %d, want %d", i+1, r.Seq, i+1)
+		if r.Seq <= last {
+			return nil, fmt.Errorf("line %d: record %d after %d, want a greater sequence number", i+1, r.Seq, last)
 		}
-		if (prev == nil) != (r.Prev == nil) || prev != nil && *prev != *r.Prev {
-			return fmt.Errorf("record %d does not link to its predecessor", r.Seq)
+		last = r.Seq
+		prev, ok := heads[r.Chain]
+		if ok != (r.Prev != nil) || ok && prev != *r.Prev {
+			return nil, fmt.Errorf("record %d does not link to its predecessor on chain %d", r.Seq, r.Chain)
 		}
 		var m cborMap
+		pairs := byte(11)
 		m.text("RID").bytes(r.RID)
 		m.text("Seq").uint(0, r.Seq)
 		m.text("Hash").null()
@@ -282,6 +289,10 @@ func checkExport(path string) error {
 			m.text(r.Time)
 		}
 		m.text("Actor").text(r.Actor)
+		if r.Chain != 0 { // chain 0 is not encoded
+			m.text("Chain").uint(0, uint64(r.Chain))
+			pairs++
+		}
 		m.text("Action").text(r.Action)
 		m.text("Detail").text(r.Detail)
 		m.text("Device").text(r.Device)
@@ -290,17 +301,17 @@ func checkExport(path string) error {
 		if r.Prev != nil {
 			p, err := hex.DecodeString(*r.Prev)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			h.Write(p)
 		}
-		h.Write(append([]byte{0xa0 | 11}, m...)) // a map of 11 pairs
+		h.Write(append([]byte{0xa0 | pairs}, m...)) // a map of 11 or 12 pairs
 		if got := hex.EncodeToString(h.Sum(nil)); got != r.Hash {
-			return fmt.Errorf("record %d: hash mismatch: computed %s, export says %s", r.Seq, got, r.Hash)
+			return nil, fmt.Errorf("record %d: hash mismatch: computed %s, export says %s", r.Seq, got, r.Hash)
 		}
-		prev = &r.Hash
+		heads[r.Chain] = r.Hash
 	}
-	return nil
+	return heads, nil
 }
 
 // cborMap builds the items of a CBOR map (RFC 8949), just enough for an

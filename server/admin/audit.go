@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -40,17 +41,52 @@ func (h *handler) auditVerify(w http.ResponseWriter, r *http.Request) {
 		out.Error = err.Error()
 	}
 	if n > 0 {
-		// Records never change once written (or the chain would not
-		// verify), so reading the head after the walk names the same one.
-		if herr := h.p.Audit.ForEachAudit(r.Context(), n, func(rec *store.AuditRecord) error {
-			out.Head = hex.EncodeToString(rec.Hash)
-			return errPageFull
-		}); herr != nil && !errors.Is(herr, errPageFull) && err == nil {
+		chains, latest, herr := auditHeads(r.Context(), h.p.Audit, n)
+		if herr != nil && err == nil {
 			fail(w, herr)
 			return
 		}
+		out.Chains, out.Head = chains, latest
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// auditHeads walks the first n records of the log (the n a verification
+// counted) and returns where each chain ends and the hash of the latest
+// record overall. Sequence numbers may skip and several chains interleave
+// (PostgreSQL), so the head is not "record n": it is found by reading.
+// Records never change once written (or the chain would not verify), so
+// with one chain (bbolt, numbered densely) the walk names exactly the
+// heads the verification checked; with several, a record committed during
+// the walk with a lower number than one already read may shift the cut by
+// one record, never past the verified count.
+func auditHeads(ctx context.Context, a Audit, n uint64) ([]adminapi.AuditChainHead, string, error) {
+	byChain := map[uint32]*adminapi.AuditChainHead{}
+	var seen uint64
+	var latest string
+	err := a.ForEachAudit(ctx, 1, func(rec *store.AuditRecord) error {
+		c := byChain[rec.Chain]
+		if c == nil {
+			c = &adminapi.AuditChainHead{Chain: rec.Chain}
+			byChain[rec.Chain] = c
+		}
+		c.Records++
+		c.Seq, c.Head = rec.Seq, hex.EncodeToString(rec.Hash)
+		latest = c.Head
+		if seen++; seen == n {
+			return errPageFull
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errPageFull) {
+		return nil, "", fmt.Errorf("admin: audit heads: %w", err)
+	}
+	chains := make([]adminapi.AuditChainHead, 0, len(byChain))
+	for _, c := range byChain {
+		chains = append(chains, *c)
+	}
+	slices.SortFunc(chains, func(a, b adminapi.AuditChainHead) int { return cmp.Compare(a.Chain, b.Chain) })
+	return chains, latest, nil
 }
 
 // auditFilter is a parsed `GET /v1/audit` query.

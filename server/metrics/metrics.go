@@ -141,7 +141,7 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	if err != nil {
 		opts.Logger.Error("audit records written will not be counted", "err", err)
 	}
-	m.audit = &auditCollector{st: st, next: head + 1, counting: err == nil}
+	m.audit = &auditCollector{st: st, base: head + 1, last: map[uint32]uint64{}, window: lateWindowOf(st), counting: err == nil}
 	m.fleet = &fleetCollector{}
 	m.reg.MustRegister(m.audit, m.fleet, hsmOps{keys})
 	// Series from the start for the slot that rotates by request and

@@ -169,10 +169,17 @@ type auditRow struct {
 	Version               uint32
 }
 
-// lastAudit returns the last n audit records, newest first. The records
-// are numbered from 1 without gaps (store.AuditRecord), so the head is
-// found in O(log n) short reads and only the last n are read.
+// lastAudit returns the last n audit records, newest first. The head's
+// number is found in O(log n) short reads: a probe asks whether any record
+// is at or after a number, which is monotone however the numbers skip.
+// Numbers may skip (PostgreSQL takes them from one sequence for several
+// chains, and a rolled-back write loses its own), so the last n records
+// are not the last n numbers: a window behind the head is read, doubled
+// until it holds n records or reaches the start.
 func lastAudit(ctx context.Context, a auditReader, n int) ([]auditRow, error) {
+	if n <= 0 {
+		return nil, nil
+	}
 	exists := func(seq uint64) (bool, error) {
 		found := false
 		err := a.ForEachAudit(ctx, seq, func(*store.AuditRecord) error { found = true; return errFound })
@@ -181,7 +188,7 @@ func lastAudit(ctx context.Context, a auditReader, n int) ([]auditRow, error) {
 		}
 		return found, err
 	}
-	lo, hi := uint64(0), uint64(1) // record lo exists (0: none needed); hi is not known to
+	lo, hi := uint64(0), uint64(1) // a record is at or after lo (0: none needed); hi is not known to
 	for {
 		ok, err := exists(hi)
 		if err != nil {
@@ -207,25 +214,32 @@ func lastAudit(ctx context.Context, a auditReader, n int) ([]auditRow, error) {
 	if lo == 0 {
 		return nil, nil
 	}
-	from := uint64(1)
-	if lo > uint64(n) {
-		from = lo - uint64(n) + 1
-	}
 	var out []auditRow
-	err := a.ForEachAudit(ctx, from, func(r *store.AuditRecord) error {
-		if len(out) == n {
-			return errFound // appended since the head was found: the page shows the head it found
+	for span := uint64(n); ; span *= 2 {
+		from := uint64(1)
+		if lo > span {
+			from = lo - span + 1
 		}
-		row := auditRow{Seq: r.Seq, Time: r.Time, Device: r.Device, Action: r.Action, Actor: r.Actor, Version: r.Version}
-		if r.Slot != 0 {
-			row.Slot = protocol.Slot(r.Slot).String()
+		out = out[:0]
+		err := a.ForEachAudit(ctx, from, func(r *store.AuditRecord) error {
+			if r.Seq > lo {
+				return errFound // appended since the head was found: the page shows the head it found
+			}
+			row := auditRow{Seq: r.Seq, Time: r.Time, Device: r.Device, Action: r.Action, Actor: r.Actor, Version: r.Version}
+			if r.Slot != 0 {
+				row.Slot = protocol.Slot(r.Slot).String()
+			}
+			out = append(out, row)
+			return nil
+		})
+		if err != nil && !errors.Is(err, errFound) {
+			return nil, fmt.Errorf("statuspage: read audit log: %w", err)
 		}
-		out = append(out, row)
-		return nil
-	})
-	if err != nil && !errors.Is(err, errFound) {
-		return nil, fmt.Errorf("statuspage: read audit log: %w", err)
+		if len(out) >= n || from == 1 {
+			break
+		}
 	}
+	out = out[max(0, len(out)-n):]
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
 		out[i], out[j] = out[j], out[i]
 	}

@@ -184,35 +184,3 @@ func TestPage(t *testing.T) {
 		})
 	}
 }
-
-// TestLastAudit: the last n records, newest first, whatever the length
-// of the log.
-func TestLastAudit(t *testing.T) {
-	for _, tc := range []struct{ records, n, want int }{{0, 20, 0}, {1, 20, 1}, {20, 20, 20}, {21, 20, 20}, {100, 20, 20}, {5, 3, 3}} {
-		t.Run(fmt.Sprintf("%d of %d", tc.n, tc.records), func(t *testing.T) {
-			ctx := context.Background()
-			st, err := store.OpenBolt(filepath.Join(t.TempDir(), "fleet.db"), store.BoltOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			for i := 1; i <= tc.records; i++ {
-				if err := st.Audit(ctx, store.Event{Action: fmt.Sprint("a", i)}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			got, err := lastAudit(ctx, st, tc.n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(got) != tc.want {
-				t.Fatalf("got %d records, want %d", len(got), tc.want)
-			}
-			for i, r := range got {
-				if want := uint64(tc.records - i); r.Seq != want || r.Action != fmt.Sprint("a", want) {
-					t.Errorf("record %d: seq %d %s, want %d", i, r.Seq, r.Action, want)
-				}
-			}
-		})
-	}
-}
