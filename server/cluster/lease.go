@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// leaseEvery is how often Lead tries for the lease and renews it.
+const leaseEvery = time.Second
+
+// leaseMargin is how long before the lease may have run out a leader
+// stops: its own clock may run slow against the database's.
+const leaseMargin = 500 * time.Millisecond
+
+// Leading reports whether this node holds the leader lease now (always
+// true for a single process): the gate of work one node must do.
+func (n *Node) Leading() bool { return n.cs == nil || n.leading.Load() }
+
+// Lead runs fn while this node holds the leader lease, and blocks until
+// ctx ends. fn's context ends when the lease is lost: a renewal failed,
+// or the last successful one is older than the TTL less a margin (the
+// monotonic clock decides, so a stalled node stops before another may
+// take over). Lead then waits for fn to return and tries again; when ctx
+// ends it releases the lease, so that another node takes over at once.
+// For a single process it just runs fn(ctx).
+func (n *Node) Lead(ctx context.Context, fn func(ctx context.Context)) {
+	if n.cs == nil {
+		fn(ctx)
+		return
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := n.cs.ReleaseLease(rctx, leaderLease, n.id); err != nil {
+			n.log.Warn("cluster: leader lease not released", "err", err)
+		}
+	}()
+	t := time.NewTicker(leaseEvery)
+	defer t.Stop()
+	for {
+		if term, ok := n.tryLease(ctx); ok {
+			n.lead(ctx, term, fn, t)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// tryLease takes or renews the lease; it reports the term and whether
+// this node holds it.
+func (n *Node) tryLease(ctx context.Context) (uint64, bool) {
+	term, ok, err := n.cs.Lease(ctx, leaderLease, n.id, n.o.LeaseTTL)
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("cluster: leader lease not read", "err", err)
+		}
+		return 0, false
+	}
+	return term, ok
+}
+
+// lead runs fn for one term and renews the lease until it is lost or ctx
+// ends.
+func (n *Node) lead(ctx context.Context, term uint64, fn func(context.Context), t *time.Ticker) {
+	renewed := time.Now()
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	n.leading.Store(true)
+	n.log.Info("cluster: leading", "term", term)
+	go func() { defer close(done); fn(lctx) }()
+	defer func() {
+		n.leading.Store(false)
+		cancel()
+		<-done
+	}()
+	deadline := time.NewTimer(n.o.LeaseTTL - leaseMargin)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
+			return // fn gave up on its own; the lease is renewed by the next try
+		case <-deadline.C:
+			n.log.Warn("cluster: leader lease ran out before it was renewed; stepping down", "term", term, "renewed", time.Since(renewed))
+			return
+		case <-t.C:
+		}
+		got, ok := n.tryLease(ctx)
+		if !ok || got != term {
+			if ctx.Err() == nil {
+				n.log.Warn("cluster: leader lease lost; stepping down", "term", term)
+			}
+			return
+		}
+		renewed = time.Now()
+		deadline.Reset(n.o.LeaseTTL - leaseMargin)
+	}
+}
+
+// RunLeader runs the cluster-wide jobs (campaign runner, policy scheduler,
+// ...) side by side under the leader lease, until ctx ends; wg counts it.
+func (n *Node) RunLeader(ctx context.Context, wg *sync.WaitGroup, jobs ...func(ctx context.Context)) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.Lead(ctx, func(ctx context.Context) {
+			var jw sync.WaitGroup
+			for _, job := range jobs {
+				jw.Add(1)
+				go func() { defer jw.Done(); job(ctx) }()
+			}
+			jw.Wait()
+		})
+	}()
+}
