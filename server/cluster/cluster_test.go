@@ -24,6 +24,7 @@ import (
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/cluster"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/store"
 	"github.com/keyfleet/keyfleet/server/store/pgstore"
 )
 
@@ -263,6 +264,32 @@ func TestTwoNodes(t *testing.T) {
 	if !srv2.Broker().Present("dev-on-n2") || srv1.Broker().Present("dev-on-n2") {
 		t.Fatal("dev-on-n2 is not connected to node 2 alone")
 	}
+	// Each broker reports its sessions (broker.Options.OnSession) to the
+	// sessions table.
+	look := openStore(t, dsn)
+	sessionsAre := func(want map[string]string) {
+		t.Helper()
+		var got map[string]store.Session
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			var err error
+			if got, err = look.Sessions(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+			same := len(got) == len(want)
+			for d, n := range want {
+				same = same && got[d].Node == n
+			}
+			if same {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sessions table %v, want devices on nodes %v", got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	sessionsAre(map[string]string{"dev-on-n2": "n2", "dev-on-n1": "n1"})
 
 	// A rotation through node 1 for the device on node 2.
 	start := time.Now()
@@ -329,4 +356,5 @@ func TestTwoNodes(t *testing.T) {
 	if srv2.Broker().Present("dev-on-n2") {
 		t.Error("the revoked device is connected to node 2 again")
 	}
+	sessionsAre(map[string]string{"dev-on-n1": "n1"})
 }
