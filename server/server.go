@@ -88,11 +88,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger).WithCAFile(cfg.BrokerCAFile, cfg.BrokerReload) // an external Mosquitto kept in step
 	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                    // every signature timed, every change counted
 	codec := protocol.NewCodec()
-	if s.node, err = cluster.Open(ctx, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger,
-		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}); err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, s.node.Close)
+	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger,
+		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}) // leaves when ctx ends, before the store closes
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: s.node.Publisher(&s.link),
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {

@@ -104,7 +104,12 @@ func (n *Node) lead(ctx context.Context, term uint64, fn func(context.Context), 
 
 // RunLeader runs the cluster-wide jobs (campaign runner, policy scheduler,
 // ...) side by side under the leader lease, until ctx ends; wg counts it.
+// In a cluster the leader also sweeps the rows of nodes dead for
+// deadNodeAge.
 func (n *Node) RunLeader(ctx context.Context, wg *sync.WaitGroup, jobs ...func(ctx context.Context)) {
+	if n.cs != nil {
+		jobs = append(jobs, n.Every("sweep dead nodes", sweepEvery, n.sweep))
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -117,4 +122,40 @@ func (n *Node) RunLeader(ctx context.Context, wg *sync.WaitGroup, jobs ...func(c
 			jw.Wait()
 		})
 	}()
+}
+
+// Dead nodes' rows (sessions, mail) are removed by the leader every
+// sweepEvery once the node has been silent for deadNodeAge: long enough
+// that a node stalled by a slow disk comes back to its rows.
+const (
+	sweepEvery  = 10 * time.Second
+	deadNodeAge = 30 * time.Second
+)
+
+func (n *Node) sweep(ctx context.Context) error {
+	removed, err := n.cs.Sweep(ctx, deadNodeAge)
+	if removed > 0 {
+		n.log.Info("cluster: rows of dead nodes removed", "rows", removed)
+	}
+	return err
+}
+
+// Every makes a job for RunLeader that calls fn every d until ctx ends,
+// logging its errors under name (the next round tries again): the grace
+// sweep, for one.
+func (n *Node) Every(name string, d time.Duration, fn func(ctx context.Context) error) func(ctx context.Context) {
+	return func(ctx context.Context) {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				n.log.Warn("cluster: periodic job failed", "job", name, "err", err)
+			}
+		}
+	}
 }

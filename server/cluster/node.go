@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +36,21 @@ type Options struct {
 	// Delegations returns this node's online-key delegation(s), sent
 	// before a signed downlink forwarded to another node.
 	Delegations func() [][]byte
-	// OnReload is called for MailReload with its detail ("policy",
-	// "device:<id>").
+	// OnReload is called for MailReload with a detail that neither
+	// PolicyReload nor Resync takes.
 	OnReload func(ctx context.Context, what string)
+	// PolicyReload, if set, makes the running policy the newest one in the
+	// store (policyrun.Service.Reload): on MailReload "policy" and every
+	// PolicyEvery on every node, since a policy applied on one node
+	// changes only that node's holder.
+	PolicyReload func(ctx context.Context) (bool, error)
+	// PolicyEvery is how often PolicyReload runs; 0 means 10 s.
+	PolicyEvery time.Duration
+	// Resync, if set, sends one device's state to an external broker again
+	// (dynsec.Sync.Resync). The leader calls it for every device named in
+	// MailDisconnect or MailReload "device:<id>", so that its delete lands
+	// after any create its own replay sent.
+	Resync func(ctx context.Context, device string)
 	// Poll is how often mail is read without a wake-up; 0 means 250 ms.
 	Poll time.Duration
 	// LeaseTTL is how long a leader's lease and a node's heartbeat last;
@@ -103,11 +116,13 @@ const (
 )
 
 // Open joins the cluster: it records this node alive (an unreachable
-// store fails Open) and starts the heartbeat, session and mail loops. With
-// a store that is not a store.Cluster it returns a single-process node.
+// store fails Open, returning the node unstarted) and starts the
+// heartbeat, session and mail loops; Close leaves. With a store that is
+// not a store.Cluster it returns a single-process node.
 func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 	o.Poll = cmp.Or(o.Poll, DefaultPoll)
 	o.LeaseTTL = cmp.Or(o.LeaseTTL, DefaultLeaseTTL)
+	o.PolicyEvery = cmp.Or(o.PolicyEvery, 10*time.Second)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -129,14 +144,45 @@ func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 		return n, nil
 	}
 	if err := n.heartbeat(ctx); err != nil {
-		return nil, err
+		return n, err // Join starts it anyway
+	}
+	n.startLoops()
+	n.log.Info("cluster: node joined", "mqtt", o.MQTT, "admin", o.Admin, "live", len(n.Live()))
+	return n, nil
+}
+
+// startLoops starts the heartbeat, session and mail loops.
+func (n *Node) startLoops() {
+	if n.o.PolicyReload != nil {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.Every("policy reload", n.o.PolicyEvery, n.reloadPolicy)(n.ctx) }()
 	}
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.heartbeats() }()
 	go func() { defer n.wg.Done(); n.flushSessions() }()
 	go func() { defer n.wg.Done(); n.mailLoop() }()
-	n.log.Info("cluster: node joined", "mqtt", o.MQTT, "admin", o.Admin, "live", len(n.Live()))
-	return n, nil
+}
+
+// Join is Open for fleetd's wiring: the node lives until ctx ends, and
+// then leaves the cluster before wg is done, so that a server waiting for
+// wg before closing its store lets it remove its rows first. A first
+// heartbeat that fails is logged, not returned: the store was just
+// reached by whoever opened it, and the heartbeat loop tries again.
+func Join(ctx context.Context, wg *sync.WaitGroup, st store.Store, o Options) *Node {
+	n, err := Open(ctx, st, o)
+	if err != nil {
+		n.log.Warn("cluster: first heartbeat failed; retrying", "err", err)
+		n.startLoops()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		if err := n.Close(); err != nil {
+			n.log.Warn("cluster: leaving failed; the leader sweeps this node's rows", "err", err)
+		}
+	}()
+	return n
 }
 
 // newNodeID is host-pid-random: unique per process start.
@@ -268,11 +314,22 @@ func (n *Node) handle(ctx context.Context, m store.Mail, pub Publisher, closer r
 	case store.MailDisconnect:
 		dropped := closer.Disconnect(m.Device)
 		log.Info("cluster: sessions dropped for another node", "sessions", dropped)
+		if n.o.Resync != nil && n.Leading() {
+			n.o.Resync(ctx, m.Device)
+		}
 	case store.MailDisconnectCredential:
 		dropped := closer.DisconnectCredential(m.Device, m.Serial)
 		log.Info("cluster: credential's sessions dropped for another node", "serial", m.Serial, "sessions", dropped)
 	case store.MailReload:
-		if n.o.OnReload != nil {
+		if d, ok := strings.CutPrefix(m.Detail, "device:"); ok && n.o.Resync != nil {
+			if n.Leading() {
+				n.o.Resync(ctx, d)
+			}
+		} else if m.Detail == "policy" && n.o.PolicyReload != nil {
+			if err := n.reloadPolicy(ctx); err != nil {
+				log.Warn("cluster: policy not reloaded", "err", err)
+			}
+		} else if n.o.OnReload != nil {
 			n.o.OnReload(ctx, m.Detail)
 		}
 	default:
@@ -304,3 +361,12 @@ type noCloser struct{}
 
 func (noCloser) Disconnect(string) int                   { return 0 }
 func (noCloser) DisconnectCredential(string, string) int { return 0 }
+
+// reloadPolicy runs PolicyReload and logs a change.
+func (n *Node) reloadPolicy(ctx context.Context) error {
+	changed, err := n.o.PolicyReload(ctx)
+	if changed {
+		n.log.Info("cluster: policy applied on another node now runs here")
+	}
+	return err
+}
