@@ -143,8 +143,14 @@ func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 	if n.cs == nil {
 		return n, nil
 	}
+	// A node id given by the operator (--node-id) survives restarts: the
+	// rows of its previous process (sessions it no longer holds, mail for
+	// sessions gone) are removed first.
+	if err := n.cs.Leave(ctx, n.id); err != nil {
+		return n, fmt.Errorf("cluster: %w", err) // Join starts it anyway
+	}
 	if err := n.heartbeat(ctx); err != nil {
-		return n, err // Join starts it anyway
+		return n, err
 	}
 	n.startLoops()
 	n.log.Info("cluster: node joined", "mqtt", o.MQTT, "admin", o.Admin, "live", len(n.Live()))
