@@ -73,6 +73,33 @@ func leaseHolder(t *testing.T, dsn string) string {
 	return h
 }
 
+// nodesTable reads the nodes table as "id=mqtt ..." in id order.
+func nodesTable(t *testing.T, dsn string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT id, mqtt FROM kf_nodes ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		var id, mqtt string
+		if err := rows.Scan(&id, &mqtt); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, id+"="+mqtt)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(out, " ")
+}
+
 // Lead on two nodes of one store: exactly one runs the function; when the
 // leader dies without releasing (its store connection gone), the other
 // takes over within the TTL and a second.
@@ -290,6 +317,16 @@ func TestTwoNodes(t *testing.T) {
 		}
 	}
 	sessionsAre(map[string]string{"dev-on-n2": "n2", "dev-on-n1": "n1"})
+	// The nodes table names each node's broker (taken from the embedded
+	// broker at the heartbeat after it listens).
+	want := fmt.Sprintf("n1=%s n2=%s", srv1.MQTTAddr(), srv2.MQTTAddr())
+	deadline = time.Now().Add(3 * time.Second)
+	for got := nodesTable(t, dsn); got != want; got = nodesTable(t, dsn) {
+		if time.Now().After(deadline) {
+			t.Fatalf("nodes table %q, want %q", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	// A rotation through node 1 for the device on node 2.
 	start := time.Now()

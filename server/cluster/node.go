@@ -28,7 +28,8 @@ type Options struct {
 	// restarted node never inherits its old rows).
 	NodeID string
 	// MQTT and Admin are where this node is reached, recorded for
-	// operators (the nodes table).
+	// operators (the nodes table); an empty MQTT is taken from the
+	// embedded broker given to Closer.
 	MQTT, Admin string
 	// Codec tells signed downlinks from others; Topics is the layout.
 	Codec  *protocol.Codec
@@ -85,6 +86,7 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	started time.Time
 	live    atomic.Pointer[[]store.Node] // as of the last heartbeat
 	leading atomic.Bool
 	pub     atomic.Pointer[publisherBox] // this node's link, for mail
@@ -138,7 +140,7 @@ func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 	if o.NodeID == "" {
 		o.NodeID = newNodeID()
 	}
-	n := &Node{o: o, cs: o.Store, id: o.NodeID, log: o.Logger.With("node", o.NodeID)}
+	n := &Node{o: o, cs: o.Store, id: o.NodeID, log: o.Logger.With("node", o.NodeID), started: o.Now()}
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if n.cs == nil {
 		return n, nil
@@ -226,7 +228,13 @@ func (n *Node) others() []string {
 }
 
 func (n *Node) heartbeat(ctx context.Context) error {
-	live, err := n.cs.Heartbeat(ctx, store.Node{ID: n.id, MQTT: n.o.MQTT, Admin: n.o.Admin, Started: n.o.Now()}, n.o.LeaseTTL)
+	mqtt := n.o.MQTT
+	if cb := n.closer.Load(); mqtt == "" && cb != nil {
+		if b, ok := cb.c.(interface{ Addr() string }); ok {
+			mqtt = b.Addr() // the embedded broker's, once it listens
+		}
+	}
+	live, err := n.cs.Heartbeat(ctx, store.Node{ID: n.id, MQTT: mqtt, Admin: n.o.Admin, Started: n.started}, n.o.LeaseTTL)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
