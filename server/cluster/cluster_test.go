@@ -24,6 +24,7 @@ import (
 	"github.com/keyfleet/keyfleet/server"
 	"github.com/keyfleet/keyfleet/server/cluster"
 	"github.com/keyfleet/keyfleet/server/datadir"
+	"github.com/keyfleet/keyfleet/server/link"
 	"github.com/keyfleet/keyfleet/server/store"
 	"github.com/keyfleet/keyfleet/server/store/pgstore"
 )
@@ -394,4 +395,57 @@ func TestTwoNodes(t *testing.T) {
 		t.Error("the revoked device is connected to node 2 again")
 	}
 	sessionsAre(map[string]string{"dev-on-n1": "n1"})
+}
+
+// Broadcast reaches every other live node's reload hooks through mail,
+// woken at once on PostgreSQL: "policy" to PolicyReload, anything else to
+// OnReload.
+func TestBroadcastReloads(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	ctx := context.Background()
+	policy := make(chan time.Time, 4)
+	other := make(chan string, 4)
+	b, err := cluster.Open(ctx, openStore(t, dsn), cluster.Options{NodeID: "b", Logger: fleettest.Logger(t), PolicyEvery: time.Hour,
+		PolicyReload: func(context.Context) (bool, error) { policy <- time.Now(); return true, nil },
+		OnReload:     func(_ context.Context, what string) { other <- what }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	var l link.Link // never connected: reload mail publishes nothing
+	b.Publisher(&l)
+	a, err := cluster.Open(ctx, openStore(t, dsn), cluster.Options{NodeID: "a", Logger: fleettest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	start := time.Now()
+	if err := a.Broadcast(ctx, "policy"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-policy:
+		t.Logf("policy reload on b %v after the broadcast", at.Sub(start))
+		if at.Sub(start) > time.Second {
+			t.Errorf("policy reloaded after %v, want within 1 s", at.Sub(start))
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("b did not reload its policy")
+	}
+	if err := a.Broadcast(ctx, "anchors"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case what := <-other:
+		if what != "anchors" {
+			t.Fatalf("OnReload(%q), want anchors", what)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("b's OnReload was not called")
+	}
+	select {
+	case <-policy:
+		t.Fatal("a broadcast reached the policy reload twice, or a's own")
+	case <-time.After(100 * time.Millisecond):
+	}
 }
