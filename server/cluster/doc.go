@@ -32,7 +32,7 @@
 // at most a second old), for the campaign runner.
 //
 // Lead runs a function on exactly one node at a time: the holder of the
-// "leader" lease (TTL LeaseTTL, renewed every second). The function's
+// "leader" lease (TTL LeaseTTL, renewed every third of it). The function's
 // context ends when a renewal fails or the lease may have run out, so a
 // node that stalls stops leading before another takes over.
 //

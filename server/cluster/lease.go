@@ -6,12 +6,12 @@ import (
 	"time"
 )
 
-// leaseEvery is how often Lead tries for the lease and renews it.
-const leaseEvery = time.Second
-
-// leaseMargin is how long before the lease may have run out a leader
-// stops: its own clock may run slow against the database's.
-const leaseMargin = 500 * time.Millisecond
+// Lead tries for the lease and renews it every third of its TTL (1 s for
+// 3 s), and a leader stops a sixth of the TTL before the lease may have
+// run out (2.5 s after its last renewal): its clock may run slow against
+// the database's.
+func (n *Node) leaseEvery() time.Duration  { return n.o.LeaseTTL / 3 }
+func (n *Node) leaseMargin() time.Duration { return n.o.LeaseTTL / 6 }
 
 // Leading reports whether this node holds the leader lease now (always
 // true for a single process): the gate of work one node must do.
@@ -36,7 +36,7 @@ func (n *Node) Lead(ctx context.Context, fn func(ctx context.Context)) {
 			n.log.Warn("cluster: leader lease not released", "err", err)
 		}
 	}()
-	t := time.NewTicker(leaseEvery)
+	t := time.NewTicker(n.leaseEvery())
 	defer t.Stop()
 	for {
 		if term, ok := n.tryLease(ctx); ok {
@@ -77,7 +77,7 @@ func (n *Node) lead(ctx context.Context, term uint64, fn func(context.Context), 
 		cancel()
 		<-done
 	}()
-	deadline := time.NewTimer(n.o.LeaseTTL - leaseMargin)
+	deadline := time.NewTimer(n.o.LeaseTTL - n.leaseMargin())
 	defer deadline.Stop()
 	for {
 		select {
@@ -98,7 +98,7 @@ func (n *Node) lead(ctx context.Context, term uint64, fn func(context.Context), 
 			return
 		}
 		renewed = time.Now()
-		deadline.Reset(n.o.LeaseTTL - leaseMargin)
+		deadline.Reset(n.o.LeaseTTL - n.leaseMargin())
 	}
 }
 
