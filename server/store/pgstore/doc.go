@@ -49,8 +49,7 @@
 // that an operator may run it on either: bytea, text and bigint columns;
 // sequences (nextval) and generate_series; INSERT ... ON CONFLICT DO
 // NOTHING; SELECT ... FOR UPDATE; UPDATE ... FROM unnest(...); tuple
-// comparison for keyset paging; CREATE ... IF NOT EXISTS. No LISTEN/NOTIFY
-// (but as the optional wake-up of cluster mail, off on CockroachDB), no
+// comparison for keyset paging; CREATE ... IF NOT EXISTS. No LISTEN/NOTIFY,
 // advisory locks, PL/pgSQL, triggers, collations or jsonb operators; no
 // reliance on READ COMMITTED (under SERIALIZABLE the same statements retry
 // on 40001).

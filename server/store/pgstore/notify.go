@@ -13,6 +13,10 @@ import (
 // the payload is the addressee's node id.
 const mailChannel = "kf_mail"
 
+// LISTEN/NOTIFY is the one PostgreSQL feature outside the SQL subset of
+// the package doc, and nothing depends on it: it only wakes a node before
+// its next poll, and is off on CockroachDB.
+
 // notifier wakes the nodes of this process when mail is sent to them:
 // one dedicated connection LISTENs on mailChannel for all of them. It is
 // a speed-up only: a node polls its mail anyway, which is all it gets on
