@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"os"
 	"sync"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -59,8 +57,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	p := datadir.Paths{Dir: cfg.DataDir}
-	if _, err := os.Stat(p.CACert()); err != nil {
-		return nil, fmt.Errorf("server: not initialised? %w", err)
+	if err := p.Initialised(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, st: cfg.Store}
 	ctx, s.cancel = context.WithCancel(ctx)
