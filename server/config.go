@@ -37,10 +37,11 @@ type Config struct {
 	AdminAddr string
 	// OpsAddr is the plain-HTTP listener of /metrics, /healthz, /readyz; "" or "off": none.
 	OpsAddr string
-	// AdvertiseMQTT is the broker address devices are given at
-	// provisioning; empty means the address fleetd itself uses (MQTTAddr or
-	// ExternalBroker). Set it when devices reach the broker by another name.
+	// AdvertiseMQTT is the broker address devices are given at provisioning
+	// (several, comma-separated: a cluster's nodes); empty means the one fleetd
+	// uses (MQTTAddr or ExternalBroker), for devices that reach it by another name.
 	AdvertiseMQTT string
+	NodeID        string // names this process among those sharing Store (--node-id); "" makes a new one per start
 	// ServerNames are DNS names and IP addresses put in fleetd's TLS
 	// certificate at Init, besides localhost, 127.0.0.1 and ::1: the names
 	// devices and operators use to reach it.

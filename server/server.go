@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"os"
 	"sync"
 
 	"github.com/keyfleet/keyfleet/protocol"
@@ -14,6 +12,7 @@ import (
 	"github.com/keyfleet/keyfleet/server/broker"
 	"github.com/keyfleet/keyfleet/server/brokerhook"
 	"github.com/keyfleet/keyfleet/server/campaign"
+	"github.com/keyfleet/keyfleet/server/cluster"
 	"github.com/keyfleet/keyfleet/server/custody"
 	"github.com/keyfleet/keyfleet/server/datadir"
 	"github.com/keyfleet/keyfleet/server/escrow"
@@ -44,6 +43,7 @@ type Server struct {
 	engine   *rotation.Engine
 	broker   *broker.Embedded
 	link     link.Link // usable before it connects
+	node     *cluster.Node
 	admin    *admin.Server
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -57,8 +57,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	p := datadir.Paths{Dir: cfg.DataDir}
-	if _, err := os.Stat(p.CACert()); err != nil {
-		return nil, fmt.Errorf("server: not initialised? %w", err)
+	if err := p.Initialised(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, st: cfg.Store}
 	ctx, s.cancel = context.WithCancel(ctx)
@@ -86,8 +86,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger).WithCAFile(cfg.BrokerCAFile, cfg.BrokerReload).WithCRLFile(cfg.BrokerCRLFile, cfg.BrokerCRLReload, pols.Holder()) // an external Mosquitto kept in step
 	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                                                                                       // every signature timed, every change counted
 	codec := protocol.NewCodec()
+	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger,
+		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}) // leaves when ctx ends, before the store closes
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
-		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: &s.link,
+		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: s.node.Publisher(&s.link),
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
@@ -97,7 +99,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	if s.releases, err = release.Open(release.Options{File: p.Firmware(), Key: s.trust.FirmwareKey, Audit: s.st,
-		Publisher: &s.link, Codec: codec, Topics: cfg.Topics, OnChange: cfg.OnStateChange, Now: cfg.Now,
+		Publisher: s.node.Publisher(&s.link), Codec: codec, Topics: cfg.Topics, OnChange: cfg.OnStateChange, Now: cfg.Now,
 		Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
@@ -110,7 +112,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
 		Anchors: chain, DataKeys: escrowed, Firmware: s.releases,
 	})
-	s.engine.SetPublisher(&s.link)
+	s.engine.SetPublisher(s.node.Publisher(&s.link))
 	escrowed.SetHooks(escrow.Hooks{Push: s.engine, OnChange: cfg.OnStateChange, Logger: cfg.Logger})
 	if err := s.engine.Start(ctx); err != nil {
 		return nil, err
@@ -136,16 +138,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Anchors: s.trust, DataKeys: escrowed, Escrow: escrowed, Firmware: s.releases, Status: counters, Audit: s.st,
 		Inventory: inventory.NewLabeler(s.st), Policies: pols, Broker: s.trust, BrokerHooks: brokerhook.New(s.st, cfg.Topics, cfg.Logger)}
 	if s.broker != nil { // an external broker's sessions are unknown
-		parts.Sessions = s.broker
+		parts.Sessions = s.node.Sessions(s.broker) // the whole cluster's
 	}
-	if cs, ok := s.st.(campaign.Store); ok { // a store without campaigns runs none
-		kinds := campaign.Kinds(campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st})
-		c := campaign.New(campaign.Options{Store: cs, Kinds: kinds, Sessions: parts.Sessions, Observer: m.Campaigns(),
-			Now: cfg.Now, Logger: cfg.Logger})
+	if c := campaign.NewFor(s.st, campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st},
+		campaign.Options{Sessions: parts.Sessions, Observer: m.Campaigns(), Now: cfg.Now, Logger: cfg.Logger}); c != nil { // a store without campaigns runs none
 		parts.Campaigns = c
-		s.wg.Add(2)
-		go func() { defer s.wg.Done(); c.Run(ctx) }()
-		go func() { defer s.wg.Done(); pols.Scheduler(cs, c).Run(ctx) }()
+		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run) // on one node of a cluster: the lease holder
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
@@ -165,25 +163,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // startBroker starts the upkeep of an external broker (of its files with
 // any broker), or else the embedded broker on cfg.MQTTAddr.
 func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broker.Trust, dyn *dynsec.Sync) (err error) {
-	if err = dyn.Start(ctx, s.engine, s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain()); err != nil || s.cfg.ExternalBroker != "" {
+	if err = dyn.Start(ctx, s.node.WrapCloserSetter(s.engine), s.trust.GetClientCertificate, s.trust.Roots, s.trust.Chain()); err != nil || s.cfg.ExternalBroker != "" {
 		s.cfg.MQTTAddr = dyn.Addr() // the broker's files are kept with the embedded broker too: they exist before Mosquitto first starts
 		return err
 	}
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
 		Trust: trust, Policy: pol, Now: s.cfg.Now,
-		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger,
-		OnRestore: func(device string) {
-			if err := s.engine.Resend(ctx, device); err != nil {
-				s.cfg.Logger.Warn("resend after a restored session failed", "device", device, "err", err)
-			}
-		},
+		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger, OnSession: s.node.SessionObserver(),
+		OnRestore: s.engine.ResendOnRestore(ctx),
 	})
 	if err != nil {
 		return err
 	}
 	s.closers = append(s.closers, s.broker.Close)
-	s.engine.SetSessionCloser(s.broker)
+	s.engine.SetSessionCloser(s.node.Closer(s.broker))
 	s.cfg.MQTTAddr = s.broker.Addr()
 	return nil
 }

@@ -53,6 +53,7 @@ type flags struct {
 	insecureSoft, createToken                         bool
 	mqtt, admin, ops, external, advertise, policy     string
 	brokerCA, brokerReload, brokerCRL, brokerCRLRel   string
+	nodeID                                            string
 	names                                             []string
 	grace, validity, ttl                              time.Duration
 	printChanges                                      bool
@@ -143,7 +144,10 @@ func build() (*cobra.Command, *flags) {
 				return err
 			}
 			cfg.MQTTAddr, cfg.AdminAddr, cfg.ExternalBroker, cfg.AdvertiseMQTT = f.mqtt, f.admin, f.external, f.advertise
-			cfg.OpsAddr, cfg.BrokerCAFile, cfg.BrokerReload = f.ops, f.brokerCA, f.brokerReload
+			cfg.OpsAddr, cfg.BrokerCAFile, cfg.BrokerReload, cfg.NodeID = f.ops, f.brokerCA, f.brokerReload, f.nodeID
+			if err := checkAdvertise(f.advertise); err != nil {
+				return f.origins.Wrap("advertise-mqtt", err)
+			}
 			cfg.BrokerCRLFile, cfg.BrokerCRLReload = f.brokerCRL, f.brokerCRLRel
 			if cfg.BrokerCRLFile != "" && cfg.Issuer.Kind == issuing.KindStepCA {
 				// Mosquitto would refuse every device: it needs a list of the issuing CA, step-ca's intermediate.
@@ -197,7 +201,8 @@ func build() (*cobra.Command, *flags) {
 	rf.StringVar(&f.mqtt, "mqtt-listen", "127.0.0.1:8883", "embedded broker TLS address")
 	rf.StringVar(&f.admin, "admin-listen", "127.0.0.1:8443", "admin API mTLS address")
 	rf.StringVar(&f.ops, "ops-listen", "127.0.0.1:9464", `plain-HTTP address of /metrics, /healthz and /readyz ("" or "off": none)`)
-	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address given to devices at provisioning (default: the one fleetd uses)")
+	rf.StringVar(&f.advertise, "advertise-mqtt", "", "broker address(es) given to devices at provisioning, comma-separated: every node of a cluster (default: the one fleetd uses)")
+	rf.StringVar(&f.nodeID, "node-id", "", "this process's name among the fleetd nodes sharing a PostgreSQL store (default: host-pid-random, new at every start)")
 	rf.StringVar(&f.external, "external-broker", "", "use this MQTT broker (host:port, TLS) instead of the embedded one; mosquitto://host:port also keeps its dynamic-security plugin in step (fleetctl broker config mosquitto)")
 	rf.StringVar(&f.brokerCA, "broker-ca-file", "", "with --external-broker: keep this file holding every root the broker must accept (its cafile), written at start and after every anchor rotation")
 	rf.StringVar(&f.brokerReload, "broker-reload", "", `command (sh -c) run after --broker-ca-file changed, to make the broker re-read it; for Mosquitto 2.0 a restart, e.g. "sudo systemctl restart mosquitto"`)

@@ -42,6 +42,10 @@ type Options struct {
 	// id of a session the broker had to restore (see AuthHook.OnDisconnect):
 	// messages published to it meanwhile were lost.
 	OnRestore func(device string)
+	// OnSession, if set, is told (synchronously: it must not block) when a
+	// device's newest session is accepted (up) and when it ends, with the
+	// time it was accepted: a cluster records which node holds each device.
+	OnSession func(device string, since time.Time, up bool)
 	// Topics is the topic layout; zero means the default prefix.
 	Topics protocol.Topics
 	// Logger; nil means slog.Default().
@@ -138,7 +142,7 @@ func Start(o Options) (*Embedded, error) {
 	})
 	ids := &identities{}
 	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
-		onRestore: o.OnRestore, denials: den, log: o.Logger, logs: logs}
+		onRestore: o.OnRestore, onSession: o.OnSession, denials: den, log: o.Logger, logs: logs}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}

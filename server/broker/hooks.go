@@ -98,6 +98,8 @@ type AuthHook struct {
 	// onRestore is told of a device session restored after mochi's
 	// clean-up race, so that what was sent meanwhile is sent again.
 	onRestore func(device string)
+	// onSession is told of device sessions accepted and ended (Options.OnSession).
+	onSession func(device string, since time.Time, up bool)
 	now       func() time.Time
 	denials   *Denials
 	log       *slog.Logger
@@ -183,8 +185,12 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.logs.Log(h.log, slog.LevelInfo, cl.ID+"/restricted", "broker: restricted session", "device", id.Name, "access", access.String(), "serial", leaf.SerialNumber.Text(16))
 	}
 	h.settleTakeover(cl)
-	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access, at: h.now()})
+	at := h.now()
+	h.ids.m.Store(cl, session{id: id, serial: leaf.SerialNumber.Text(16), access: access, at: at})
 	h.ids.latest.Store(cl.ID, cl)
+	if h.onSession != nil && id.Role != identity.RoleServer {
+		h.onSession(cl.ID, at, true)
+	}
 	h.accepted.Add(1)
 	return true
 }
@@ -233,8 +239,11 @@ const takeoverWait = 2 * time.Second
 // session's clean-up has run, the live one is put back in the client map
 // and its subscriptions back in the index (both idempotent).
 func (h *AuthHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	s, known := h.ids.get(cl)
 	h.ids.m.Delete(cl)
-	h.ids.latest.CompareAndDelete(cl.ID, cl)
+	if h.ids.latest.CompareAndDelete(cl.ID, cl) && known && h.onSession != nil && s.id.Role != identity.RoleServer {
+		h.onSession(cl.ID, s.at, false)
+	}
 	if h.srv == nil || !expire || cl.IsTakenOver() {
 		return
 	}

@@ -5,6 +5,8 @@
 package datadir
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/keyfleet/keyfleet/server/trust"
@@ -32,4 +34,14 @@ func (p Paths) SoftKeys() string   { return filepath.Join(p.Dir, "keys") }
 func (p Paths) Trust() trust.Files {
 	return trust.Files{Anchors: p.Anchors(), CACert: p.CACert(), UpdateKey: p.UpdateKey(),
 		ServerCert: p.ServerCert(), ServerKey: p.ServerKey(), AdminDir: p.AdminDir(), BirthCA: p.BirthCA()}
+}
+
+// Initialised checks that fleetd init made the deployment in Dir (its CA
+// certificate is there), so that fleetd run on a wrong or empty directory
+// says so instead of failing later on some other file.
+func (p Paths) Initialised() error {
+	if _, err := os.Stat(p.CACert()); err != nil {
+		return fmt.Errorf("server: not initialised? %w", err)
+	}
+	return nil
 }

@@ -55,6 +55,7 @@ type Store struct {
 	iso    pgx.TxIsoLevel
 	chains int
 	stats  *counters
+	notify notifier // store.Cluster's wake-ups (notify.go)
 }
 
 type counters struct {
@@ -137,6 +138,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 
 // Close closes the pool.
 func (s *Store) Close() error {
+	s.notify.close()
 	s.pool.Close()
 	return nil
 }
