@@ -3,7 +3,6 @@ package device
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -106,10 +105,13 @@ type Agent struct {
 	opts   Options
 	log    *slog.Logger
 
-	inbox     chan inMsg
-	gen       atomic.Uint64 // current connection generation
-	waiting   bool          // an enroll is out and its certificate has not come
-	online    atomic.Pointer[onlineKey]
+	inbox   chan inMsg
+	gen     atomic.Uint64 // current connection generation
+	waiting bool          // an enroll is out and its certificate has not come
+	// delegMu guards online: the online keys whose delegations verified
+	// under the update key, oldest accepted first (see delegations.go).
+	delegMu   sync.Mutex
+	online    []*onlineKey
 	updateKID atomic.Pointer[[]byte]
 	anchors   atomic.Pointer[anchors.Signed]
 	keyMu     sync.Mutex
@@ -146,13 +148,6 @@ type inMsg struct {
 // offers by default costs a constrained device a 1.2 KB key share and an
 // ML-KEM key generation on every reconnect, which a rotation causes.
 var deviceCurves = []tls.CurveID{tls.X25519, tls.CurveP256}
-
-// onlineKey is the server's delegated downlink key, as last verified.
-type onlineKey struct {
-	pub      *ecdsa.PublicKey
-	kid      []byte
-	notAfter uint64
-}
 
 // errReconnect tells the run loop to reconnect (with a new credential).
 var errReconnect = errors.New("device: reconnect")
@@ -211,34 +206,8 @@ func New(opts Options) (*Agent, error) {
 			return nil, err
 		}
 	}
-	if b := ks.Delegation(); b != nil {
-		// A stored delegation that no longer verifies (expired) is simply
-		// not used: the next hello asks for the current one.
-		_ = a.acceptDelegation(b, false)
-	}
+	a.loadDelegations()
 	return a, nil
-}
-
-// acceptDelegation verifies a delegation and makes its key current unless
-// the one held lasts longer (an older delegation replayed is ignored).
-func (a *Agent) acceptDelegation(b []byte, persist bool) error {
-	pub, d, err := a.codec.VerifyDelegation(b, a.ks.UpdateKey(), a.opts.Now())
-	if err != nil {
-		return err
-	}
-	if cur := a.online.Load(); cur != nil && cur.notAfter > d.NotAfter {
-		return nil
-	}
-	kid, err := protocol.KeyID(pub)
-	if err != nil {
-		return err
-	}
-	a.online.Store(&onlineKey{pub: pub, kid: kid, notAfter: d.NotAfter})
-	if persist {
-		a.emit(EventDelegation, 0, fmt.Sprintf("%x", kid))
-		return a.ks.SaveDelegation(b)
-	}
-	return nil
 }
 
 // Keystore returns the agent's keystore.
@@ -516,9 +485,7 @@ func (a *Agent) hello(ctx context.Context) error {
 	h := protocol.Stamp(&protocol.Hello{Slots: []protocol.SlotVersion{{
 		Slot: protocol.SlotIdentity, Active: st.Active, Pending: st.Pending, Previous: st.Previous,
 	}}}, a.opts.Now(), 0)
-	if k := a.online.Load(); k != nil {
-		h.Delegation = k.kid
-	}
+	h.Delegation = a.latestDelegation()
 	h.Anchors = a.AnchorVersion()
 	h.DataKeys, h.DataPrimary = a.heldKeys()
 	h.Firmware = a.FirmwareVersion()
@@ -580,16 +547,12 @@ func (a *Agent) handle(ctx context.Context, topic string, payload []byte) error 
 		return nil
 	}
 	if env.IsSigned() {
-		k := a.online.Load()
-		if k != nil && uint64(a.opts.Now().Unix()) >= k.notAfter {
-			// The delegated key's lifetime is over: it signs nothing more.
-			a.online.CompareAndSwap(k, nil)
-			k = nil
-		}
-		if k == nil || !bytes.Equal(env.KID, k.kid) {
+		// The delegation the kid names; an expired one signs nothing more.
+		k := a.onlineKeyFor(env.KID)
+		if k == nil {
 			// Signed by an online key we do not know yet (it was renewed
-			// while we were away, or its delegation is still on its way):
-			// ask for the current delegation.
+			// while we were away, the device moved to another node, or its
+			// delegation is still on its way): ask for the current one.
 			a.missed = true
 			if a.opts.Now().Sub(a.lastSync) > 5*time.Second {
 				if err := a.hello(ctx); err != nil {

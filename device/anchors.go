@@ -162,7 +162,9 @@ func (a *Agent) useAnchors(cur *anchors.Signed, persist bool) error {
 		// A new update key ends the online key it certified: whatever that
 		// key signed, even with a long delegation, is not trusted any more.
 		if old := a.updateKID.Load(); old != nil && !bytes.Equal(*old, kid) {
-			a.online.Store(nil)
+			if err := a.dropDelegations(); err != nil {
+				return err
+			}
 		}
 	} else {
 		a.ks.mu.Lock()

@@ -57,7 +57,6 @@ const (
 	fileState    = "state.json"
 	fileCA       = "ca.pem"
 	fileUpdate   = "update.pub.pem"
-	fileDeleg    = "delegation.cose"
 )
 
 // ErrNoCredential: the keystore has no usable credential of that version.
@@ -371,24 +370,6 @@ func (ks *Keystore) Retire(v uint32) (bool, error) {
 		return true, fmt.Errorf("device: remove v%d: %w", v, err)
 	}
 	return true, nil
-}
-
-// Delegation returns the stored online-key delegation, or nil.
-func (ks *Keystore) Delegation() []byte {
-	b, err := ks.st.ReadFile(fileDeleg)
-	if err != nil {
-		return nil
-	}
-	return b
-}
-
-// SaveDelegation stores a verified delegation, so a restarted agent can
-// check downlinks before the server resends it.
-func (ks *Keystore) SaveDelegation(b []byte) error {
-	if err := ks.write(fileDeleg, b, 0o644); err != nil {
-		return fmt.Errorf("device: save delegation: %w", err)
-	}
-	return nil
 }
 
 // Roots returns the fleet CA pool.
