@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"time"
 
 	"github.com/keyfleet/keyfleet/certs/identity"
@@ -156,13 +155,13 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 	if err != nil {
 		return err
 	}
-	host, _, err := net.SplitHostPort(a.opts.Broker)
+	addr, host, err := a.brokerAddr()
 	if err != nil {
-		return fmt.Errorf("device: broker address %q: %w", a.opts.Broker, err)
+		return err
 	}
 	id := a.ks.ID().ID
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker:   a.opts.Broker,
+		Broker:   addr,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}},
 			RootCAs: a.ks.Roots(), ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves,

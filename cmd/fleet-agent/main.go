@@ -34,7 +34,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			opts := device.Options{Dir: dir, Broker: broker, Logger: log,
+			opts := device.Options{Dir: dir, Brokers: device.SplitBrokers(broker), Logger: log,
 				OnEvent: func(e device.Event) {
 					log.Info("agent", "event", string(e.Kind), "device", e.Device, "slot", "identity", "version", e.Version, "detail", e.Detail)
 				}}
@@ -67,7 +67,7 @@ func main() {
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "keystore directory (required)")
-	f.StringVar(&broker, "broker", "", "broker address host:port (default: the one recorded at provisioning)")
+	f.StringVar(&broker, "broker", "", "broker address host:port, or several separated by commas, tried from a random one on and in turn when one fails (default: the ones recorded at provisioning)")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&format, "log-format", "text", "text or json")
 	f.StringVar(&crashAt, "crash-at", "", "testing: SIGKILL the agent at this step (after-pending-key, after-enroll, after-cert-stored, after-promote)")
