@@ -172,7 +172,7 @@ func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broke
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
 		Trust: trust, Policy: pol, Now: s.cfg.Now,
-		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger,
+		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger, AwaitServer: true,
 		OnRestore: func(device string) {
 			if err := s.engine.Resend(ctx, device); err != nil {
 				s.cfg.Logger.Warn("resend after a restored session failed", "device", device, "err", err)

@@ -57,6 +57,11 @@ type Options struct {
 	// even when fleetd's clock is simulated.
 	UplinkRate  float64
 	UplinkBurst int
+	// AwaitServer keeps devices out (their connections dropped without a
+	// CONNACK, which they retry) until a server session has subscribed to
+	// the uplinks: what a device publishes earlier would be lost. fleetd
+	// sets it; tests of the broker alone leave it off.
+	AwaitServer bool
 }
 
 // Embedded is a running mochi-mqtt broker with keyfleet's hooks.
@@ -137,8 +142,15 @@ func Start(o Options) (*Embedded, error) {
 		Logger: slog.New(minLevel{slog.LevelError, o.Logger.Handler()}).With("component", "mqtt"),
 	})
 	ids := &identities{}
+	var gate *serverGate
+	if o.AwaitServer {
+		gate = &serverGate{ids: ids, up: o.Topics.SharedUp(ServerShareGroup), log: o.Logger}
+		if err := srv.AddHook(gate, nil); err != nil {
+			return nil, fmt.Errorf("broker: server gate hook: %w", err)
+		}
+	}
 	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
-		onRestore: o.OnRestore, denials: den, log: o.Logger, logs: logs}
+		onRestore: o.OnRestore, gate: gate, denials: den, log: o.Logger, logs: logs}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}

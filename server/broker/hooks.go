@@ -98,11 +98,13 @@ type AuthHook struct {
 	// onRestore is told of a device session restored after mochi's
 	// clean-up race, so that what was sent meanwhile is sent again.
 	onRestore func(device string)
-	now       func() time.Time
-	denials   *Denials
-	log       *slog.Logger
-	logs      *logx.Limiter // one refusal line per client and reason per interval
-	accepted  atomic.Uint64
+	// gate, if set, keeps devices out until fleetd reads their uplinks.
+	gate     *serverGate
+	now      func() time.Time
+	denials  *Denials
+	log      *slog.Logger
+	logs     *logx.Limiter // one refusal line per client and reason per interval
+	accepted atomic.Uint64
 }
 
 // ID names the hook.
@@ -152,6 +154,13 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 			// could reach any topic, retained broadcasts included, by
 			// dropping its connection. keyfleet's agents set none.
 			h.deny(cl, "will-not-allowed", nil)
+			return false
+		}
+		if !h.gate.admits() {
+			// No CONNACK, as below: a network failure to the device.
+			h.denials.add("auth:server-not-subscribed")
+			h.logs.Log(h.log, slog.LevelInfo, "auth:server-not-subscribed", "broker: device held back until fleetd subscribes to the uplinks", "client", cl.ID)
+			cl.Stop(errServerNotSubscribed)
 			return false
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
