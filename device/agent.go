@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,7 +54,12 @@ type Options struct {
 	Storage Storage
 	// Topics is the deployment's topic layout; zero is the default "kf".
 	Topics protocol.Topics
-	// Broker overrides the address in the keystore's identity.
+	// Brokers overrides the addresses in the keystore's identity: host:port
+	// each, tried from a random one on, moving to the next when a
+	// connection cannot be made or is lost (with the reconnect backoff).
+	Brokers []string
+	// Broker, when Brokers is empty, overrides them too: one address or
+	// several separated by commas (fleet-agent's --broker).
 	Broker string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -137,6 +141,8 @@ type Agent struct {
 	// to send the refused steps again.
 	missed bool
 
+	ring *brokerRing // the brokers and the one in use (run loop only)
+
 	mu      sync.Mutex
 	conn    *mqttc.Conn
 	seen    map[string]time.Time
@@ -188,8 +194,11 @@ func New(opts Options) (*Agent, error) {
 	if opts.ReconnectMax == 0 {
 		opts.ReconnectMax = 30 * time.Second
 	}
-	if opts.Broker == "" {
-		opts.Broker = ks.ID().Broker
+	if len(opts.Brokers) == 0 {
+		opts.Brokers = SplitBrokers(opts.Broker)
+	}
+	if len(opts.Brokers) == 0 {
+		opts.Brokers = SplitBrokers(ks.ID().Broker)
 	}
 	if opts.StepTimeout == 0 {
 		opts.StepTimeout = 30 * time.Second
@@ -208,6 +217,7 @@ func New(opts Options) (*Agent, error) {
 		log:   opts.Logger.With("device", ks.ID().ID),
 		inbox: make(chan inMsg, 64),
 		seen:  map[string]time.Time{},
+		ring:  newBrokerRing(opts.Brokers),
 	}
 	kid, err := protocol.KeyID(ks.UpdateKey())
 	if err != nil {
@@ -300,6 +310,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.closeConn()
 		if err != nil && !errors.Is(err, errReconnect) && ctx.Err() == nil {
 			a.log.Warn("session ended", "err", err)
+			// The broker may be gone (its node stopped): the next
+			// connection goes to the next broker.
+			a.ring.next()
 		}
 	}
 	return ctx.Err()
@@ -367,6 +380,11 @@ func (a *Agent) dial(ctx context.Context, gen uint64) (*mqttc.Conn, uint32, erro
 		a.refused++
 	} else {
 		a.refused = 0
+		// Not a refusal of our credential: this broker cannot be reached
+		// (or is not serving). The next attempt goes to the next one.
+		if a.ring.next() {
+			a.log.Debug("broker unreachable; moving to the next", "err", lastErr)
+		}
 	}
 	return nil, 0, lastErr
 }
@@ -376,13 +394,13 @@ func (a *Agent) connect(ctx context.Context, v uint32, gen uint64) (*mqttc.Conn,
 	if err != nil {
 		return nil, err
 	}
-	host, _, err := net.SplitHostPort(a.opts.Broker)
+	addr, host, err := a.brokerAddr()
 	if err != nil {
-		return nil, fmt.Errorf("device: broker address %q: %w", a.opts.Broker, err)
+		return nil, err
 	}
 	id := a.ks.ID().ID
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker:   a.opts.Broker,
+		Broker:   addr,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cred}, RootCAs: a.ks.Roots(), ServerName: host,
 			MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves, Time: a.opts.Now},

@@ -1,7 +1,6 @@
 package device
 
 import (
-	"cmp"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -153,14 +152,19 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 	if err != nil {
 		return err
 	}
-	broker := cmp.Or(a.opts.ReenrollBroker, a.opts.Broker)
-	host, _, err := net.SplitHostPort(broker)
+	addr, host, err := a.brokerAddr()
 	if err != nil {
-		return fmt.Errorf("device: broker address %q: %w", broker, err)
+		return err
+	}
+	if a.opts.ReenrollBroker != "" { // an external broker's birth listener
+		addr = a.opts.ReenrollBroker
+		if host, _, err = net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("device: re-enrolment broker address %q: %w", addr, err)
+		}
 	}
 	id := a.ks.ID().ID
 	conn, err := mqttc.Dial(ctx, mqttc.Options{
-		Broker:   broker,
+		Broker:   addr,
 		ClientID: id,
 		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{bcert.Raw}, PrivateKey: bkey, Leaf: bcert}},
 			RootCAs: a.ks.Roots(), ServerName: host, MinVersion: tls.VersionTLS12, CurvePreferences: deviceCurves,

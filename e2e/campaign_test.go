@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -358,7 +357,7 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 func TestCampaignResumesAfterSIGKILL(t *testing.T) {
 	const n = 20
 	dir := t.TempDir()
-	fp := startFleetdProc(t, dir, fmt.Sprintf("ckill-%d", os.Getpid()))
+	fp := startFleetdProc(t, dir, "ckill")
 	ctx := context.Background()
 	var dirs []string
 	for i := range n {

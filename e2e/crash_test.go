@@ -129,9 +129,12 @@ type fleetdProc struct {
 }
 
 // startFleetdProc initialises a data directory under dir with a token of
-// its own and starts fleetd on it, waiting until it is ready.
-func startFleetdProc(t *testing.T, dir, token string) *fleetdProc {
+// its own and starts fleetd on it, waiting until it is ready. The token's
+// label is prefix, the process id and the time, so that runs with -count
+// above 1 (same process) do not collide with a token left by an earlier run.
+func startFleetdProc(t *testing.T, dir, prefix string) *fleetdProc {
 	t.Helper()
+	token := fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), time.Now().UnixNano()%1e9)
 	bin := binaries(t)
 	fp := &fleetdProc{bin: filepath.Join(bin, "fleetd"), data: filepath.Join(dir, "fleetd"),
 		env:      []string{"KEYFLEET_HSM_PIN=crash-test-pin"},
@@ -198,7 +201,7 @@ func (fp *fleetdProc) stop(t *testing.T) {
 func TestFleetdKilledMidRotation(t *testing.T) {
 	const n = 20
 	dir := t.TempDir()
-	fp := startFleetdProc(t, dir, fmt.Sprintf("crash-%d", os.Getpid()))
+	fp := startFleetdProc(t, dir, "crash")
 	c, ctx := fp.admin, context.Background()
 
 	var dirs []string

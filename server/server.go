@@ -170,7 +170,7 @@ func (s *Server) startBroker(ctx context.Context, pol policy.Source, trust broke
 	s.broker, err = broker.Start(broker.Options{
 		Addr: s.cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.trust.GetCertificate},
 		Trust: trust, Policy: pol, Now: s.cfg.Now,
-		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger, OnSession: s.node.SessionObserver(),
+		Checker: s.engine, Topics: s.cfg.Topics, Logger: s.cfg.Logger, OnSession: s.node.SessionObserver(), AwaitServer: true,
 		OnRestore: s.engine.ResendOnRestore(ctx),
 	})
 	if err != nil {

@@ -45,7 +45,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			opts := device.Options{Dir: dir, Broker: broker, ReenrollBroker: reenrollBroker, Logger: log,
+			opts := device.Options{Dir: dir, Brokers: device.SplitBrokers(broker), ReenrollBroker: reenrollBroker, Logger: log,
 				OnEvent: func(e device.Event) {
 					log.Info("agent", "event", string(e.Kind), "device", e.Device, "slot", "identity", "version", e.Version, "detail", e.Detail)
 				}}
@@ -88,7 +88,7 @@ func main() {
 	}
 	f := cmd.Flags()
 	f.StringVar(&dir, "dir", "", "keystore directory (required)")
-	f.StringVar(&broker, "broker", "", "broker address host:port (default: the one recorded at provisioning)")
+	f.StringVar(&broker, "broker", "", "broker address host:port, or several separated by commas, tried from a random one on and in turn when one fails (default: the ones recorded at provisioning)")
 	f.StringVar(&reenrollBroker, "reenroll-broker", "", "broker address host:port the birth credential re-enrols through (default: --broker); an external Mosquitto's birth listener")
 	f.StringVar(&keyStore, "key-store", "", "keep the device's private keys in a PKCS#11 token (TPM 2.0, secure element) instead of PEM files in --dir:\n"+
 		"pkcs11:token=LABEL;object=PREFIX?module-path=/usr/lib/<arch>/libtpm2_pkcs11.so.1&pin-source=file:PATH\n"+

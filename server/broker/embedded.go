@@ -61,13 +61,18 @@ type Options struct {
 	// even when fleetd's clock is simulated.
 	UplinkRate  float64
 	UplinkBurst int
+	// AwaitServer keeps devices out (their connections dropped without a
+	// CONNACK, which they retry) until a server session has subscribed to
+	// the uplinks: what a device publishes earlier would be lost. fleetd
+	// sets it; tests of the broker alone leave it off.
+	AwaitServer bool
 }
 
 // Embedded is a running mochi-mqtt broker with keyfleet's hooks.
 type Embedded struct {
 	srv     *mqtt.Server
 	ln      *listeners.Net
-	raw     net.Listener // the TCP listener under ln: closed first at Close
+	raw     *trackedListener // the TCP listener under ln: closed first at Close
 	Denials *Denials
 	auth    *AuthHook
 	ids     *identities
@@ -141,8 +146,15 @@ func Start(o Options) (*Embedded, error) {
 		Logger: slog.New(minLevel{slog.LevelError, o.Logger.Handler()}).With("component", "mqtt"),
 	})
 	ids := &identities{}
+	var gate *serverGate
+	if o.AwaitServer {
+		gate = &serverGate{ids: ids, up: o.Topics.SharedUp(ServerShareGroup), log: o.Logger}
+		if err := srv.AddHook(gate, nil); err != nil {
+			return nil, fmt.Errorf("broker: server gate hook: %w", err)
+		}
+	}
 	auth := &AuthHook{srv: srv, ids: ids, checker: o.Checker, trust: o.Trust, policy: o.Policy, now: o.Now,
-		onRestore: o.OnRestore, onSession: o.OnSession, denials: den, log: o.Logger, logs: logs}
+		onRestore: o.OnRestore, onSession: o.OnSession, gate: gate, denials: den, log: o.Logger, logs: logs}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: auth hook: %w", err)
 	}
@@ -154,10 +166,11 @@ func Start(o Options) (*Embedded, error) {
 	}
 	// Listen ourselves so that the address is bound (and errors surface)
 	// before Start returns.
-	l, err := net.Listen("tcp", o.Addr)
+	nl, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", o.Addr, err)
 	}
+	l := newTrackedListener(nl)
 	// mochi serves the listener we hold, so Close can stop accepting before
 	// it drops the sessions (else agents reconnect into a closing broker).
 	ln := listeners.NewNet("tls", tls.NewListener(l, tlsConf))
@@ -179,9 +192,13 @@ func (e *Embedded) Addr() string { return e.ln.Address() }
 func (e *Embedded) Serving() bool { return !e.closed.Load() }
 
 // Close stops the broker and disconnects every client; a second Close
-// does nothing. It gives up waiting
-// after closeTimeout: a connection mochi lost track of (seen after a session
-// takeover) must not keep fleetd from stopping.
+// does nothing. It first stops accepting, then stops the sessions mochi
+// knows and closes every connection still open at the TCP level: a client
+// accepted just before the listener closed may still be in its TLS
+// handshake or CONNECT, unknown to mochi's shutdown, which would otherwise
+// wait for it (up to the keep-alive of a session it registers after the
+// sweep). closeTimeout stays as a last bound, so that nothing mochi does
+// keeps fleetd from stopping.
 func (e *Embedded) Close() error {
 	if e.closed.Swap(true) {
 		return nil // closed before: mochi's Close panics the second time
@@ -191,13 +208,14 @@ func (e *Embedded) Close() error {
 		k.(*mqtt.Client).Stop(packets.ErrServerShuttingDown)
 		return true
 	})
+	e.raw.closeAll()
 	done := make(chan error, 1)
 	go func() { done <- e.srv.Close() }()
 	select {
 	case err := <-done:
 		return err
 	case <-time.After(closeTimeout):
-		return fmt.Errorf("broker: close: connections still open after %v", closeTimeout)
+		return fmt.Errorf("broker: close: connections still open after %v (%d at the TCP level)", closeTimeout, e.raw.open())
 	}
 }
 

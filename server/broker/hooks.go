@@ -100,6 +100,8 @@ type AuthHook struct {
 	onRestore func(device string)
 	// onSession is told of device sessions accepted and ended (Options.OnSession).
 	onSession func(device string, since time.Time, up bool)
+	// gate, if set, keeps devices out until fleetd reads their uplinks.
+	gate      *serverGate
 	now       func() time.Time
 	denials   *Denials
 	log       *slog.Logger
@@ -154,6 +156,13 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 			// could reach any topic, retained broadcasts included, by
 			// dropping its connection. keyfleet's agents set none.
 			h.deny(cl, "will-not-allowed", nil)
+			return false
+		}
+		if !h.gate.admits() {
+			// No CONNACK, as below: a network failure to the device.
+			h.denials.add("auth:server-not-subscribed")
+			h.logs.Log(h.log, slog.LevelInfo, "auth:server-not-subscribed", "broker: device held back until fleetd subscribes to the uplinks", "client", cl.ID)
+			cl.Stop(errServerNotSubscribed)
 			return false
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
