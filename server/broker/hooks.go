@@ -101,12 +101,12 @@ type AuthHook struct {
 	// onSession is told of device sessions accepted and ended (Options.OnSession).
 	onSession func(device string, since time.Time, up bool)
 	// gate, if set, keeps devices out until fleetd reads their uplinks.
-	gate      *serverGate
-	now       func() time.Time
-	denials   *Denials
-	log       *slog.Logger
-	logs      *logx.Limiter // one refusal line per client and reason per interval
-	accepted  atomic.Uint64
+	gate     *serverGate
+	now      func() time.Time
+	denials  *Denials
+	log      *slog.Logger
+	logs     *logx.Limiter // one refusal line per client and reason per interval
+	accepted atomic.Uint64
 }
 
 // ID names the hook.
