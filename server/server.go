@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/keyfleet/keyfleet/protocol"
 	"github.com/keyfleet/keyfleet/server/admin"
@@ -86,8 +87,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	dyn := dynsec.New(cfg.ExternalBroker, s.st, cfg.Topics, cfg.Logger).WithCAFile(cfg.BrokerCAFile, cfg.BrokerReload).WithCRLFile(cfg.BrokerCRLFile, cfg.BrokerCRLReload, pols.Holder()) // an external Mosquitto kept in step
 	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                                                                                       // every signature timed, every change counted
 	codec := protocol.NewCodec()
-	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger,
+	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger, PolicyReload: pols.Reload, Resync: dyn.Resync,
 		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}) // leaves when ctx ends, before the store closes
+	replay := s.node.LeaderReplay(dyn) // before dyn starts: in a cluster only the leader replays the store to the broker
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: s.node.Publisher(&s.link),
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
@@ -107,6 +109,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.node.Freeze(s.trust, s.releases) // after the issuers are in the anchor set: node-local files stay as they are in a cluster
 	s.engine = rotation.New(s.st, iss, s.trust.Keeper(), codec, rotation.Options{
 		Policy: pols.Holder(), CommandTTL: cfg.CommandTTL, Workers: cfg.Workers, Topics: cfg.Topics,
 		Now: cfg.Now, Logger: cfg.Logger, OnStateChange: cfg.OnStateChange,
@@ -141,9 +144,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		parts.Sessions = s.node.Sessions(s.broker) // the whole cluster's
 	}
 	if c := campaign.NewFor(s.st, campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st},
-		campaign.Options{Sessions: parts.Sessions, Observer: m.Campaigns(), Now: cfg.Now, Logger: cfg.Logger}); c != nil { // a store without campaigns runs none
+		campaign.Options{Sessions: parts.Sessions, Observer: m.Campaigns(), Clustered: s.node.Clustered(), Now: cfg.Now, Logger: cfg.Logger}); c != nil { // a store without campaigns runs none
 		parts.Campaigns = c
-		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run) // on one node of a cluster: the lease holder
+		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run, replay, // on one node of a cluster: the lease holder
+			s.node.Every("grace sweep", 2*time.Second, func(ctx context.Context) error { _, err := s.engine.SweepGrace(ctx, 2*time.Second); return err }))
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
