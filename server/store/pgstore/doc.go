@@ -50,8 +50,9 @@
 // sequences (nextval) and generate_series; INSERT ... ON CONFLICT DO
 // NOTHING; SELECT ... FOR UPDATE; UPDATE ... FROM unnest(...); an INSERT
 // in a WITH (data-modifying common table expression); tuple
-// comparison for keyset paging; CREATE ... IF NOT EXISTS. No LISTEN/NOTIFY,
-// advisory locks, PL/pgSQL, triggers, collations or jsonb operators; no
+// comparison for keyset paging; CREATE ... IF NOT EXISTS. No reliance on
+// LISTEN/NOTIFY (on PostgreSQL it only wakes a cluster node early, see
+// notify.go; on CockroachDB nodes poll), no advisory locks, PL/pgSQL, triggers, collations or jsonb operators; no
 // reliance on READ COMMITTED (under SERIALIZABLE the same statements retry
 // on 40001).
 //
