@@ -87,7 +87,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.keys, cfg.OnStateChange = m.Keys(), dyn.Observe(m.Observe(cfg.OnStateChange))                                                                                                       // every signature timed, every change counted
 	codec := protocol.NewCodec()
 	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger,
-		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}) // leaves when ctx ends, before the store closes
+		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }, Resync: dyn.Resync}) // leaves when ctx ends, before the store closes
+	dyn.SetReplay(s.node.ReplayGate()) // workers sharing a Mosquitto: the leader alone replays the fleet to it
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: s.node.Publisher(&s.link),
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
@@ -143,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if c := campaign.NewFor(s.st, campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st},
 		campaign.Options{Sessions: parts.Sessions, Observer: m.Campaigns(), Now: cfg.Now, Logger: cfg.Logger}); c != nil { // a store without campaigns runs none
 		parts.Campaigns = c
-		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run) // on one node of a cluster: the lease holder
+		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run, s.node.AtTakeover(dyn.Replay)) // on one node of a cluster: the lease holder
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {
 		return nil, err
