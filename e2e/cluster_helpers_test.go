@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -182,9 +183,11 @@ func provisionAgents(t *testing.T, c *client.Client, prefix string, n int) *flee
 }
 
 // run starts every agent; agent i is given the brokers rotated to start
-// at i mod len(brokers) (the agent starts at a random one of them, which
-// spreads the fleet the same way).
-func (fa *fleetAgents) run(t *testing.T, brokers []string, mod func(*device.Options)) {
+// at i mod len(brokers), every other round in the reverse order. The agent
+// starts at a random one of them, which spreads the fleet; the order is
+// where it fails over to, so the devices of a lost broker spread over all
+// the others instead of all moving to the next one.
+func (fa *fleetAgents) run(t *testing.T, brokers []string, mod func(i int, o *device.Options)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -192,8 +195,15 @@ func (fa *fleetAgents) run(t *testing.T, brokers []string, mod func(*device.Opti
 	for i, id := range fa.ids {
 		on := &atomic.Bool{}
 		fa.connected.Store(id, on)
-		k := i % len(brokers)
-		o := device.Options{Storage: fa.stores[id], Brokers: append(append([]string{}, brokers[k:]...), brokers[:k]...),
+		m := len(brokers)
+		list := make([]string, 0, m)
+		for j := range m {
+			list = append(list, brokers[(i+j)%m])
+		}
+		if (i/m)%2 == 1 {
+			slices.Reverse(list[1:])
+		}
+		o := device.Options{Storage: fa.stores[id], Brokers: list,
 			Logger: log, ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second, StepTimeout: 3 * time.Second,
 			OnEvent: func(e device.Event) {
 				switch e.Kind {
@@ -210,7 +220,7 @@ func (fa *fleetAgents) run(t *testing.T, brokers []string, mod func(*device.Opti
 				fa.mu.Unlock()
 			}}
 		if mod != nil {
-			mod(&o)
+			mod(i, &o)
 		}
 		a, err := device.New(o)
 		if err != nil {
