@@ -27,20 +27,35 @@ import (
 	"github.com/keyfleet/keyfleet/server/store/pgstore"
 )
 
-// startPostgres starts a PostgreSQL server of the test's own (pgtest: a
-// real one, from Debian's packages) and returns a fresh database's DSN.
+// sharedPostgres is the PostgreSQL server the cluster tests share: started
+// by the first that needs it (initdb costs seconds, a database a fraction
+// of one), stopped by TestMain after the last test.
+type sharedPostgres struct {
+	once sync.Once
+	srv  *pgtest.Server
+	err  error
+}
+
+var shared sharedPostgres
+
+// stop stops the server if a test started it.
+func (s *sharedPostgres) stop() {
+	if s.srv != nil {
+		if err := s.srv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: stopping PostgreSQL:", err)
+		}
+	}
+}
+
+// startPostgres returns a fresh database's DSN on the shared PostgreSQL
+// server (a real one from Debian's packages, pgtest), starting it first.
 func startPostgres(t *testing.T) string {
 	t.Helper()
-	pg, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
+	shared.once.Do(func() { shared.srv, shared.err = pgtest.Start() })
+	if shared.err != nil {
+		t.Fatal(shared.err)
 	}
-	t.Cleanup(func() {
-		if err := pg.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return pg.NewDatabase(t)
+	return shared.srv.NewDatabase(t)
 }
 
 // clusterInit runs `fleetd init --store DSN` once, with a new SoftHSM2
