@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -55,6 +56,9 @@ func TestNodesCampaignSurvivesKill(t *testing.T) {
 	t.Logf("%d devices provisioned through n1 after %v", n, time.Since(began).Round(time.Millisecond))
 	fa.run(t, brokers, nil)
 	eventually(t, 30*time.Second, "all agents connected", func() bool { return fa.connectedCount() == n })
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		t.Logf("open files in the test process with every agent connected: %d", len(fds))
+	}
 	st := openPG(t, dsn)
 	perNode := func() map[string]int {
 		ss, err := st.Sessions(ctx, nil)
