@@ -21,7 +21,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(floodEnv); spec != "" {
 		os.Exit(flooderMain(spec)) // the flood test's flooder process
 	}
-	os.Exit(fleettest.Main(m))
+	code := fleettest.Main(m)
+	shared.stop()
+	os.Exit(code)
 }
 
 // eventually polls cond until it holds or timeout passes.

@@ -89,7 +89,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	codec := protocol.NewCodec()
 	s.node = cluster.Join(ctx, &s.wg, s.st, cluster.Options{NodeID: cfg.NodeID, Codec: codec, Topics: cfg.Topics, Now: cfg.Now, Logger: cfg.Logger, PolicyReload: pols.Reload, Resync: dyn.Resync,
 		Delegations: func() [][]byte { return cluster.Delegations(s.trust.Keeper().Current()) }}) // leaves when ctx ends, before the store closes
-	replay := s.node.LeaderReplay(dyn) // before dyn starts: in a cluster only the leader replays the store to the broker
+	dyn.SetReplay(s.node.ReplayGate()) // workers sharing a Mosquitto: the leader alone replays the fleet to it
 	if s.trust, err = trust.NewService(ctx, trust.Options{Files: p.Trust(), Keys: s.keys, CertValidity: pols.Holder().Current().CertValidity.D(),
 		OnlineKeyLifetime: cfg.OnlineKeyLifetime, Codec: codec, Topics: cfg.Topics, Audit: s.st, Publisher: s.node.Publisher(&s.link),
 		OnChange: cfg.OnStateChange, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
@@ -146,7 +146,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if c := campaign.NewFor(s.st, campaign.Parts{Engine: s.engine, Escrow: escrowed, Releases: s.releases, Trust: s.trust, Devices: s.st},
 		campaign.Options{Sessions: parts.Sessions, Observer: m.Campaigns(), Clustered: s.node.Clustered(), Now: cfg.Now, Logger: cfg.Logger}); c != nil { // a store without campaigns runs none
 		parts.Campaigns = c
-		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run, replay, // on one node of a cluster: the lease holder
+		s.node.RunLeader(ctx, &s.wg, c.Run, pols.Scheduler(c.Store(), c).Run, s.node.AtTakeover(dyn.Replay), // on one node of a cluster: the lease holder
 			s.node.Every("grace sweep", 2*time.Second, func(ctx context.Context) error { _, err := s.engine.SweepGrace(ctx, 2*time.Second); return err }))
 	}
 	if s.admin, err = admin.Listen(cfg.AdminAddr, parts, s.trust, cfg.Now, cfg.Logger); err != nil {

@@ -21,7 +21,10 @@
 //     mail to that node, which publishes the bytes unchanged, after this
 //     node's delegation when they are signed (each node has its own online
 //     key, and the device may not hold it yet). A device connected nowhere
-//     gets it published here, as a single fleetd does.
+//     the cluster knows of gets it published here, as a single fleetd
+//     does, after this node's delegation too: workers sharing an external
+//     broker record no sessions, and another worker may have answered the
+//     device's hello with its own delegation.
 //   - broadcasts (kf/b/...) go out here and as mail to every live node,
 //     except the delegation, which each node announces for its own key.
 //   - Disconnect (revocation) drops local sessions and mails every other

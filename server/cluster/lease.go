@@ -159,3 +159,28 @@ func (n *Node) Every(name string, d time.Duration, fn func(ctx context.Context) 
 		}
 	}
 }
+
+// ReplayGate is the gate of a part that brings an external broker in step
+// with the whole store each time its session connects
+// (dynsec.Sync.SetReplay): nil for a single process, which always
+// replays; Leading in a cluster, where workers share the broker and one
+// replaying process keeps a replay from racing another's revocation.
+func (n *Node) ReplayGate() func() bool {
+	if n.cs == nil {
+		return nil
+	}
+	return n.Leading
+}
+
+// AtTakeover makes a job for RunLeader that runs fn once at the start of
+// every leadership term, in a cluster only: a new leader brings the
+// external broker in step (dynsec.Sync.Replay), since its session
+// connected while another node led and so did not replay then. A single
+// process replays at connect instead.
+func (n *Node) AtTakeover(fn func(ctx context.Context)) func(ctx context.Context) {
+	return func(ctx context.Context) {
+		if n.cs != nil {
+			fn(ctx)
+		}
+	}
+}

@@ -41,12 +41,19 @@ func (p *ClusterPublisher) Publish(ctx context.Context, topic string, b []byte) 
 		if err != nil {
 			return err
 		}
-		if holder == "" || holder == n.id {
-			return p.local.Publish(ctx, topic, b) // connected nowhere: as one fleetd does
-		}
 		payloads := [][]byte{b}
 		if down && p.signed(b) && n.o.Delegations != nil {
 			payloads = append(n.o.Delegations(), b)
+		}
+		if holder == n.id {
+			return p.local.Publish(ctx, topic, b)
+		}
+		if holder == "" {
+			// Connected nowhere this cluster knows of: published here, as one
+			// fleetd does, after the delegation. Workers behind an external
+			// broker record no sessions, and the device's hello may have
+			// been answered by another worker with its own delegation.
+			return publishAll(ctx, p.local, topic, payloads)
 		}
 		if err := n.cs.Send(ctx, store.Mail{To: holder, From: n.id, Kind: store.MailDownlink, Device: device,
 			Topic: topic, Payloads: payloads}); err != nil {
@@ -131,4 +138,14 @@ func Delegations(key *online.Key) [][]byte {
 		out = append(out, next)
 	}
 	return out
+}
+
+// publishAll publishes each payload on topic in order.
+func publishAll(ctx context.Context, pub Publisher, topic string, payloads [][]byte) error {
+	for _, b := range payloads {
+		if err := pub.Publish(ctx, topic, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
