@@ -65,6 +65,10 @@ type Report struct {
 
 	// Campaign is campaign mode's record (--campaign), if any.
 	Campaign *CampaignReport `json:"campaign,omitempty"`
+
+	// Nodes is the record of a run over several fleetd nodes (--nodes, or
+	// --server with several addresses), if any.
+	Nodes *NodesReport `json:"nodes,omitempty"`
 }
 
 // CampaignReport is what campaign mode measured: each campaign stage by
@@ -236,6 +240,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if r.Campaign != nil {
 		r.Campaign.writeTable(tw)
+	}
+	if r.Nodes != nil {
+		r.Nodes.writeTable(tw)
 	}
 	return tw.Flush()
 }

@@ -28,6 +28,10 @@ func TestFlagsCheckedFirst(t *testing.T) {
 		{[]string{"run", "--campaign", "--rollback", "--dir", dir}, "rollback needs a canary failure"},
 		{[]string{"run", "--campaign", "--canary-fail", "50%", "--kill-fleetd", "1", "--fleetd-bin", "x", "--dir", dir},
 			"--kill-fleetd needs a campaign that completes"},
+		{[]string{"run", "--nodes", "2", "--store", "postgres://x/y", "--dir", dir}, "--nodes spawns fleetd nodes and needs --fleetd-bin"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--dir", dir}, "--nodes needs --store postgres://"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--store", "postgres://x/y", "--kill-node", "3", "--dir", dir}, "--kill-node 3: want a node between 1 and --nodes (2)"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--store", "postgres://x/y", "--kill-node", "1", "--dir", dir}, "--kill-at must be between"},
 		{[]string{"rn"}, `unknown command "rn" for "fleetsim"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
