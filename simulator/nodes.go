@@ -45,6 +45,9 @@ type NodesReport struct {
 	// SimulatorCPUS is the CPU time of the simulator (agents and all)
 	// during the rotations.
 	SimulatorCPUS float64 `json:"simulator_cpu_s"`
+	// StoreCPUS is PostgreSQL's CPU time (postmaster and backends) during
+	// the rotations, when its postmaster runs on this machine (--store-pid).
+	StoreCPUS float64 `json:"store_cpu_s,omitempty"`
 }
 
 // NodeReport is one node of a several-node run.
@@ -198,29 +201,67 @@ func spawnNodes(ctx context.Context, bin, dir, dsn string, n int, extra []string
 	return nodes, set, nil
 }
 
-// cpuSeconds is the CPU time (user and system) of process pid so far.
-func cpuSeconds(pid int) (float64, error) {
+// procStat is what /proc/PID/stat says of a process: its parent, and its
+// CPU time and that of its children it waited for, in seconds.
+type procStat struct {
+	ppid         int
+	self, reaped float64
+}
+
+func readProcStat(pid int) (procStat, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return procStat{}, err
 	}
 	// The command name may hold spaces: the fields after it are counted
-	// from its closing parenthesis. utime and stime are fields 14 and 15.
+	// from its closing parenthesis (state, ppid, ..., utime and stime at
+	// 14 and 15, cutime and cstime at 16 and 17 of proc(5)).
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, errors.New("simulator: unreadable /proc stat")
+		return procStat{}, errors.New("simulator: unreadable /proc stat")
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, errors.New("simulator: short /proc stat")
+	if len(f) < 15 {
+		return procStat{}, errors.New("simulator: short /proc stat")
 	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("simulator: /proc stat: %w", err)
+	var v [5]uint64
+	for k, idx := range []int{1, 11, 12, 13, 14} {
+		if v[k], err = strconv.ParseUint(f[idx], 10, 64); err != nil {
+			return procStat{}, fmt.Errorf("simulator: /proc stat: %w", err)
+		}
 	}
-	return float64(ut+st) / clockTicks, nil
+	return procStat{ppid: int(v[0]), self: float64(v[1]+v[2]) / clockTicks, reaped: float64(v[3]+v[4]) / clockTicks}, nil
+}
+
+// cpuSeconds is the CPU time (user and system) of process pid so far.
+func cpuSeconds(pid int) (float64, error) {
+	st, err := readProcStat(pid)
+	return st.self, err
+}
+
+// treeCPUSeconds is the CPU time of process pid, of its live children and
+// of those it reaped: a PostgreSQL server's postmaster with its backends.
+func treeCPUSeconds(pid int) (float64, error) {
+	st, err := readProcStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	total := st.self + st.reaped
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cs, err := readProcStat(child); err == nil && cs.ppid == pid {
+			total += cs.self
+		}
+	}
+	return total, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on every
@@ -279,11 +320,13 @@ type nodeWatch struct {
 	lost       map[string]bool // devices disconnected after the kill
 	gaps       []time.Duration
 	simCPU0    float64
+	storePID   int
+	storeCPU0  float64
 }
 
-func newNodeWatch(set *adminSet, nodes []*spawned) *nodeWatch {
+func newNodeWatch(set *adminSet, nodes []*spawned, storePID int) *nodeWatch {
 	n := len(set.cs)
-	w := &nodeWatch{set: set, nodes: nodes, lost: map[string]bool{},
+	w := &nodeWatch{set: set, nodes: nodes, lost: map[string]bool{}, storePID: storePID,
 		stmts0: make([]float64, n), stmtsLast: make([]float64, n), cpu0: make([]float64, n), cpu1: make([]float64, n)}
 	w.rep.Nodes = make([]NodeReport, n)
 	for i := range w.rep.Nodes {
@@ -319,6 +362,13 @@ func (w *nodeWatch) statements(ctx context.Context, i int) (float64, error) {
 // begin records every node's counters as the rotations begin.
 func (w *nodeWatch) begin(ctx context.Context) error {
 	w.simCPU0 = selfCPUSeconds()
+	if w.storePID > 0 {
+		v, err := treeCPUSeconds(w.storePID)
+		if err != nil {
+			return fmt.Errorf("simulator: PostgreSQL CPU (--store-pid %d): %w", w.storePID, err)
+		}
+		w.storeCPU0 = v
+	}
 	for i := range w.set.cs {
 		w.rep.Nodes[i].SessionsStart = w.sessions(ctx, i)
 		v, err := w.statements(ctx, i)
@@ -392,6 +442,11 @@ func (w *nodeWatch) end(ctx context.Context, rotations int) (*NodesReport, error
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.rep.SimulatorCPUS = selfCPUSeconds() - w.simCPU0
+	if w.storePID > 0 {
+		if v, err := treeCPUSeconds(w.storePID); err == nil {
+			w.rep.StoreCPUS = v - w.storeCPU0
+		}
+	}
 	var stmts float64
 	for i := range w.set.cs {
 		n := &w.rep.Nodes[i]
@@ -519,4 +574,7 @@ func (n *NodesReport) writeTable(tw io.Writer) {
 	}
 	fmt.Fprintf(tw, "PostgreSQL statements\t%d (%.1f per rotation)\n", n.StoreStatements, n.StatementsPerRotation)
 	fmt.Fprintf(tw, "simulator CPU\t%.1f s\n", n.SimulatorCPUS)
+	if n.StoreCPUS > 0 {
+		fmt.Fprintf(tw, "PostgreSQL CPU\t%.1f s\n", n.StoreCPUS)
+	}
 }

@@ -71,6 +71,9 @@ type Config struct {
 	// when KillAt of the first round's rotations have completed.
 	KillNode int
 	KillAt   float64
+	// StorePID, if set, is the PostgreSQL postmaster's process id on this
+	// machine: the report adds its CPU (backends included).
+	StorePID int
 	nodes    []*spawned
 	admins   *adminSet
 	// Fleet, if positive, runs the fleet model: this many devices, at most
@@ -208,7 +211,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.ProvisionS = time.Since(t0).Seconds()
 	if cfg.admins != nil {
-		fl.watch = newNodeWatch(cfg.admins, cfg.nodes)
+		fl.watch = newNodeWatch(cfg.admins, cfg.nodes, cfg.StorePID)
 	}
 	if err := fl.start(ctx); err != nil {
 		fl.stop()

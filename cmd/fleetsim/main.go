@@ -161,6 +161,7 @@ func root() *cobra.Command {
 	f.StringArrayVar(&cfg.FleetdArgs, "fleetd-arg", nil, "extra argument for the spawned fleetd run, e.g. --fleetd-arg=--grace=10s (repeatable)")
 	f.IntVar(&cfg.Nodes, "nodes", 0, "spawn this many fleetd nodes on the PostgreSQL store --store (needs --fleetd-bin)")
 	f.StringVar(&cfg.Store, "store", "", "PostgreSQL URL the spawned --nodes share, postgres://USER:PASSWORD@HOST:PORT/DB")
+	f.IntVar(&cfg.StorePID, "store-pid", 0, "process id of the PostgreSQL postmaster of --store, on this machine: the report adds its CPU (make bench)")
 	f.IntVar(&cfg.KillNode, "kill-node", 0, "SIGKILL this node (1-based) for good during the first round, at --kill-at (needs --nodes)")
 	f.Var(&killAt, "kill-at", "part of the first round's rotations completed when --kill-node is killed, e.g. 40%")
 	f.IntVar(&cfg.Faults.FleetdKills, "kill-fleetd", 0, "SIGKILL fleetd this many times during the first round (needs --fleetd-bin)")
