@@ -15,7 +15,7 @@ DEVICES=${BENCH_DEVICES:-10000}
 # fresh database, BENCH_NODES_DEVICES devices rotated once, all on this
 # machine. Writes bench/results/nodes-N.{json,txt} and nodes.md.
 nodes_bench() {
-  local devices=${BENCH_NODES_DEVICES:-1500} pgbin pgroot port pgpid n dsn
+  local devices=${BENCH_NODES_DEVICES:-2000} pgbin pgroot port pgpid n dsn
   pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | head -1)
   if [ -z "$pgbin" ] || [ ! -x "$pgbin/initdb" ]; then
     echo "bench: PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: run scripts/deps.sh --with-postgres" >&2
