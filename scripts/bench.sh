@@ -56,13 +56,13 @@ nodes_table() {
   echo "(load average before the run: ${LOAD_BEFORE:-?}); $1 devices, one rotation each, a fresh database per row."
   echo "CPU seconds are over the rotations only; ratio: rotations/s against the 1-node row of this invocation."
   echo
-  echo "| nodes | rotations/s | ratio | p50 ms | p99 ms | statements/rotation | CPU s: nodes | CPU s: PostgreSQL | CPU s: simulator | failed |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| nodes | rotations/s | ratio | requests answered s | p50 ms | p99 ms | statements/rotation | CPU s: nodes | CPU s: PostgreSQL | CPU s: simulator | failed |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for n in 1 2 3; do
     f="$OUT/nodes-$n.json"
     r=$(jnum "$f" rotations_per_s)
-    printf '| %s | %.1f | %.2f | %.0f | %.0f | %.1f | %s | %.1f | %.1f | %s |\n' "$n" "$r" "$(awk -v a="$r" -v b="$base" 'BEGIN{print a/b}')" \
-      "$(jnum "$f" p50_ms)" "$(jnum "$f" p99_ms)" "$(jnum "$f" statements_per_rotation)" "$(jnums "$f" cpu_s)" \
+    printf '| %s | %.1f | %.2f | %.1f | %.0f | %.0f | %.1f | %s | %.1f | %.1f | %s |\n' "$n" "$r" "$(awk -v a="$r" -v b="$base" 'BEGIN{print a/b}')" \
+      "$(jnum "$f" request_s)" "$(jnum "$f" p50_ms)" "$(jnum "$f" p99_ms)" "$(jnum "$f" statements_per_rotation)" "$(jnums "$f" cpu_s)" \
       "$(jnum "$f" store_cpu_s)" "$(jnum "$f" simulator_cpu_s)" "$(jnum "$f" rotations_failed)"
   done
 }

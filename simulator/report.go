@@ -27,6 +27,10 @@ type Report struct {
 	HSMOps             uint64         `json:"hsm_ops"`
 	HSMOpsPerRotation  float64        `json:"hsm_ops_per_rotation"`
 	ProvisionS         float64        `json:"provision_s"`
+	// RequestS is the time the rotation requests took to be answered
+	// (fleetd records each device's new pending version before it
+	// answers), summed over the rounds: part of DurationS.
+	RequestS float64 `json:"request_s"`
 	Server             string         `json:"server"`
 	NotConverged       []string       `json:"not_converged"`
 	FailuresByReason   map[string]int `json:"failures_by_reason"`
@@ -212,6 +216,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "bytes up / down\t%d / %d (%.0f per rotation)\n", r.BytesUp, r.BytesDown, r.BytesPerRotation)
 	fmt.Fprintf(tw, "HSM operations\t%d (%.3f per rotation)\n", r.HSMOps, r.HSMOpsPerRotation)
 	fmt.Fprintf(tw, "provisioning\t%.1f s\n", r.ProvisionS)
+	if r.RequestS > 0 {
+		fmt.Fprintf(tw, "rotation requests answered in\t%.1f s\n", r.RequestS)
+	}
 	note := ""
 	if r.SameProcess {
 		note = " (shared with the simulator: use --server for fleetd alone)"

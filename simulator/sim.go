@@ -261,6 +261,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	dur := time.Since(start)
 	up1, down1 := fl.bytes()
 	rep.DurationS = dur.Seconds()
+	rep.RequestS = fl.requestTime.Seconds()
 	rep.RotationsPerSec = float64(rep.RotationsCompleted) / dur.Seconds()
 	rep.BytesUp, rep.BytesDown = up1-up0, down1-down0
 	rep.HSMOps = hsmOps(ctx) - ops0
@@ -424,6 +425,8 @@ type fleet struct {
 	events    map[device.EventKind]*atomic.Uint64
 	// watch follows the nodes of a several-node run; nil with one fleetd.
 	watch *nodeWatch
+	// requestTime is the rotation requests' time so far (Report.RequestS).
+	requestTime time.Duration
 }
 
 type mark struct {
@@ -604,7 +607,8 @@ func (f *fleet) round(ctx context.Context, c *client.Client, round int) ([]time.
 		chunk = max(1, int(f.cfg.Rate*tick.Seconds()+0.5))
 	}
 	var resp adminapi.RotateResponse
-	next := time.Now()
+	asked := time.Now()
+	next := asked
 	for i := 0; i < len(f.ids); i += chunk {
 		if tick > 0 {
 			time.Sleep(time.Until(next))
@@ -623,6 +627,9 @@ func (f *fleet) round(ctx context.Context, c *client.Client, round int) ([]time.
 		}
 		resp.Rotations = append(resp.Rotations, r.Rotations...)
 	}
+	f.mu.Lock()
+	f.requestTime += time.Since(asked)
+	f.mu.Unlock()
 	reasons := map[string]int{}
 	var failed []string
 	want := map[string]uint32{}
