@@ -37,6 +37,7 @@ nodes_bench() {
     bin/fleetsim run --fleetd-bin bin/fleetd --nodes "$n" --store "$dsn" --store-pid "$pgpid" --devices "$devices" \
       --rotations 1 --baseline 0 --dir "$WORK/nodes-$n" --report table --progress=false \
       --json-out "$OUT/nodes-$n.json" | tee "$OUT/nodes-$n.txt"
+    rm -rf "$WORK/nodes-$n"
   done
   nodes_table "$devices" > "$OUT/nodes.md"
   cat "$OUT/nodes.md"
