@@ -11,32 +11,32 @@ import (
 // Report is what a run measured. JSON field names are an interface:
 // operators' scripts read them; add fields, never rename.
 type Report struct {
-	Devices            int     `json:"devices"`
-	Rounds             int     `json:"rounds"`
-	RotationsCompleted int     `json:"rotations_completed"`
-	RotationsFailed    int     `json:"rotations_failed"`
-	RotationsPerSec    float64 `json:"rotations_per_s"`
-	DurationS          float64 `json:"duration_s"`
-	P50ms              float64 `json:"p50_ms"`
-	P95ms              float64 `json:"p95_ms"`
-	P99ms              float64 `json:"p99_ms"`
-	MaxMs              float64 `json:"max_ms"`
-	BytesUp            uint64  `json:"bytes_up"`
-	BytesDown          uint64  `json:"bytes_down"`
-	BytesPerRotation   float64 `json:"bytes_per_rotation"`
-	HSMOps             uint64  `json:"hsm_ops"`
-	HSMOpsPerRotation  float64 `json:"hsm_ops_per_rotation"`
-	ProvisionS         float64 `json:"provision_s"`
-	// RequestS is the time the rotation requests took to be answered
-	// (fleetd records each device's new pending version before it
-	// answers), summed over the rounds: part of DurationS.
-	RequestS         float64        `json:"request_s"`
-	Server           string         `json:"server"`
-	NotConverged     []string       `json:"not_converged"`
-	FailuresByReason map[string]int `json:"failures_by_reason"`
+	Devices            int            `json:"devices"`
+	Rounds             int            `json:"rounds"`
+	RotationsCompleted int            `json:"rotations_completed"`
+	RotationsFailed    int            `json:"rotations_failed"`
+	RotationsPerSec    float64        `json:"rotations_per_s"`
+	DurationS          float64        `json:"duration_s"`
+	P50ms              float64        `json:"p50_ms"`
+	P95ms              float64        `json:"p95_ms"`
+	P99ms              float64        `json:"p99_ms"`
+	MaxMs              float64        `json:"max_ms"`
+	BytesUp            uint64         `json:"bytes_up"`
+	BytesDown          uint64         `json:"bytes_down"`
+	BytesPerRotation   float64        `json:"bytes_per_rotation"`
+	HSMOps             uint64         `json:"hsm_ops"`
+	HSMOpsPerRotation  float64        `json:"hsm_ops_per_rotation"`
+	ProvisionS         float64        `json:"provision_s"`
+	Server             string         `json:"server"`
+	NotConverged       []string       `json:"not_converged"`
+	FailuresByReason   map[string]int `json:"failures_by_reason"`
 	// Bytes per rotation in each direction, application payload.
 	BytesUpPerRotation   float64 `json:"bytes_up_per_rotation"`
 	BytesDownPerRotation float64 `json:"bytes_down_per_rotation"`
+	// RequestS is the time the rotation requests took to be answered
+	// (fleetd records each device's new pending version before it
+	// answers), summed over the rounds: part of DurationS.
+	RequestS float64 `json:"request_s"`
 
 	// Cost of fleetd, sampled at the end with every device connected.
 	ConnectedDevices int    `json:"connected_devices"`
