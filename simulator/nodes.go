@@ -39,9 +39,10 @@ type NodesReport struct {
 	NotFailedOver int `json:"not_failed_over"`
 	// StoreStatements the nodes sent to PostgreSQL during the rotations
 	// (keyfleet_store_statements_total, summed over the nodes, the killed
-	// node's up to its kill), and per completed rotation.
-	StoreStatements       uint64  `json:"store_statements"`
-	StatementsPerRotation float64 `json:"statements_per_rotation"`
+	// node's up to its kill), and per completed rotation; absent when the
+	// nodes' ops listeners are unknown (--server without --server-ops).
+	StoreStatements       uint64  `json:"store_statements,omitempty"`
+	StatementsPerRotation float64 `json:"statements_per_rotation,omitempty"`
 	// SimulatorCPUS is the CPU time of the simulator (agents and all)
 	// during the rotations.
 	SimulatorCPUS float64 `json:"simulator_cpu_s"`
@@ -70,6 +71,7 @@ type NodeReport struct {
 type adminSet struct {
 	mu    sync.Mutex
 	addrs []string
+	ops   []string // each node's ops listener (/metrics); nil: unknown
 	cs    []*client.Client
 	cur   int
 }
@@ -119,11 +121,17 @@ func splitAddrs(s string) []string {
 // addresses): provisioning and requests go through the first that
 // answers, failing over to the next.
 func connectServers(ctx context.Context, cfg *Config, addrs []string) (*adminSet, error) {
+	a := &adminSet{addrs: addrs}
+	if ops := splitAddrs(cfg.ServerOps); len(ops) > 0 {
+		if len(ops) != len(addrs) {
+			return nil, fmt.Errorf("simulator: --server-ops names %d listeners for %d --server addresses: want one per node, in the same order", len(ops), len(addrs))
+		}
+		a.ops = ops
+	}
 	tc, err := client.LoadCredential(cfg.Credential)
 	if err != nil {
 		return nil, err
 	}
-	a := &adminSet{addrs: addrs}
 	for _, addr := range addrs {
 		a.cs = append(a.cs, client.New(addr, tc))
 	}
@@ -196,7 +204,7 @@ func spawnNodes(ctx context.Context, bin, dir, dsn string, n int, extra []string
 			return nil, nil, fmt.Errorf("simulator: node %d: %w", i+1, err)
 		}
 		nodes = append(nodes, s)
-		set.addrs, set.cs = append(set.addrs, adm), append(set.cs, s.client)
+		set.addrs, set.cs, set.ops = append(set.addrs, adm), append(set.cs, s.client), append(set.ops, s.opsAddr)
 	}
 	return nodes, set, nil
 }
@@ -350,13 +358,13 @@ func (w *nodeWatch) sessions(ctx context.Context, i int) int {
 	return st.ConnectedClient - 1 // the node's own session
 }
 
-// statements reads node i's keyfleet_store_statements_total (spawned
-// nodes only).
+// statements reads node i's keyfleet_store_statements_total; 0 when its
+// ops listener is unknown (--server without --server-ops).
 func (w *nodeWatch) statements(ctx context.Context, i int) (float64, error) {
-	if w.nodes == nil {
+	if w.set.ops == nil {
 		return 0, nil
 	}
-	return scrapeCounter(ctx, w.nodes[i].opsAddr, "keyfleet_store_statements_total")
+	return scrapeCounter(ctx, w.set.ops[i], "keyfleet_store_statements_total")
 }
 
 // begin records every node's counters as the rotations begin.
@@ -572,7 +580,11 @@ func (n *NodesReport) writeTable(tw io.Writer) {
 		fmt.Fprintf(tw, "failover\tnode %d killed at %d rotations; %d devices reconnected elsewhere (%d not), gap p50 %.0f ms, max %.0f ms\n",
 			n.KilledNode, n.KilledAtDone, n.FailoverDevices, n.NotFailedOver, n.FailoverGapP50Ms, n.FailoverGapMaxMs)
 	}
-	fmt.Fprintf(tw, "PostgreSQL statements\t%d (%.1f per rotation)\n", n.StoreStatements, n.StatementsPerRotation)
+	if n.StoreStatements > 0 {
+		fmt.Fprintf(tw, "PostgreSQL statements\t%d (%.1f per rotation)\n", n.StoreStatements, n.StatementsPerRotation)
+	} else {
+		fmt.Fprintf(tw, "PostgreSQL statements\tnot read (--server-ops names the nodes' /metrics listeners)\n")
+	}
 	fmt.Fprintf(tw, "simulator CPU\t%.1f s\n", n.SimulatorCPUS)
 	if n.StoreCPUS > 0 {
 		fmt.Fprintf(tw, "PostgreSQL CPU\t%.1f s\n", n.StoreCPUS)

@@ -322,6 +322,9 @@ func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(conte
 			return nil, nil, nil, "", err
 		}
 		cfg.admins = set
+		if set.ops != nil {
+			cfg.opsAddr = set.ops[0] // campaign mode's M5 and M10: the first node's
+		}
 		ops := func(ctx context.Context) uint64 {
 			var n uint64
 			for _, c := range set.cs {

@@ -181,7 +181,7 @@ func root() *cobra.Command {
 	f.BoolVar(&mode.Rollback, "rollback", false, "campaign mode: roll back the campaign that paused itself and check every device reconnects")
 	f.BoolVar(&mode.Rerun, "rerun", false, "campaign mode: after the rollback, run the campaign again without the failure")
 	f.IntVar(&mode.Revoke, "revoke", 0, "campaign mode: revoke this many devices at the end, for the revocation latency (M5)")
-	f.StringVar(&cfg.ServerOps, "server-ops", "", "ops listener (/metrics) of the fleetd at --server, for campaign mode's M5 and M10")
+	f.StringVar(&cfg.ServerOps, "server-ops", "", "ops listener (/metrics) of the fleetd at --server, for campaign mode's M5 and M10; with several --server addresses, one per node in the same order (statements per rotation)")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run, yearCmd())
