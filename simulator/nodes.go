@@ -379,6 +379,9 @@ func (w *nodeWatch) begin(ctx context.Context) error {
 	}
 	for i := range w.set.cs {
 		w.rep.Nodes[i].SessionsStart = w.sessions(ctx, i)
+		if w.rep.Nodes[i].SessionsStart < 0 {
+			continue // down from the start (--server): nothing to count
+		}
 		v, err := w.statements(ctx, i)
 		if err != nil {
 			return err
@@ -461,8 +464,7 @@ func (w *nodeWatch) end(ctx context.Context, rotations int) (*NodesReport, error
 		if n.Killed {
 			n.SessionsEnd = -1
 			stmts += w.stmtsLast[i] - w.stmts0[i]
-		} else {
-			n.SessionsEnd = w.sessions(ctx, i)
+		} else if n.SessionsEnd = w.sessions(ctx, i); n.SessionsStart >= 0 && n.SessionsEnd >= 0 {
 			v, err := w.statements(ctx, i)
 			if err != nil {
 				return nil, err
@@ -574,7 +576,11 @@ func (n *NodesReport) writeTable(tw io.Writer) {
 		if nd.Killed {
 			state = fmt.Sprintf(" (SIGKILLed holding %d sessions)", nd.SessionsAtKill)
 		}
-		fmt.Fprintf(tw, "node %d%s\t%s: sessions %d at start, %d at end; CPU %.1f s\n", i+1, state, nd.Admin, nd.SessionsStart, nd.SessionsEnd, nd.CPUS)
+		cpu := ""
+		if nd.CPUS > 0 {
+			cpu = fmt.Sprintf("; CPU %.1f s", nd.CPUS)
+		}
+		fmt.Fprintf(tw, "node %d%s\t%s: sessions %d at start, %d at end%s\n", i+1, state, nd.Admin, nd.SessionsStart, nd.SessionsEnd, cpu)
 	}
 	if n.KilledNode > 0 {
 		fmt.Fprintf(tw, "failover\tnode %d killed at %d rotations; %d devices reconnected elsewhere (%d not), gap p50 %.0f ms, max %.0f ms\n",
