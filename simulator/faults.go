@@ -340,6 +340,9 @@ func (f *fleet) flapLoop() {
 // restarts fleetd at evenly spaced points of its progress (kills first).
 // Each runs in the background; the round goes on waiting meanwhile.
 func (f *fleet) disruptions(ctx context.Context, total int) func(done int) {
+	if kill := f.nodeKill(ctx, total); kill != nil {
+		return kill
+	}
 	sp := f.cfg.spawned
 	if sp == nil {
 		return nil

@@ -33,6 +33,10 @@ type Report struct {
 	// Bytes per rotation in each direction, application payload.
 	BytesUpPerRotation   float64 `json:"bytes_up_per_rotation"`
 	BytesDownPerRotation float64 `json:"bytes_down_per_rotation"`
+	// RequestS is the time the rotation requests took to be answered
+	// (fleetd records each device's new pending version before it
+	// answers), summed over the rounds: part of DurationS.
+	RequestS float64 `json:"request_s"`
 
 	// Cost of fleetd, sampled at the end with every device connected.
 	ConnectedDevices int    `json:"connected_devices"`
@@ -65,6 +69,10 @@ type Report struct {
 
 	// Campaign is campaign mode's record (--campaign), if any.
 	Campaign *CampaignReport `json:"campaign,omitempty"`
+
+	// Nodes is the record of a run over several fleetd nodes (--nodes, or
+	// --server with several addresses), if any.
+	Nodes *NodesReport `json:"nodes,omitempty"`
 }
 
 // CampaignReport is what campaign mode measured: each campaign stage by
@@ -208,6 +216,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "bytes up / down\t%d / %d (%.0f per rotation)\n", r.BytesUp, r.BytesDown, r.BytesPerRotation)
 	fmt.Fprintf(tw, "HSM operations\t%d (%.3f per rotation)\n", r.HSMOps, r.HSMOpsPerRotation)
 	fmt.Fprintf(tw, "provisioning\t%.1f s\n", r.ProvisionS)
+	if r.RequestS > 0 {
+		fmt.Fprintf(tw, "rotation requests answered in\t%.1f s\n", r.RequestS)
+	}
 	note := ""
 	if r.SameProcess {
 		note = " (shared with the simulator: use --server for fleetd alone)"
@@ -236,6 +247,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if r.Campaign != nil {
 		r.Campaign.writeTable(tw)
+	}
+	if r.Nodes != nil {
+		r.Nodes.writeTable(tw)
 	}
 	return tw.Flush()
 }

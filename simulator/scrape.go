@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -72,24 +73,9 @@ func (h histogram) quantile(q float64) float64 {
 // scrapeHistograms reads the named histograms from the /metrics of the ops
 // listener at addr; labels filter the series (nil: all, summed).
 func scrapeHistograms(ctx context.Context, addr string, want map[string]map[string]string) (map[string]histogram, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	mfs, err := scrape(ctx, addr)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("simulator: scrape fleetd: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("simulator: scrape fleetd: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("simulator: scrape fleetd: %w", err)
 	}
 	out := map[string]histogram{}
 	for name, labels := range want {
@@ -121,6 +107,45 @@ func scrapeHistograms(ctx context.Context, addr string, want map[string]map[stri
 		out[name] = h
 	}
 	return out, nil
+}
+
+// scrapeCounter reads the unlabelled counter name from fleetd's /metrics
+// at addr; a missing series is an error (with bbolt, the store's
+// statement count is absent).
+func scrapeCounter(ctx context.Context, addr, name string) (float64, error) {
+	mfs, err := scrape(ctx, addr)
+	if err != nil {
+		return 0, err
+	}
+	mf := mfs[name]
+	if mf == nil || len(mf.GetMetric()) == 0 {
+		return 0, fmt.Errorf("simulator: fleetd at %s exposes no %s", addr, name)
+	}
+	return mf.GetMetric()[0].GetCounter().GetValue(), nil
+}
+
+// scrape reads fleetd's /metrics at addr.
+func scrape(ctx context.Context, addr string) (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: scrape fleetd: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("simulator: scrape fleetd: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: scrape fleetd: %w", err)
+	}
+	return mfs, nil
 }
 
 // metricsBank keeps the histograms of fleetd's earlier lifetimes.

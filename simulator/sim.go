@@ -30,7 +30,9 @@ type Config struct {
 	// Rotations per device; 0 means 1.
 	Rotations int
 	// Server is the admin API address of a running fleetd; empty starts
-	// one in-process.
+	// one in-process. Several addresses, comma-separated, are the nodes of
+	// one cluster: provisioning and requests go through the first that
+	// answers, failing over to the next.
 	Server string
 	// Credential is the operator credential directory for Server.
 	Credential string
@@ -58,6 +60,22 @@ type Config struct {
 	// (e.g. --grace=10s).
 	FleetdArgs []string
 	spawned    *spawned
+	// Nodes, if positive (with FleetdBin and Store), spawns this many
+	// fleetd nodes on the PostgreSQL store Store: one init, the data
+	// directory copied per node, one token. Devices get every node's
+	// broker.
+	Nodes int
+	// Store is the PostgreSQL URL the spawned nodes share (Nodes).
+	Store string
+	// KillNode, if positive, is the node (1-based) SIGKILLed for good
+	// when KillAt of the first round's rotations have completed.
+	KillNode int
+	KillAt   float64
+	// StorePID, if set, is the PostgreSQL postmaster's process id on this
+	// machine: the report adds its CPU (backends included).
+	StorePID int
+	nodes    []*spawned
+	admins   *adminSet
 	// Fleet, if positive, runs the fleet model: this many devices, at most
 	// MaxConnected awake at a time (default 1,000); Devices is ignored.
 	Fleet        int
@@ -105,6 +123,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if (cfg.Faults.FleetdKills > 0 || cfg.Faults.BrokerRestarts > 0) && cfg.FleetdBin == "" {
 		return nil, errors.New("simulator: killing or restarting fleetd needs --fleetd-bin")
+	}
+	if err := cfg.checkNodes(); err != nil {
+		return nil, err
 	}
 	if cfg.Campaign != nil {
 		if cfg.Fleet > 0 || cfg.Soak > 0 {
@@ -189,6 +210,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.ProvisionS = time.Since(t0).Seconds()
+	if cfg.admins != nil {
+		fl.watch = newNodeWatch(cfg.admins, cfg.nodes, cfg.StorePID)
+	}
 	if err := fl.start(ctx); err != nil {
 		fl.stop()
 		return nil, err
@@ -204,6 +228,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	ops0 := hsmOps(ctx)
 	up0, down0 := fl.bytes()
+	if fl.watch != nil {
+		if err := fl.watch.begin(ctx); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	if cfg.Campaign != nil {
 		rep.Rounds = 0
@@ -232,9 +261,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	dur := time.Since(start)
 	up1, down1 := fl.bytes()
 	rep.DurationS = dur.Seconds()
+	rep.RequestS = fl.requestTime.Seconds()
 	rep.RotationsPerSec = float64(rep.RotationsCompleted) / dur.Seconds()
 	rep.BytesUp, rep.BytesDown = up1-up0, down1-down0
 	rep.HSMOps = hsmOps(ctx) - ops0
+	if fl.watch != nil {
+		if rep.Nodes, err = fl.watch.end(ctx, rep.RotationsCompleted); err != nil {
+			return nil, err
+		}
+		client = cfg.admins.current() // the first may be the one killed
+	}
 
 	if rep.RotationsCompleted > 0 {
 		rep.BytesPerRotation = float64(rep.BytesUp+rep.BytesDown) / float64(rep.RotationsCompleted)
@@ -274,6 +310,32 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // connectServer starts an in-process fleetd or connects to cfg.Server.
 func connectServer(ctx context.Context, cfg *Config) (*client.Client, func(context.Context) uint64, func(), string, error) {
+	if cfg.Nodes > 0 {
+		return spawnCluster(ctx, cfg)
+	}
+	if addrs := splitAddrs(cfg.Server); len(addrs) > 1 {
+		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
+			return nil, nil, nil, "", err
+		}
+		set, err := connectServers(ctx, cfg, addrs)
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		cfg.admins = set
+		if set.ops != nil {
+			cfg.opsAddr = set.ops[0] // campaign mode's M5 and M10: the first node's
+		}
+		ops := func(ctx context.Context) uint64 {
+			var n uint64
+			for _, c := range set.cs {
+				if s, err := c.Status(ctx); err == nil {
+					n += s.HSMOps
+				}
+			}
+			return n
+		}
+		return set.current(), ops, func() {}, cfg.Server, nil
+	}
 	if cfg.FleetdBin != "" {
 		if _, err := softhsm.Configure(filepath.Join(cfg.Dir, "softhsm")); err != nil {
 			return nil, nil, nil, "", err
@@ -364,6 +426,10 @@ type fleet struct {
 	delegated map[string]bool
 	wake      chan struct{}
 	events    map[device.EventKind]*atomic.Uint64
+	// watch follows the nodes of a several-node run; nil with one fleetd.
+	watch *nodeWatch
+	// requestTime is the rotation requests' time so far (Report.RequestS).
+	requestTime time.Duration
 }
 
 type mark struct {
@@ -407,6 +473,14 @@ func (f *fleet) provision(ctx context.Context, c *client.Client) error {
 func (f *fleet) onEvent(e device.Event) {
 	if c := f.events[e.Kind]; c != nil {
 		c.Add(1)
+	}
+	if f.watch != nil {
+		switch e.Kind {
+		case device.EventDisconnected:
+			f.watch.onDisconnected(e.Device, e.At)
+		case device.EventConnected:
+			f.watch.onConnected(e.Device, e.At)
+		}
 	}
 	f.mu.Lock()
 	switch e.Kind {
@@ -536,18 +610,29 @@ func (f *fleet) round(ctx context.Context, c *client.Client, round int) ([]time.
 		chunk = max(1, int(f.cfg.Rate*tick.Seconds()+0.5))
 	}
 	var resp adminapi.RotateResponse
-	next := time.Now()
+	asked := time.Now()
+	next := asked
 	for i := 0; i < len(f.ids); i += chunk {
 		if tick > 0 {
 			time.Sleep(time.Until(next))
 			next = next.Add(tick)
 		}
-		r, err := c.Rotate(ctx, adminapi.RotateRequest{Devices: f.ids[i:min(i+chunk, len(f.ids))]})
+		req := adminapi.RotateRequest{Devices: f.ids[i:min(i+chunk, len(f.ids))]}
+		r, err := c.Rotate(ctx, req)
+		if err != nil && f.cfg.admins != nil { // that node may be the one killed
+			if next := f.cfg.admins.failover(ctx, c); next != nil {
+				c = next
+				r, err = c.Rotate(ctx, req)
+			}
+		}
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("simulator: round %d: %w", round, err)
 		}
 		resp.Rotations = append(resp.Rotations, r.Rotations...)
 	}
+	f.mu.Lock()
+	f.requestTime += time.Since(asked)
+	f.mu.Unlock()
 	reasons := map[string]int{}
 	var failed []string
 	want := map[string]uint32{}
@@ -612,6 +697,11 @@ func (f *fleet) confirm(ctx context.Context, c *client.Client, want map[string]u
 		if err != nil {
 			if time.Now().After(deadline) {
 				return nil, fmt.Errorf("simulator: confirm: %w", err)
+			}
+			if f.cfg.admins != nil { // that node may be the one killed
+				if next := f.cfg.admins.failover(ctx, c); next != nil {
+					c = next
+				}
 			}
 			time.Sleep(100 * time.Millisecond) // fleetd may be restarting
 			continue

@@ -24,6 +24,7 @@ type spawned struct {
 	args      []string
 	client    *client.Client
 	opsAddr   string // its ops listener (/metrics)
+	mqtt      string // its broker, when it is one node of several
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd

@@ -47,6 +47,7 @@ func root() *cobra.Command {
 	var scenario, jsonOut string
 	var progress bool
 	var campaignOn bool
+	var killAt simulator.Percent
 	mode := simulator.CampaignMode{Stages: simulator.Stages{0.01, 0.1, 1}, MaxFailure: 0.02, MinReached: 1}
 	cmd := &cobra.Command{Use: "fleetsim", Short: "keyfleet fleet simulator"}
 	run := &cobra.Command{Use: "run", Short: "simulate devices and rotate their identities", Args: cobra.NoArgs,
@@ -62,6 +63,7 @@ func root() *cobra.Command {
 			}
 			defer closeLog()
 			cfg.Logger = log
+			cfg.KillAt = float64(killAt)
 			if campaignOn {
 				mode.Rate = simulator.RatePerMinute(cfg.Rate)
 				cfg.Campaign = &mode
@@ -128,7 +130,7 @@ func root() *cobra.Command {
 	f := run.Flags()
 	f.IntVar(&cfg.Devices, "devices", 10, "number of devices")
 	f.IntVar(&cfg.Rotations, "rotations", 1, "identity rotations per device")
-	f.StringVar(&cfg.Server, "server", "", "admin API address of a running fleetd (default: start one in-process)")
+	f.StringVar(&cfg.Server, "server", "", "admin API address of a running fleetd, or of every node of a cluster, comma-separated: requests go to the first that answers (default: start one in-process)")
 	f.StringVar(&cfg.Credential, "credential", "var/fleetd/admin", "operator credential directory for --server")
 	f.StringVar(&cfg.Dir, "dir", "", "work directory for the in-process fleetd (default: a temporary one, removed at the end)")
 	f.StringVar(&cfg.DeviceDir, "device-dir", "", "directory for the simulated devices' keystores (default: a temporary one in /dev/shm, else under --dir)")
@@ -157,6 +159,11 @@ func root() *cobra.Command {
 	durationflag.Var(f, &cfg.Faults.Skew, "skew-max", 2*time.Minute, "largest clock skew, either way")
 	f.StringVar(&cfg.FleetdBin, "fleetd-bin", "", "run fleetd from this binary as a child process (needed to kill or restart it)")
 	f.StringArrayVar(&cfg.FleetdArgs, "fleetd-arg", nil, "extra argument for the spawned fleetd run, e.g. --fleetd-arg=--grace=10s (repeatable)")
+	f.IntVar(&cfg.Nodes, "nodes", 0, "spawn this many fleetd nodes on the PostgreSQL store --store (needs --fleetd-bin)")
+	f.StringVar(&cfg.Store, "store", "", "PostgreSQL URL the spawned --nodes share, postgres://USER:PASSWORD@HOST:PORT/DB")
+	f.IntVar(&cfg.StorePID, "store-pid", 0, "process id of the PostgreSQL postmaster of --store, on this machine: the report adds its CPU (make bench)")
+	f.IntVar(&cfg.KillNode, "kill-node", 0, "SIGKILL this node (1-based) for good during the first round, at --kill-at (needs --nodes)")
+	f.Var(&killAt, "kill-at", "part of the first round's rotations completed when --kill-node is killed, e.g. 40%")
 	f.IntVar(&cfg.Faults.FleetdKills, "kill-fleetd", 0, "SIGKILL fleetd this many times during the first round (needs --fleetd-bin)")
 	f.IntVar(&cfg.Faults.BrokerRestarts, "restart-broker", 0, "restart fleetd and its embedded broker this many times during the first round (needs --fleetd-bin)")
 	f.Uint64Var(&cfg.Faults.Seed, "seed", 0, "seed for choosing faulty devices (0: random)")
@@ -174,7 +181,7 @@ func root() *cobra.Command {
 	f.BoolVar(&mode.Rollback, "rollback", false, "campaign mode: roll back the campaign that paused itself and check every device reconnects")
 	f.BoolVar(&mode.Rerun, "rerun", false, "campaign mode: after the rollback, run the campaign again without the failure")
 	f.IntVar(&mode.Revoke, "revoke", 0, "campaign mode: revoke this many devices at the end, for the revocation latency (M5)")
-	f.StringVar(&cfg.ServerOps, "server-ops", "", "ops listener (/metrics) of the fleetd at --server, for campaign mode's M5 and M10")
+	f.StringVar(&cfg.ServerOps, "server-ops", "", "ops listener (/metrics) of the fleetd at --server, for campaign mode's M5 and M10; with several --server addresses, one per node in the same order (statements per rotation)")
 	f.IntVar(&workers, "workers", 0, "uplink workers of the in-process fleetd (default: fleetd's)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (simulator and in-process fleetd)")
 	cmd.AddCommand(run, yearCmd())

@@ -28,6 +28,11 @@ func TestFlagsCheckedFirst(t *testing.T) {
 		{[]string{"run", "--campaign", "--rollback", "--dir", dir}, "rollback needs a canary failure"},
 		{[]string{"run", "--campaign", "--canary-fail", "50%", "--kill-fleetd", "1", "--fleetd-bin", "x", "--dir", dir},
 			"--kill-fleetd needs a campaign that completes"},
+		{[]string{"run", "--nodes", "2", "--store", "postgres://x/y", "--dir", dir}, "--nodes spawns fleetd nodes and needs --fleetd-bin"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--dir", dir}, "--nodes needs --store postgres://"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--store", "postgres://x/y", "--kill-node", "3", "--dir", dir}, "--kill-node 3: want a node between 1 and --nodes (2)"},
+		{[]string{"run", "--nodes", "2", "--fleetd-bin", "x", "--store", "postgres://x/y", "--kill-node", "1", "--dir", dir}, "--kill-at must be between"},
+		{[]string{"run", "--server", "127.0.0.1:1,127.0.0.1:2", "--server-ops", "127.0.0.1:3", "--dir", dir}, "--server-ops names 1 listeners for 2 --server addresses"},
 		{[]string{"rn"}, `unknown command "rn" for "fleetsim"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -40,7 +40,7 @@ func TestEveryMetricDocumented(t *testing.T) {
 	// The series that appear only with data (broker refusals, campaigns)
 	// or with the embedded broker: their descriptions.
 	ch := make(chan *prometheus.Desc, 64)
-	for _, c := range []prometheus.Collector{engineCollector{}, &auditCollector{}, &fleetCollector{}, hsmOps{}} {
+	for _, c := range []prometheus.Collector{engineCollector{}, &auditCollector{}, &fleetCollector{}, hsmOps{}, storeStatements{}} {
 		c.Describe(ch)
 	}
 	// The campaign vectors, registered through the prefixing registerer,

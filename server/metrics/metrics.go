@@ -144,6 +144,9 @@ func New(st store.Store, keys custody.Keys, opts Options) *Metrics {
 	m.audit = &auditCollector{st: st, base: head + 1, last: map[uint32]uint64{}, window: lateWindowOf(st), counting: err == nil}
 	m.fleet = &fleetCollector{}
 	m.reg.MustRegister(m.audit, m.fleet, hsmOps{keys})
+	if sc, ok := st.(statementCounter); ok {
+		m.reg.MustRegister(storeStatements{sc})
+	}
 	// Series from the start for the slot that rotates by request and
 	// activation; the others appear when they first report one.
 	for _, s := range []lifecycle.SlotKind{lifecycle.SlotIdentity} {
