@@ -41,9 +41,11 @@ func TestStoreStatements(t *testing.T) {
 	if err := st.CreateDevice(context.Background(), &store.Device{ID: "d1"}, change("d1")); err != nil {
 		t.Fatal(err)
 	}
+	// A scrape itself reads the store (the audit collectors), so the
+	// series is at most the store's count read after it, never above.
 	after, _ := storeStatementsValue(t, m)
-	if after-before < 3 || after != float64(st.Stats().Statements) {
-		t.Errorf("statements: %v before a write, %v after, store says %d; want at least 3 more, equal to the store's count",
+	if after-before < 3 || after > float64(st.Stats().Statements) {
+		t.Errorf("statements: %v before a write, %v after, store says %d; want at least 3 more, not above the store's count",
 			before, after, st.Stats().Statements)
 	}
 
