@@ -20,7 +20,13 @@
 //     link; for a device whose session is on another live node it becomes
 //     mail to that node, which publishes the bytes unchanged, after this
 //     node's delegation when they are signed (each node has its own online
-//     key, and the device may not hold it yet). A device connected nowhere
+//     key, and the device may not hold it yet). The holder comes from the
+//     session snapshot below (a device missing from it is read alone), and
+//     downlink mail queued within 5 ms goes in one transaction, in order:
+//     a bulk rotation costs one sessions read a second and a transaction
+//     per batch, not per downlink. A node mailed a downlink for a device no
+//     longer connected to it (the snapshot was stale) reads the holder
+//     afresh and mails it on once. A device connected nowhere
 //     the cluster knows of gets it published here, as a single fleetd
 //     does, after this node's delegation too: workers sharing an external
 //     broker record no sessions, and another worker may have answered the

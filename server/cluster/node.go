@@ -99,6 +99,8 @@ type Node struct {
 	snap   map[string]store.Session
 	snapAt time.Time
 
+	mailq chan queuedMail // downlinks for mailSender
+
 	closeOnce sync.Once
 }
 
@@ -140,7 +142,8 @@ func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 	if o.NodeID == "" {
 		o.NodeID = newNodeID()
 	}
-	n := &Node{o: o, cs: o.Store, id: o.NodeID, log: o.Logger.With("node", o.NodeID), started: o.Now()}
+	n := &Node{o: o, cs: o.Store, id: o.NodeID, log: o.Logger.With("node", o.NodeID), started: o.Now(),
+		mailq: make(chan queuedMail, mailQueue)}
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if n.cs == nil {
 		return n, nil
@@ -159,14 +162,15 @@ func Open(ctx context.Context, st store.Store, o Options) (*Node, error) {
 	return n, nil
 }
 
-// startLoops starts the heartbeat, session and mail loops.
+// startLoops starts the heartbeat, session, mail and mail-sending loops.
 func (n *Node) startLoops() {
 	if n.o.PolicyReload != nil {
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.Every("policy reload", n.o.PolicyEvery, n.reloadPolicy)(n.ctx) }()
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go func() { defer n.wg.Done(); n.heartbeats() }()
+	go func() { defer n.wg.Done(); n.mailSender() }()
 	go func() { defer n.wg.Done(); n.flushSessions() }()
 	go func() { defer n.wg.Done(); n.mailLoop() }()
 }
@@ -318,6 +322,9 @@ func (n *Node) handle(ctx context.Context, m store.Mail, pub Publisher, closer r
 	log := n.log.With("from", m.From, "device", m.Device, "mail", m.ID)
 	switch m.Kind {
 	case store.MailDownlink:
+		if n.reroute(ctx, m, log) {
+			return
+		}
 		for _, p := range m.Payloads {
 			if err := pub.Publish(ctx, m.Topic, p); err != nil {
 				log.Warn("cluster: forwarded downlink not published", "topic", m.Topic, "err", err)
@@ -349,6 +356,35 @@ func (n *Node) handle(ctx context.Context, m store.Mail, pub Publisher, closer r
 	default:
 		log.Warn("cluster: mail of an unknown kind dropped", "kind", m.Kind)
 	}
+}
+
+// rerouted marks (in Detail) a downlink mailed on by a node that did not
+// hold the device: it is published where it lands, never mailed again.
+const rerouted = "rerouted"
+
+// reroute mails a device's downlink on to the node holding the device when
+// it is not connected here (the sender's session snapshot was stale: the
+// device moved), read fresh from the store, and reports whether it did.
+// Held nowhere or here, the downlink is published here, as by its sender.
+func (n *Node) reroute(ctx context.Context, m store.Mail, log *slog.Logger) bool {
+	if m.Device == "" || m.Detail == rerouted || n.closer.Load() == nil || n.localPresent(m.Device) {
+		return false
+	}
+	holder, err := n.holderNow(ctx, m.Device)
+	if err != nil {
+		log.Warn("cluster: downlink for a device not connected here published here", "err", err)
+		return false
+	}
+	if holder == "" || holder == n.id {
+		return false
+	}
+	m.To, m.From, m.Detail = holder, n.id, rerouted
+	if err := n.sendMail(ctx, m); err != nil {
+		log.Warn("cluster: downlink not mailed on to the device's node", "to", holder, "err", err)
+		return true
+	}
+	log.Debug("cluster: downlink mailed on to the device's node", "to", holder)
+	return true
 }
 
 // Close leaves the cluster: it stops the loops, writes the last session

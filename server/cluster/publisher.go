@@ -55,7 +55,7 @@ func (p *ClusterPublisher) Publish(ctx context.Context, topic string, b []byte) 
 			// been answered by another worker with its own delegation.
 			return publishAll(ctx, p.local, topic, payloads)
 		}
-		if err := n.cs.Send(ctx, store.Mail{To: holder, From: n.id, Kind: store.MailDownlink, Device: device,
+		if err := n.sendMail(ctx, store.Mail{To: holder, From: n.id, Kind: store.MailDownlink, Device: device,
 			Topic: topic, Payloads: payloads}); err != nil {
 			return fmt.Errorf("cluster: forward to node %s: %w", holder, err)
 		}
@@ -116,8 +116,20 @@ func (n *Node) localPresent(device string) bool {
 	return ok && l.Present(device)
 }
 
-// holder returns the live node holding the device's session, "" for none.
+// holder returns the live node holding the device's session, "" for none:
+// from the cluster's session snapshot (at most snapshotAge old, one query
+// for all devices) when it names another node, else read for this device
+// alone. A snapshot that went stale (the device moved) sends the mail to a
+// node that no longer holds the device; that node routes it on (reroute).
 func (n *Node) holder(ctx context.Context, device string) (string, error) {
+	if x, ok := n.snapshot()[device]; ok && x.Node != n.id {
+		return x.Node, nil
+	}
+	return n.holderNow(ctx, device)
+}
+
+// holderNow reads the live node holding the device's session, "" for none.
+func (n *Node) holderNow(ctx context.Context, device string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	ss, err := n.cs.Sessions(ctx, []string{device})

@@ -43,12 +43,20 @@ func (s *Sessions) ConnectedSince(device string) (time.Time, bool) {
 }
 
 // remote looks the device up in a snapshot of the sessions of the other
-// live nodes, read at most once per snapshotAge.
+// live nodes.
 func (s *Sessions) remote(device string) (store.Session, bool) {
 	n := s.n
 	if n.cs == nil {
 		return store.Session{}, false
 	}
+	x, ok := n.snapshot()[device]
+	return x, ok && x.Node != n.id
+}
+
+// snapshot returns the sessions of every live node, read at most once per
+// snapshotAge; callers arriving during a read wait for it rather than
+// reading too. Nil when never read successfully.
+func (n *Node) snapshot() map[string]store.Session {
 	n.snapMu.Lock()
 	defer n.snapMu.Unlock()
 	if n.snap == nil || time.Since(n.snapAt) > snapshotAge {
@@ -62,8 +70,7 @@ func (s *Sessions) remote(device string) (store.Session, bool) {
 		}
 		n.snapAt = time.Now() // on error too: one try per interval
 	}
-	x, ok := n.snap[device]
-	return x, ok && x.Node != n.id
+	return n.snap
 }
 
 // SessionObserver is broker.Options.OnSession: it queues the sessions
