@@ -16,14 +16,11 @@ import (
 	"io"
 	"io/fs"
 	"math/big"
-	"net/url"
-	"os"
-	"slices"
 	"strings"
 	"sync"
 
+	"github.com/keyfleet/keyfleet/internal/p11uri"
 	"github.com/miekg/pkcs11"
-	"go.step.sm/crypto/kms/uri"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
@@ -65,33 +62,11 @@ func ParseURI(raw string) (Config, error) {
 	if !strings.HasPrefix(raw, Scheme) {
 		return fail("want a pkcs11: URI (RFC 7512)")
 	}
-	u, err := uri.ParseWithScheme("pkcs11", strings.ReplaceAll(raw, "+", "%2B"))
+	u, err := p11uri.Parse(raw, pathAttrs, queryAttrs)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			return fail("malformed: %v", ue.Err)
-		}
-		return fail("malformed path attributes")
+		return fail("%v", err)
 	}
-	query, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return fail("malformed query attributes")
-	}
-	for _, a := range []struct {
-		vals    url.Values
-		allowed []string
-		where   string
-	}{{u.Values, pathAttrs, "path"}, {query, queryAttrs, "query"}} {
-		for k, v := range a.vals {
-			if !slices.Contains(a.allowed, k) {
-				return fail("unknown %s attribute %q (allowed: %s)", a.where, k, strings.Join(a.allowed, ", "))
-			}
-			if len(v) > 1 {
-				return fail("attribute %q given %d times", k, len(v))
-			}
-		}
-	}
-	c := Config{Token: u.Values.Get("token"), Object: u.Values.Get("object"), Module: query.Get("module-path")}
+	c := Config{Token: u.Path.Get("token"), Object: u.Path.Get("object"), Module: u.Query.Get("module-path")}
 	switch {
 	case c.Token == "":
 		return fail("missing token= (the token's label)")
@@ -100,28 +75,13 @@ func ParseURI(raw string) (Config, error) {
 	case c.Module == "":
 		return fail("missing module-path= (the PKCS#11 library)")
 	}
-	if st, err := os.Stat(c.Module); err != nil || !st.Mode().IsRegular() {
-		return fail("module-path %s: no such PKCS#11 library", c.Module)
+	if err := p11uri.CheckModule(c.Module); err != nil {
+		return fail("%v", err)
 	}
-	src, val := query.Get("pin-source"), query.Get("pin-value")
-	switch {
-	case src != "" && val != "":
-		return fail("both pin-source and pin-value: give one")
-	case src != "":
-		b, err := u.Read("pin-source") // file:PATH or PATH
-		if err != nil {
-			var pe *fs.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			return fail("pin-source %s: unreadable: %v", src, err)
-		}
-		if c.PIN = strings.TrimSpace(string(b)); c.PIN == "" {
-			return fail("pin-source %s: empty", src)
-		}
-	case val != "":
-		c.PIN = val
-	default:
+	if c.PIN, err = u.PIN(); err != nil {
+		return fail("%v", err)
+	}
+	if c.PIN == "" {
 		return fail("no PIN: add pin-source=file:PATH")
 	}
 	return c, nil

@@ -3,13 +3,10 @@ package custody
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"net/url"
-	"os"
 	"slices"
 	"strings"
 
-	"go.step.sm/crypto/kms/uri"
+	"github.com/keyfleet/keyfleet/internal/p11uri"
 
 	"github.com/keyfleet/keyfleet/server/escrow"
 	"github.com/keyfleet/keyfleet/server/hsm"
@@ -92,40 +89,13 @@ func ParseKeyURI(role, raw string, def hsm.Config) (hsm.KeyPlace, error) {
 	if !slices.Contains(roleNames(), role) {
 		return fail("unknown role (want one of %s)", strings.Join(roleNames(), ", "))
 	}
-	if !strings.HasPrefix(raw, "pkcs11:") {
-		return fail("not a pkcs11: URI")
-	}
-	// RFC 7512 gives "+" no meaning, but the parser reads attributes as a
-	// query string, where it is a space: keep it a plus.
-	u, err := uri.ParseWithScheme("pkcs11", strings.ReplaceAll(raw, "+", "%2B"))
+	u, err := p11uri.Parse(raw, pathAttrs, queryAttrs)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			return fail("malformed: %v", ue.Err)
-		}
-		return fail("malformed path attributes")
-	}
-	query, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return fail("malformed query attributes")
-	}
-	for _, a := range []struct {
-		vals    url.Values
-		allowed []string
-		where   string
-	}{{u.Values, pathAttrs, "path"}, {query, queryAttrs, "query"}} {
-		for k, v := range a.vals {
-			if !slices.Contains(a.allowed, k) {
-				return fail("unknown %s attribute %q (allowed: %s)", a.where, k, strings.Join(a.allowed, ", "))
-			}
-			if len(v) > 1 {
-				return fail("attribute %q given %d times", k, len(v))
-			}
-		}
+		return fail("%v", err)
 	}
 	place := hsm.KeyPlace{Token: hsm.Config{Module: def.Module, PIN: def.PIN, MaxSessions: def.MaxSessions},
-		Object: u.Values.Get("object")}
-	place.Token.TokenLabel = u.Values.Get("token")
+		Object: u.Path.Get("object")}
+	place.Token.TokenLabel = u.Path.Get("token")
 	switch {
 	case place.Token.TokenLabel == "":
 		return fail("missing token= (the token's label)")
@@ -136,36 +106,24 @@ func ParseKeyURI(role, raw string, def hsm.Config) (hsm.KeyPlace, error) {
 	if role == RoleEscrowKEK {
 		want = "secret-key"
 	}
-	if t := u.Values.Get("type"); t != "" && t != want {
+	if t := u.Path.Get("type"); t != "" && t != want {
 		return fail("type=%s, but this key is type=%s", t, want)
 	}
-	if m := query.Get("module-path"); m != "" {
+	if m := u.Query.Get("module-path"); m != "" {
 		place.Token.Module = m
 	}
 	if place.Token.Module == "" {
 		return fail("no module-path, and no default module (--pkcs11-module)")
 	}
-	if st, err := os.Stat(place.Token.Module); err != nil || !st.Mode().IsRegular() {
-		return fail("module-path %s: no such PKCS#11 library", place.Token.Module)
+	if err := p11uri.CheckModule(place.Token.Module); err != nil {
+		return fail("%v", err)
 	}
-	src, val := query.Get("pin-source"), query.Get("pin-value")
-	switch {
-	case src != "" && val != "":
-		return fail("both pin-source and pin-value: give one")
-	case src != "":
-		b, err := u.Read("pin-source") // file:PATH or PATH
-		if err != nil {
-			var pe *fs.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			return fail("pin-source %s: unreadable: %v", src, err)
-		}
-		if place.Token.PIN = hsm.PIN(strings.TrimSpace(string(b))); place.Token.PIN == "" {
-			return fail("pin-source %s: empty", src)
-		}
-	case val != "":
-		place.Token.PIN = hsm.PIN(val)
+	pin, err := u.PIN()
+	if err != nil {
+		return fail("%v", err)
+	}
+	if pin != "" {
+		place.Token.PIN = hsm.PIN(pin)
 	}
 	if place.Token.PIN == "" {
 		return fail("no PIN: add pin-source=file:PATH, or give --pin-file or KEYFLEET_HSM_PIN")
