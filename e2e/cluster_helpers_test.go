@@ -86,12 +86,24 @@ type clusterNode struct {
 	admin                        *client.Client
 }
 
-// newClusterNode copies the initialised data directory for node id and
-// picks its addresses; start runs it.
-func newClusterNode(t *testing.T, dir, src, id, token, dsn string, env []string) *clusterNode {
+// newClusterNodes makes a node of each id (newClusterNode), their
+// addresses picked together so that no two nodes are given one port.
+func newClusterNodes(t *testing.T, dir, src, token, dsn string, env []string, ids ...string) []*clusterNode {
+	t.Helper()
+	addrs := fleettest.FreeAddrs(t, 3*len(ids))
+	nodes := make([]*clusterNode, len(ids))
+	for i, id := range ids {
+		nodes[i] = newClusterNode(t, dir, src, id, token, dsn, env, addrs[3*i:3*i+3])
+	}
+	return nodes
+}
+
+// newClusterNode copies the initialised data directory for node id, to
+// serve MQTT, admin and ops on addrs; start runs it.
+func newClusterNode(t *testing.T, dir, src, id, token, dsn string, env []string, addrs []string) *clusterNode {
 	t.Helper()
 	n := &clusterNode{id: id, data: filepath.Join(dir, id), env: env,
-		mqttAddr: fleettest.FreeAddr(t), adminAddr: fleettest.FreeAddr(t), opsAddr: fleettest.FreeAddr(t)}
+		mqttAddr: addrs[0], adminAddr: addrs[1], opsAddr: addrs[2]}
 	if err := os.CopyFS(n.data, os.DirFS(src)); err != nil {
 		t.Fatal(err)
 	}

@@ -36,11 +36,7 @@ func TestNodesCampaignSurvivesKill(t *testing.T) {
 	dsn := startPostgres(t)
 	dir := t.TempDir()
 	src, token, env := clusterInit(t, dir, dsn, "nodes")
-	nodes := []*clusterNode{
-		newClusterNode(t, dir, src, "n1", token, dsn, env),
-		newClusterNode(t, dir, src, "n2", token, dsn, env),
-		newClusterNode(t, dir, src, "n3", token, dsn, env),
-	}
+	nodes := newClusterNodes(t, dir, src, token, dsn, env, "n1", "n2", "n3")
 	brokers := []string{nodes[0].mqttAddr, nodes[1].mqttAddr, nodes[2].mqttAddr}
 	start := func(nd *clusterNode) {
 		nd.start(t, "--mqtt-listen", nd.mqttAddr, "--advertise-mqtt", joinAddrs(brokers...))

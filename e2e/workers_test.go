@@ -33,11 +33,7 @@ func TestWorkersOnMosquitto(t *testing.T) {
 	src, token, env := clusterInit(t, dir, dsn, "workers")
 	mq := fleettest.FreeAddr(t)
 	startMosquittoWith(t, &fleettest.Fleet{Config: server.Config{DataDir: src}}, mq, "", nil)
-	workers := []*clusterNode{
-		newClusterNode(t, dir, src, "w1", token, dsn, env),
-		newClusterNode(t, dir, src, "w2", token, dsn, env),
-		newClusterNode(t, dir, src, "w3", token, dsn, env),
-	}
+	workers := newClusterNodes(t, dir, src, token, dsn, env, "w1", "w2", "w3")
 	external := mosquitto.Scheme + mq
 	workers[1].start(t, "--external-broker", external)
 	eventually(t, 10*time.Second, "w2 holding the leader lease", func() bool { return leaseHolder(t, dsn) == "w2" })

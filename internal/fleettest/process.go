@@ -22,6 +22,24 @@ func FreeAddr(t testing.TB) string {
 	return addr
 }
 
+// FreeAddrs returns n distinct free loopback addresses. Calls of FreeAddr
+// one after another may return one port twice (each listener is closed
+// before the next is opened); FreeAddrs holds them all open until every
+// one is picked, for a test that starts several processes at once.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs
+}
+
 // SyncBuffer collects a child process's output while the test reads it.
 type SyncBuffer struct {
 	mu sync.Mutex
